@@ -1,0 +1,136 @@
+"""The ``cellstack`` command line: one console script, one subcommand per job.
+
+Heavy libraries (torch, pycocotools, cv2) are imported inside the commands so that
+``cellstack --help`` answers at once. A :class:`~cellstack.errors.CellstackError`
+becomes a one-line ``error:`` message and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cellstack import __version__
+from cellstack.errors import CellstackError
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from cellstack.data.synthetic import CELL_TYPES, synthesize
+
+    cell_types = tuple(args.cell_types.split(",")) if args.cell_types else CELL_TYPES
+    ids = synthesize(
+        args.out,
+        args.n_images,
+        seed=args.seed,
+        shape=(args.height, args.width),
+        cell_types=cell_types,
+        livecell=args.livecell,
+        progress=not args.quiet,
+    )
+    print(f"wrote {len(ids)} images to {args.out} (train.csv, train/)")
+    if args.livecell:
+        print(f"wrote LIVECell-style COCO json and tifs to {Path(args.out) / 'livecell'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cellstack.data.layouts import load_dataset, load_predictions
+    from cellstack.evaluation.report import evaluate
+
+    truths = load_dataset(args.truth)
+    preds = load_predictions(args.pred, truths)
+    report = evaluate(truths, preds, progress=not args.quiet)
+    print(report.table())
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_folds(args: argparse.Namespace) -> int:
+    from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
+    from cellstack.data.layouts import load_dataset
+
+    records = load_dataset(args.data)
+    folds = grouped_stratified_folds(records, args.k, seed=args.seed)
+    data = Path(args.data)
+    out = Path(args.out) if args.out else (data if data.is_dir() else data.parent) / "folds.csv"
+    write_folds_csv(out, records, folds)
+    for fold in range(args.k):
+        members = [r for r in records if folds[r.image_id] == fold]
+        types = sorted({r.cell_type for r in members})
+        detail = ", ".join(f"{t} {sum(r.cell_type == t for r in members)}" for t in types)
+        print(f"fold {fold}: {len(members)} images ({detail})")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cellstack.demo import run_demo
+
+    run_demo(args.out, n_images=args.n_images, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellstack",
+        description="Instance segmentation of cells in microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellstack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic phase-contrast dataset (Sartorius layout)")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--n-images", type=int, default=12, help="number of images (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--width", type=int, default=704, help="image width (default 704)")
+    p.add_argument("--height", type=int, default=520, help="image height (default 520)")
+    p.add_argument("--cell-types", default=None, help="comma-separated subset of shsy5y,astro,cort")
+    p.add_argument("--livecell", action="store_true", help="also write a LIVECell-style COCO json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("evaluate", help="score predictions with the competition metric and COCO AP")
+    p.add_argument(
+        "truth", type=Path, help="train.csv / Sartorius folder / label-image folder / COCO json"
+    )
+    p.add_argument("pred", type=Path, help="submission.csv or a folder of label images")
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("folds", help="k-fold split grouped by sample_id, stratified by cell type")
+    p.add_argument("data", type=Path, help="a dataset in any supported layout")
+    p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="output csv (default DATA/folds.csv)")
+    p.set_defaults(func=_cmd_folds)
+
+    p = sub.add_parser("demo", help="synthesize, segment held-out images, score, write overlays")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)"
+    )
+    p.add_argument("--n-images", type=int, default=16, help="synthetic images (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellstack`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CellstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

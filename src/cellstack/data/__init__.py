@@ -1,0 +1,1 @@
+"""Data: formats (RLE, Sartorius CSV, LIVECell COCO, label images), synthetic cells, folds."""

@@ -1,0 +1,208 @@
+"""COCO json: LIVECell annotations (polygons) in, COCO results (RLE masks) out.
+
+LIVECell ships ``livecell_coco_{train,val,test}.json`` (COCO instance annotations with
+polygon segmentations) beside ``.tif`` images. Its cell type is per image; we take it
+from the category of the image's annotations (the per-cell-line json files use one
+category per file) or from the file-name prefix (``A172_Phase_...``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cellstack.data import rle
+from cellstack.data.records import ImageRecord
+from cellstack.errors import DataError
+from cellstack.fileio import atomic_write
+
+
+def _mask_utils():
+    from pycocotools import mask as mask_utils
+
+    return mask_utils
+
+
+def segmentation_to_mask(segmentation, height: int, width: int, *, where: str) -> np.ndarray:
+    """Rasterise a COCO segmentation (polygons or RLE) to bool[H, W]."""
+    mu = _mask_utils()
+    try:
+        if isinstance(segmentation, list):
+            polys = [p for p in segmentation if len(p) >= 6]
+            if not polys:
+                return np.zeros((height, width), dtype=bool)
+            coded = mu.merge(mu.frPyObjects(polys, height, width))
+        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            coded = mu.frPyObjects(segmentation, height, width)
+        else:
+            coded = segmentation
+        return mu.decode(coded).astype(bool)
+    except Exception as exc:
+        raise DataError(f"{where}: bad segmentation ({type(exc).__name__}: {exc})") from None
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer contours of bool[H, W] as COCO polygons ``[x0, y0, x1, y1, ...]``.
+
+    Coordinates are pixel centres. Rasterising polygons back is approximate at the
+    boundary (that is how LIVECell's own ground truth is defined).
+    """
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polys = []
+    for c in contours:
+        if len(c) < 3:  # COCO needs 3 points; a thin sliver becomes a tiny triangle
+            x, y = c[0, 0]
+            c = np.array([[[x, y]], [[x + 1, y]], [[x, y + 1]]])
+        polys.append(c.reshape(-1).astype(float).tolist())
+    return polys
+
+
+def read_coco_instances(
+    json_path: str | Path, images_dir: str | Path | None = None
+) -> list[ImageRecord]:
+    """Read a COCO instance json (LIVECell) into records with Kaggle RLE masks.
+
+    Args:
+        json_path: the annotation file.
+        images_dir: where the images' ``file_name`` live; default: the json's folder,
+            then its ``images/`` subfolder.
+    """
+    json_path = Path(json_path)
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{json_path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{json_path}: not valid json ({exc})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(f"{json_path}: not a COCO instance file (no {key!r})")
+    categories = {c["id"]: c["name"] for c in data["categories"]}
+    anns_by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    base = Path(images_dir) if images_dir is not None else json_path.parent
+    records = []
+    for img in data["images"]:
+        h, w = int(img["height"]), int(img["width"])
+        where = f"{json_path} image {img['file_name']}"
+        anns = anns_by_image.get(img["id"], [])
+        masks = [
+            segmentation_to_mask(a["segmentation"], h, w, where=f"{where} annotation {a['id']}")
+            for a in anns
+        ]
+        votes = Counter(categories.get(a["category_id"], "cell") for a in anns)
+        cell_type = (
+            votes.most_common(1)[0][0] if votes else Path(img["file_name"]).stem.split("_")[0]
+        )
+        path = base / img["file_name"]
+        if not path.exists() and (base / "images" / img["file_name"]).exists():
+            path = base / "images" / img["file_name"]
+        records.append(
+            ImageRecord(
+                image_id=Path(img["file_name"]).stem,
+                image_path=path,
+                height=h,
+                width=w,
+                cell_type=cell_type,
+                sample_id=img.get("sample_id", Path(img["file_name"]).stem),
+                rles=tuple(rle.encode(m) for m in masks if m.any()),
+            )
+        )
+    return records
+
+
+def encode_coco_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of bool[H, W] with a json-ready ``counts`` string."""
+    coded = _mask_utils().encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in coded["size"]], "counts": coded["counts"].decode("ascii")}
+
+
+def results_entries(
+    image_id: str,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    category_ids: Sequence[int] | None = None,
+) -> list[dict]:
+    """COCO results for one image.
+
+    Args:
+        image_id: our string id (pycocotools accepts any hashable image id).
+        masks: bool[N, H, W]; scores: float[N]; labels: int[N] class indices.
+        category_ids: COCO category id of each class index (default index + 1).
+    """
+    mu = _mask_utils()
+    out = []
+    for mask, score, label in zip(masks, scores, labels, strict=True):
+        seg = encode_coco_rle(mask)
+        bbox = mu.toBbox({"size": seg["size"], "counts": seg["counts"].encode()}).tolist()
+        cat = category_ids[int(label)] if category_ids is not None else int(label) + 1
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cat),
+                "segmentation": seg,
+                "bbox": [float(v) for v in bbox],
+                "score": float(score),
+            }
+        )
+    return out
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Write ``obj`` as json, atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f)
+
+
+def write_coco_instances(
+    path: str | Path,
+    images: Sequence[Mapping],
+    masks_per_image: Sequence[Sequence[np.ndarray]],
+    cell_types: Sequence[str],
+    categories: Sequence[str],
+) -> None:
+    """Write a LIVECell-style COCO instance json with polygon segmentations.
+
+    Args:
+        images: ``{"id": int, "file_name": str, "width": int, "height": int}`` each.
+        masks_per_image: bool[H, W] masks per image.
+        cell_types: the category name of each image's cells.
+        categories: every category name, in id order (ids start at 1).
+    """
+    cat_id = {name: i + 1 for i, name in enumerate(categories)}
+    annotations = []
+    for img, masks, cell_type in zip(images, masks_per_image, cell_types, strict=True):
+        for mask in masks:
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0:
+                continue
+            x0, y0 = int(xs.min()), int(ys.min())
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": img["id"],
+                    "category_id": cat_id[cell_type],
+                    "segmentation": mask_to_polygons(mask),
+                    "area": float(mask.sum()),
+                    "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+                    "iscrowd": 0,
+                }
+            )
+    write_json(
+        path,
+        {
+            "images": list(images),
+            "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
+        },
+    )

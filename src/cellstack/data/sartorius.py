@@ -1,0 +1,167 @@
+"""The Sartorius (Kaggle) layout: ``DIR/train.csv`` + ``DIR/train/{id}.png``.
+
+``train.csv`` has one row per cell with columns ``id, annotation, width, height,
+cell_type, plate_time, sample_date, sample_id, elapsed_timedelta``; ``annotation`` is a
+Kaggle RLE (see :mod:`cellstack.data.rle`). Predictions are written as
+``submission.csv`` with columns ``id,predicted``: one row per predicted cell, and one
+row with an empty ``predicted`` for an image with no cell.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from cellstack.data.records import ImageRecord
+from cellstack.data.rle import parse_runs
+from cellstack.errors import DataError
+from cellstack.fileio import atomic_write
+
+TRAIN_COLUMNS = (
+    "id",
+    "annotation",
+    "width",
+    "height",
+    "cell_type",
+    "plate_time",
+    "sample_date",
+    "sample_id",
+    "elapsed_timedelta",
+)
+REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
+SUBMISSION_COLUMNS = ("id", "predicted")
+
+
+def _int_field(row: dict, key: str, where: str) -> int:
+    try:
+        value = int(row[key])
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {key} must be an integer, got {row[key]!r}") from None
+    if value <= 0:
+        raise DataError(f"{where}: {key} must be positive, got {value}")
+    return value
+
+
+def read_train_csv(
+    csv_path: str | Path, images_dir: str | Path | None = None, *, validate: bool = True
+) -> list[ImageRecord]:
+    """Read a Sartorius ``train.csv`` into one :class:`ImageRecord` per image.
+
+    Args:
+        csv_path: the CSV file.
+        images_dir: where ``{id}.png`` live; default ``train/`` beside the CSV.
+        validate: parse every RLE now, so a bad row fails here with its row number.
+
+    Raises:
+        DataError: missing columns, a non-integer size, an id whose rows disagree on
+            size or cell type, or (with ``validate``) a malformed RLE; the message names
+            the file, the row number (1 = first data row) and the image id.
+    """
+    csv_path = Path(csv_path)
+    images_dir = Path(images_dir) if images_dir is not None else csv_path.parent / "train"
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: file not found")
+    by_id: dict[str, dict] = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+        for row_no, row in enumerate(reader, start=1):
+            image_id = (row["id"] or "").strip()
+            where = f"{csv_path} row {row_no} (id {image_id or '?'})"
+            if not image_id:
+                raise DataError(f"{where}: empty id")
+            width = _int_field(row, "width", where)
+            height = _int_field(row, "height", where)
+            cell_type = (row["cell_type"] or "").strip() or "cell"
+            annotation = (row["annotation"] or "").strip()
+            if validate and annotation:
+                parse_runs(annotation, (height, width), where=where)
+            entry = by_id.get(image_id)
+            if entry is None:
+                entry = by_id[image_id] = {
+                    "height": height,
+                    "width": width,
+                    "cell_type": cell_type,
+                    "sample_id": (row.get("sample_id") or "").strip(),
+                    "rles": [],
+                }
+            elif (entry["height"], entry["width"], entry["cell_type"]) != (
+                height,
+                width,
+                cell_type,
+            ):
+                raise DataError(
+                    f"{where}: size/cell_type {width}x{height}/{cell_type} disagrees with "
+                    f"earlier rows of the same id ({entry['width']}x{entry['height']}/"
+                    f"{entry['cell_type']})"
+                )
+            if annotation:
+                entry["rles"].append(annotation)
+    return [
+        ImageRecord(
+            image_id=image_id,
+            image_path=images_dir / f"{image_id}.png",
+            height=e["height"],
+            width=e["width"],
+            cell_type=e["cell_type"],
+            sample_id=e["sample_id"] or image_id,
+            rles=tuple(e["rles"]),
+        )
+        for image_id, e in by_id.items()
+    ]
+
+
+def write_train_csv(path: str | Path, rows: Iterable[Mapping[str, object]]) -> None:
+    """Write ``train.csv`` rows (dicts with the :data:`TRAIN_COLUMNS`), atomically."""
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRAIN_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in TRAIN_COLUMNS})
+
+
+def read_submission(path: str | Path) -> dict[str, list[str]]:
+    """Read ``submission.csv`` into ``{id: [rle, ...]}`` (an empty list: no cells).
+
+    A ``train.csv`` is accepted too (its ``annotation`` column stands for
+    ``predicted``), so truth can be scored against itself. RLEs are checked against
+    the image size by the caller, which knows it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    out: dict[str, list[str]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        mask_column = "predicted" if "predicted" in columns else "annotation"
+        if "id" not in columns or mask_column not in columns:
+            raise DataError(f"{path}: needs columns id,predicted (found {','.join(columns)})")
+        for row_no, row in enumerate(reader, start=1):
+            image_id = (row["id"] or "").strip()
+            if not image_id:
+                raise DataError(f"{path} row {row_no}: empty id")
+            masks = out.setdefault(image_id, [])
+            predicted = (row[mask_column] or "").strip()
+            if predicted:
+                masks.append(predicted)
+    return out
+
+
+def write_submission(path: str | Path, predictions: Mapping[str, Sequence[str]]) -> None:
+    """Write ``{id: [rle, ...]}`` as ``submission.csv``, atomically.
+
+    An image with no prediction gets one row with an empty ``predicted``, as Kaggle
+    expects.
+    """
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SUBMISSION_COLUMNS)
+        for image_id, rles in predictions.items():
+            if not rles:
+                writer.writerow([image_id, ""])
+            for r in rles:
+                writer.writerow([image_id, r])

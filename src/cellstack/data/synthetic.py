@@ -1,0 +1,392 @@
+"""Synthetic phase-contrast images of neuronal cells, with exact instance masks.
+
+Our stand-in for the Kaggle data in tests and the demo. Three cell types mimic the
+real ones:
+
+- ``shsy5y``: many small elongated cells, in dense clumps where they touch, locally
+  aligned, some with a short neurite.
+- ``astro``: few large irregular flat cells with long thin tapering processes, low
+  contrast and textured.
+- ``cort``: small round cells, sparse, with the dark centre and bright halo of a
+  rounded cell under phase contrast.
+
+Rendering follows the phase-contrast look: a bright halo outside every cell boundary,
+a dark rim just inside it, textured interiors, uneven illumination, out-of-focus ghosts
+and debris that are not cells, blur and noise. Masks never overlap (a later cell only
+takes free pixels and keeps its largest connected piece). Everything is drawn from one
+``numpy.random.Generator``, so a seed gives the same dataset on every machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+CELL_TYPES = ("shsy5y", "astro", "cort")
+#: Kaggle's image size as (H, W).
+DEFAULT_SHAPE = (520, 704)
+_REFERENCE_AREA = DEFAULT_SHAPE[0] * DEFAULT_SHAPE[1]
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """One generated image.
+
+    Attributes:
+        image: uint8[H, W] phase-contrast-like grayscale image.
+        labels: int32[H, W] instance ids 1..N, 0 = background.
+        cell_type: one of :data:`CELL_TYPES`.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    cell_type: str
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
+def _blob_polygon(
+    rng: np.random.Generator, radius: float, elongation: float, irregularity: float, angle: float
+) -> np.ndarray:
+    """Vertices float[K, 2] (x, y) around the origin of a smooth irregular blob."""
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    r = np.ones_like(theta)
+    for k in range(2, 6):  # low harmonics: lumpy, never spiky
+        r += rng.normal(0, irregularity / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    r = radius * np.clip(r, 0.45, None)
+    x = r * np.cos(theta) * np.sqrt(elongation)
+    y = r * np.sin(theta) / np.sqrt(elongation)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([c * x - s * y, s * x + c * y], axis=1)
+
+
+def _process_path(
+    rng: np.random.Generator, start: np.ndarray, angle: float, length: float, step: float = 3.0
+) -> np.ndarray:
+    """A wandering path float[K, 2] (x, y): a random walk with persistent direction."""
+    n = max(2, int(length / step))
+    turns = np.cumsum(rng.normal(0, 0.22, n))
+    dirs = angle + turns
+    steps = step * np.stack([np.cos(dirs), np.sin(dirs)], axis=1)
+    return start + np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+
+
+def _draw_cell(
+    rng: np.random.Generator, cell_type: str, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise one cell on a local patch.
+
+    Returns:
+        ``(mask, origin)``: bool[h, w] patch and the (x, y) offset of the cell's
+        centre inside it.
+    """
+    pad = 6
+    if cell_type == "shsy5y":
+        body = _blob_polygon(rng, rng.uniform(5.0, 8.5), rng.uniform(1.8, 3.6), 0.12, angle)
+        paths = []
+        if rng.random() < 0.35:  # a short neurite leaving from one tip
+            tip = body[np.argmax(body @ np.array([np.cos(angle), np.sin(angle)]))]
+            direction = angle + rng.normal(0, 0.3)
+            paths.append((_process_path(rng, tip, direction, rng.uniform(8, 22), 2.0), 2, 1))
+    elif cell_type == "astro":
+        body = _blob_polygon(rng, rng.uniform(12, 22), rng.uniform(1.0, 1.7), 0.3, angle)
+        paths = []
+        for _ in range(rng.integers(2, 7)):
+            a = rng.uniform(0, 2 * np.pi)
+            start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.7
+            path = _process_path(rng, start, a, rng.uniform(35, 150))
+            paths.append((path, int(rng.integers(4, 8)), 2))
+            if rng.random() < 0.35 and len(path) > 6:  # one branch
+                k = int(rng.integers(len(path) // 3, len(path) - 2))
+                branch = _process_path(
+                    rng, path[k], a + rng.choice([-0.8, 0.8]), rng.uniform(20, 60)
+                )
+                paths.append((branch, 3, 2))
+    elif cell_type == "cort":
+        body = _blob_polygon(rng, rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.35), 0.06, angle)
+        paths = []
+    else:
+        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {CELL_TYPES}")
+    points = np.concatenate([body] + [p for p, _, _ in paths])
+    lo = np.floor(points.min(axis=0)) - pad
+    hi = np.ceil(points.max(axis=0)) + pad
+    size = (hi - lo).astype(int) + 1
+    mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+    shift = 4  # cv2 sub-pixel drawing: coordinates in 1/16 pixel
+    scale = 1 << shift
+    cv2.fillPoly(mask, [np.round((body - lo) * scale).astype(np.int32)], 1, cv2.LINE_8, shift)
+    for path, width_start, width_end in paths:
+        widths = np.linspace(width_start, width_end, len(path) - 1)
+        pts = np.round((path - lo) * scale).astype(np.int32)
+        for a, b, w in zip(pts[:-1], pts[1:], widths, strict=True):
+            cv2.line(mask, tuple(a), tuple(b), 1, max(1, round(w)), cv2.LINE_8, shift)
+    return mask.astype(bool), -lo
+
+
+def _place(
+    labels: np.ndarray,
+    mask: np.ndarray,
+    centre: np.ndarray,
+    origin: np.ndarray,
+    instance_id: int,
+    min_kept: float,
+) -> bool:
+    """Paint ``mask`` into ``labels`` on free pixels only; return whether it was kept.
+
+    The cell keeps its largest connected piece of free pixels, and is dropped when that
+    is under ``min_kept`` of its area or under 12 pixels (too small to annotate).
+    """
+    h, w = labels.shape
+    x0, y0 = np.round(centre - origin).astype(int)
+    ys = slice(max(y0, 0), min(y0 + mask.shape[0], h))
+    xs = slice(max(x0, 0), min(x0 + mask.shape[1], w))
+    if ys.start >= ys.stop or xs.start >= xs.stop:
+        return False
+    patch = mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+    free = patch & (labels[ys, xs] == 0)
+    pieces, n = ndimage.label(free)
+    if n == 0:
+        return False
+    sizes = np.bincount(pieces.ravel())[1:]
+    keep = pieces == (np.argmax(sizes) + 1)
+    area = int(keep.sum())
+    if area < 12 or area < min_kept * mask.sum():
+        return False
+    labels[ys, xs][keep] = instance_id
+    return True
+
+
+def synthetic_labels(
+    rng: np.random.Generator, cell_type: str, shape: tuple[int, int], n_cells: int | None = None
+) -> np.ndarray:
+    """Instance label image int32[H, W] of non-overlapping cells of one type.
+
+    Args:
+        n_cells: how many cells to try to place (fewer fit when the image is full);
+            default: the cell type's usual density for the image area.
+    """
+    h, w = shape
+    area_scale = (h * w) / _REFERENCE_AREA
+    labels = np.zeros(shape, dtype=np.int32)
+    if cell_type == "shsy5y":
+        n_target = max(1, round(rng.uniform(110, 320) * area_scale))
+        n_clumps = int(rng.integers(2, 7))
+        clumps = rng.uniform([0, 0], [w, h], size=(n_clumps, 2))
+        spreads = rng.uniform(35, 110, size=n_clumps) * np.sqrt(max(area_scale, 0.05))
+        clump_angles = rng.uniform(0, np.pi, size=n_clumps)
+        min_kept = 0.55  # dense: cells press against each other
+    elif cell_type == "astro":
+        n_target = max(1, round(rng.uniform(6, 22) * area_scale))
+        min_kept = 0.6
+    else:
+        n_target = max(1, round(rng.uniform(15, 70) * area_scale))
+        min_kept = 0.85  # cort cells are sparse and rarely touch
+    if n_cells is not None:
+        n_target = n_cells
+    placed, attempts = 0, 0
+    while placed < n_target and attempts < 6 * n_target:
+        attempts += 1
+        if cell_type == "shsy5y" and rng.random() < 0.8:
+            k = int(rng.integers(n_clumps))
+            centre = rng.normal(clumps[k], spreads[k])
+            angle = clump_angles[k] + rng.normal(0, 0.5)  # neighbours roughly aligned
+        else:
+            centre = rng.uniform([0, 0], [w, h])
+            angle = rng.uniform(0, np.pi)
+        mask, origin = _draw_cell(rng, cell_type, angle)
+        if _place(labels, mask, centre, origin, placed + 1, min_kept):
+            placed += 1
+    return labels
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
+    """A smooth random field float32[H, W] with unit standard deviation."""
+    h, w = shape
+    coarse = rng.normal(size=(max(2, h // cell + 2), max(2, w // cell + 2))).astype(np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+_LOOK = {
+    # halo brightness, halo width, rim darkness, centre darkness, interior offset, texture
+    "shsy5y": (34.0, 1.8, 16.0, 10.0, 4.0, 7.0),
+    "astro": (16.0, 1.5, 8.0, 2.0, 6.0, 9.0),
+    "cort": (42.0, 2.2, 12.0, 22.0, -2.0, 5.0),
+}
+
+
+def _render(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.ndarray:
+    """Phase-contrast-like uint8[H, W] image of the cells in ``labels``."""
+    h, w = labels.shape
+    halo_amp, halo_w, rim_amp, centre_amp, offset, texture = _LOOK[cell_type]
+    fg = labels > 0
+    n = int(labels.max())
+    # Per-cell contrast; outside pixels take the contrast of their nearest cell.
+    contrast = np.concatenate([[0.0], rng.uniform(0.55, 1.35, size=n)]).astype(np.float32)
+    if n:
+        d_out, (iy, ix) = ndimage.distance_transform_edt(~fg, return_indices=True)
+        nearest = labels[iy, ix]
+    else:
+        d_out, nearest = np.full(labels.shape, np.inf), labels
+    d_in = ndimage.distance_transform_edt(fg)
+    c = contrast[nearest]
+    img = np.full((h, w), rng.uniform(112, 150), dtype=np.float32)
+    img += rng.uniform(3, 8) * _smooth_field(rng, (h, w), 180)  # uneven illumination
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    img += rng.uniform(0, 10) * ((np.cos(a) * gx / w) + (np.sin(a) * gy / h))
+    img += c * halo_amp * np.exp(-d_out / halo_w) * ~fg
+    inside = fg.astype(np.float32)
+    img += (
+        inside
+        * c
+        * (
+            offset
+            - rim_amp * np.exp(-(d_in - 1) / 1.3)
+            - centre_amp * (1 - np.exp(-d_in / 3.5))
+            + texture * _smooth_field(rng, (h, w), 3)
+        )
+    )
+    img += _ghosts_and_debris(rng, (h, w), fg)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.6, 1.0))  # optics
+    img += rng.normal(0, rng.uniform(2.5, 5.5), size=(h, w)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _ghosts_and_debris(
+    rng: np.random.Generator, shape: tuple[int, int], fg: np.ndarray
+) -> np.ndarray:
+    """Unlabelled structure: faint out-of-focus ghosts and small specks of debris."""
+    h, w = shape
+    layer = np.zeros(shape, dtype=np.float32)
+    area_scale = (h * w) / _REFERENCE_AREA
+    for _ in range(rng.poisson(4 * area_scale)):  # ghosts: a soft ring, no dark interior
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(4, 10)
+        cv2.circle(layer, (int(cx), int(cy)), int(r), rng.uniform(8, 16), 2, cv2.LINE_AA)
+    for _ in range(rng.poisson(60 * area_scale)):  # debris specks, bright or dark
+        cx, cy = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+        cv2.circle(
+            layer, (cx, cy), int(rng.integers(1, 3)), rng.choice([-1, 1]) * rng.uniform(15, 40), -1
+        )
+    layer = cv2.GaussianBlur(layer, (0, 0), 1.2)
+    return layer * ~fg
+
+
+def generate_image(
+    rng: np.random.Generator, cell_type: str, shape: tuple[int, int] = DEFAULT_SHAPE
+) -> SyntheticImage:
+    """Generate one image of ``cell_type`` at ``shape`` = (H, W).
+
+    Cell counts scale with the image area; cell sizes do not (they are in pixels).
+    """
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {CELL_TYPES}")
+    labels = synthetic_labels(rng, cell_type, shape)
+    return SyntheticImage(_render(rng, labels, cell_type), labels, cell_type)
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+def synthesize(
+    out_dir: str | Path,
+    n_images: int,
+    *,
+    seed: int = 0,
+    shape: tuple[int, int] = DEFAULT_SHAPE,
+    cell_types: Sequence[str] = CELL_TYPES,
+    livecell: bool = False,
+    progress: bool = True,
+) -> list[str]:
+    """Write a synthetic dataset in the Sartorius layout (and optionally LIVECell's).
+
+    Writes ``out_dir/train.csv`` and ``out_dir/train/{id}.png``; with ``livecell``,
+    also ``out_dir/livecell/images/{name}.tif`` and
+    ``out_dir/livecell/livecell_coco_{train,val,test}.json`` (a 70/15/15 split).
+    Images come in samples of 1-3 (same ``sample_id``, different ``plate_time``), so
+    grouped folds have something to group. The same arguments give the same files.
+
+    Returns:
+        The image ids, in generation order.
+    """
+    from tqdm import tqdm
+
+    from cellstack.data import rle
+    from cellstack.data.coco import write_coco_instances
+    from cellstack.data.images import write_png, write_tiff
+    from cellstack.data.sartorius import write_train_csv
+
+    if n_images < 1:
+        raise ValueError("n_images must be at least 1")
+    unknown = [t for t in cell_types if t not in CELL_TYPES]
+    if unknown:
+        raise ValueError(f"unknown synthetic cell type(s) {unknown}; choose from {CELL_TYPES}")
+    out_dir = Path(out_dir)
+    root = np.random.SeedSequence(seed)
+    plan_rng = np.random.default_rng(root.spawn(1)[0])
+    image_seeds = root.spawn(n_images + 1)[1:]
+    rows, ids, coco_images, coco_masks, coco_types = [], [], [], [], []
+    sample_left, sample_no, cell_type = 0, 0, cell_types[0]
+    type_order = list(plan_rng.permutation(len(cell_types)))
+    for i in tqdm(range(n_images), desc="synthesizing", unit="img", disable=not progress):
+        if sample_left == 0:  # start a new sample: 1-3 images of one well over time
+            cell_type = cell_types[type_order[sample_no % len(cell_types)]]
+            sample_left = int(plan_rng.integers(1, 4))
+            well = f"{'ABCDEFGH'[plan_rng.integers(8)]}{plan_rng.integers(1, 13)}"
+            sample_id = f"{cell_type}[synthetic]_{well}-{sample_no + 1}"
+            date = f"2020-{plan_rng.integers(1, 13):02d}-{plan_rng.integers(1, 29):02d}"
+            hours = 0
+            sample_no += 1
+        sample_left -= 1
+        hours += int(plan_rng.integers(6, 25))
+        image_id = f"{plan_rng.integers(16**12):012x}"
+        synth = generate_image(np.random.default_rng(image_seeds[i]), cell_type, shape)
+        write_png(out_dir / "train" / f"{image_id}.png", synth.image)
+        ids_, rles = rle.encode_labels(synth.labels)
+        meta = {
+            "id": image_id,
+            "width": shape[1],
+            "height": shape[0],
+            "cell_type": cell_type,
+            "plate_time": f"{hours}h00m00s",
+            "sample_date": date,
+            "sample_id": sample_id,
+            "elapsed_timedelta": f"0 days {hours:02d}:00:00",
+        }
+        rows.extend({**meta, "annotation": r} for r in rles)
+        if not rles:  # keep empty images in the CSV: one row, empty annotation
+            rows.append({**meta, "annotation": ""})
+        ids.append(image_id)
+        if livecell:
+            name = f"{cell_type}_Phase_{image_id}.tif"
+            write_tiff(out_dir / "livecell" / "images" / name, synth.image)
+            coco_images.append(
+                {"id": i + 1, "file_name": name, "width": shape[1], "height": shape[0]}
+            )
+            coco_masks.append([synth.labels == k for k in ids_])
+            coco_types.append(cell_type)
+    write_train_csv(out_dir / "train.csv", rows)
+    if livecell:
+        split = np.array(["train"] * n_images, dtype=object)
+        order = plan_rng.permutation(n_images)
+        split[order[int(0.7 * n_images) : int(0.85 * n_images)]] = "val"
+        split[order[int(0.85 * n_images) :]] = "test"
+        for name in ("train", "val", "test"):
+            keep = np.flatnonzero(split == name)
+            write_coco_instances(
+                out_dir / "livecell" / f"livecell_coco_{name}.json",
+                [coco_images[k] for k in keep],
+                [coco_masks[k] for k in keep],
+                [coco_types[k] for k in keep],
+                list(cell_types),
+            )
+    return ids

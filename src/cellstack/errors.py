@@ -1,0 +1,14 @@
+"""User-facing errors.
+
+Every problem a user can fix (a corrupt file, a bad CSV row, a wrong size) raises a
+:class:`CellstackError` whose message is one line naming the file or row. The CLI prints
+that line and exits with status 2 instead of showing a traceback.
+"""
+
+
+class CellstackError(ValueError):
+    """A problem with the user's input, described in one line."""
+
+
+class DataError(CellstackError):
+    """Unreadable or inconsistent data: a corrupt image, a malformed CSV row or RLE."""

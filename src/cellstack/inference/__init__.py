@@ -1,0 +1,1 @@
+"""Inference: predictors, tiling, flip TTA, ensembling, post-processing, overlays."""

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from cellstack.data.sartorius import read_train_csv
+from cellstack.data.synthetic import generate_image, synthesize
+
+
+def _stats(labels):
+    ids = np.unique(labels[labels > 0])
+    areas = np.array([(labels == i).sum() for i in ids])
+    elong = []
+    for i in ids:
+        ys, xs = np.nonzero(labels == i)
+        ev = np.linalg.eigvalsh(np.cov(np.stack([xs, ys])) + 1e-6 * np.eye(2))
+        elong.append(np.sqrt(ev[1] / ev[0]))
+    return len(ids), areas, np.array(elong)
+
+
+def test_cell_types_look_like_the_real_ones():
+    stats = {
+        t: _stats(generate_image(np.random.default_rng(1), t).labels)
+        for t in ("shsy5y", "astro", "cort")
+    }
+    n = {t: s[0] for t, s in stats.items()}
+    area = {t: np.median(s[1]) for t, s in stats.items()}
+    elong = {t: np.median(s[2]) for t, s in stats.items()}
+    assert n["shsy5y"] > n["cort"] > n["astro"]  # dense, sparse, few
+    assert n["shsy5y"] > 100
+    assert area["astro"] > 3 * area["shsy5y"] and area["astro"] > 3 * area["cort"]  # large
+    assert elong["shsy5y"] > 1.6 > elong["cort"]  # elongated vs round
+
+
+def test_images_look_like_phase_contrast():
+    synth = generate_image(np.random.default_rng(2), "cort")
+    img, fg = synth.image.astype(float), synth.labels > 0
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(fg, iterations=2) & ~fg
+    far = ~ndimage.binary_dilation(fg, iterations=8)
+    assert img[ring].mean() > img[far].mean() + 5  # bright halo
+    assert img[fg].mean() < img[ring].mean() - 10  # darker cells
+    assert synth.image.dtype == np.uint8 and synth.image.shape == (520, 704)
+
+
+def test_deterministic_per_seed(tmp_path):
+    synthesize(tmp_path / "a", 3, seed=5, shape=(64, 80), progress=False)
+    synthesize(tmp_path / "b", 3, seed=5, shape=(64, 80), progress=False)
+    synthesize(tmp_path / "c", 3, seed=6, shape=(64, 80), progress=False)
+    a, b, c = ((tmp_path / x / "train.csv").read_bytes() for x in "abc")
+    assert a == b and a != c
+    pngs = sorted((tmp_path / "a" / "train").glob("*.png"))
+    assert [p.read_bytes() for p in pngs] == [
+        (tmp_path / "b" / "train" / p.name).read_bytes() for p in pngs
+    ]
+
+
+def test_dataset_layout_and_metadata(synth_dir):
+    records = read_train_csv(synth_dir / "train.csv")
+    assert len(records) == 9
+    assert {r.cell_type for r in records} == {"shsy5y", "astro", "cort"}
+    assert len({r.sample_id for r in records}) < 9  # samples hold several images
+    for rec in records:
+        assert rec.image_path.is_file()
+        label = rec.label_image()
+        # Exact ground truth: no overlaps, every listed cell present.
+        masks = rec.sparse_masks()
+        assert masks.sum(axis=0).max() <= 1
+        assert len(np.unique(label)) - 1 == len(rec.rles)
+    header = (synth_dir / "train.csv").read_text().splitlines()[0]
+    assert header == (
+        "id,annotation,width,height,cell_type,plate_time,sample_date,sample_id,elapsed_timedelta"
+    )
+
+
+def test_unknown_type_and_bad_count(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic cell type"):
+        synthesize(tmp_path, 1, cell_types=("hela",), progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        synthesize(tmp_path, 0, progress=False)
