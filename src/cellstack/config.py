@@ -1,0 +1,344 @@
+"""One typed configuration: frozen dataclasses, loaded from YAML, with dotted overrides.
+
+Defaults are the original solution's recipe for the real data (see
+``shared/reference/original-details.md``) wherever it applies to any dataset; a few
+values that only make sense on a GPU (a ResNeXt backbone, thousands of iterations) live
+in the shipped configs instead. ``modeling/build.py`` is the only reader of ``model``.
+
+Usage::
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=1e-3", "model.backbone.name=resnet50"])
+    save_config(cfg, run_dir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellstack.errors import CellstackError
+from cellstack.fileio import atomic_write
+
+
+class ConfigError(CellstackError):
+    """An unknown key, a value of the wrong type or an out-of-range value."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A timm encoder with an FPN on top.
+
+    Attributes:
+        name: a timm model name (resnet18/50, resnext101_32x4d/64x4d, efficientnet_b0..b6).
+        pretrained: load ImageNet weights through timm (needs network or ``pretrained_path``).
+        pretrained_path: a local weights file for the encoder (.pth/.safetensors).
+        stem_stride: stride of the encoder's first convolution; 1 doubles the feature
+            resolution without resizing the image (the original's trick for small cells).
+        fpn_channels: FPN width.
+        freeze_bn: keep batch-norm statistics and affine parameters fixed.
+    """
+
+    name: str = "resnet50"
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    stem_stride: int = 1
+    fpn_channels: int = 256
+    freeze_bn: bool = False
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Region proposal network: one anchor scale per FPN level, several aspect ratios.
+
+    Anchor sizes are ``anchor_scale * stride`` of each level (8 x 2..32 = 16..256 px with
+    ``stem_stride: 1``, as in the original).
+    """
+
+    anchor_scale: float = 8.0
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 1000
+    pre_nms_top_n_test: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_iou: float = 0.7
+
+
+@dataclass(frozen=True)
+class RoIConfig:
+    """Box and mask heads on RoIAlign features (always ``aligned=True``).
+
+    Attributes:
+        finest_scale: RoIs smaller than ``2 * finest_scale`` px go to the finest level
+            (mmdet's mapping, used by the original).
+        mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28).
+    """
+
+    box_pool: int = 7
+    mask_pool: int = 14
+    fc_dim: int = 1024
+    mask_convs: int = 4
+    finest_scale: float = 56.0
+    fg_iou: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "maskrcnn"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi: RoIConfig = field(default_factory=RoIConfig)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentations (albumentations); probabilities in [0, 1]."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.0
+    brightness_contrast: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    scale_jitter: float = 0.0
+    flip_paste: float = 0.0
+    flip_paste_types: tuple[str, ...] = ("cort",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the model trains on.
+
+    Attributes:
+        crop_size: random square crops (images smaller than it are padded).
+        fold: validate on this fold, train on the others; None trains on everything.
+        folds: number of folds when ``folds.csv`` has to be made.
+        val_images: cap on validation images scored during training (0 = all).
+    """
+
+    crop_size: int = 256
+    fold: int | None = None
+    folds: int = 5
+    val_images: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``loss_decay`` is the original's class/box/RPN weight decay."""
+
+    iterations: int = 4000
+    batch_size: int = 4
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "linear"
+    warmup_fraction: float = 0.05
+    grad_clip: float = 10.0
+    amp: bool = True
+    loss_decay: bool = True
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Inference and post-processing (the original's order, see inference/postprocess)."""
+
+    rpn_nms_iou: float = 0.7
+    box_score_thresh: float = 0.05
+    box_nms_iou: float = 0.7
+    max_detections: int = 1000
+    mask_thresh: float = 0.45
+    score_thresh: float = 0.3
+    mask_nms_iou: float = 0.1
+    min_size: int = 0
+    batch_size: int = 2
+    tile_size: int = 1024
+    tile_overlap: int = 128
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+_CHOICES = {
+    "model.arch": ("maskrcnn", "cascade", "htc"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("linear", "cosine", "step", "constant"),
+}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: {value!r} is not a {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(v, item, key) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(
+        f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+            if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
+                raise ConfigError(
+                    f"config key {key}: {kwargs[name]!r} is not one of {', '.join(_CHOICES[key])}"
+                )
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)`` (values parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML 1.1 reads "1e-3" as a string; accept the scientific notation users type.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a :class:`Config` from nested dicts plus dotted overrides."""
+    data = _to_plain(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (``None``: the defaults) and apply ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dicts and lists, ready for YAML or json."""
+    return _to_plain(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    with atomic_write(path) as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (cfg.model.backbone.stem_stride in (1, 2), "model.backbone.stem_stride must be 1 or 2"),
+        (cfg.data.crop_size >= 32, "data.crop_size must be at least 32"),
+        (cfg.train.iterations >= 1, "train.iterations must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (0 <= cfg.train.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
+        (0 < cfg.predict.mask_thresh < 1, "predict.mask_thresh must be in (0, 1)"),
+        (
+            cfg.predict.tile_overlap < cfg.predict.tile_size,
+            "predict.tile_overlap must be < tile_size",
+        ),
+        (cfg.data.folds >= 2, "data.folds must be at least 2"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
+        raise ConfigError(f"data.fold must be in 0..{cfg.data.folds - 1}, got {cfg.data.fold}")

@@ -1,0 +1,130 @@
+"""timm encoders with a feature pyramid (FPN).
+
+The encoder is any timm model with ``features_only`` support; we take its four feature
+maps at reductions 4, 8, 16, 32 (C2..C5) and add an FPN with one extra max-pooled level.
+With ``stem_stride=1`` the stride of the encoder's first convolution is removed, so the
+maps come at reductions 2, 4, 8, 16 (and 32 for the extra level): twice the resolution
+for small cells without resizing the image, the original solution's key trick.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from cellstack.errors import CellstackError
+
+#: Backbones we document and test; any timm model with features_only also works.
+KNOWN_BACKBONES = (
+    "resnet18",
+    "resnet50",
+    "resnext101_32x4d",
+    "resnext101_64x4d",
+    "efficientnet_b0",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+)
+#: ImageNet statistics (the timm encoders' training normalisation), RGB.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _create_encoder(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
+    import timm
+
+    kwargs = {"features_only": True, "out_indices": (1, 2, 3, 4)}
+    if pretrained_path is not None:
+        path = Path(pretrained_path)
+        if not path.is_file():
+            raise CellstackError(f"{path}: backbone weights file not found")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "Invalid model" in str(exc):
+            raise CellstackError(f"unknown backbone {name!r} (any timm model name)") from None
+        if pretrained_path is not None:
+            raise CellstackError(
+                f"{pretrained_path}: cannot load weights for {name} ({exc})"
+            ) from None
+        raise
+    except Exception as exc:
+        if not pretrained:
+            raise
+        raise CellstackError(
+            f"cannot download ImageNet weights for {name} ({type(exc).__name__}); offline? "
+            "Set model.backbone.pretrained_path=FILE or model.backbone.pretrained=false"
+        ) from None
+
+
+class TimmFPN(nn.Module):
+    """A timm encoder with an FPN.
+
+    Args:
+        name: timm model name.
+        pretrained: load ImageNet weights through timm.
+        pretrained_path: local encoder weights (implies pretrained).
+        stem_stride: 1 removes the first convolution's stride (doubles resolution).
+        out_channels: FPN width.
+        freeze_bn: freeze batch-norm statistics and parameters.
+
+    Attributes:
+        strides: tuple[int, ...] stride of each output level, e.g. (2, 4, 8, 16, 32).
+        out_channels: channels of every output level.
+        level_names: keys of the output dict, finest first ("0".."3", "pool").
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pretrained: bool = False,
+        pretrained_path: str | None = None,
+        stem_stride: int = 1,
+        out_channels: int = 256,
+        freeze_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        self.body = _create_encoder(name, pretrained, pretrained_path)
+        reductions = list(self.body.feature_info.reduction())
+        if stem_stride == 1:
+            stem = next(m for m in self.body.modules() if isinstance(m, nn.Conv2d))
+            if stem.stride != (2, 2):
+                raise CellstackError(
+                    f"{name}: its first convolution has stride {stem.stride}, not 2"
+                )
+            stem.stride = (1, 1)
+            reductions = [r // 2 for r in reductions]
+        self.fpn = FeaturePyramidNetwork(
+            list(self.body.feature_info.channels()), out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.strides = (*reductions, reductions[-1] * 2)
+        self.out_channels = out_channels
+        self.level_names = ("0", "1", "2", "3", "pool")
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for m in self.body.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TimmFPN:
+        super().train(mode)
+        if self.freeze_bn:  # frozen BN keeps its running statistics in training too
+            for m in self.body.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """float32[B, 3, H, W] normalised, H and W divisible by the largest stride ->
+        ``{"0": float32[B, C, H/s0, W/s0], ..., "pool": ...}``."""
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))

@@ -1,0 +1,150 @@
+"""The detector skeleton: preprocess -> backbone/FPN -> RPN -> RoI heads.
+
+Images go in as a list of float tensors ``[C, H, W]`` in [0, 1] (C = 1 or 3; grayscale
+is repeated to three channels), at their native size: no resize, only zero-mean padding
+to a multiple of the largest stride. Predictions come out as one
+:class:`~cellstack.structures.Instances` per image with ``boxes`` (float32[N, 4] xyxy,
+image pixels), ``scores``, ``labels`` (int64 class index into ``class_names``) and
+``roi_masks`` (float32[N, 28, 28] mask probabilities on each box's grid, not pasted:
+the predictor pastes after any ensembling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from cellstack.errors import CellstackError
+from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
+from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads, select_detections
+from cellstack.structures import Instances
+
+
+class CellDetector(nn.Module):
+    """Mask R-CNN-style instance segmentation of cells.
+
+    Args:
+        backbone: encoder + FPN (gives ``strides`` and ``level_names``).
+        rpn: torchvision RegionProposalNetwork over all FPN levels.
+        roi_heads: box and mask heads over the first four levels.
+        class_names: the cell types, in label order.
+        box_score_thresh, box_nms_iou, max_detections: inference box selection.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: TimmFPN,
+        rpn: RegionProposalNetwork,
+        roi_heads: MaskRCNNHeads,
+        class_names: Sequence[str],
+        box_score_thresh: float = 0.05,
+        box_nms_iou: float = 0.7,
+        max_detections: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.class_names = tuple(class_names)
+        self.box_score_thresh = box_score_thresh
+        self.box_nms_iou = box_nms_iou
+        self.max_detections = max_detections
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
+
+    @property
+    def size_divisor(self) -> int:
+        return max(self.backbone.strides)
+
+    def preprocess(self, images: Sequence[torch.Tensor]) -> ImageList:
+        """Normalise, repeat gray to RGB, pad to a common size divisible by the strides."""
+        if len(images) == 0:
+            raise CellstackError("no images to process")
+        sizes = []
+        for img in images:
+            if img.ndim != 3 or img.shape[0] not in (1, 3):
+                raise CellstackError(
+                    f"images must be float [C, H, W] with C = 1 or 3, got {tuple(img.shape)}"
+                )
+            sizes.append((int(img.shape[1]), int(img.shape[2])))
+        d = self.size_divisor
+        h = max(s[0] for s in sizes)
+        w = max(s[1] for s in sizes)
+        h, w = -(-h // d) * d, -(-w // d) * d
+        batch = images[0].new_zeros((len(images), 3, h, w))  # 0 after normalising = mean
+        for i, img in enumerate(images):
+            img = img.to(self.pixel_mean.dtype)
+            if img.shape[0] == 1:
+                img = img.expand(3, -1, -1)
+            batch[i, :, : img.shape[1], : img.shape[2]] = (img - self.pixel_mean) / self.pixel_std
+        return ImageList(batch, sizes)
+
+    def features(self, images: ImageList) -> dict[str, torch.Tensor]:
+        return self.backbone(images.tensors)
+
+    def roi_features(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The levels the RoI heads pool from (all but the extra max-pooled one)."""
+        return [feats[k] for k in self.backbone.level_names[:-1]]
+
+    def forward(
+        self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None
+    ) -> dict[str, torch.Tensor] | list[Instances]:
+        """Training (``targets`` given, module in train mode): a dict of losses
+        ``rpn_cls, rpn_box, cls, box, mask``. Inference: one Instances per image.
+
+        Targets per image: ``boxes`` float32[N, 4] xyxy, ``labels`` int64[N] class index,
+        ``masks`` uint8[N, H, W].
+        """
+        image_list = self.preprocess(images)
+        feats = self.features(image_list)
+        if self.training:
+            if targets is None:
+                raise CellstackError("training needs targets")
+            targets = [dict(t) for t in targets]
+            proposals, rpn_losses = self.rpn(image_list, feats, targets)
+            proposals = [p.detach() for p in proposals]
+            losses = self.roi_heads.losses(self.roi_features(feats), proposals, targets)
+            return {
+                "rpn_cls": rpn_losses["loss_objectness"],
+                "rpn_box": rpn_losses["loss_rpn_box_reg"],
+                **losses,
+            }
+        proposals, _ = self.rpn(image_list, feats)
+        return self.detect(feats, proposals, image_list.image_sizes)
+
+    def detect(
+        self,
+        feats: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[Instances]:
+        """Boxes and RoI masks from proposals (inference)."""
+        roi_feats = self.roi_features(feats)
+        preds = self.roi_heads.predict_boxes(roi_feats, proposals, image_sizes)
+        selected = [
+            select_detections(
+                p,
+                score_thresh=self.box_score_thresh,
+                nms_iou=self.box_nms_iou,
+                max_detections=self.max_detections,
+            )
+            for p in preds
+        ]
+        masks = self.roi_heads.predict_masks(
+            roi_feats, [s[0] for s in selected], [s[2] for s in selected]
+        )
+        return [
+            Instances(size, boxes=b, scores=s, labels=lab, roi_masks=m)
+            for (b, s, lab), m, size in zip(selected, masks, image_sizes, strict=True)
+        ]
+
+
+def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of float[B, C, h, w] to ``ref``'s spatial size."""
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)

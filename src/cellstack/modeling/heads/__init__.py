@@ -1,0 +1,1 @@
+"""RoI heads: box and mask heads on aligned RoI features."""

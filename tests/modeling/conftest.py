@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from cellstack.config import load_config
+
+TINY = [
+    "model.backbone.name=resnet18",
+    "model.backbone.fpn_channels=16",
+    "model.roi.fc_dim=32",
+    "model.roi.mask_convs=1",
+    "model.rpn.post_nms_top_n_train=200",
+    "model.roi.batch_size_per_image=64",
+]
+
+
+@pytest.fixture
+def tiny_cfg():
+    return load_config(None, TINY)
+
+
+def two_cells(h=64, w=96):
+    """An image with a dark and a bright square cell, and its target."""
+    img = torch.full((1, h, w), 0.5)
+    img[:, 10:22, 10:30] = 0.2
+    img[:, 40:58, 50:70] = 0.8
+    masks = torch.zeros(2, h, w, dtype=torch.uint8)
+    masks[0, 10:22, 10:30] = 1
+    masks[1, 40:58, 50:70] = 1
+    target = {
+        "boxes": torch.tensor([[10.0, 10, 30, 22], [50, 40, 70, 58]]),
+        "labels": torch.tensor([0, 1]),
+        "masks": masks,
+    }
+    return img, target
