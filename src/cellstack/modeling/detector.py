@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -144,7 +143,3 @@ class CellDetector(nn.Module):
             for (b, s, lab), m, size in zip(selected, masks, image_sizes, strict=True)
         ]
 
-
-def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of float[B, C, h, w] to ``ref``'s spatial size."""
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)

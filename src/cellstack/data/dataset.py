@@ -1,0 +1,176 @@
+"""Training and validation samples for the detectors.
+
+A training sample is a random ``crop_size`` square of a random image (padded when the
+image is smaller; re-drawn up to 10 times when the crop holds no cell but the image
+does), augmented with albumentations, and optionally FlipPasted (the original's cort
+augmentation: the image averaged with its mirror, both sets of masks kept).
+
+Sample ``i`` draws every random choice from ``numpy.random.default_rng((seed, i))``, so
+a run resumed at iteration ``k`` sees exactly the samples it would have seen, whatever
+the number of data-loader workers or processes.
+
+Images are served as float32[1, H, W] in [0, 1] (grayscale; colour is averaged); targets
+as ``boxes`` float32[N, 4] xyxy (pixel ``(y, x)`` spans ``[x, x+1)``), ``labels``
+int64[N] class indices and ``masks`` uint8[N, H, W].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cellstack.config import AugmentConfig
+from cellstack.data.images import read_image, to_gray_uint8
+from cellstack.data.records import ImageRecord
+from cellstack.errors import DataError
+
+
+def load_sample(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+    """``(image uint8[H, W], labels int32[H, W])`` of an annotated record.
+
+    Raises:
+        DataError: the image is unreadable or its size disagrees with the annotations.
+    """
+    image = to_gray_uint8(read_image(record.image_path))
+    if image.shape != record.shape:
+        raise DataError(
+            f"{record.image_path}: image is {image.shape[1]}x{image.shape[0]}, annotations say "
+            f"{record.width}x{record.height}"
+        )
+    return image, record.label_image()
+
+
+def instances_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int64[N], masks uint8[N, H, W])`` of the instances in a label image."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return ids, (labels[None] == ids[:, None, None]).astype(np.uint8)
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes float32[N, 4] xyxy of masks uint8[N, H, W] (a pixel spans [x, x+1))."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for k, m in enumerate(masks):
+        ys = np.flatnonzero(m.any(axis=1))
+        xs = np.flatnonzero(m.any(axis=0))
+        boxes[k] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
+
+
+def make_target(masks: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    """Target dict from masks uint8[N, H, W] and class indices int[N]; empty masks dropped."""
+    keep = masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
+    masks, labels = masks[keep], np.asarray(labels)[keep]
+    return {
+        "boxes": torch.from_numpy(boxes_from_masks(masks)),
+        "labels": torch.as_tensor(labels, dtype=torch.int64),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+    }
+
+
+def _augmenter(cfg: AugmentConfig):
+    import albumentations as A
+    import cv2
+
+    steps = [A.HorizontalFlip(p=cfg.hflip), A.VerticalFlip(p=cfg.vflip)]
+    if cfg.rot90:
+        steps.append(A.RandomRotate90(p=cfg.rot90))
+    if cfg.scale_jitter:
+        s = cfg.scale_jitter
+        steps.append(
+            A.Affine(scale=(1 - s, 1 + s), interpolation=cv2.INTER_LINEAR,
+                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=1.0)
+        )
+    if cfg.brightness_contrast:
+        steps.append(A.RandomBrightnessContrast(0.2, 0.2, p=cfg.brightness_contrast))
+    if cfg.blur:
+        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur))
+    if cfg.noise:
+        steps.append(A.GaussNoise(std_range=(0.01, 0.05), p=cfg.noise))
+    return A.Compose(steps)
+
+
+class TrainCrops(Dataset):
+    """Random augmented crops; item ``i`` is sample ``i`` of the run (see module docstring).
+
+    Args:
+        records: annotated images.
+        class_names: cell types in label order; a record's ``cell_type`` gives its label.
+        crop_size: side of the square crops.
+        augment: augmentation settings.
+        length: number of samples (iterations x batch size).
+        seed: the run's seed.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        class_names: Sequence[str],
+        *,
+        crop_size: int,
+        augment: AugmentConfig,
+        length: int,
+        seed: int,
+    ) -> None:
+        if not records:
+            raise DataError("no training images")
+        self.records = list(records)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.crop_size = crop_size
+        self.augment = augment
+        self.length = length
+        self.seed = seed
+        self._transform = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng = np.random.default_rng((self.seed, int(index)))
+        record = self.records[int(rng.integers(len(self.records)))]
+        image, labels = load_sample(record)
+        image, labels = self._crop(rng, image, labels)
+        if self._transform is None:  # built lazily: once per worker process
+            self._transform = _augmenter(self.augment)
+        self._transform.set_random_seed(int(rng.integers(2**31)))
+        out = self._transform(image=image, mask=labels.astype(np.int32))
+        image, labels = out["image"], out["mask"]
+        _, masks = instances_from_labels(labels)
+        if (
+            record.cell_type in self.augment.flip_paste_types
+            and rng.random() < self.augment.flip_paste
+        ):
+            image = ((image.astype(np.uint16) + image[:, ::-1]) // 2).astype(np.uint8)
+            masks = np.concatenate([masks, masks[:, :, ::-1]])
+        class_idx = np.full(len(masks), self.class_index[record.cell_type])
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)[None]
+        return tensor, make_target(masks, class_idx)
+
+    def _crop(
+        self, rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        c = self.crop_size
+        h, w = image.shape
+        if h < c or w < c:  # pad small images with their median grey, never reject them
+            ph, pw = max(c - h, 0), max(c - w, 0)
+            top, left = int(rng.integers(ph + 1)), int(rng.integers(pw + 1))
+            pad = ((top, ph - top), (left, pw - left))
+            image = np.pad(image, pad, constant_values=int(np.median(image)))
+            labels = np.pad(labels, pad)
+            h, w = image.shape
+        has_cells = labels.any()
+        for _ in range(10):
+            y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+            crop = labels[y : y + c, x : x + c]
+            if not has_cells or crop.any():
+                break
+        return image[y : y + c, x : x + c], crop
+
+
+def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images and targets as lists (sizes and instance counts differ)."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,1 @@
+"""Engine: the training loop, schedules, checkpoints and run folders."""

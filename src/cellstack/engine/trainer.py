@@ -1,0 +1,329 @@
+"""The training loop: ``cellstack train DATA --config CFG --out RUN``.
+
+One iteration = one batch of random crops -> weighted sum of the losses -> AdamW/SGD
+step with gradient clipping (and AMP on CUDA) -> per-iteration LR schedule. Every
+``checkpoint_every`` iterations the full state is written atomically; ``resume=True``
+restores it and continues exactly (the data of sample ``i`` depends only on the seed
+and ``i``; RNG states are restored). A NaN/inf loss stops training with a message that
+names the last good checkpoint, which is left untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellstack.config import Config, save_config
+from cellstack.data.folds import grouped_stratified_folds, read_folds_csv, write_folds_csv
+from cellstack.data.layouts import load_dataset
+from cellstack.data.records import ImageRecord
+from cellstack.engine import checkpoint as ckpt
+from cellstack.errors import CellstackError
+from cellstack.fileio import atomic_write
+
+LOSS_NAMES = ("rpn_cls", "rpn_box", "cls", "box", "mask")
+LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
+
+
+class TrainingDiverged(CellstackError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    iterations: int
+    final_loss: float
+    val_score: float | None
+
+
+def lr_factor(schedule: str, total: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Multiplier of the base LR at iteration ``it`` (0-based): linear warmup, then decay."""
+    warmup = int(round(warmup_fraction * total))
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        p = (it - warmup) / max(total - warmup, 1)
+        if schedule == "linear":
+            return max(1.0 - p, 0.0)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+        if schedule == "step":  # x0.1 at 2/3 and 8/9 of training (detectron2's habit)
+            return 0.1 ** ((p >= 2 / 3) + (p >= 8 / 9))
+        return 1.0
+
+    return factor
+
+
+def loss_weights(progress: float, decay: bool, pseudo_epochs: int = 40) -> dict[str, float]:
+    """Per-loss weights; with ``decay`` the original's schedule over training.
+
+    The original weighted, at epoch e of E, the class loss by (E+3-e)/(E+2) and the
+    box and RPN losses by (E+2-floor(e/2))/(E+2), the mask loss by 1 (for E = 40: class
+    1 -> 0.07, box/RPN 1 -> 0.52). We use the same curves with e = progress * E, as a
+    smooth function of the iteration.
+    """
+    if not decay:
+        return dict.fromkeys(LOSS_NAMES, 1.0)
+    e, big_e = progress * pseudo_epochs, pseudo_epochs
+    w_cls = (big_e + 3 - e) / (big_e + 2)
+    w_box = (big_e + 2 - e / 2) / (big_e + 2)
+    return {"rpn_cls": w_box, "rpn_box": w_box, "cls": w_cls, "box": w_box, "mask": 1.0}
+
+
+def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ w·L / Σ w over every loss; a loss without a weight counts with weight 1."""
+    total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
+    return total / sum(weights.get(k, 1.0) for k in losses)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CellstackError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def split_records(
+    records: list[ImageRecord], cfg: Config, data: Path, run: Path
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """``(train, val)``: with ``data.fold`` the other folds train and that fold validates.
+
+    Folds come from ``folds.csv`` beside the data when present (``cellstack folds``),
+    else they are made here; either way the split is written to ``RUN/folds.csv``.
+    """
+    if cfg.data.fold is None:
+        return records, []
+    base = data if data.is_dir() else data.parent
+    if (base / "folds.csv").is_file():
+        folds = read_folds_csv(base / "folds.csv")
+        missing = [r.image_id for r in records if r.image_id not in folds]
+        if missing:
+            raise CellstackError(f"{base / 'folds.csv'}: no fold for image {missing[0]}")
+    else:
+        folds = grouped_stratified_folds(records, cfg.data.folds, seed=cfg.train.seed)
+    write_folds_csv(run / "folds.csv", records, folds)
+    train = [r for r in records if folds[r.image_id] != cfg.data.fold]
+    val = [r for r in records if folds[r.image_id] == cfg.data.fold]
+    if not train or not val:
+        raise CellstackError(f"fold {cfg.data.fold} leaves no training or no validation images")
+    return train, val
+
+
+def validate(model: torch.nn.Module, records: list[ImageRecord], cfg: Config,
+             device: torch.device) -> float:
+    """Mean competition score of the model on annotated records (full images)."""
+    from cellstack.data.dataset import load_sample
+    from cellstack.evaluation.metric import score_image
+    from cellstack.inference.postprocess import PostprocessParams, pixels_to_sparse
+    from cellstack.inference.predictor import Predictor
+
+    p = cfg.predict
+    params = PostprocessParams(p.mask_thresh, p.score_thresh, p.mask_nms_iou, p.min_size)
+    predictor = Predictor(model, params, device=device, tile_size=p.tile_size,
+                          tile_overlap=p.tile_overlap, batch_size=p.batch_size)
+    scores = []
+    for rec in records:
+        image, _ = load_sample(rec)
+        (pred,) = predictor([image])
+        scores.append(score_image(rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape),
+                                  shape=rec.shape).score)
+    model.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+class _Log:
+    """``RUN/log.csv``: one row per logged iteration; on resume, rows past it are cut."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = path
+        rows = []
+        if start > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+        with atomic_write(path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.rows = rows
+
+    def add(self, row: dict) -> None:
+        row = {k: row.get(k, "") for k in LOG_COLUMNS}
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=LOG_COLUMNS).writerow(row)
+
+
+def plot_log(rows: list[dict], path: Path) -> None:
+    """Losses (log scale) and validation score against iteration, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cellstack.fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    its = [int(r["iteration"]) for r in rows if r["loss"] != ""]
+    for name in ("loss", *LOSS_NAMES):
+        values = [float(r[name]) for r in rows if r["loss"] != ""]
+        if values:
+            ax.plot(its, values, label=name, lw=2 if name == "loss" else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right", fontsize=8)
+    val = [(int(r["iteration"]), float(r["val_score"])) for r in rows if r["val_score"] != ""]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val, strict=True), "ko-", label="val score")
+        ax2.set_ylabel("validation score (competition metric)")
+        ax2.legend(loc="upper center", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    cfg: Config, data: str | Path, run: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainResult:
+    """Train a detector on ``data`` (any supported layout) into the run folder ``run``."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from cellstack.data.dataset import TrainCrops, collate
+    from cellstack.modeling.build import build_model
+
+    data, run = Path(data), Path(run)
+    t = cfg.train
+    state = None
+    if resume:
+        state = ckpt.load(run / ckpt.CHECKPOINT)
+        from cellstack.config import config_from_dict
+
+        cfg = config_from_dict(state["config"])
+        t = cfg.train
+    elif (run / ckpt.CHECKPOINT).is_file():
+        raise CellstackError(f"{run} already holds a training run; pass --resume to continue it "
+                             "or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    records = load_dataset(data)
+    train_records, val_records = split_records(records, cfg, data, run)
+    if cfg.data.val_images:
+        val_records = val_records[: cfg.data.val_images]
+    class_names = state["class_names"] if state else sorted({r.cell_type for r in records})
+    save_config(cfg, run / "config.yaml")
+
+    torch.manual_seed(t.seed)
+    device = pick_device(t.device)
+    model = build_model(cfg.model, class_names, cfg.predict).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                                    weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(t.schedule, t.iterations, t.warmup_fraction)
+    )
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        start = int(state["iteration"])
+    if start >= t.iterations:
+        raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
+
+    dataset = TrainCrops(train_records, class_names, crop_size=cfg.data.crop_size,
+                         augment=cfg.data.augment, length=t.iterations * t.batch_size,
+                         seed=t.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=t.batch_size,
+        sampler=range(start * t.batch_size, t.iterations * t.batch_size),
+        num_workers=t.num_workers,
+        collate_fn=collate,
+        # A private generator: the loader must not draw from the global RNG, whose state
+        # the checkpoint restores for the model's own sampling.
+        generator=torch.Generator().manual_seed(t.seed),
+    )
+    log = _Log(run / "log.csv", start)
+
+    def save_checkpoint(iteration: int) -> None:
+        ckpt.save(
+            {
+                **ckpt.final_state(model, cfg, class_names),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "iteration": iteration,
+            },
+            run / ckpt.CHECKPOINT,
+        )
+
+    model.train()
+    last_saved, val_score, loss_value = start, None, float("nan")
+    t0 = time.perf_counter()
+    bar = tqdm(total=t.iterations, initial=start, desc="training", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    for it, (images, targets) in enumerate(loader, start=start):
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
+        with torch.autocast(device.type, enabled=use_amp):
+            losses = model(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}
+        loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
+        if not torch.isfinite(loss):
+            bar.close()
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at iteration {it + 1} ({bad}); stopped. The last good "
+                f"checkpoint is {run / ckpt.CHECKPOINT} (iteration {last_saved}). Lower train.lr "
+                "or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        done = it + 1
+        loss_value = loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        row = None
+        if done % t.log_every == 0 or done == t.iterations:
+            row = {"iteration": done, "lr": scheduler.get_last_lr()[0], "loss": loss_value,
+                   **{k: v.item() for k, v in losses.items()},
+                   "seconds": round(time.perf_counter() - t0, 2)}
+        if val_records and (done % t.eval_every == 0 or done == t.iterations):
+            val_score = validate(model, val_records, cfg, device)
+            row = {**(row or {"iteration": done}), "val_score": val_score}
+            bar.write(f"iteration {done}: validation score {val_score:.4f}")
+        if row is not None:
+            log.add(row)
+        if done % t.checkpoint_every == 0 or done == t.iterations:
+            save_checkpoint(done)
+            last_saved = done
+    bar.close()
+    ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
+    plot_log(log.rows, run / "training.png")
+    return TrainResult(run, t.iterations, loss_value, val_score)

@@ -1,0 +1,115 @@
+"""Run a trained detector on images of any size.
+
+Images up to ``tile_size`` on both sides go through the model whole (padded to the
+stride). Larger ones are cut into overlapping tiles; a detection is kept only by the
+tile whose core (the tile minus half the overlap on each inner side) holds its box
+centre, so a cell seen by two tiles is kept once. Cells up to ``tile_overlap / 2`` px
+from a core edge are seen whole by the tile that keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from cellstack.inference.postprocess import PostprocessParams, postprocess
+from cellstack.modeling.detector import CellDetector
+from cellstack.structures import Instances
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with overlap."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _core(start: int, tile: int, overlap: int, total: int) -> tuple[float, float]:
+    """The half-open range of box centres that the tile starting at ``start`` keeps."""
+    lo = 0.0 if start == 0 else start + overlap / 2
+    hi = float(total) if start + tile >= total else start + tile - overlap / 2
+    return lo, hi
+
+
+class Predictor:
+    """Detections for images, from a model and post-processing thresholds.
+
+    Args:
+        model: a detector (put in eval mode here).
+        params: post-processing thresholds.
+        device: where the model runs.
+        tile_size, tile_overlap: tiling of large images (pixels).
+        batch_size: images (or tiles) per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: CellDetector,
+        params: PostprocessParams,
+        *,
+        device: torch.device | str = "cpu",
+        tile_size: int = 1024,
+        tile_overlap: int = 128,
+        batch_size: int = 2,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.params = params
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def raw(self, images: Sequence[np.ndarray]) -> list[Instances]:
+        """Model detections (boxes, scores, labels, roi_masks) for uint8[H, W] images."""
+        out = []
+        for image in images:
+            h, w = image.shape
+            if h <= self.tile_size and w <= self.tile_size:
+                out.append(self._forward([image])[0].to("cpu"))
+            else:
+                out.append(self._tiled(image))
+        return out
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:
+        """Post-processed, non-overlapping cells (see :func:`postprocess`)."""
+        return [postprocess(inst, self.params) for inst in self.raw(images)]
+
+    def _forward(self, images: Sequence[np.ndarray]) -> list[Instances]:
+        results = []
+        for k in range(0, len(images), self.batch_size):
+            chunk = images[k : k + self.batch_size]
+            tensors = [
+                torch.from_numpy(im.astype(np.float32) / 255)[None].to(self.device) for im in chunk
+            ]
+            results.extend(self.model(tensors))
+        return results
+
+    def _tiles(self, image: np.ndarray) -> Iterator[tuple[int, int]]:
+        h, w = image.shape
+        for y in tile_starts(h, self.tile_size, self.tile_overlap):
+            for x in tile_starts(w, self.tile_size, self.tile_overlap):
+                yield y, x
+
+    def _tiled(self, image: np.ndarray) -> Instances:
+        h, w = image.shape
+        t, o = self.tile_size, self.tile_overlap
+        offsets = list(self._tiles(image))
+        crops = [image[y : y + t, x : x + t] for y, x in offsets]
+        parts = []
+        for (y, x), inst in zip(offsets, self._forward(crops), strict=True):
+            inst = inst.to("cpu")
+            shift = torch.tensor([x, y, x, y], dtype=inst.boxes.dtype)
+            boxes = inst.boxes + shift
+            cx = (boxes[:, 0] + boxes[:, 2]) / 2
+            cy = (boxes[:, 1] + boxes[:, 3]) / 2
+            x_lo, x_hi = _core(x, t, o, w)
+            y_lo, y_hi = _core(y, t, o, h)
+            keep = (cx >= x_lo) & (cx < x_hi) & (cy >= y_lo) & (cy < y_hi)
+            parts.append(Instances((h, w), **{**inst.fields, "boxes": boxes})[keep])
+        return Instances.cat(parts)
