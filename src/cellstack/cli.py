@@ -8,12 +8,15 @@ becomes a one-line ``error:`` message and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cellstack import __version__
 from cellstack.errors import CellstackError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -67,6 +70,39 @@ def _cmd_folds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cellstack.config import load_config
+    from cellstack.engine.trainer import train
+
+    if args.resume is not None:
+        if args.config is not None or args.overrides:
+            raise CellstackError(
+                "--resume continues a run as it was configured; drop --config and overrides"
+            )
+        result = train(load_config(None), args.data, args.resume, resume=True)
+    else:
+        if args.out is None:
+            raise CellstackError("train needs --out RUN (or --resume RUN)")
+        result = train(load_config(args.config, args.overrides), args.data, args.out)
+    score = "" if result.val_score is None else f", validation score {result.val_score:.4f}"
+    print(f"trained {result.iterations} iterations into {result.run}{score}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cellstack.inference.run import predict_folder
+
+    summary = predict_folder(
+        args.run, args.images, args.out, overrides=tuple(args.overrides), device=args.device
+    )
+    print(
+        f"predicted {summary.n_cells} cells in {summary.n_images} images "
+        f"({summary.seconds / max(summary.n_images, 1):.2f} s/image) -> {summary.out} "
+        "(submission.csv, results.json, labels/, overlays/)"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cellstack.demo import run_demo
 
@@ -109,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output csv (default DATA/folds.csv)")
     p.set_defaults(func=_cmd_folds)
 
+    p = sub.add_parser(
+        "train", help="train a detector (cellstack train DATA --config CFG --out RUN)"
+    )
+    p.add_argument("data", type=Path, help="training data in any supported layout")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in)")
+    p.add_argument("--out", type=Path, default=None, help="run folder to create")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run")
+    p.set_defaults(func=_cmd_train, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
+        "predict",
+        help="segment images with a trained run",
+        usage="cellstack predict RUN IMAGES --out OUT [predict.key=value ...]",
+        description="Segment images. Extra predict.key=value arguments override thresholds.",
+    )
+    p.add_argument("run", type=Path, help="run folder (from cellstack train)")
+    p.add_argument("images", type=Path, help="image folder, Sartorius folder or image file")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
+
     p = sub.add_parser("demo", help="synthesize, segment held-out images, score, write overlays")
     p.add_argument(
         "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)"
@@ -121,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cellstack`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Config overrides (section.key=value) may sit anywhere after the subcommand.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "takes_overrides", False) and all(_OVERRIDE.match(x) for x in extra):
+            args.overrides = extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except CellstackError as exc:

@@ -81,12 +81,14 @@ class RoIConfig:
         finest_scale: RoIs smaller than ``2 * finest_scale`` px go to the finest level
             (mmdet's mapping, used by the original).
         mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28).
+        mask_convs, mask_dim: depth and width of the mask head's 3x3 convolutions.
     """
 
     box_pool: int = 7
     mask_pool: int = 14
     fc_dim: int = 1024
     mask_convs: int = 4
+    mask_dim: int = 256
     finest_scale: float = 56.0
     fg_iou: float = 0.5
     batch_size_per_image: int = 512

@@ -8,6 +8,7 @@ TINY = [
     "model.backbone.fpn_channels=16",
     "model.roi.fc_dim=32",
     "model.roi.mask_convs=1",
+    "model.roi.mask_dim=16",
     "model.rpn.post_nms_top_n_train=200",
     "model.roi.batch_size_per_image=64",
 ]

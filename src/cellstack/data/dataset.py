@@ -81,8 +81,13 @@ def _augmenter(cfg: AugmentConfig):
     if cfg.scale_jitter:
         s = cfg.scale_jitter
         steps.append(
-            A.Affine(scale=(1 - s, 1 + s), interpolation=cv2.INTER_LINEAR,
-                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=1.0)
+            A.Affine(
+                scale=(1 - s, 1 + s),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=1.0,
+            )
         )
     if cfg.brightness_contrast:
         steps.append(A.RandomBrightnessContrast(0.2, 0.2, p=cfg.brightness_contrast))

@@ -58,6 +58,8 @@ def load_predictions(path: str | Path, truths: Sequence[ImageRecord]) -> dict[st
     from cellstack.data.sartorius import read_submission
 
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found")
     shapes = {r.image_id: r.shape for r in truths}
     if path.is_file() and path.suffix.lower() == ".csv":
         out = {}

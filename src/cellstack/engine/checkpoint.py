@@ -9,11 +9,9 @@ any moment leaves the previous complete checkpoint in place.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cellstack.config import Config, config_from_dict, config_to_dict
@@ -31,11 +29,9 @@ def save(obj: dict, path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+    # Only torch's generators: our data sampling draws from per-sample generators
+    # seeded by (seed, index), so numpy's and Python's global states are never used.
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,8 +39,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -57,7 +51,9 @@ def load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CellstackError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CellstackError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_run(run: str | Path) -> tuple[Config, list[str], dict]:

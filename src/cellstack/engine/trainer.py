@@ -46,7 +46,7 @@ class TrainResult:
 
 def lr_factor(schedule: str, total: int, warmup_fraction: float) -> Callable[[int], float]:
     """Multiplier of the base LR at iteration ``it`` (0-based): linear warmup, then decay."""
-    warmup = int(round(warmup_fraction * total))
+    warmup = round(warmup_fraction * total)
 
     def factor(it: int) -> float:
         if it < warmup:
@@ -119,8 +119,9 @@ def split_records(
     return train, val
 
 
-def validate(model: torch.nn.Module, records: list[ImageRecord], cfg: Config,
-             device: torch.device) -> float:
+def validate(
+    model: torch.nn.Module, records: list[ImageRecord], cfg: Config, device: torch.device
+) -> float:
     """Mean competition score of the model on annotated records (full images)."""
     from cellstack.data.dataset import load_sample
     from cellstack.evaluation.metric import score_image
@@ -129,14 +130,23 @@ def validate(model: torch.nn.Module, records: list[ImageRecord], cfg: Config,
 
     p = cfg.predict
     params = PostprocessParams(p.mask_thresh, p.score_thresh, p.mask_nms_iou, p.min_size)
-    predictor = Predictor(model, params, device=device, tile_size=p.tile_size,
-                          tile_overlap=p.tile_overlap, batch_size=p.batch_size)
+    predictor = Predictor(
+        model,
+        params,
+        device=device,
+        tile_size=p.tile_size,
+        tile_overlap=p.tile_overlap,
+        batch_size=p.batch_size,
+    )
     scores = []
     for rec in records:
         image, _ = load_sample(rec)
         (pred,) = predictor([image])
-        scores.append(score_image(rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape),
-                                  shape=rec.shape).score)
+        scores.append(
+            score_image(
+                rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape), shape=rec.shape
+            ).score
+        )
     model.train()
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -214,8 +224,10 @@ def train(
         cfg = config_from_dict(state["config"])
         t = cfg.train
     elif (run / ckpt.CHECKPOINT).is_file():
-        raise CellstackError(f"{run} already holds a training run; pass --resume to continue it "
-                             "or choose another --out")
+        raise CellstackError(
+            f"{run} already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
     run.mkdir(parents=True, exist_ok=True)
     records = load_dataset(data)
     train_records, val_records = split_records(records, cfg, data, run)
@@ -231,8 +243,9 @@ def train(
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)
+        optimizer = torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(t.schedule, t.iterations, t.warmup_fraction)
     )
@@ -249,9 +262,14 @@ def train(
     if start >= t.iterations:
         raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
 
-    dataset = TrainCrops(train_records, class_names, crop_size=cfg.data.crop_size,
-                         augment=cfg.data.augment, length=t.iterations * t.batch_size,
-                         seed=t.seed)
+    dataset = TrainCrops(
+        train_records,
+        class_names,
+        crop_size=cfg.data.crop_size,
+        augment=cfg.data.augment,
+        length=t.iterations * t.batch_size,
+        seed=t.seed,
+    )
     loader = DataLoader(
         dataset,
         batch_size=t.batch_size,
@@ -280,8 +298,14 @@ def train(
     model.train()
     last_saved, val_score, loss_value = start, None, float("nan")
     t0 = time.perf_counter()
-    bar = tqdm(total=t.iterations, initial=start, desc="training", unit="it", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=t.iterations,
+        initial=start,
+        desc="training",
+        unit="it",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for it, (images, targets) in enumerate(loader, start=start):
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
@@ -311,9 +335,13 @@ def train(
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         row = None
         if done % t.log_every == 0 or done == t.iterations:
-            row = {"iteration": done, "lr": scheduler.get_last_lr()[0], "loss": loss_value,
-                   **{k: v.item() for k, v in losses.items()},
-                   "seconds": round(time.perf_counter() - t0, 2)}
+            row = {
+                "iteration": done,
+                "lr": scheduler.get_last_lr()[0],
+                "loss": loss_value,
+                **{k: v.item() for k, v in losses.items()},
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
         if val_records and (done % t.eval_every == 0 or done == t.iterations):
             val_score = validate(model, val_records, cfg, device)
             row = {**(row or {"iteration": done}), "val_score": val_score}

@@ -57,7 +57,9 @@ def build_model(
             roi_strides, roi.mask_pool, finest_scale=roi.finest_scale
         ),
         box_head=BoxHead(backbone.out_channels, roi.box_pool, roi.fc_dim, len(class_names)),
-        mask_head=MaskHead(backbone.out_channels, roi.mask_convs, len(class_names)),
+        mask_head=MaskHead(
+            backbone.out_channels, roi.mask_convs, len(class_names), dim=roi.mask_dim
+        ),
         num_classes=len(class_names),
         fg_iou=roi.fg_iou,
         batch_size_per_image=roi.batch_size_per_image,

@@ -142,4 +142,3 @@ class CellDetector(nn.Module):
             Instances(size, boxes=b, scores=s, labels=lab, roi_masks=m)
             for (b, s, lab), m, size in zip(selected, masks, image_sizes, strict=True)
         ]
-

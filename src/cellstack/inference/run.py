@@ -1,0 +1,102 @@
+"""``cellstack predict RUN IMAGES --out OUT``: load a run, predict a folder, write outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cellstack.config import PredictConfig
+from cellstack.data.images import IMAGE_SUFFIXES, list_images, read_image, to_gray_uint8
+from cellstack.errors import DataError
+from cellstack.inference.postprocess import PostprocessParams
+from cellstack.inference.predictor import Predictor
+
+
+def find_images(path: str | Path) -> list[tuple[str, Path]]:
+    """``(id, path)`` of the images to predict.
+
+    Accepts a folder of images, a folder with ``images/`` (label layout), a Sartorius
+    folder (``train.csv`` + ``train/``, or a ``test/`` folder) or one image file.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+        return [(path.stem, path)]
+    if not path.is_dir():
+        raise DataError(f"{path}: not found")
+    if (path / "train.csv").is_file():
+        from cellstack.data.sartorius import read_train_csv
+
+        return [
+            (r.image_id, r.image_path) for r in read_train_csv(path / "train.csv", validate=False)
+        ]
+    for sub in ("images", "test", "train"):
+        if (path / sub).is_dir() and not list_images(path):
+            return [(p.stem, p) for p in list_images(path / sub)]
+    images = list_images(path)
+    if not images:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(p.stem, p) for p in images]
+
+
+def params_from(cfg: PredictConfig) -> PostprocessParams:
+    return PostprocessParams(cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size)
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    out: Path
+    n_images: int
+    n_cells: int
+    seconds: float
+
+
+def predict_folder(
+    run: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    overrides: tuple[str, ...] = (),
+    device: str = "auto",
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every image of ``images`` with the run's final model; write to ``out``."""
+    import time
+
+    from tqdm import tqdm
+
+    from cellstack.config import config_from_dict, config_to_dict
+    from cellstack.engine.checkpoint import load_run
+    from cellstack.engine.trainer import pick_device
+    from cellstack.inference.export import PredictionWriter
+    from cellstack.modeling.build import build_model
+
+    cfg, class_names, state = load_run(run)
+    if overrides:
+        cfg = config_from_dict(config_to_dict(cfg), overrides)
+    model = build_model(cfg.model, class_names, cfg.predict)
+    model.load_state_dict(state)
+    p = cfg.predict
+    predictor = Predictor(
+        model,
+        params_from(p),
+        device=pick_device(device),
+        tile_size=p.tile_size,
+        tile_overlap=p.tile_overlap,
+        batch_size=p.batch_size,
+    )
+    writer = PredictionWriter(out, class_names)
+    todo = find_images(images)
+    n_cells = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for image_id, path in tqdm(todo, desc="predicting", unit="img", disable=not progress):
+            image = to_gray_uint8(read_image(path))
+            (inst,) = predictor([image])
+            writer.add(image_id, image, inst)
+            n_cells += len(inst)
+    writer.close()
+    return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
