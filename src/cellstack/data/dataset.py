@@ -151,7 +151,7 @@ class TrainCrops(Dataset):
             image = ((image.astype(np.uint16) + image[:, ::-1]) // 2).astype(np.uint8)
             masks = np.concatenate([masks, masks[:, :, ::-1]])
         class_idx = np.full(len(masks), self.class_index[record.cell_type])
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)[None]
+        tensor = torch.tensor(image, dtype=torch.float32).div_(255)[None]
         return tensor, make_target(masks, class_idx)
 
     def _crop(

@@ -205,9 +205,24 @@ def plot_log(rows: list[dict], path: Path) -> None:
 
 
 def train(
-    cfg: Config, data: str | Path, run: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: Config,
+    data: str | Path,
+    run: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
 ) -> TrainResult:
-    """Train a detector on ``data`` (any supported layout) into the run folder ``run``."""
+    """Train a detector on ``data`` (any supported layout) into the run folder ``run``.
+
+    Args:
+        cfg: the configuration (ignored with ``resume``: the run's own is used).
+        resume: continue the run in ``run`` from its checkpoint.
+        stop_after: stop after this many iterations of this call, as a job with a time
+            limit would, leaving a checkpoint to ``resume`` from (the LR schedule still
+            spans ``train.iterations``).
+        progress: show a progress bar.
+    """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -307,6 +322,10 @@ def train(
         dynamic_ncols=True,
     )
     for it, (images, targets) in enumerate(loader, start=start):
+        if stop_after is not None and it - start >= stop_after:
+            save_checkpoint(it)
+            bar.close()
+            return TrainResult(run, it, loss_value, val_score)
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
         with torch.autocast(device.type, enabled=use_amp):

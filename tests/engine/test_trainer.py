@@ -1,0 +1,158 @@
+import csv
+
+import pytest
+import torch
+
+from cellstack.config import load_config
+from cellstack.data.synthetic import synthesize
+from cellstack.engine.checkpoint import load_run
+from cellstack.engine.trainer import (
+    TrainingDiverged,
+    combine_losses,
+    loss_weights,
+    lr_factor,
+    train,
+)
+from cellstack.errors import CellstackError
+from tests.modeling.conftest import TINY
+
+FAST = [
+    *TINY,
+    "data.crop_size=64",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "train.lr=0.001",
+    "model.rpn.pre_nms_top_n_test=200",
+    "model.rpn.post_nms_top_n_test=100",
+    "predict.max_detections=50",
+]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_data")
+    synthesize(out, 6, seed=3, shape=(96, 112), progress=False)
+    return out
+
+
+def _log(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_schedules_and_loss_decay():
+    f = lr_factor("linear", 100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.02
+    c = lr_factor("cosine", 100, 0.0)
+    assert c(0) == pytest.approx(1.0) and c(50) == pytest.approx(0.5, abs=0.02)
+    s = lr_factor("step", 90, 0.0)
+    assert s(10) == 1.0 and s(61) == pytest.approx(0.1) and s(85) == pytest.approx(0.01)
+    start, end = loss_weights(0.0, True), loss_weights(1.0, True)
+    assert start["cls"] == pytest.approx(43 / 42) and end["cls"] == pytest.approx(3 / 42)
+    assert end["box"] == end["rpn_cls"] == pytest.approx(22 / 42) and end["mask"] == 1.0
+    assert set(loss_weights(0.5, False).values()) == {1.0}
+    losses = {"cls": torch.tensor(2.0), "mask": torch.tensor(4.0), "semantic": torch.tensor(1.0)}
+    # A loss without a decay weight (HTC's semantic loss) still counts, with weight 1.
+    assert combine_losses(losses, {"cls": 0.5, "mask": 1.0}).item() == pytest.approx(6 / 2.5)
+
+
+def test_train_writes_a_complete_run(small_data, tmp_path):
+    cfg = load_config(
+        None,
+        [
+            *FAST,
+            "train.iterations=4",
+            "train.checkpoint_every=2",
+            "train.eval_every=4",
+            "data.fold=0",
+            "data.folds=2",
+        ],
+    )
+    result = train(cfg, small_data, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in (
+        "config.yaml",
+        "checkpoint.pt",
+        "model.pt",
+        "log.csv",
+        "training.png",
+        "folds.csv",
+    ):
+        assert (run / name).is_file(), name
+    rows = _log(run)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["val_score"] != "" and result.val_score is not None
+    cfg_back, names, state = load_run(run)
+    assert cfg_back == cfg and names == ["astro", "cort", "shsy5y"]
+    assert "backbone.fpn.inner_blocks.0.0.weight" in state
+    with pytest.raises(CellstackError, match="already holds a training run"):
+        train(cfg, small_data, run, progress=False)
+
+
+def test_resume_reproduces_an_uninterrupted_run(small_data, tmp_path):
+    base = [*FAST, "train.iterations=6", "train.checkpoint_every=3", "train.eval_every=100"]
+    full = tmp_path / "full"
+    train(load_config(None, base), small_data, full, progress=False)
+    # "Kill" a run after iteration 3: train 3 iterations of the same 6-iteration schedule.
+    part = tmp_path / "part"
+    train(load_config(None, base), small_data, part, progress=False, stop_after=3)
+    assert [int(r["iteration"]) for r in _log(part)] == [1, 2, 3]
+    train(load_config(None), small_data, part, resume=True, progress=False)
+    a, b = _log(full), _log(part)
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_overfits_two_crops(tmp_path):
+    # Two 64x64 images, 64 px crops, no flips: exactly two fixed samples.
+    synthesize(tmp_path / "two", 2, seed=11, shape=(64, 64), cell_types=("cort",), progress=False)
+    cfg = load_config(
+        None,
+        [
+            *FAST,
+            "train.iterations=80",
+            "train.eval_every=1000",
+            "train.loss_decay=false",
+            "train.lr=0.002",
+            "train.schedule=constant",
+            "data.augment.hflip=0",
+            "data.augment.vflip=0",
+        ],
+    )
+    train(cfg, tmp_path / "two", tmp_path / "overfit", progress=False)
+    losses = [float(r["loss"]) for r in _log(tmp_path / "overfit")]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(small_data, tmp_path):
+    cfg = load_config(
+        None,
+        [
+            *FAST,
+            "train.iterations=6",
+            "train.checkpoint_every=2",
+            "train.lr=1e30",
+            "train.grad_clip=0",
+            "train.warmup_fraction=0",
+        ],
+    )
+    with pytest.raises(TrainingDiverged, match=r"at iteration \d+ .*last good checkpoint"):
+        train(cfg, small_data, tmp_path / "nan", progress=False)
+
+
+def test_corrupt_image_is_named(small_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    victim = sorted((data / "train").glob("*.png"))[0]
+    victim.write_bytes(b"garbage")
+    cfg = load_config(None, [*FAST, "train.iterations=30"])
+    with pytest.raises(CellstackError, match=victim.name):
+        train(cfg, data, tmp_path / "run", progress=False)
+    victim.unlink()
+    with pytest.raises(CellstackError, match=f"{victim.name}: image file not found"):
+        train(cfg, data, tmp_path / "run2", progress=False)

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from cellstack.cli import main
+from cellstack.data.sartorius import read_submission
+from cellstack.inference.postprocess import PostprocessParams
+from cellstack.inference.predictor import Predictor, tile_starts
+from cellstack.structures import Instances
+
+
+def test_tile_starts_cover_the_image():
+    assert tile_starts(500, 1024, 128) == [0]
+    starts = tile_starts(2000, 1024, 128)
+    assert starts[0] == 0 and starts[-1] == 2000 - 1024
+    assert all(b - a <= 1024 - 128 for a, b in zip(starts, starts[1:], strict=False))
+
+
+class _GridModel(torch.nn.Module):
+    """Detects every bright blob of an image (cut ones too): a stand-in with exact answers."""
+
+    def forward(self, images):
+        from scipy import ndimage
+
+        out = []
+        for img in images:
+            labels, _ = ndimage.label(img[0].numpy() > 0.5)
+            boxes = torch.tensor(
+                [[sx.start, sy.start, sx.stop, sy.stop] for sy, sx in ndimage.find_objects(labels)],
+                dtype=torch.float32,
+            ).reshape(-1, 4)
+            n = len(boxes)
+            out.append(
+                Instances(
+                    tuple(img.shape[1:]),
+                    boxes=boxes,
+                    scores=torch.full((n,), 0.9),
+                    labels=torch.zeros(n, dtype=torch.int64),
+                    roi_masks=torch.ones(n, 28, 28),
+                )
+            )
+        return out
+
+
+def test_tiling_keeps_each_cell_once():
+    image = np.zeros((300, 400), np.uint8)
+    image[8:16, 8:16] = 255  # in the first tile only
+    image[96:104, 96:104] = 255  # in the overlap of several tiles
+    image[288:296, 384:392] = 255  # bottom right corner
+    predictor = Predictor(_GridModel(), PostprocessParams(), tile_size=128, tile_overlap=32)
+    (tiled,) = predictor([image])
+    predictor.tile_size = 1024
+    (whole,) = predictor([image])
+    assert len(tiled) == len(whole) == 3
+    assert sorted(len(p) for p in tiled.pixels) == [64, 64, 64]
+    assert sorted(map(tuple, tiled.boxes.tolist())) == sorted(map(tuple, whole.boxes.tolist()))
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate_cli(tmp_path, capsys):
+    from tests.engine.test_trainer import FAST
+
+    data = tmp_path / "data"
+    main(["synth", str(data), "--n-images", "3", "--width", "96", "--height", "80", "--quiet"])
+    # An empty image and a 16-bit TIFF among the images to predict.
+    from cellstack.data.images import write_png, write_tiff
+
+    images = tmp_path / "images"
+    write_png(images / "empty.png", np.full((50, 60), 128, np.uint8))
+    write_tiff(
+        images / "deep.tif", (np.random.default_rng(0).random((70, 90)) * 4000).astype(np.uint16)
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(tmp_path / "run"),
+                *FAST,
+                "train.iterations=3",
+                "train.eval_every=100",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "run"),
+                str(images),
+                "--out",
+                str(tmp_path / "p"),
+                "predict.score_thresh=0.0",
+            ]
+        )
+        == 0
+    )
+    sub = read_submission(tmp_path / "p" / "submission.csv")
+    assert set(sub) == {"empty", "deep"}
+    for name in ("results.json", "labels/empty.tif", "overlays/deep.png"):
+        assert (tmp_path / "p" / name).is_file()
+    assert main(["predict", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "p2")]) == 0
+    assert main(["evaluate", str(data), str(tmp_path / "p2" / "submission.csv"), "--quiet"]) == 0
+    assert main(["predict", str(tmp_path / "nope"), str(images), "--out", str(tmp_path / "x")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
