@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from cellstack.cli import main
 from cellstack.data.sartorius import read_submission, write_submission
 
@@ -73,3 +75,19 @@ def test_python_dash_m_and_help():
     ).stdout
     for command in ("synth", "evaluate", "folds", "demo"):
         assert command in out
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    from cellstack.demo import run_demo
+
+    result = run_demo(
+        tmp_path / "demo",
+        n_images=8,
+        overrides=("train.iterations=2", "train.eval_every=100", "predict.max_detections=100"),
+        progress=False,
+    )
+    assert set(result.scores) == {"otsu", "model"}
+    assert all(0.0 <= s["score"] <= 1.0 for s in result.scores.values())
+    overlays = list((tmp_path / "demo" / "overlays").glob("*.png"))
+    assert overlays and (tmp_path / "demo" / "model" / "submission.csv").is_file()

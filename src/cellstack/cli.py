@@ -106,7 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cellstack.demo import run_demo
 
-    run_demo(args.out, n_images=args.n_images, seed=args.seed)
+    run_demo(args.out, n_images=args.n_images, seed=args.seed, overrides=tuple(args.overrides))
     return 0
 
 
@@ -166,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
-    p = sub.add_parser("demo", help="synthesize, segment held-out images, score, write overlays")
+    p = sub.add_parser(
+        "demo",
+        help="synthesize data, train a small model on CPU, predict, score, write overlays",
+        usage="cellstack demo [--out DIR] [--n-images N] [section.key=value ...]",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)"
     )
-    p.add_argument("--n-images", type=int, default=16, help="synthetic images (default 16)")
+    p.add_argument("--n-images", type=int, default=32, help="synthetic images (default 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, overrides=[], takes_overrides=True)
     return parser
 
 

@@ -1,74 +1,139 @@
 """``cellstack demo``: the whole job on an embedded default, end to end on a CPU.
 
-Synthesises a small dataset, holds out one fold of samples, segments the held-out
-images, scores them with the competition metric and writes overlays.
+1. synthesise a small phase-contrast dataset (Sartorius layout);
+2. hold out one fold of samples (grouped by ``sample_id``);
+3. train a small Mask R-CNN (``configs/demo.yaml``) on the other folds;
+4. predict the held-out images, and segment them with an Otsu baseline too;
+5. score both with the competition metric and COCO AP, print the table, write
+   side-by-side overlays (truth | Otsu | model).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-import numpy as np
+DEMO_CONFIG = "demo.yaml"
+
+
+def demo_config_path() -> Path:
+    """The packaged demo config (also shipped as ``configs/demo.yaml``)."""
+    return Path(str(resources.files("cellstack") / "configs" / DEMO_CONFIG))
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where the demo wrote things and what it measured."""
+    """What the demo measured and where it wrote things."""
 
-    data_dir: Path
     out_dir: Path
-    scores: dict[str, float]
-    overlays: list[Path]
+    scores: dict[str, dict[str, float]]
+    seconds: float
 
 
 def run_demo(
-    out: str | Path, *, n_images: int = 16, seed: int = 0, progress: bool = True
+    out: str | Path,
+    *,
+    n_images: int = 32,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
+    progress: bool = True,
 ) -> DemoResult:
-    """Run the demo into ``out`` (created if missing) and return what it measured."""
+    """Run the demo into ``out`` and return the scores of the model and of Otsu."""
     from tqdm import tqdm
 
+    from cellstack.config import load_config
     from cellstack.data import rle
+    from cellstack.data.dataset import load_sample
     from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
-    from cellstack.data.images import read_image, write_png
+    from cellstack.data.images import write_png
     from cellstack.data.labels import write_label_tiff
     from cellstack.data.sartorius import read_train_csv, write_submission
     from cellstack.data.synthetic import synthesize
+    from cellstack.engine.trainer import train
     from cellstack.evaluation.matching import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.overlay import outline_overlay, side_by_side
+    from cellstack.inference.run import predict_folder
 
+    t0 = time.perf_counter()
     out = Path(out)
-    data_dir = out / "data"
-    synthesize(data_dir, n_images, seed=seed, progress=progress)
-    records = read_train_csv(data_dir / "train.csv")
-    folds = grouped_stratified_folds(records, 4, seed=seed)
-    write_folds_csv(data_dir / "folds.csv", records, folds)
+    say = print if progress else (lambda *a, **k: None)
+    data = out / "data"
+    say(f"[1/5] synthesizing {n_images} images into {data}")
+    synthesize(data, n_images, seed=seed, progress=progress)
+    records = read_train_csv(data / "train.csv")
+    cfg = load_config(demo_config_path(), ["data.fold=0", "data.folds=4", *overrides])
+    folds = grouped_stratified_folds(records, cfg.data.folds, seed=seed)
+    write_folds_csv(data / "folds.csv", records, folds)
     held_out = [r for r in records if folds[r.image_id] == 0]
 
-    pred_dir = out / "otsu"
-    preds, submission, overlays = {}, {}, []
-    for rec in tqdm(held_out, desc="otsu baseline", unit="img", disable=not progress):
-        image = read_image(rec.image_path)
-        labels = otsu_instances(image)
-        preds[rec.image_id] = sparse_from_labels(labels)
-        submission[rec.image_id] = rle.encode_labels(labels)[1]
-        write_label_tiff(pred_dir / "labels" / f"{rec.image_id}.tif", labels)
-        panel = side_by_side(
-            outline_overlay(image, rec.label_image()), outline_overlay(image, labels)
-        )
-        path = pred_dir / "overlays" / f"{rec.image_id}.png"
-        write_png(path, panel)
-        overlays.append(path)
-    write_submission(pred_dir / "submission.csv", submission)
-    report = evaluate(held_out, preds)
-    report.write_json(pred_dir / "scores.json")
-    scores = {"otsu": report.score}
-    if progress:
-        print(f"\nheld-out images: {len(held_out)} (fold 0 of 4, grouped by sample)")
-        print(report.table())
-        print(f"overlays (truth | prediction): {pred_dir / 'overlays'}")
-    return DemoResult(
-        data_dir, out, {k: float(np.round(v, 4)) for k, v in scores.items()}, overlays
+    say(
+        f"[2/5] training {cfg.model.arch} ({cfg.model.backbone.name}) for "
+        f"{cfg.train.iterations} iterations on {len(records) - len(held_out)} images"
     )
+    run = out / "run"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)  # a demo starts afresh
+    train(cfg, data, run, progress=progress)
+
+    say(f"[3/5] predicting {len(held_out)} held-out images")
+    held_dir = out / "held_out"
+    for rec in held_out:  # the predictor reads a folder of images
+        (held_dir / rec.image_path.name).parent.mkdir(parents=True, exist_ok=True)
+        target = held_dir / rec.image_path.name
+        if not target.exists():
+            target.symlink_to(rec.image_path.resolve())
+    predict_folder(run, held_dir, out / "model", device="cpu", progress=progress)
+
+    say("[4/5] Otsu baseline")
+    otsu, otsu_rles = {}, {}
+    for rec in tqdm(held_out, desc="otsu", unit="img", disable=not progress):
+        image, _ = load_sample(rec)
+        labels = otsu_instances(image)
+        otsu[rec.image_id] = sparse_from_labels(labels)
+        otsu_rles[rec.image_id] = rle.encode_labels(labels)[1]
+        write_label_tiff(out / "otsu" / "labels" / f"{rec.image_id}.tif", labels)
+    write_submission(out / "otsu" / "submission.csv", otsu_rles)
+
+    say("[5/5] scoring")
+    from cellstack.data.layouts import load_predictions
+
+    model_preds = load_predictions(out / "model" / "submission.csv", held_out)
+    reports = {"otsu": evaluate(held_out, otsu), "model": evaluate(held_out, model_preds)}
+    for name, report in reports.items():
+        report.write_json(out / name / "scores.json")
+    from cellstack.data.labels import read_label_image
+
+    for rec in held_out:
+        image, truth = load_sample(rec)
+        panels = [outline_overlay(image, truth)]
+        for name in ("otsu", "model"):
+            panels.append(
+                outline_overlay(
+                    image, read_label_image(out / name / "labels" / f"{rec.image_id}.tif")
+                )
+            )
+        write_png(out / "overlays" / f"{rec.image_id}.png", side_by_side(*panels))
+
+    seconds = time.perf_counter() - t0
+    scores = {
+        name: {"score": r.score, "ap": r.ap, "ap50": r.ap50, **r.per_cell_type}
+        for name, r in reports.items()
+    }
+    types = sorted(reports["model"].per_cell_type)
+    split = f"fold 0 of {cfg.data.folds}, grouped by sample"
+    say(f"\nheld-out synthetic images: {len(held_out)} ({split})")
+    say(f"{'method':<8}{'score':>8}{'AP':>8}{'AP50':>8}" + "".join(f"{t:>9}" for t in types))
+    for name, s in scores.items():
+        say(
+            f"{name:<8}{s['score']:>8.4f}{s['ap']:>8.4f}{s['ap50']:>8.4f}"
+            + "".join(f"{s.get(t, float('nan')):>9.4f}" for t in types)
+        )
+    say(f"overlays (truth | otsu | model): {out / 'overlays'}")
+    say(f"training curves: {run / 'training.png'}; total time {seconds / 60:.1f} min")
+    return DemoResult(out, scores, seconds)

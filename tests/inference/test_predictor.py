@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ def test_tile_starts_cover_the_image():
     assert tile_starts(500, 1024, 128) == [0]
     starts = tile_starts(2000, 1024, 128)
     assert starts[0] == 0 and starts[-1] == 2000 - 1024
-    assert all(b - a <= 1024 - 128 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= 1024 - 128 for a, b in itertools.pairwise(starts))
 
 
 class _GridModel(torch.nn.Module):
