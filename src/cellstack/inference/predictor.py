@@ -66,14 +66,18 @@ class Predictor:
 
     @torch.no_grad()
     def raw(self, images: Sequence[np.ndarray]) -> list[Instances]:
-        """Model detections (boxes, scores, labels, roi_masks) for uint8[H, W] images."""
-        out = []
-        for image in images:
-            h, w = image.shape
-            if h <= self.tile_size and w <= self.tile_size:
-                out.append(self._forward([image])[0].to("cpu"))
-            else:
-                out.append(self._tiled(image))
+        """Model detections (boxes, scores, labels, roi_masks) for uint8[H, W] images.
+
+        Images that fit in one tile go through the model ``batch_size`` at a time;
+        larger ones are tiled.
+        """
+        out: list[Instances | None] = [None] * len(images)
+        small = [k for k, im in enumerate(images) if max(im.shape) <= self.tile_size]
+        for k, inst in zip(small, self._forward([images[k] for k in small]), strict=True):
+            out[k] = inst.to("cpu")
+        for k, image in enumerate(images):
+            if out[k] is None:
+                out[k] = self._tiled(image)
         return out
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:

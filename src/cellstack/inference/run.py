@@ -92,11 +92,15 @@ def predict_folder(
     todo = find_images(images)
     n_cells = 0
     t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress)
     with torch.inference_mode():
-        for image_id, path in tqdm(todo, desc="predicting", unit="img", disable=not progress):
-            image = to_gray_uint8(read_image(path))
-            (inst,) = predictor([image])
-            writer.add(image_id, image, inst)
-            n_cells += len(inst)
+        for k in range(0, len(todo), p.batch_size):
+            chunk = todo[k : k + p.batch_size]
+            images = [to_gray_uint8(read_image(path)) for _, path in chunk]
+            for (image_id, _), image, inst in zip(chunk, images, predictor(images), strict=True):
+                writer.add(image_id, image, inst)
+                n_cells += len(inst)
+            bar.update(len(chunk))
+    bar.close()
     writer.close()
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)

@@ -1,0 +1,140 @@
+"""CPU inference speed and peak memory: cellstack's Mask R-CNN vs torchvision's.
+
+Both are resnet50 + FPN Mask R-CNNs with random weights, run on 704x520 images (no
+resize: torchvision's transform is told min_size=520, max_size=704), keeping at most
+``--detections`` boxes above score 0.05 so both heads see the same load. Measured:
+
+- ``torchvision v2``: ``maskrcnn_resnet50_fpn_v2`` (its 4conv+1fc box head, GN).
+- ``cellstack s2``: ours at the same feature resolution (``stem_stride: 2``).
+- ``cellstack s1``: ours as configured for the real data (``stem_stride: 1``: the
+  encoder runs at twice the resolution, the original's accuracy trick; more compute).
+
+Each model runs in its own process (so its peak RSS is its own) with the same number of
+threads. ``s/image`` is the model call; torchvision's includes pasting its masks into the
+image, ours returns RoI masks, whose pasting, mask NMS and overlap removal (our full
+post-processing) is timed separately as ``post s``.
+
+Prints a table and writes JSON (default benchmarks/results/predict_speed.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+H, W = 520, 704
+
+
+def _worker(kind: str, n: int, detections: int, threads: int) -> dict:
+    import resource
+    import time
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.random((1, H, W), dtype=np.float32)) for _ in range(n + 1)]
+    post = None
+    if kind == "torchvision v2":
+        from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+        model = maskrcnn_resnet50_fpn_v2(
+            weights=None,
+            weights_backbone=None,
+            num_classes=4,
+            min_size=H,
+            max_size=W,
+            box_detections_per_img=detections,
+        )
+        images = [im.expand(3, -1, -1) for im in images]
+    else:
+        from cellstack.config import load_config
+        from cellstack.inference.postprocess import PostprocessParams, postprocess
+        from cellstack.modeling.build import build_model
+
+        stride = 1 if kind.endswith("s1") else 2
+        cfg = load_config(
+            None, [f"model.backbone.stem_stride={stride}", f"predict.max_detections={detections}"]
+        )
+        model = build_model(cfg.model, ["shsy5y", "astro", "cort"], cfg.predict)
+        params = PostprocessParams(score_thresh=0.0)
+        post = lambda inst: postprocess(inst, params)  # noqa: E731
+    model.eval()
+    times, post_times, counts = [], [], []
+    with torch.inference_mode():
+        for k, im in enumerate(images):
+            t0 = time.perf_counter()
+            (out,) = model([im])
+            t1 = time.perf_counter()
+            if post is not None:
+                post(out)
+            t2 = time.perf_counter()
+            if k:  # the first image warms up
+                times.append(t1 - t0)
+                post_times.append(t2 - t1)
+                counts.append(len(out["boxes"] if isinstance(out, dict) else out))
+    return {
+        "s_per_image": float(np.mean(times)),
+        "postprocess_s_per_image": float(np.mean(post_times)) if post else None,
+        "detections": float(np.mean(counts)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=5)
+    parser.add_argument("--detections", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/predict_speed.json"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.n_images, args.detections, args.threads)))
+        return
+    results = {}
+    for kind in ("torchvision v2", "cellstack s2", "cellstack s1"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--n-images",
+                str(args.n_images),
+                "--detections",
+                str(args.detections),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["torchvision v2"]["s_per_image"]
+    print(
+        f"{args.n_images} images {W}x{H}, {args.threads} threads, <= {args.detections} detections"
+    )
+    print(
+        f"{'model':<16}{'s/image':>9}{'img/s':>8}{'vs tv':>8}{'post s':>8}{'dets':>7}{'peak MB':>9}"
+    )
+    for kind, r in results.items():
+        post = r["postprocess_s_per_image"]
+        print(
+            f"{kind:<16}{r['s_per_image']:>9.3f}{1 / r['s_per_image']:>8.2f}"
+            f"{r['s_per_image'] / base:>8.2f}{'' if post is None else f'{post:.3f}':>8}"
+            f"{r['detections']:>7.0f}{r['peak_rss_mb']:>9.0f}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
