@@ -132,7 +132,9 @@ def main() -> None:
             f"{r['detections']:>7.0f}{r['peak_rss_mb']:>9.0f}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    args.json.write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
+    )
     print(f"wrote {args.json}")
 
 
