@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from cellstack.data.synthetic import synthesize
 from cellstack.errors import CellstackError
 from cellstack.modeling.backbone import KNOWN_BACKBONES, TimmFPN
 
@@ -38,17 +39,27 @@ def test_pretrained_from_local_file_and_offline_errors(tmp_path):
     assert torch.equal(model.body.conv1.weight, source.conv1.weight)
     with pytest.raises(CellstackError, match="weights file not found"):
         TimmFPN("resnet18", pretrained_path=str(tmp_path / "none.pth"))
-    # Offline (the hub library reads HF_HUB_OFFLINE at import, hence a fresh process).
-    code = (
-        "from cellstack.modeling.backbone import TimmFPN\n"
-        "from cellstack.errors import CellstackError\n"
-        "try:\n    TimmFPN('resnet18', pretrained=True)\n"
-        "except CellstackError as e:\n    print(e)\n"
-    )
+    # Asking for ImageNet weights with no network and no file: one clear line, exit 2.
+    # HF_HUB_OFFLINE makes the hub client refuse before any network access; it is read
+    # at import, hence a fresh process running the CLI as a user would.
+    data = tmp_path / "data"
+    synthesize(data, 1, shape=(64, 64), progress=False)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert "cannot download ImageNet weights for resnet18" in out.stdout
-    assert "pretrained_path" in out.stdout
+    command = [
+        sys.executable,
+        "-m",
+        "cellstack",
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "model.backbone.name=resnet18",
+        "model.backbone.pretrained=true",
+    ]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "cannot download ImageNet weights for resnet18" in out.stderr
+    assert "pretrained_path" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(CellstackError, match="unknown backbone"):
         TimmFPN("not_a_net")
 
