@@ -82,6 +82,14 @@ class RoIConfig:
             (mmdet's mapping, used by the original).
         mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28).
         mask_convs, mask_dim: depth and width of the mask head's 3x3 convolutions.
+        fg_iou: foreground IoU of Mask R-CNN's single stage.
+        stage_ious, stage_loss_weights: Cascade/HTC stages (the original's 0.5 / 0.6 /
+            0.7 and 1 / 0.5 / 0.25; at most three stages, whose target stds are the
+            original's).
+        stage_masks: Cascade: a mask head on every stage, averaged at test time (mmdet's
+            default), or on the last stage only. HTC always has one per stage.
+        semantic_level, semantic_weight: HTC's semantic branch: the FPN level it runs
+            at (1 = stride 4 with ``stem_stride: 1``) and its loss weight.
     """
 
     box_pool: int = 7
@@ -93,6 +101,22 @@ class RoIConfig:
     fg_iou: float = 0.5
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
+    stage_ious: tuple[float, ...] = (0.5, 0.6, 0.7)
+    stage_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    stage_masks: bool = True
+    semantic_level: int = 1
+    semantic_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.stage_ious) <= 3 or len(self.stage_ious) != len(
+            self.stage_loss_weights
+        ):
+            raise ConfigError(
+                "model.roi.stage_ious and model.roi.stage_loss_weights need the same length, "
+                f"1 to 3 (got {len(self.stage_ious)} and {len(self.stage_loss_weights)})"
+            )
+        if not 0 <= self.semantic_level <= 3:
+            raise ConfigError(f"model.roi.semantic_level must be 0-3, got {self.semantic_level}")
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,14 @@ def test_schedules_and_loss_decay():
     assert end["box"] == end["rpn_cls"] == pytest.approx(22 / 42) and end["mask"] == 1.0
     assert set(loss_weights(0.5, False).values()) == {1.0}
     losses = {"cls": torch.tensor(2.0), "mask": torch.tensor(4.0), "semantic": torch.tensor(1.0)}
-    # A loss without a decay weight (HTC's semantic loss) still counts, with weight 1.
+    # A loss without a decay weight still counts, with weight 1.
     assert combine_losses(losses, {"cls": 0.5, "mask": 1.0}).item() == pytest.approx(6 / 2.5)
+    # Cascade stage losses are weighted by their kind; HTC's semantic loss is in the total.
+    staged = {"s0.cls": torch.tensor(2.0), "s2.cls": torch.tensor(1.0), **losses}  # 3 cls
+    w = loss_weights(1.0, True)
+    total = (w["cls"] * 5 + 4 + w["semantic"] * 1) / (3 * w["cls"] + 1 + w["semantic"])
+    assert w["semantic"] == 1.0
+    assert combine_losses(staged, w).item() == pytest.approx(total)
 
 
 def test_train_writes_a_complete_run(small_data, tmp_path):
@@ -103,6 +109,27 @@ def test_resume_reproduces_an_uninterrupted_run(small_data, tmp_path):
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["cascade", "htc"])
+def test_cascade_and_htc_share_the_loop_resume_and_predict(arch, small_data, tmp_path):
+    from cellstack.data.sartorius import read_submission
+    from cellstack.inference.run import predict_folder
+
+    base = [*FAST, f"model.arch={arch}", "train.iterations=4", "train.eval_every=100"]
+    run = tmp_path / "run"
+    train(load_config(None, base), small_data, run, progress=False, stop_after=2)
+    train(load_config(None), small_data, run, resume=True, progress=False)
+    rows = _log(run)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    # Stage losses are logged summed per kind; HTC's semantic loss has its own column.
+    assert all(float(r["mask"]) > 0 for r in rows)
+    assert all((r["semantic"] != "") == (arch == "htc") for r in rows)
+    cfg, _, state = load_run(run)
+    assert cfg.model.arch == arch and "roi_heads.stages.2.mask_head.logits.weight" in state
+    predict_folder(run, small_data, tmp_path / "pred", progress=False)
+    assert len(read_submission(tmp_path / "pred" / "submission.csv")) == 6
 
 
 @pytest.mark.slow

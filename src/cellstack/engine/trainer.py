@@ -28,7 +28,8 @@ from cellstack.engine import checkpoint as ckpt
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write
 
-LOSS_NAMES = ("rpn_cls", "rpn_box", "cls", "box", "mask")
+# Loss kinds, the part of a loss name after its last dot ("s1.box" is a "box" loss).
+LOSS_NAMES = ("rpn_cls", "rpn_box", "cls", "box", "mask", "semantic")
 LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
 
 
@@ -70,19 +71,44 @@ def loss_weights(progress: float, decay: bool, pseudo_epochs: int = 40) -> dict[
     box and RPN losses by (E+2-floor(e/2))/(E+2), the mask loss by 1 (for E = 40: class
     1 -> 0.07, box/RPN 1 -> 0.52). We use the same curves with e = progress * E, as a
     smooth function of the iteration.
+
+    Weights are per loss kind (:data:`LOSS_NAMES`). HTC's semantic loss keeps weight 1:
+    the original's substring matching dropped it from the total by accident.
     """
     if not decay:
         return dict.fromkeys(LOSS_NAMES, 1.0)
     e, big_e = progress * pseudo_epochs, pseudo_epochs
     w_cls = (big_e + 3 - e) / (big_e + 2)
     w_box = (big_e + 2 - e / 2) / (big_e + 2)
-    return {"rpn_cls": w_box, "rpn_box": w_box, "cls": w_cls, "box": w_box, "mask": 1.0}
+    return {
+        "rpn_cls": w_box,
+        "rpn_box": w_box,
+        "cls": w_cls,
+        "box": w_box,
+        "mask": 1.0,
+        "semantic": 1.0,
+    }
+
+
+def loss_kind(name: str) -> str:
+    """``"s2.mask"`` -> ``"mask"``: the kind that weights and logs a loss."""
+    return name.rsplit(".", 1)[-1]
 
 
 def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """Σ w·L / Σ w over every loss; a loss without a weight counts with weight 1."""
-    total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
-    return total / sum(weights.get(k, 1.0) for k in losses)
+    """Σ w·L / Σ w over every loss, w keyed by the loss's kind (as the original, whose
+    total for a cascade sums all stages' already stage-weighted losses); a kind without a
+    weight counts with weight 1."""
+    w = {k: weights.get(loss_kind(k), 1.0) for k in losses}
+    return sum(w[k] * v for k, v in losses.items()) / sum(w.values())
+
+
+def losses_by_kind(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum of the losses of each kind (all stages together), for the log."""
+    out: dict[str, float] = {}
+    for k, v in losses.items():
+        out[loss_kind(k)] = out.get(loss_kind(k), 0.0) + v.item()
+    return out
 
 
 def pick_device(name: str) -> torch.device:
@@ -183,11 +209,12 @@ def plot_log(rows: list[dict], path: Path) -> None:
     from cellstack.fileio import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    its = [int(r["iteration"]) for r in rows if r["loss"] != ""]
     for name in ("loss", *LOSS_NAMES):
-        values = [float(r[name]) for r in rows if r["loss"] != ""]
-        if values:
-            ax.plot(its, values, label=name, lw=2 if name == "loss" else 1)
+        points = [
+            (int(r["iteration"]), float(r[name])) for r in rows if r.get(name) not in ("", None)
+        ]
+        if points:
+            ax.plot(*zip(*points, strict=True), label=name, lw=2 if name == "loss" else 1)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
@@ -358,7 +385,7 @@ def train(
                 "iteration": done,
                 "lr": scheduler.get_last_lr()[0],
                 "loss": loss_value,
-                **{k: v.item() for k, v in losses.items()},
+                **losses_by_kind(losses),
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         if val_records and (done % t.eval_every == 0 or done == t.iterations):

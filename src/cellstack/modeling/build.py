@@ -11,7 +11,10 @@ from cellstack.config import ModelConfig, PredictConfig
 from cellstack.errors import CellstackError
 from cellstack.modeling.backbone import TimmFPN
 from cellstack.modeling.detector import CellDetector
-from cellstack.modeling.heads.mask_rcnn import BoxHead, MaskHead, MaskRCNNHeads
+from cellstack.modeling.heads.base import BoxHead, MaskHead, RoIHeads
+from cellstack.modeling.heads.cascade import CASCADE_STAGES, CascadeHeads, StageSpec, cascade_stages
+from cellstack.modeling.heads.htc import FlowMaskHead, HTCHeads, SemanticHead
+from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 
@@ -21,8 +24,6 @@ def build_model(
     """A detector for ``class_names`` (cell types, in label order) with random heads."""
     if not class_names:
         raise CellstackError("a model needs at least one class (cell type)")
-    if cfg.arch != "maskrcnn":
-        raise CellstackError(f"model.arch {cfg.arch!r} is not available yet; use maskrcnn")
     predict = predict or PredictConfig()
     bb = cfg.backbone
     backbone = TimmFPN(
@@ -47,24 +48,7 @@ def build_model(
         post_nms_top_n={"training": r.post_nms_top_n_train, "testing": r.post_nms_top_n_test},
         nms_thresh=r.nms_iou,
     )
-    roi = cfg.roi
-    roi_strides = backbone.strides[:-1]
-    heads = MaskRCNNHeads(
-        box_pooler=AlignedMultiScaleRoIAlign(
-            roi_strides, roi.box_pool, finest_scale=roi.finest_scale
-        ),
-        mask_pooler=AlignedMultiScaleRoIAlign(
-            roi_strides, roi.mask_pool, finest_scale=roi.finest_scale
-        ),
-        box_head=BoxHead(backbone.out_channels, roi.box_pool, roi.fc_dim, len(class_names)),
-        mask_head=MaskHead(
-            backbone.out_channels, roi.mask_convs, len(class_names), dim=roi.mask_dim
-        ),
-        num_classes=len(class_names),
-        fg_iou=roi.fg_iou,
-        batch_size_per_image=roi.batch_size_per_image,
-        positive_fraction=roi.positive_fraction,
-    )
+    heads = build_roi_heads(cfg, backbone, len(class_names))
     return CellDetector(
         backbone=backbone,
         rpn=rpn,
@@ -74,3 +58,71 @@ def build_model(
         box_nms_iou=predict.box_nms_iou,
         max_detections=predict.max_detections,
     )
+
+
+def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> RoIHeads:
+    """The RoI heads of ``cfg.arch`` on ``backbone``'s levels (all but the pooled one)."""
+    roi = cfg.roi
+    channels = backbone.out_channels
+    roi_strides = backbone.strides[:-1]
+    poolers = {
+        "box_pooler": AlignedMultiScaleRoIAlign(
+            roi_strides, roi.box_pool, finest_scale=roi.finest_scale
+        ),
+        "mask_pooler": AlignedMultiScaleRoIAlign(
+            roi_strides, roi.mask_pool, finest_scale=roi.finest_scale
+        ),
+    }
+    sampling = {
+        "batch_size_per_image": roi.batch_size_per_image,
+        "positive_fraction": roi.positive_fraction,
+    }
+    if cfg.arch == "maskrcnn":
+        return MaskRCNNHeads(
+            **poolers,
+            box_head=BoxHead(channels, roi.box_pool, roi.fc_dim, num_classes),
+            mask_head=MaskHead(channels, roi.mask_convs, num_classes, dim=roi.mask_dim),
+            num_classes=num_classes,
+            fg_iou=roi.fg_iou,
+            **sampling,
+        )
+    specs = [
+        StageSpec(iou, weight, spec.bbox_weights)
+        for iou, weight, spec in zip(
+            roi.stage_ious, roi.stage_loss_weights, CASCADE_STAGES, strict=False
+        )
+    ]
+
+    def box_head() -> BoxHead:
+        return BoxHead(channels, roi.box_pool, roi.fc_dim, num_classes, class_agnostic=True)
+
+    if cfg.arch == "cascade":
+        stages = cascade_stages(
+            specs,
+            box_head,
+            lambda i: MaskHead(channels, roi.mask_convs, num_classes, dim=roi.mask_dim),
+            stage_masks=roi.stage_masks,
+            **sampling,
+        )
+        return CascadeHeads(**poolers, stages=stages, num_classes=num_classes)
+    if cfg.arch == "htc":
+        stages = cascade_stages(
+            specs,
+            box_head,
+            lambda i: FlowMaskHead(
+                channels, roi.mask_convs, num_classes, dim=roi.mask_dim, with_previous=i > 0
+            ),
+            stage_masks=True,
+            **sampling,
+        )
+        return HTCHeads(
+            **poolers,
+            stages=stages,
+            num_classes=num_classes,
+            semantic_head=SemanticHead(
+                channels, len(backbone.strides), fusion_level=roi.semantic_level
+            ),
+            semantic_stride=backbone.strides[roi.semantic_level],
+            semantic_weight=roi.semantic_weight,
+        )
+    raise CellstackError(f"model.arch {cfg.arch!r} is not one of maskrcnn, cascade, htc")

@@ -20,7 +20,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from cellstack.errors import CellstackError
 from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
-from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads, select_detections
+from cellstack.modeling.heads.base import RoIHeads, select_detections
 from cellstack.structures import Instances
 
 
@@ -30,7 +30,8 @@ class CellDetector(nn.Module):
     Args:
         backbone: encoder + FPN (gives ``strides`` and ``level_names``).
         rpn: torchvision RegionProposalNetwork over all FPN levels.
-        roi_heads: box and mask heads over the first four levels.
+        roi_heads: box and mask heads (Mask R-CNN, Cascade or HTC); their poolers use the
+            first four levels, HTC's semantic branch all five.
         class_names: the cell types, in label order.
         box_score_thresh, box_nms_iou, max_detections: inference box selection.
     """
@@ -40,7 +41,7 @@ class CellDetector(nn.Module):
         *,
         backbone: TimmFPN,
         rpn: RegionProposalNetwork,
-        roi_heads: MaskRCNNHeads,
+        roi_heads: RoIHeads,
         class_names: Sequence[str],
         box_score_thresh: float = 0.05,
         box_nms_iou: float = 0.7,
@@ -87,15 +88,17 @@ class CellDetector(nn.Module):
     def features(self, images: ImageList) -> dict[str, torch.Tensor]:
         return self.backbone(images.tensors)
 
-    def roi_features(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """The levels the RoI heads pool from (all but the extra max-pooled one)."""
-        return [feats[k] for k in self.backbone.level_names[:-1]]
+    def roi_levels(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The FPN levels in order, finest first, for the RoI heads."""
+        return [feats[k] for k in self.backbone.level_names]
 
     def forward(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None
     ) -> dict[str, torch.Tensor] | list[Instances]:
         """Training (``targets`` given, module in train mode): a dict of losses
-        ``rpn_cls, rpn_box, cls, box, mask``. Inference: one Instances per image.
+        ``rpn_cls, rpn_box`` and the heads' (:meth:`HeadLosses.named`: ``cls, box, mask``
+        for Mask R-CNN, ``s0.cls ... s2.mask`` for cascades, ``semantic`` for HTC).
+        Inference: one Instances per image.
 
         Targets per image: ``boxes`` float32[N, 4] xyxy, ``labels`` int64[N] class index,
         ``masks`` uint8[N, H, W].
@@ -108,11 +111,16 @@ class CellDetector(nn.Module):
             targets = [dict(t) for t in targets]
             proposals, rpn_losses = self.rpn(image_list, feats, targets)
             proposals = [p.detach() for p in proposals]
-            losses = self.roi_heads.losses(self.roi_features(feats), proposals, targets)
+            losses = self.roi_heads.losses(
+                self.roi_heads.prepare(self.roi_levels(feats)),
+                proposals,
+                targets,
+                image_list.image_sizes,
+            )
             return {
                 "rpn_cls": rpn_losses["loss_objectness"],
                 "rpn_box": rpn_losses["loss_rpn_box_reg"],
-                **losses,
+                **losses.named(),
             }
         proposals, _ = self.rpn(image_list, feats)
         return self.detect(feats, proposals, image_list.image_sizes)
@@ -124,7 +132,7 @@ class CellDetector(nn.Module):
         image_sizes: list[tuple[int, int]],
     ) -> list[Instances]:
         """Boxes and RoI masks from proposals (inference)."""
-        roi_feats = self.roi_features(feats)
+        roi_feats = self.roi_heads.prepare(self.roi_levels(feats))
         preds = self.roi_heads.predict_boxes(roi_feats, proposals, image_sizes)
         selected = [
             select_detections(
