@@ -185,9 +185,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Inference and post-processing (the original's order, see inference/postprocess)."""
+    """Inference and post-processing (the original's order, see inference/postprocess).
+
+    Attributes:
+        rpn_nms_iou, rpn_score_thresh: test-time proposal NMS and minimum objectness
+            (the number of proposals is ``model.rpn.pre/post_nms_top_n_test``).
+        box_score_thresh, box_nms_iou, max_detections: box selection (class-agnostic).
+        mask_thresh, score_thresh, mask_nms_iou, min_size, convex_refill: post-processing
+            (``convex_refill``: refill each mask's contours as convex polygons, the
+            original's "corrupt astro" trick, matching coarse polygon annotations).
+        batch_size, tile_size, tile_overlap: how images go through the model.
+    """
 
     rpn_nms_iou: float = 0.7
+    rpn_score_thresh: float = 0.0
     box_score_thresh: float = 0.05
     box_nms_iou: float = 0.7
     max_detections: int = 1000
@@ -195,6 +206,7 @@ class PredictConfig:
     score_thresh: float = 0.3
     mask_nms_iou: float = 0.1
     min_size: int = 0
+    convex_refill: bool = False
     batch_size: int = 2
     tile_size: int = 1024
     tile_overlap: int = 128

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from cellstack.config import ModelConfig, PredictConfig
 from cellstack.errors import CellstackError
+from cellstack.modeling.anchors import CentredAnchorGenerator, ProposalParams
 from cellstack.modeling.backbone import TimmFPN
 from cellstack.modeling.detector import CellDetector
-from cellstack.modeling.heads.base import BoxHead, MaskHead, RoIHeads
+from cellstack.modeling.heads.base import BoxHead, BoxParams, MaskHead, RoIHeads
 from cellstack.modeling.heads.cascade import CASCADE_STAGES, CascadeHeads, StageSpec, cascade_stages
 from cellstack.modeling.heads.htc import FlowMaskHead, HTCHeads, SemanticHead
 from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads
@@ -36,7 +36,7 @@ def build_model(
     )
     r = cfg.rpn
     sizes = tuple((float(r.anchor_scale * s),) for s in backbone.strides)
-    anchors = AnchorGenerator(sizes, (tuple(r.aspect_ratios),) * len(sizes))
+    anchors = CentredAnchorGenerator(sizes, (tuple(r.aspect_ratios),) * len(sizes))
     rpn = RegionProposalNetwork(
         anchors,
         RPNHead(backbone.out_channels, len(r.aspect_ratios)),
@@ -54,9 +54,13 @@ def build_model(
         rpn=rpn,
         roi_heads=heads,
         class_names=class_names,
-        box_score_thresh=predict.box_score_thresh,
-        box_nms_iou=predict.box_nms_iou,
-        max_detections=predict.max_detections,
+        proposal_params=ProposalParams(
+            pre_nms_top_n=r.pre_nms_top_n_test,
+            nms_iou=predict.rpn_nms_iou,
+            score_thresh=predict.rpn_score_thresh,
+            post_nms_top_n=r.post_nms_top_n_test,
+        ),
+        box_params=BoxParams(predict.box_score_thresh, predict.box_nms_iou, predict.max_detections),
     )
 
 

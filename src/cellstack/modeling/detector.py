@@ -19,8 +19,15 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from cellstack.errors import CellstackError
+from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
-from cellstack.modeling.heads.base import RoIHeads, select_detections
+from cellstack.modeling.heads.base import (
+    BoxParams,
+    RoIFeatures,
+    RoIHeads,
+    Window,
+    select_detections,
+)
 from cellstack.structures import Instances
 
 
@@ -33,7 +40,12 @@ class CellDetector(nn.Module):
         roi_heads: box and mask heads (Mask R-CNN, Cascade or HTC); their poolers use the
             first four levels, HTC's semantic branch all five.
         class_names: the cell types, in label order.
-        box_score_thresh, box_nms_iou, max_detections: inference box selection.
+        proposal_params, box_params: inference proposal and box selection.
+
+    Inference is split into steps that an ensemble can call model by model and view by
+    view: :meth:`preprocess`, :meth:`features`, :meth:`rpn_outputs`,
+    :meth:`level_anchors` + :func:`select_proposals`, then the RoI heads'
+    ``predict_boxes`` and ``predict_masks``. ``forward`` chains them for one model.
     """
 
     def __init__(
@@ -43,18 +55,16 @@ class CellDetector(nn.Module):
         rpn: RegionProposalNetwork,
         roi_heads: RoIHeads,
         class_names: Sequence[str],
-        box_score_thresh: float = 0.05,
-        box_nms_iou: float = 0.7,
-        max_detections: int = 1000,
+        proposal_params: ProposalParams | None = None,
+        box_params: BoxParams | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.class_names = tuple(class_names)
-        self.box_score_thresh = box_score_thresh
-        self.box_nms_iou = box_nms_iou
-        self.max_detections = max_detections
+        self.proposal_params = proposal_params or ProposalParams()
+        self.box_params = box_params or BoxParams()
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
 
@@ -122,31 +132,49 @@ class CellDetector(nn.Module):
                 "rpn_box": rpn_losses["loss_rpn_box_reg"],
                 **losses.named(),
             }
-        proposals, _ = self.rpn(image_list, feats)
-        return self.detect(feats, proposals, image_list.image_sizes)
+        windows = image_windows(image_list)
+        proposals = select_proposals(
+            self.rpn_outputs(feats),
+            self.level_anchors(image_list, feats),
+            self.rpn.box_coder,
+            windows,
+            self.proposal_params,
+        )
+        return self.detect(self.roi_heads.prepare(self.roi_levels(feats)), proposals, windows)
+
+    def rpn_outputs(self, feats: dict[str, torch.Tensor]) -> RPNOutputs:
+        objectness, deltas = self.rpn.head(list(feats.values()))
+        return RPNOutputs(objectness, deltas)
+
+    def level_anchors(
+        self, image_list: ImageList, feats: dict[str, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Per level float[H_l * W_l * A, 4] xyxy anchors of the padded batch."""
+        levels = list(feats.values())
+        anchors = self.rpn.anchor_generator(image_list, levels)[0]
+        counts = [f.shape[-2] * f.shape[-1] * self.rpn.head.cls_logits.out_channels for f in levels]
+        return list(anchors.split(counts))
 
     def detect(
         self,
-        feats: dict[str, torch.Tensor],
+        feats: RoIFeatures,
         proposals: list[torch.Tensor],
-        image_sizes: list[tuple[int, int]],
+        windows: list[Window],
+        box_params: BoxParams | None = None,
     ) -> list[Instances]:
-        """Boxes and RoI masks from proposals (inference)."""
-        roi_feats = self.roi_heads.prepare(self.roi_levels(feats))
-        preds = self.roi_heads.predict_boxes(roi_feats, proposals, image_sizes)
-        selected = [
-            select_detections(
-                p,
-                score_thresh=self.box_score_thresh,
-                nms_iou=self.box_nms_iou,
-                max_detections=self.max_detections,
-            )
-            for p in preds
-        ]
+        """Boxes and RoI masks from proposals (inference, one view)."""
+        box_params = box_params or self.box_params
+        preds = self.roi_heads.predict_boxes(feats, proposals, windows)
+        selected = [select_detections(p, box_params) for p in preds]
         masks = self.roi_heads.predict_masks(
-            roi_feats, [s[0] for s in selected], [s[2] for s in selected]
+            feats, [s[0] for s in selected], [s[2] for s in selected]
         )
         return [
-            Instances(size, boxes=b, scores=s, labels=lab, roi_masks=m)
-            for (b, s, lab), m, size in zip(selected, masks, image_sizes, strict=True)
+            Instances((int(win[3]), int(win[2])), boxes=b, scores=s, labels=lab, roi_masks=m)
+            for (b, s, lab), m, win in zip(selected, masks, windows, strict=True)
         ]
+
+
+def image_windows(image_list: ImageList) -> list[Window]:
+    """``(0, 0, w, h)`` of each image of the padded batch."""
+    return [(0.0, 0.0, float(w), float(h)) for h, w in image_list.image_sizes]

@@ -67,10 +67,10 @@ def test_refined_proposals_are_detached_clipped_and_drop_the_gt_boxes():
 def test_cascade_test_scores_average_the_stage_logits_and_boxes_come_from_the_last():
     model = _model("cascade").eval()
     images, _ = _batch()
-    image_list, _, feats = _features(model, images[:1])
+    _, _, feats = _features(model, images[:1])
     proposals = [torch.tensor([[5.0, 5, 35, 25], [48, 38, 72, 60], [20, 10, 60, 50]])]
     with torch.no_grad():
-        (pred,) = model.roi_heads.predict_boxes(feats, proposals, image_list.image_sizes)
+        (pred,) = model.roi_heads.predict_boxes(feats, proposals, [(0, 0, 96, 64)])
         boxes, logit_sum = proposals, 0
         for stage in model.roi_heads.stages:
             logits, deltas = stage.box_head(model.roi_heads.box_features(feats, boxes))

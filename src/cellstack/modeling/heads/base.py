@@ -31,7 +31,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
+from cellstack.modeling.anchors import clip_to_window
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
+
+Window = tuple[float, float, float, float]
 
 
 class BoxHead(nn.Module):
@@ -415,13 +418,14 @@ class RoIHeads(nn.Module):
         self,
         feats: RoIFeatures,
         proposals: list[torch.Tensor],
-        image_sizes: list[tuple[int, int]],
+        windows: list[Window],
     ) -> list[BoxPredictions]:
         """Score and refine proposals through every stage (no thresholding, no NMS).
 
         As mmdet's cascade: each stage regresses the previous stage's boxes (at the
         predicted class), the class logits are averaged over the stages before the
-        softmax, and the boxes are the last stage's.
+        softmax, and the boxes are the last stage's. Boxes are clipped to each image's
+        window (x0, y0, x1, y1): ``(0, 0, w, h)``, or its mirror image in a flipped view.
         """
         counts = [len(p) for p in proposals]
         boxes = proposals
@@ -434,18 +438,17 @@ class RoIHeads(nn.Module):
             if i < len(self.stages) - 1:
                 refined = at_class(decoded, logits[:, 1:].argmax(dim=1) + 1)
                 boxes = [
-                    box_ops.clip_boxes_to_image(b, size)
-                    for b, size in zip(refined.split(counts), image_sizes, strict=True)
+                    clip_to_window(b, win)
+                    for b, win in zip(refined.split(counts), windows, strict=True)
                 ]
         probs = F.softmax(logit_sum / len(self.stages), dim=-1)
         if decoded.shape[1] == 1:
             decoded = decoded.expand(-1, self.num_classes + 1, -1)
         out = []
-        for props, p, b, (h, w) in zip(
-            proposals, probs.split(counts), decoded.split(counts), image_sizes, strict=True
+        for props, p, b, win in zip(
+            proposals, probs.split(counts), decoded.split(counts), windows, strict=True
         ):
-            b = box_ops.clip_boxes_to_image(b.reshape(-1, 4), (h, w)).reshape(b.shape)
-            out.append(BoxPredictions(props, p, b))
+            out.append(BoxPredictions(props, p, clip_to_window(b, win)))
         return out
 
     def predict_masks(
@@ -487,8 +490,23 @@ def mask_targets_for(
     return (cut[:, 0] >= 0.5).to(boxes.dtype)
 
 
+@dataclass(frozen=True)
+class BoxParams:
+    """Test-time box selection (the original's ``rcnn`` settings).
+
+    Attributes:
+        score_thresh: minimum foreground probability.
+        nms_iou: class-agnostic box NMS threshold (high: cells touch).
+        max_detections: boxes kept per image.
+    """
+
+    score_thresh: float = 0.05
+    nms_iou: float = 0.7
+    max_detections: int = 1000
+
+
 def select_detections(
-    pred: BoxPredictions, *, score_thresh: float, nms_iou: float, max_detections: int
+    pred: BoxPredictions, params: BoxParams
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The original's box post-processing, class-agnostic.
 
@@ -501,9 +519,9 @@ def select_detections(
     """
     scores, labels = pred.probs[:, 1:].max(dim=1)
     boxes = pred.boxes[torch.arange(len(labels), device=labels.device), labels + 1]
-    keep = scores > score_thresh
+    keep = scores > params.score_thresh
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = box_ops.remove_small_boxes(boxes, 1e-2)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = box_ops.nms(boxes, scores, nms_iou)[:max_detections]
+    keep = box_ops.nms(boxes, scores, params.nms_iou)[: params.max_detections]
     return boxes[keep], scores[keep], labels[keep]
