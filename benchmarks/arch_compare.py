@@ -5,8 +5,8 @@ with only ``model.arch`` changed, trains for the same number of iterations on th
 images with the same seed, and predicts the same held-out fold (grouped by sample).
 Printed per arch: competition score, COCO mask AP and AP50, the score at the strict IoU
 thresholds (0.80-0.95, where the cascades' tighter boxes should show), train seconds
-per iteration and predict seconds per image (model + post-processing, batch 1 after a
-warm-up image).
+per iteration (median over the logged windows) and predict seconds per image (model +
+post-processing, batch 1 after a warm-up image).
 
     python benchmarks/arch_compare.py --iterations 400 --images 32 [--device cuda]
 
@@ -16,6 +16,7 @@ Prints a table and writes JSON (default benchmarks/results/arch_compare.json).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import tempfile
@@ -26,6 +27,20 @@ ARCHS = ("maskrcnn", "cascade", "htc")
 STRICT = ("0.80", "0.85", "0.90", "0.95")
 
 
+def seconds_per_iteration(log: Path) -> float:
+    """Median seconds per iteration over the logged windows of a run's log.csv (robust
+    to start-up and to a window slowed by other work on the machine)."""
+    import csv
+    import statistics
+
+    with open(log, newline="") as f:
+        rows = [
+            (int(r["iteration"]), float(r["seconds"])) for r in csv.DictReader(f) if r["seconds"]
+        ]
+    steps = [(s1 - s0) / (i1 - i0) for (i0, s0), (i1, s1) in itertools.pairwise(rows) if i1 > i0]
+    return statistics.median(steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=400)
@@ -34,6 +49,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--work", type=Path, help="keep data and runs here (default: temp)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip training where WORK/run_ARCH is complete"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "arch_compare.json"
     )
@@ -85,11 +103,11 @@ def main() -> None:
             ],
         )
         run = work / f"run_{arch}"
-        shutil.rmtree(run, ignore_errors=True)
-        print(f"training {arch} for {args.iterations} iterations on {device}", flush=True)
-        t0 = time.perf_counter()
-        train(cfg, data, run, progress=True)
-        train_s = (time.perf_counter() - t0) / args.iterations
+        if not (args.reuse and (run / "model.pt").is_file()):
+            shutil.rmtree(run, ignore_errors=True)
+            print(f"training {arch} for {args.iterations} iterations on {device}", flush=True)
+            train(cfg, data, run, progress=True)
+        train_s = seconds_per_iteration(run / "log.csv")
         # One warm-up image, then the held-out set at batch 1.
         predict_folder(
             run,

@@ -89,6 +89,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from cellstack.inference.tune import run_tune
+
+    result, path = run_tune(
+        args.source,
+        args.data,
+        fold=args.fold,
+        overrides=tuple(args.overrides),
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(result.table())
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cellstack.inference.run import predict_folder
 
@@ -156,15 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="segment images with a trained run",
-        usage="cellstack predict RUN IMAGES --out OUT [predict.key=value ...]",
-        description="Segment images. Extra predict.key=value arguments override thresholds.",
+        help="segment images with a trained run or an ensemble",
+        usage="cellstack predict RUN|ENSEMBLE.yaml IMAGES --out OUT [predict.key=value ...]",
+        description=(
+            "Segment images with a run or an ensemble YAML (runs merged over models and "
+            "flips). Thresholds come from thresholds.yaml (cellstack tune) when present; "
+            "extra predict.key=value arguments override them."
+        ),
     )
-    p.add_argument("run", type=Path, help="run folder (from cellstack train)")
+    p.add_argument("run", type=Path, help="run folder (cellstack train) or ensemble YAML")
     p.add_argument("images", type=Path, help="image folder, Sartorius folder or image file")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
+        "tune",
+        help="search post-processing thresholds per cell type on annotated images",
+        usage="cellstack tune RUN|ENSEMBLE.yaml DATA [--fold K] [predict.key=value ...]",
+        description=(
+            "Predict annotated images once, search mask threshold, mask NMS, minimum size "
+            "and confidence per predicted cell type for the best competition score, and "
+            "write thresholds.yaml next to the ensemble YAML (or into the run), which "
+            "predict then uses."
+        ),
+    )
+    p.add_argument("source", type=Path, help="run folder or ensemble YAML")
+    p.add_argument("data", type=Path, help="annotated images (any layout evaluate reads)")
+    p.add_argument("--fold", type=int, help="only this fold of DATA/folds.csv (validation)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_tune, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
         "demo",

@@ -151,14 +151,14 @@ def validate(
     """Mean competition score of the model on annotated records (full images)."""
     from cellstack.data.dataset import load_sample
     from cellstack.evaluation.metric import score_image
-    from cellstack.inference.postprocess import PostprocessParams, pixels_to_sparse
+    from cellstack.inference.postprocess import pixels_to_sparse
     from cellstack.inference.predictor import Predictor
+    from cellstack.inference.run import params_from
 
     p = cfg.predict
-    params = PostprocessParams(p.mask_thresh, p.score_thresh, p.mask_nms_iou, p.min_size)
     predictor = Predictor(
         model,
-        params,
+        params_from(p),
         device=device,
         tile_size=p.tile_size,
         tile_overlap=p.tile_overlap,

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from cellstack.inference.postprocess import PostprocessParams, postprocess
+from cellstack.inference.postprocess import PostprocessParams, Thresholds, postprocess
 from cellstack.modeling.detector import CellDetector
 from cellstack.structures import Instances
 
@@ -40,8 +40,9 @@ class Predictor:
     """Detections for images, from a model and post-processing thresholds.
 
     Args:
-        model: a detector (put in eval mode here).
-        params: post-processing thresholds.
+        model: a detector or an :class:`~cellstack.inference.ensemble.Ensemble` (put in
+            eval mode here).
+        params: post-processing thresholds, for all images or per cell type.
         device: where the model runs.
         tile_size, tile_overlap: tiling of large images (pixels).
         batch_size: images (or tiles) per forward pass.
@@ -49,8 +50,8 @@ class Predictor:
 
     def __init__(
         self,
-        model: CellDetector,
-        params: PostprocessParams,
+        model: CellDetector | torch.nn.Module,
+        params: PostprocessParams | Thresholds,
         *,
         device: torch.device | str = "cpu",
         tile_size: int = 1024,
@@ -59,7 +60,7 @@ class Predictor:
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.params = params
+        self.thresholds = params if isinstance(params, Thresholds) else Thresholds(params)
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
@@ -81,8 +82,13 @@ class Predictor:
         return out
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:
-        """Post-processed, non-overlapping cells (see :func:`postprocess`)."""
-        return [postprocess(inst, self.params) for inst in self.raw(images)]
+        """Post-processed, non-overlapping cells (see :func:`postprocess`), with the
+        thresholds of each image's cell type."""
+        names = self.model.class_names
+        return [
+            postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names))
+            for inst in self.raw(images)
+        ]
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[Instances]:
         results = []

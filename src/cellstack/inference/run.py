@@ -10,7 +10,7 @@ import torch
 from cellstack.config import PredictConfig
 from cellstack.data.images import IMAGE_SUFFIXES, list_images, read_image, to_gray_uint8
 from cellstack.errors import DataError
-from cellstack.inference.postprocess import PostprocessParams
+from cellstack.inference.postprocess import PostprocessParams, Thresholds
 from cellstack.inference.predictor import Predictor
 
 
@@ -42,8 +42,17 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     return [(p.stem, p) for p in images]
 
 
+_POSTPROCESS_KEYS = {
+    f"predict.{k}"
+    for k in ("mask_thresh", "score_thresh", "mask_nms_iou", "min_size", "convex_refill")
+}
+
+
 def params_from(cfg: PredictConfig) -> PostprocessParams:
-    return PostprocessParams(cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size)
+    """The post-processing part of a predict config."""
+    return PostprocessParams(
+        cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size, cfg.convex_refill
+    )
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class PredictSummary:
 
 
 def predict_folder(
-    run: str | Path,
+    source: str | Path,
     images: str | Path,
     out: str | Path,
     *,
@@ -63,26 +72,26 @@ def predict_folder(
     device: str = "auto",
     progress: bool = True,
 ) -> PredictSummary:
-    """Predict every image of ``images`` with the run's final model; write to ``out``."""
+    """Predict every image of ``images`` with a run's final model or an ensemble YAML
+    (see :mod:`~cellstack.inference.sources`); write to ``out``."""
     import time
 
     from tqdm import tqdm
 
-    from cellstack.config import config_from_dict, config_to_dict
-    from cellstack.engine.checkpoint import load_run
     from cellstack.engine.trainer import pick_device
     from cellstack.inference.export import PredictionWriter
-    from cellstack.modeling.build import build_model
+    from cellstack.inference.sources import load_source
 
-    cfg, class_names, state = load_run(run)
-    if overrides:
-        cfg = config_from_dict(config_to_dict(cfg), overrides)
-    model = build_model(cfg.model, class_names, cfg.predict)
-    model.load_state_dict(state)
-    p = cfg.predict
+    src = load_source(source, overrides)
+    class_names = src.class_names
+    p = src.cfg.predict
+    thresholds = src.thresholds
+    if any(o.split("=")[0].strip() in _POSTPROCESS_KEYS for o in overrides):
+        # Thresholds given on the command line beat thresholds.yaml.
+        thresholds = Thresholds(params_from(p))
     predictor = Predictor(
-        model,
-        params_from(p),
+        src.model,
+        thresholds,
         device=pick_device(device),
         tile_size=p.tile_size,
         tile_overlap=p.tile_overlap,

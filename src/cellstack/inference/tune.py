@@ -1,0 +1,285 @@
+"""``cellstack tune``: search post-processing thresholds per cell type on annotated images.
+
+The model (or ensemble) runs once per image; its raw detections (boxes, scores, labels,
+RoI mask probabilities) are kept and every threshold combination is scored from them
+without re-running anything:
+
+* masks are pasted once per mask threshold, for every detection above the lowest
+  confidence of the grid, sorted by confidence;
+* pairwise mask IoUs are computed once per image and reused by every mask-NMS
+  threshold;
+* greedy NMS, small-mask removal and overlap removal each decide a mask from more
+  confident masks only, so the result at a confidence threshold is a *prefix* of the
+  result at the lowest one: one post-processing per (NMS, min size) serves the whole
+  confidence grid, and so does one truth-vs-prediction IoU matrix.
+
+Images are grouped by predicted cell type (the majority label, as at prediction time);
+each type gets the combination with the best mean competition score, and ``default``
+the best over all images. The current thresholds are always part of the grid, so tuning
+never lowers the score on the data it ran on.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from cellstack.data.records import ImageRecord
+from cellstack.evaluation.matching import Overlaps, count_matches, overlaps
+from cellstack.evaluation.metric import IOU_THRESHOLDS
+from cellstack.inference.postprocess import (
+    PostprocessParams,
+    Thresholds,
+    convex_refill,
+    nms_from_overlaps,
+    paste_masks,
+    pixels_to_sparse,
+    remove_overlaps,
+    self_overlaps,
+)
+from cellstack.structures import Instances
+
+
+@dataclass(frozen=True)
+class TuneGrid:
+    """Values searched (the original's grid by default)."""
+
+    mask_thresh: tuple[float, ...] = (0.45,)
+    mask_nms_iou: tuple[float, ...] = (0.05, 0.1, 0.15)
+    min_size: tuple[int, ...] = (0, 50, 75, 100, 150)
+    score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.2, 0.801, 0.05), 2).tolist())
+
+    def including(self, p: PostprocessParams) -> TuneGrid:
+        """This grid plus the values of ``p``."""
+        return TuneGrid(
+            *(
+                tuple(sorted({*getattr(self, k), getattr(p, k)}))
+                for k in ("mask_thresh", "mask_nms_iou", "min_size", "score_thresh")
+            )
+        )
+
+
+@dataclass
+class TuneResult:
+    """Per group (a cell type or ``"all"``): image count, score before and after.
+
+    Attributes:
+        thresholds: the tuned thresholds.
+        groups: ``{group: {"images", "before", "after", "params"}}``.
+        before, after: mean score over all images with the old and the tuned thresholds
+            (each image with its type's thresholds).
+    """
+
+    thresholds: Thresholds
+    groups: dict[str, dict] = field(default_factory=dict)
+    before: float = float("nan")
+    after: float = float("nan")
+
+    def table(self) -> str:
+        lines = [f"{'group':<10}{'images':>7}{'before':>9}{'after':>9}  thresholds"]
+        for name, g in self.groups.items():
+            p = g["params"]
+            lines.append(
+                f"{name:<10}{g['images']:>7}{g['before']:>9.4f}{g['after']:>9.4f}  "
+                f"mask {p.mask_thresh} nms {p.mask_nms_iou} min_size {p.min_size} "
+                f"score {p.score_thresh}"
+            )
+        lines.append(f"{'overall':<10}{'':>7}{self.before:>9.4f}{self.after:>9.4f}")
+        return "\n".join(lines)
+
+
+def score_grid(
+    raw: Instances,
+    truth,
+    grid: TuneGrid,
+    *,
+    convex: bool = False,
+) -> dict[tuple, float]:
+    """Competition score of one image for every grid combination.
+
+    Args:
+        raw: detections with ``boxes, scores, labels, roi_masks`` (CPU).
+        truth: sparse bool[N, H*W] ground truth.
+        grid: the values.
+        convex: apply the convex refill (fixed, not searched).
+
+    Returns:
+        ``{(mask_thresh, mask_nms_iou, min_size, score_thresh): score}``.
+    """
+    size = raw.image_size
+    order = np.argsort(-raw.scores.float().numpy(), kind="stable")
+    raw = raw[order]
+    scores = raw.scores.float().numpy()
+    raw = raw[scores >= min(grid.score_thresh)]
+    scores = scores[scores >= min(grid.score_thresh)]
+    n_truth = truth.shape[0]
+    out = {}
+    for mt in grid.mask_thresh:
+        pixels = paste_masks(raw.roi_masks, raw.boxes, size, mt)
+        sizes = np.array([len(p) for p in pixels], dtype=np.int64)
+        ov_self = self_overlaps(pixels, size)
+        for nms in grid.mask_nms_iou:
+            kept = nms_from_overlaps(ov_self, len(pixels), nms)
+            for min_size in grid.min_size:
+                sel = kept[(sizes[kept] > 0) & (sizes[kept] >= min_size)]
+                pix = [pixels[i] for i in sel]
+                if convex:
+                    pix = convex_refill(pix, size)
+                pix = remove_overlaps(pix, size)
+                nonempty = np.array([len(p) > 0 for p in pix], dtype=bool)
+                final = [p for p, ok in zip(pix, nonempty, strict=True) if ok]
+                final_scores = scores[sel][nonempty]
+                ov = overlaps(truth, pixels_to_sparse(final, size))
+                for st in grid.score_thresh:
+                    k = int((final_scores >= st).sum())  # a prefix: scores are sorted
+                    keep = ov.pred_idx < k
+                    sub = Overlaps(n_truth, k, ov.truth_idx[keep], ov.pred_idx[keep], ov.iou[keep])
+                    tp = count_matches(sub, IOU_THRESHOLDS)
+                    denom = tp + (k - tp) + (n_truth - tp)
+                    prec = np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
+                    out[(mt, nms, min_size, st)] = float(prec.mean())
+    return out
+
+
+def tune_thresholds(
+    raws: list[Instances],
+    records: list[ImageRecord],
+    class_names: tuple[str, ...],
+    current: Thresholds,
+    grid: TuneGrid | None = None,
+    progress: bool = True,
+) -> TuneResult:
+    """Search the grid per predicted cell type (see the module docstring)."""
+    from tqdm import tqdm
+
+    grid = grid or TuneGrid()
+    groups: dict[str, list[dict[tuple, float]]] = defaultdict(list)
+    types = []
+    for raw, rec in tqdm(
+        list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
+    ):
+        labels = raw.labels.numpy()
+        cell_type = (
+            class_names[int(np.bincount(labels, minlength=len(class_names)).argmax())]
+            if len(labels)
+            else None
+        )
+        base = current.for_labels(labels, class_names)
+        g = grid
+        for p in (current.default, *current.per_type.values()):
+            g = g.including(p)
+        scores = score_grid(raw, rec.sparse_masks(), g, convex=base.convex_refill)
+        groups["all"].append(scores)
+        if cell_type is not None:
+            groups[cell_type].append(scores)
+        types.append(cell_type)
+
+    def key_of(p: PostprocessParams) -> tuple:
+        return (p.mask_thresh, p.mask_nms_iou, p.min_size, p.score_thresh)
+
+    def best(per_image: list[dict[tuple, float]]) -> tuple[tuple, float]:
+        keys = per_image[0].keys()
+        means = {k: float(np.mean([s[k] for s in per_image])) for k in keys}
+        top = max(means.values())
+        return next(k for k in keys if means[k] == top), top
+
+    def as_params(key: tuple, base: PostprocessParams) -> PostprocessParams:
+        return replace(
+            base, mask_thresh=key[0], mask_nms_iou=key[1], min_size=int(key[2]), score_thresh=key[3]
+        )
+
+    result_groups = {}
+    default_key, _ = best(groups["all"])
+    default = as_params(default_key, current.default)
+    per_type = {}
+    for name in sorted(k for k in groups if k != "all"):
+        key, _ = best(groups[name])
+        per_type[name] = as_params(key, current.per_type.get(name, current.default))
+    tuned = Thresholds(default, per_type)
+    before, after = [], []
+    for name, members in groups.items():
+        if name == "all":
+            continue
+        old_key = key_of(current.per_type.get(name, current.default))
+        new_key = key_of(per_type[name])
+        result_groups[name] = {
+            "images": len(members),
+            "before": float(np.mean([s[old_key] for s in members])),
+            "after": float(np.mean([s[new_key] for s in members])),
+            "params": per_type[name],
+        }
+    for scores, t in zip(groups["all"], types, strict=True):
+        old = current.per_type.get(t, current.default) if t else current.default
+        new = tuned.per_type.get(t, tuned.default) if t else tuned.default
+        before.append(scores[key_of(old)])
+        after.append(scores[key_of(new)])
+    result_groups["all"] = {
+        "images": len(groups["all"]),
+        "before": float(np.mean([s[key_of(current.default)] for s in groups["all"]])),
+        "after": float(np.mean([s[default_key] for s in groups["all"]])),
+        "params": default,
+    }
+    return TuneResult(tuned, result_groups, float(np.mean(before)), float(np.mean(after)))
+
+
+def run_tune(
+    source_path,
+    data,
+    *,
+    fold: int | None = None,
+    overrides: tuple[str, ...] = (),
+    device: str = "auto",
+    grid: TuneGrid | None = None,
+    progress: bool = True,
+) -> tuple[TuneResult, object]:
+    """``cellstack tune``: predict ``data`` (or its fold ``fold``) once with a run or an
+    ensemble, search thresholds, write ``thresholds.yaml``; returns (result, its path)."""
+    import torch
+    from tqdm import tqdm
+
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.layouts import load_dataset
+    from cellstack.engine.trainer import pick_device
+    from cellstack.errors import CellstackError
+    from cellstack.inference.predictor import Predictor
+    from cellstack.inference.sources import load_source, write_thresholds
+
+    src = load_source(source_path, overrides)
+    records = load_dataset(data)
+    if fold is not None:
+        from pathlib import Path
+
+        from cellstack.data.folds import read_folds_csv
+
+        base = Path(data) if Path(data).is_dir() else Path(data).parent
+        if not (base / "folds.csv").is_file():
+            raise CellstackError(f"--fold needs {base / 'folds.csv'} (cellstack folds)")
+        folds = read_folds_csv(base / "folds.csv")
+        records = [r for r in records if folds.get(r.image_id) == fold]
+        if not records:
+            raise CellstackError(f"fold {fold} of {base / 'folds.csv'} has no images")
+    p = src.cfg.predict
+    predictor = Predictor(
+        src.model,
+        src.thresholds,
+        device=pick_device(device),
+        tile_size=p.tile_size,
+        tile_overlap=p.tile_overlap,
+        batch_size=p.batch_size,
+    )
+    raws = []
+    with torch.inference_mode():
+        for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
+            image, _ = load_sample(rec)
+            raws.extend(predictor.raw([image]))
+    result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)
+    write_thresholds(
+        src.thresholds_path,
+        result.thresholds,
+        f"written by cellstack tune on {len(records)} images of {data}"
+        + (f" (fold {fold})" if fold is not None else "")
+        + f"; score {result.before:.4f} -> {result.after:.4f}",
+    )
+    return result, src.thresholds_path
