@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from cellstack.cli import main
 from cellstack.data.sartorius import read_submission
@@ -109,3 +110,38 @@ def test_train_predict_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", str(data), str(tmp_path / "p2" / "submission.csv"), "--quiet"]) == 0
     assert main(["predict", str(tmp_path / "nope"), str(images), "--out", str(tmp_path / "x")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ensemble_yaml_predict_and_tune_cli(tmp_path, capsys):
+    from tests.engine.test_trainer import FAST
+
+    data = tmp_path / "data"
+    main(["synth", str(data), "--n-images", "4", "--width", "96", "--height", "80", "--quiet"])
+    main(["folds", str(data), "--k", "2"])
+    for name, arch in (("a", "maskrcnn"), ("b", "cascade")):
+        args = ["train", str(data), "--out", str(tmp_path / name), *FAST, f"model.arch={arch}"]
+        assert main([*args, "train.iterations=2", "train.eval_every=100"]) == 0
+    ens = tmp_path / "ens" / "ensemble.yaml"
+    ens.parent.mkdir()
+    ens.write_text(
+        "models: [../a, ../b]\nflips: [none, h, v, hv]\ntype_models: {astro: [../b]}\n"
+        "postprocess: {default: {score_thresh: 0.0}}\n"
+    )
+    assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "p")]) == 0
+    assert len(read_submission(tmp_path / "p" / "submission.csv")) == 4
+    capsys.readouterr()
+    assert main(["tune", str(ens), str(data), "--fold", "0", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and (ens.parent / "thresholds.yaml").is_file()
+    before, after = (float(x) for x in out.split("overall")[1].split()[:2])
+    assert after >= before
+    thresholds = yaml.safe_load((ens.parent / "thresholds.yaml").read_text())
+    assert set(thresholds) == {"default", "per_type"}
+    assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "p2")]) == 0
+    ens.write_text("models: [../a]\nflips: [diagonal]\n")
+    assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown flip diagonal" in capsys.readouterr().err
+    ens.write_text("models: [../a]\nmodel: [../b]\n")
+    assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key model" in capsys.readouterr().err

@@ -250,9 +250,10 @@ class RoIStage(nn.Module):
 
     def decode(self, deltas: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Deltas float[K, R*4] on the concatenated ``boxes`` -> float[K, R, 4] xyxy."""
-        return self.box_coder.decode(deltas.float(), [b.float() for b in boxes]).reshape(
-            len(deltas), -1, 4
-        )
+        r = deltas.shape[1] // 4
+        if len(deltas) == 0:
+            return deltas.new_zeros((0, r, 4), dtype=torch.float32)
+        return self.box_coder.decode(deltas.float(), [b.float() for b in boxes]).reshape(-1, r, 4)
 
     def box_losses(
         self,
