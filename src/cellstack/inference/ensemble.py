@@ -52,7 +52,7 @@ ORIGINAL_TYPE_SETTINGS = {
 
 
 @dataclass
-class _View:
+class View:
     """One model on one flip of the batch (features computed once)."""
 
     model: int
@@ -121,21 +121,21 @@ class Ensemble(nn.Module):
             raise CellstackError("an ensemble only predicts; call .eval() first")
         image_list = self.models[0].preprocess(images)
         size = tuple(image_list.tensors.shape[-2:])
-        views, anchors = self._views(image_list)
+        views, anchors = self.views(image_list)
         out = []
         for b, window in enumerate(image_windows(image_list)):
             all_models = tuple(range(len(self.models)))
-            boxes, scores, labels = self._boxes(
+            boxes, scores, labels = self.merge_boxes(
                 views, anchors, b, window, size, all_models, self.settings
             )
             cell_type = majority_type(labels, self.class_names)
             models = self.type_models.get(cell_type, all_models)
             if cell_type in self.type_settings or cell_type in self.type_models:
                 settings = self.type_settings.get(cell_type, self.settings)
-                boxes, scores, labels = self._boxes(
+                boxes, scores, labels = self.merge_boxes(
                     views, anchors, b, window, size, models, settings
                 )
-            masks = self._masks(views, b, size, models, boxes, labels)
+            masks = self.merge_masks(views, b, size, models, boxes, labels)
             out.append(
                 Instances(
                     (int(window[3]), int(window[2])),
@@ -148,7 +148,9 @@ class Ensemble(nn.Module):
         return out
 
     # ------------------------------------------------------------------ stages
-    def _views(self, image_list: ImageList) -> tuple[list[_View], list[torch.Tensor]]:
+    def views(self, image_list: ImageList) -> tuple[list[View], list[torch.Tensor]]:
+        """Features (and un-flipped RPN outputs) of every model x flip of a padded
+        batch, and the per-level anchors of the batch."""
         views, anchors = [], None
         for m, model in enumerate(self.models):
             for flip in self.flips:
@@ -158,12 +160,12 @@ class Ensemble(nn.Module):
                 rpn = flip.rpn(model.rpn_outputs(feats)) if use_rpn else None
                 if anchors is None:
                     anchors = model.level_anchors(image_list, feats)
-                views.append(_View(m, flip, model.roi_heads.prepare(model.roi_levels(feats)), rpn))
+                views.append(View(m, flip, model.roi_heads.prepare(model.roi_levels(feats)), rpn))
         return views, anchors
 
-    def _boxes(
+    def merge_boxes(
         self,
-        views: list[_View],
+        views: list[View],
         anchors: list[torch.Tensor],
         b: int,
         window: tuple[float, float, float, float],
@@ -193,9 +195,9 @@ class Ensemble(nn.Module):
         merged = BoxPredictions(proposals, _mean(probs), _mean(boxes))
         return select_detections(merged, settings.boxes)
 
-    def _masks(
+    def merge_masks(
         self,
-        views: list[_View],
+        views: list[View],
         b: int,
         size: tuple[int, int],
         models: tuple[int, ...],
