@@ -67,7 +67,7 @@ class WBFEnsemble(nn.Module):
                     rpn, anchors, model.rpn.box_coder, [window], ens.settings.proposals
                 )
                 (pred,) = model.roi_heads.predict_boxes(
-                    _one(v.feats, b), [v.flip.boxes(props, size)], [v.flip.window(window, size)]
+                    v.feats.image(b), [v.flip.boxes(props, size)], [v.flip.window(window, size)]
                 )
                 pred = type(pred)(props, pred.probs, v.flip.boxes(pred.boxes, size))
                 bx, sc, lb = select_detections(pred, ens.settings.boxes)
@@ -91,16 +91,6 @@ class WBFEnsemble(nn.Module):
                 )
             )
         return out
-
-
-def _one(feats, b):
-    from cellstack.modeling.heads.base import RoIFeatures
-
-    return RoIFeatures(
-        [f[b : b + 1] for f in feats.levels],
-        None if feats.semantic is None else feats.semantic[b : b + 1],
-        None if feats.semantic_logits is None else feats.semantic_logits[b : b + 1],
-    )
 
 
 def main() -> None:

@@ -186,7 +186,7 @@ class Ensemble(nn.Module):
         for v in used:
             heads = self.models[v.model].roi_heads
             (pred,) = heads.predict_boxes(
-                _image_feats(v.feats, b),
+                v.feats.image(b),
                 [v.flip.boxes(proposals, size)],
                 [v.flip.window(window, size)],
             )
@@ -210,24 +210,13 @@ class Ensemble(nn.Module):
             if v.model not in models:
                 continue
             heads = self.models[v.model].roi_heads
-            (m,) = heads.predict_masks(
-                _image_feats(v.feats, b), [v.flip.boxes(boxes, size)], [labels]
-            )
+            (m,) = heads.predict_masks(v.feats.image(b), [v.flip.boxes(boxes, size)], [labels])
             masks.append(v.flip.maps(m))
         return _mean(masks)
 
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.stack(tensors).mean(0)
-
-
-def _image_feats(feats: RoIFeatures, b: int) -> RoIFeatures:
-    """The features of image ``b`` of a batch, as a batch of one."""
-    return RoIFeatures(
-        [f[b : b + 1] for f in feats.levels],
-        None if feats.semantic is None else feats.semantic[b : b + 1],
-        None if feats.semantic_logits is None else feats.semantic_logits[b : b + 1],
-    )
 
 
 def majority_type(labels: torch.Tensor, class_names: Sequence[str]) -> str | None:

@@ -117,6 +117,16 @@ class RoIFeatures:
     semantic: torch.Tensor | None = None
     semantic_logits: torch.Tensor | None = None
 
+    def image(self, b: int) -> RoIFeatures:
+        """The features of image ``b`` of the batch, as a batch of one."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[b : b + 1]
+
+        return RoIFeatures(
+            [f[b : b + 1] for f in self.levels], cut(self.semantic), cut(self.semantic_logits)
+        )
+
 
 @dataclass(frozen=True)
 class BoxPredictions:
