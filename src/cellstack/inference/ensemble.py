@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from cellstack.errors import CellstackError
+from cellstack.inference.postprocess import majority_type
 from cellstack.inference.tta import Flip
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.detector import CellDetector, image_windows
@@ -217,13 +218,6 @@ class Ensemble(nn.Module):
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.stack(tensors).mean(0)
-
-
-def majority_type(labels: torch.Tensor, class_names: Sequence[str]) -> str | None:
-    """The most frequent label's class name (the image's cell type); None if empty."""
-    if len(labels) == 0:
-        return None
-    return class_names[int(torch.bincount(labels, minlength=len(class_names)).argmax())]
 
 
 def check_compatible(models: Sequence[CellDetector]) -> None:

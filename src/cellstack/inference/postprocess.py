@@ -42,6 +42,16 @@ class PostprocessParams:
     convex_refill: bool = False
 
 
+def majority_type(labels: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
+    """The image's cell type: the class name of the most frequent label among its
+    detections (int[N], numpy or torch), as the original decided it; None if empty."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.cpu().numpy()
+    if len(labels) == 0:
+        return None
+    return class_names[int(np.bincount(labels, minlength=len(class_names)).argmax())]
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Post-processing thresholds per cell type.
@@ -56,10 +66,7 @@ class Thresholds:
 
     def for_labels(self, labels: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
         """The params of the image's type: the majority of ``labels`` int[N]."""
-        if len(labels) == 0 or not self.per_type:
-            return self.default
-        cell_type = class_names[int(np.bincount(np.asarray(labels)).argmax())]
-        return self.per_type.get(cell_type, self.default)
+        return self.per_type.get(majority_type(labels, class_names), self.default)
 
     def to_dict(self) -> dict:
         return {

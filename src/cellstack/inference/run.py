@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -42,10 +42,7 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     return [(p.stem, p) for p in images]
 
 
-_POSTPROCESS_KEYS = {
-    f"predict.{k}"
-    for k in ("mask_thresh", "score_thresh", "mask_nms_iou", "min_size", "convex_refill")
-}
+_POSTPROCESS_KEYS = {f"predict.{f.name}" for f in fields(PostprocessParams)}
 
 
 def params_from(cfg: PredictConfig) -> PostprocessParams:

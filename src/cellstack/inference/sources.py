@@ -162,9 +162,9 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
     ).eval()
     thresholds = Thresholds(params_from(cfg.predict))
     if spec.get("postprocess"):
-        thresholds = Thresholds.from_dict(
-            {"default": thresholds.to_dict()["default"], **spec["postprocess"]}, str(path)
-        )
+        post = spec["postprocess"]
+        default = {**thresholds.to_dict()["default"], **(post.get("default") or {})}
+        thresholds = Thresholds.from_dict({**post, "default": default}, str(path))
     tpath = base / THRESHOLDS
     if tpath.is_file():
         thresholds = read_thresholds(tpath)

@@ -33,6 +33,7 @@ from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
     convex_refill,
+    majority_type,
     nms_from_overlaps,
     paste_masks,
     pixels_to_sparse,
@@ -155,22 +156,16 @@ def tune_thresholds(
     from tqdm import tqdm
 
     grid = grid or TuneGrid()
+    for p in (current.default, *current.per_type.values()):
+        grid = grid.including(p)
     groups: dict[str, list[dict[tuple, float]]] = defaultdict(list)
     types = []
     for raw, rec in tqdm(
         list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
     ):
-        labels = raw.labels.numpy()
-        cell_type = (
-            class_names[int(np.bincount(labels, minlength=len(class_names)).argmax())]
-            if len(labels)
-            else None
-        )
-        base = current.for_labels(labels, class_names)
-        g = grid
-        for p in (current.default, *current.per_type.values()):
-            g = g.including(p)
-        scores = score_grid(raw, rec.sparse_masks(), g, convex=base.convex_refill)
+        cell_type = majority_type(raw.labels, class_names)
+        base = current.per_type.get(cell_type, current.default)
+        scores = score_grid(raw, rec.sparse_masks(), grid, convex=base.convex_refill)
         groups["all"].append(scores)
         if cell_type is not None:
             groups[cell_type].append(scores)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cellstack.modeling.heads.base import BoxHead, MaskHead, RoIHeads, RoIStage
-from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 
 @dataclass(frozen=True)
@@ -82,22 +81,5 @@ def cascade_stages(
 
 
 class CascadeHeads(RoIHeads):
-    """Cascade Mask R-CNN RoI heads (see the module docstring).
-
-    Args:
-        box_pooler, mask_pooler: aligned RoIAlign poolers (7 and 14).
-        stages: from :func:`cascade_stages`.
-        num_classes: foreground classes.
-    """
-
-    def __init__(
-        self,
-        *,
-        box_pooler: AlignedMultiScaleRoIAlign,
-        mask_pooler: AlignedMultiScaleRoIAlign,
-        stages: Sequence[RoIStage],
-        num_classes: int,
-    ) -> None:
-        super().__init__(
-            box_pooler=box_pooler, mask_pooler=mask_pooler, stages=stages, num_classes=num_classes
-        )
+    """Cascade Mask R-CNN RoI heads (see the module docstring): :class:`RoIHeads` over
+    the stages of :func:`cascade_stages`, not interleaved."""
