@@ -38,6 +38,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from cellstack.data.prepare import prepare_livecell, prepare_sartorius
+
+    if args.dataset == "livecell":
+        report = prepare_livecell(args.source, args.out, progress=not args.quiet)
+    else:
+        report = prepare_sartorius(
+            args.source,
+            args.out,
+            holes=args.fill_holes,
+            corrected=args.corrected,
+            progress=not args.quiet,
+        )
+    print(report.summary())
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
@@ -145,6 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser(
+        "prepare",
+        help="check a dataset once and cache its masks (LIVECell or Sartorius)",
+        description=(
+            "Read a dataset once, check every row, cache the masks compactly and write a "
+            "folder that train, cv, tune and evaluate accept. Bad rows, annotations and "
+            "images are reported with their ids (problems.csv) and left out. Running it "
+            "again on unchanged sources returns at once."
+        ),
+    )
+    prep = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    q = prep.add_parser(
+        "livecell",
+        help="LIVECell: livecell_coco_{train,val,test}.json + tif images, all cell lines",
+    )
+    q.add_argument("source", type=Path, help="the LIVECell folder (searched recursively)")
+    q.add_argument("--out", type=Path, required=True, help="prepared folder to write")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q = prep.add_parser("sartorius", help="Sartorius: train.csv + train/*.png")
+    q.add_argument("source", type=Path, help="the competition folder (with train.csv)")
+    q.add_argument("--out", type=Path, default=None, help="default: SOURCE/prepared")
+    q.add_argument(
+        "--fill-holes", action="store_true", help="fill holes in the training masks (original)"
+    )
+    q.add_argument(
+        "--corrected",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of {id}.png whose red channel marks the true foreground; training "
+        "masks are cut to it (validation keeps the raw masks)",
+    )
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
     p = sub.add_parser("evaluate", help="score predictions with the competition metric and COCO AP")
     p.add_argument(
         "truth", type=Path, help="train.csv / Sartorius folder / label-image folder / COCO json"
@@ -236,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:  # under torchrun: leave the process group cleanly
+            from cellstack.engine.distributed import teardown
+
+            teardown()
 
 
 if __name__ == "__main__":

@@ -150,12 +150,17 @@ class DataConfig:
         crop_size: random square crops (images smaller than it are padded).
         fold: validate on this fold, train on the others; None trains on everything.
         folds: number of folds when ``folds.csv`` has to be made.
+        splits: train only on records of these splits (a prepared LIVECell folder has
+            train/val/test); empty: every record.
+        val_split: validate on the records of this split instead of a fold.
         val_images: cap on validation images scored during training (0 = all).
     """
 
     crop_size: int = 256
     fold: int | None = None
     folds: int = 5
+    splits: tuple[str, ...] = ()
+    val_split: str | None = None
     val_images: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -213,11 +218,25 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class InitConfig:
+    """Where a new run's weights start (``init.from=RUN``: finetune a pretrained run).
+
+    Attributes:
+        from_run: a run folder (YAML key ``from``); its backbone, FPN, RPN and heads
+            load wherever names and shapes match. Class-specific layers load only when
+            the class names are the same, and are re-initialised otherwise.
+    """
+
+    from_run: str | None = field(default=None, metadata={"key": "from"})
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 _CHOICES = {
@@ -264,7 +283,9 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section {prefix or 'top level'} must be a mapping")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    # A field may be spelled differently in YAML (``init.from``: a Python keyword).
+    attr_of = {_key_of(f): f.name for f in dataclasses.fields(cls)}
+    names = set(attr_of)
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
@@ -274,16 +295,21 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        hint = hints[name]
+        attr = attr_of[name]
+        hint = hints[attr]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key)
+            kwargs[attr] = _build(hint, value or {}, key)
         else:
-            kwargs[name] = _coerce(value, hint, key)
-            if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
+            kwargs[attr] = _coerce(value, hint, key)
+            if key in _CHOICES and kwargs[attr] not in _CHOICES[key]:
                 raise ConfigError(
-                    f"config key {key}: {kwargs[name]!r} is not one of {', '.join(_CHOICES[key])}"
+                    f"config key {key}: {kwargs[attr]!r} is not one of {', '.join(_CHOICES[key])}"
                 )
     return cls(**kwargs)
+
+
+def _key_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", f.name)
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -341,7 +367,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
+        return {_key_of(f): _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {k: _to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -378,5 +404,7 @@ def _validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if cfg.data.fold is not None and cfg.data.val_split is not None:
+        raise ConfigError("data.fold and data.val_split both choose validation; set one")
     if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
         raise ConfigError(f"data.fold must be in 0..{cfg.data.folds - 1}, got {cfg.data.fold}")

@@ -3,6 +3,7 @@
 - Sartorius: a ``train.csv`` (or a folder holding one) with images in ``train/``.
 - Label images: a folder with ``images/`` and ``labels/``.
 - COCO / LIVECell: a ``.json`` annotation file, images beside it or in ``images/``.
+- Prepared: a folder written by ``cellstack prepare`` (``prepared.json``).
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ from cellstack.errors import DataError
 from cellstack.evaluation.matching import sparse_from_labels
 
 LAYOUT_HELP = (
-    "expected a Sartorius train.csv (or a folder with one), a folder with images/ and "
-    "labels/, or a COCO .json"
+    "expected a folder made by cellstack prepare, a Sartorius train.csv (or a folder with "
+    "one), a folder with images/ and labels/, or a COCO .json"
 )
 
 
 def load_dataset(path: str | Path) -> list[ImageRecord]:
     """Load annotated images from any supported layout (see module docstring)."""
     from cellstack.data.coco import read_coco_instances
+    from cellstack.data.prepare import is_prepared, read_prepared
     from cellstack.data.sartorius import read_train_csv
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found")
+    if path.is_dir() and is_prepared(path):
+        return read_prepared(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_train_csv(path)
     if path.is_file() and path.suffix.lower() == ".json":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,8 @@ from cellstack.data import rle
 class ImageRecord:
     """An image and (optionally) its instance annotations.
 
-    Exactly one of ``rles`` and ``label_path`` holds the annotations, or neither for
-    an unannotated image.
+    Exactly one of ``rles``, ``label_path`` and ``mask_path`` holds the annotations, or
+    none for an unannotated image.
 
     Attributes:
         image_id: unique id (the file stem for folder layouts).
@@ -26,6 +26,10 @@ class ImageRecord:
         sample_id: the biological sample, used to group folds.
         rles: one Kaggle RLE string per instance.
         label_path: a label image uint16/uint32[H, W], 0 = background.
+        mask_path: a mask file of ``cellstack prepare`` (:mod:`cellstack.data.maskcache`).
+        train_mask_path: cleaned masks (hole-filled, corrected) that training uses in
+            place of the raw ones; scoring always uses the raw ones.
+        split: the dataset's own split (LIVECell: train/val/test), "" when it has none.
     """
 
     image_id: str
@@ -36,6 +40,9 @@ class ImageRecord:
     sample_id: str = ""
     rles: tuple[str, ...] | None = None
     label_path: Path | None = None
+    mask_path: Path | None = None
+    train_mask_path: Path | None = None
+    split: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,7 +50,13 @@ class ImageRecord:
 
     @property
     def has_annotations(self) -> bool:
-        return self.rles is not None or self.label_path is not None
+        return self.rles is not None or self.label_path is not None or self.mask_path is not None
+
+    def for_training(self) -> ImageRecord:
+        """This record with its cleaned training masks in place of the raw ones, if any."""
+        if self.train_mask_path is None:
+            return self
+        return replace(self, mask_path=self.train_mask_path)
 
     def sparse_masks(self) -> sp.csr_matrix:
         """Instance masks as a sparse bool[N, H*W] matrix (row-major pixels)."""
@@ -54,6 +67,10 @@ class ImageRecord:
             return rle.rles_to_sparse(self.rles, self.shape, where=where)
         if self.label_path is not None:
             return sparse_from_labels(self.label_image())
+        if self.mask_path is not None:
+            from cellstack.data.maskcache import load_masks
+
+            return load_masks(self.mask_path, self.shape)
         raise ValueError(f"image {self.image_id} has no annotations")
 
     def label_image(self) -> np.ndarray:
@@ -64,4 +81,8 @@ class ImageRecord:
             from cellstack.data.labels import read_label_image
 
             return read_label_image(self.label_path, expected_shape=self.shape)
+        if self.mask_path is not None:
+            from cellstack.data.maskcache import load_masks, sparse_to_labels
+
+            return sparse_to_labels(load_masks(self.mask_path, self.shape), self.shape)
         raise ValueError(f"image {self.image_id} has no annotations")

@@ -10,7 +10,7 @@ row with an empty ``predicted`` for an image with no cell.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cellstack.data.records import ImageRecord
@@ -44,7 +44,11 @@ def _int_field(row: dict, key: str, where: str) -> int:
 
 
 def read_train_csv(
-    csv_path: str | Path, images_dir: str | Path | None = None, *, validate: bool = True
+    csv_path: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    validate: bool = True,
+    on_bad_row: Callable[[int, str, str], None] | None = None,
 ) -> list[ImageRecord]:
     """Read a Sartorius ``train.csv`` into one :class:`ImageRecord` per image.
 
@@ -52,6 +56,9 @@ def read_train_csv(
         csv_path: the CSV file.
         images_dir: where ``{id}.png`` live; default ``train/`` beside the CSV.
         validate: parse every RLE now, so a bad row fails here with its row number.
+        on_bad_row: instead of raising at the first bad row, call
+            ``on_bad_row(row_number, image_id, message)`` for each one and leave it out
+            (``cellstack prepare`` reports them all).
 
     Raises:
         DataError: missing columns, a non-integer size, an id whose rows disagree on
@@ -70,36 +77,18 @@ def read_train_csv(
             raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}")
         for row_no, row in enumerate(reader, start=1):
             image_id = (row["id"] or "").strip()
-            where = f"{csv_path} row {row_no} (id {image_id or '?'})"
-            if not image_id:
-                raise DataError(f"{where}: empty id")
-            width = _int_field(row, "width", where)
-            height = _int_field(row, "height", where)
-            cell_type = (row["cell_type"] or "").strip() or "cell"
-            annotation = (row["annotation"] or "").strip()
-            if validate and annotation:
-                parse_runs(annotation, (height, width), where=where)
-            entry = by_id.get(image_id)
-            if entry is None:
-                entry = by_id[image_id] = {
-                    "height": height,
-                    "width": width,
-                    "cell_type": cell_type,
-                    "sample_id": (row.get("sample_id") or "").strip(),
-                    "rles": [],
-                }
-            elif (entry["height"], entry["width"], entry["cell_type"]) != (
-                height,
-                width,
-                cell_type,
-            ):
-                raise DataError(
-                    f"{where}: size/cell_type {width}x{height}/{cell_type} disagrees with "
-                    f"earlier rows of the same id ({entry['width']}x{entry['height']}/"
-                    f"{entry['cell_type']})"
+            try:
+                _add_row(
+                    by_id,
+                    row,
+                    image_id,
+                    f"{csv_path} row {row_no} (id {image_id or '?'})",
+                    validate,
                 )
-            if annotation:
-                entry["rles"].append(annotation)
+            except DataError as exc:
+                if on_bad_row is None:
+                    raise
+                on_bad_row(row_no, image_id, str(exc))
     return [
         ImageRecord(
             image_id=image_id,
@@ -112,6 +101,35 @@ def read_train_csv(
         )
         for image_id, e in by_id.items()
     ]
+
+
+def _add_row(by_id: dict[str, dict], row: dict, image_id: str, where: str, validate: bool) -> None:
+    """Check one train.csv row and add its annotation to its image's entry."""
+    if not image_id:
+        raise DataError(f"{where}: empty id")
+    width = _int_field(row, "width", where)
+    height = _int_field(row, "height", where)
+    cell_type = (row["cell_type"] or "").strip() or "cell"
+    annotation = (row["annotation"] or "").strip()
+    if validate and annotation:
+        parse_runs(annotation, (height, width), where=where)
+    entry = by_id.get(image_id)
+    if entry is None:
+        entry = by_id[image_id] = {
+            "height": height,
+            "width": width,
+            "cell_type": cell_type,
+            "sample_id": (row.get("sample_id") or "").strip(),
+            "rles": [],
+        }
+    elif (entry["height"], entry["width"], entry["cell_type"]) != (height, width, cell_type):
+        raise DataError(
+            f"{where}: size/cell_type {width}x{height}/{cell_type} disagrees with "
+            f"earlier rows of the same id ({entry['width']}x{entry['height']}/"
+            f"{entry['cell_type']})"
+        )
+    if annotation:
+        entry["rles"].append(annotation)
 
 
 def write_train_csv(path: str | Path, rows: Iterable[Mapping[str, object]]) -> None:

@@ -9,6 +9,8 @@ any moment leaves the previous complete checkpoint in place.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,83 @@ def load_run(run: str | Path) -> tuple[Config, list[str], dict]:
 
 def final_state(model: torch.nn.Module, cfg: Config, class_names: list[str]) -> dict:
     return {"model": model.state_dict(), "config": config_to_dict(cfg), "class_names": class_names}
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What ``init.from`` loaded into a new model (state-dict keys)."""
+
+    run: Path
+    loaded: tuple[str, ...]
+    reinitialised: tuple[str, ...]  # class-specific, classes differ
+    mismatched: tuple[str, ...]  # same name, other shape (another backbone or width)
+    new: tuple[str, ...]  # not in the run (e.g. cascade stages 2-3 from a Mask R-CNN)
+    source_classes: tuple[str, ...]
+
+    def summary(self) -> str:
+        def by_part(keys: tuple[str, ...]) -> str:
+            counts = Counter(k.split(".")[0] for k in keys)
+            return ", ".join(f"{part} {n}" for part, n in counts.items())
+
+        lines = [
+            f"init from {self.run}: loaded {len(self.loaded)} tensors ({by_part(self.loaded)})"
+        ]
+        if self.reinitialised:
+            layers = sorted({k.rsplit(".", 1)[0] for k in self.reinitialised})
+            lines.append(
+                f"  re-initialised {len(layers)} class layer(s) (the run's classes "
+                f"{', '.join(self.source_classes)} differ): {', '.join(layers)}"
+            )
+        if self.mismatched:
+            lines.append(
+                f"  not loaded, shape differs: {len(self.mismatched)} ({by_part(self.mismatched)}),"
+                f" e.g. {self.mismatched[0]}"
+            )
+        if self.new:
+            lines.append(
+                f"  not in the run, left at their initialisation: {len(self.new)} "
+                f"({by_part(self.new)})"
+            )
+        return "\n".join(lines)
+
+
+def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
+    """Load a trained run's weights into a new ``model`` wherever they fit.
+
+    Every tensor whose name and shape match loads, except the class-specific layers
+    (``model.class_specific_keys()``) when the two models' class names differ: those
+    keep their fresh initialisation, as the original re-initialised ``fc_cls``,
+    ``fc_reg`` and ``conv_logits`` when finetuning.
+
+    Raises:
+        CellstackError: the run is missing, or not one tensor of it fits the model.
+    """
+    run = Path(run)
+    _, source_classes, state = load_run(run)
+    target = model.state_dict()
+    classes_differ = tuple(source_classes) != tuple(model.class_names)
+    class_keys = model.class_specific_keys() if classes_differ else set()
+    loaded, reinit, mismatched = [], [], []
+    for key, value in target.items():
+        if key not in state:
+            continue
+        if key in class_keys:
+            reinit.append(key)
+        elif state[key].shape != value.shape:
+            mismatched.append(key)
+        else:
+            loaded.append(key)
+    if not loaded:
+        raise CellstackError(
+            f"init.from={run}: no weight of that run fits this model (another backbone or "
+            "architecture?)"
+        )
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return InitReport(
+        run=run,
+        loaded=tuple(loaded),
+        reinitialised=tuple(reinit),
+        mismatched=tuple(mismatched),
+        new=tuple(k for k in target if k not in state),
+        source_classes=tuple(source_classes),
+    )

@@ -6,6 +6,12 @@ step with gradient clipping (and AMP on CUDA) -> per-iteration LR schedule. Ever
 restores it and continues exactly (the data of sample ``i`` depends only on the seed
 and ``i``; RNG states are restored). A NaN/inf loss stops training with a message that
 names the last good checkpoint, which is left untouched.
+
+Under ``torchrun`` the same function trains with DDP (see
+:mod:`cellstack.engine.distributed`): ``train.batch_size`` is the global batch, split
+evenly over the processes (rank ``r`` takes its slice of the very samples one process
+would take), gradients are averaged, rank 0 writes the run folder, and validation is
+sharded over the ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cellstack.data.folds import grouped_stratified_folds, read_folds_csv, write
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
 from cellstack.engine import checkpoint as ckpt
+from cellstack.engine import distributed
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write
 
@@ -111,50 +118,85 @@ def losses_by_kind(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU; under torchrun each process takes the
+    GPU of its ``LOCAL_RANK`` (``auto`` or a bare ``cuda``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CellstackError(f"train.device={name} but no CUDA device is available")
+        raise CellstackError(f"device {name} requested but no CUDA device is available")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
-def split_records(
-    records: list[ImageRecord], cfg: Config, data: Path, run: Path
-) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """``(train, val)``: with ``data.fold`` the other folds train and that fold validates.
-
-    Folds come from ``folds.csv`` beside the data when present (``cellstack folds``),
-    else they are made here; either way the split is written to ``RUN/folds.csv``.
-    """
-    if cfg.data.fold is None:
-        return records, []
+def assign_folds(records: list[ImageRecord], data: Path, k: int, seed: int) -> dict[str, int]:
+    """``{image_id: fold}``: from ``folds.csv`` beside the data when present
+    (``cellstack folds``), else made by :func:`grouped_stratified_folds`."""
     base = data if data.is_dir() else data.parent
     if (base / "folds.csv").is_file():
         folds = read_folds_csv(base / "folds.csv")
         missing = [r.image_id for r in records if r.image_id not in folds]
         if missing:
             raise CellstackError(f"{base / 'folds.csv'}: no fold for image {missing[0]}")
+        return folds
+    return grouped_stratified_folds(records, k, seed=seed)
+
+
+def split_records(
+    records: list[ImageRecord], cfg: Config, data: Path
+) -> tuple[list[ImageRecord], list[ImageRecord], dict[str, int] | None]:
+    """``(train, val, folds)`` as the config asks.
+
+    ``data.splits`` keeps the records of those splits for training; ``data.val_split``
+    validates on a split, ``data.fold`` on a fold (:func:`assign_folds`; the folds
+    are returned so the run can record them). Training records carry their cleaned
+    masks (:meth:`ImageRecord.for_training`), validation keeps the raw ones.
+    """
+    d = cfg.data
+    available = sorted({r.split for r in records})
+    for name in (*d.splits, *([d.val_split] if d.val_split else [])):
+        if name not in available:
+            raise CellstackError(
+                f"{data}: no split {name!r} (it has {', '.join(repr(a) for a in available)}); "
+                "check data.splits / data.val_split"
+            )
+    pool = [r for r in records if r.split in d.splits] if d.splits else list(records)
+    folds = None
+    if d.val_split is not None:
+        val = [r for r in records if r.split == d.val_split]
+        train = [r for r in pool if r.split != d.val_split]
+    elif d.fold is not None:
+        folds = assign_folds(pool, data, d.folds, cfg.train.seed)
+        train = [r for r in pool if folds[r.image_id] != d.fold]
+        val = [r for r in pool if folds[r.image_id] == d.fold]
+        if not val:
+            raise CellstackError(f"fold {d.fold} has no validation images")
     else:
-        folds = grouped_stratified_folds(records, cfg.data.folds, seed=cfg.train.seed)
-    write_folds_csv(run / "folds.csv", records, folds)
-    train = [r for r in records if folds[r.image_id] != cfg.data.fold]
-    val = [r for r in records if folds[r.image_id] == cfg.data.fold]
-    if not train or not val:
-        raise CellstackError(f"fold {cfg.data.fold} leaves no training or no validation images")
-    return train, val
+        train, val = pool, []
+    if not train:
+        raise CellstackError(f"{data}: the config leaves no training images")
+    return [r.for_training() for r in train], val, folds
 
 
 def validate(
-    model: torch.nn.Module, records: list[ImageRecord], cfg: Config, device: torch.device
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    cfg: Config,
+    device: torch.device,
+    world: distributed.World | None = None,
 ) -> float:
-    """Mean competition score of the model on annotated records (full images)."""
+    """Mean competition score of the model on annotated records (full images).
+
+    Under DDP each rank scores its share of the records and the mean is over all.
+    """
     from cellstack.data.dataset import load_sample
     from cellstack.evaluation.metric import score_image
     from cellstack.inference.postprocess import pixels_to_sparse
     from cellstack.inference.predictor import Predictor
     from cellstack.inference.run import params_from
 
+    world = world or distributed.World()
     p = cfg.predict
     predictor = Predictor(
         model,
@@ -165,7 +207,7 @@ def validate(
         batch_size=p.batch_size,
     )
     scores = []
-    for rec in records:
+    for rec in distributed.shard(records, world):
         image, _ = load_sample(rec)
         (pred,) = predictor([image])
         scores.append(
@@ -174,6 +216,7 @@ def validate(
             ).score
         )
     model.train()
+    scores = [s for part in distributed.gather(scores, world) for s in part]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -248,7 +291,7 @@ def train(
         stop_after: stop after this many iterations of this call, as a job with a time
             limit would, leaving a checkpoint to ``resume`` from (the LR schedule still
             spans ``train.iterations``).
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only under torchrun).
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -257,30 +300,56 @@ def train(
     from cellstack.modeling.build import build_model
 
     data, run = Path(data), Path(run)
-    t = cfg.train
     state = None
     if resume:
         state = ckpt.load(run / ckpt.CHECKPOINT)
         from cellstack.config import config_from_dict
 
         cfg = config_from_dict(state["config"])
-        t = cfg.train
     elif (run / ckpt.CHECKPOINT).is_file():
         raise CellstackError(
             f"{run} already holds a training run; pass --resume to continue it "
             "or choose another --out"
         )
-    run.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    device = pick_device(t.device, distributed.launched().local_rank)
+    world = distributed.setup(device)
+    if t.batch_size % world.size:
+        raise CellstackError(
+            f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
+            f"{world.size} processes"
+        )
+    per_rank = t.batch_size // world.size
     records = load_dataset(data)
-    train_records, val_records = split_records(records, cfg, data, run)
+    train_records, val_records, folds = split_records(records, cfg, data)
     if cfg.data.val_images:
         val_records = val_records[: cfg.data.val_images]
     class_names = state["class_names"] if state else sorted({r.cell_type for r in records})
-    save_config(cfg, run / "config.yaml")
+    if world.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        if folds is not None:
+            write_folds_csv(run / "folds.csv", [*train_records, *val_records], folds)
 
-    torch.manual_seed(t.seed)
-    device = pick_device(t.device)
-    model = build_model(cfg.model, class_names, cfg.predict).to(device)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, class_names, cfg.predict)
+    if state is None and cfg.init.from_run:
+        report = ckpt.init_from_run(model, cfg.init.from_run)
+        if world.main:
+            print(report.summary())
+    model = model.to(device)
+    net: torch.nn.Module = model
+    if world.size > 1:
+        if device.type == "cuda" and not cfg.model.backbone.freeze_bn:
+            # Per-process BN statistics over a batch of 1-2 crops would be noise.
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Heads can sit out an iteration (no positive RoI for the mask head).
+            find_unused_parameters=True,
+        )
+        model = net.module
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -299,8 +368,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        _restore_rng(state["rng"], world, run)
         start = int(state["iteration"])
+    else:
+        torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
     if start >= t.iterations:
         raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
 
@@ -312,40 +383,47 @@ def train(
         length=t.iterations * t.batch_size,
         seed=t.seed,
     )
+    # Iteration i uses samples [i*B, (i+1)*B); this rank takes its slice of them.
+    first = world.rank * per_rank
+    indices = [
+        i * t.batch_size + first + j for i in range(start, t.iterations) for j in range(per_rank)
+    ]
     loader = DataLoader(
         dataset,
-        batch_size=t.batch_size,
-        sampler=range(start * t.batch_size, t.iterations * t.batch_size),
+        batch_size=per_rank,
+        sampler=indices,
         num_workers=t.num_workers,
         collate_fn=collate,
         # A private generator: the loader must not draw from the global RNG, whose state
         # the checkpoint restores for the model's own sampling.
         generator=torch.Generator().manual_seed(t.seed),
     )
-    log = _Log(run / "log.csv", start)
+    log = _Log(run / "log.csv", start) if world.main else None
 
     def save_checkpoint(iteration: int) -> None:
-        ckpt.save(
-            {
-                **ckpt.final_state(model, cfg, class_names),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "iteration": iteration,
-            },
-            run / ckpt.CHECKPOINT,
-        )
+        rng = distributed.gather(ckpt.rng_state(), world)
+        if world.main:
+            ckpt.save(
+                {
+                    **ckpt.final_state(model, cfg, class_names),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng,
+                    "iteration": iteration,
+                },
+                run / ckpt.CHECKPOINT,
+            )
 
-    model.train()
+    net.train()
     last_saved, val_score, loss_value = start, None, float("nan")
     t0 = time.perf_counter()
     bar = tqdm(
         total=t.iterations,
         initial=start,
-        desc="training",
+        desc="training" if world.size == 1 else f"training ({world.size} processes)",
         unit="it",
-        disable=not progress,
+        disable=not (progress and world.main),
         dynamic_ncols=True,
     )
     for it, (images, targets) in enumerate(loader, start=start):
@@ -356,14 +434,21 @@ def train(
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
         with torch.autocast(device.type, enabled=use_amp):
-            losses = model(images, targets)
+            losses = net(images, targets)
         losses = {k: v.float() for k, v in losses.items()}
         loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
-        if not torch.isfinite(loss):
+        # One all-reduce gives every rank the same view: the logged means and the
+        # NaN check (a rank that stopped alone would leave the others waiting).
+        kinds = losses_by_kind(losses)
+        stats = distributed.mean(
+            torch.tensor([loss.item(), *[kinds.get(k, 0.0) for k in LOSS_NAMES]], device=device),
+            world,
+        ).tolist()
+        if not math.isfinite(stats[0]):
             bar.close()
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise TrainingDiverged(
-                f"loss became {loss.item()} at iteration {it + 1} ({bad}); stopped. The last good "
+                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. The last good "
                 f"checkpoint is {run / ckpt.CHECKPOINT} (iteration {last_saved}). Lower train.lr "
                 "or check the data"
             )
@@ -376,7 +461,7 @@ def train(
         scaler.update()
         scheduler.step()
         done = it + 1
-        loss_value = loss.item()
+        loss_value = stats[0]
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         row = None
@@ -385,19 +470,34 @@ def train(
                 "iteration": done,
                 "lr": scheduler.get_last_lr()[0],
                 "loss": loss_value,
-                **losses_by_kind(losses),
+                **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         if val_records and (done % t.eval_every == 0 or done == t.iterations):
-            val_score = validate(model, val_records, cfg, device)
+            val_score = validate(model, val_records, cfg, device, world)
+            net.train()
             row = {**(row or {"iteration": done}), "val_score": val_score}
-            bar.write(f"iteration {done}: validation score {val_score:.4f}")
-        if row is not None:
+            if world.main:
+                bar.write(f"iteration {done}: validation score {val_score:.4f}")
+        if row is not None and log is not None:
             log.add(row)
         if done % t.checkpoint_every == 0 or done == t.iterations:
             save_checkpoint(done)
             last_saved = done
     bar.close()
-    ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
-    plot_log(log.rows, run / "training.png")
+    if world.main:
+        ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
+        plot_log(log.rows, run / "training.png")
+    distributed.barrier(world)  # no rank reports "done" before model.pt exists
     return TrainResult(run, t.iterations, loss_value, val_score)
+
+
+def _restore_rng(saved: dict | list, world: distributed.World, run: Path) -> None:
+    """Set this rank's RNG state from a checkpoint (one state per rank that wrote it)."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != world.size and world.main:
+        print(
+            f"note: {run} was checkpointed by {len(states)} process(es), resuming with "
+            f"{world.size}: training continues, but not bit-exactly"
+        )
+    ckpt.set_rng_state(states[min(world.rank, len(states) - 1)])

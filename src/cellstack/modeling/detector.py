@@ -22,7 +22,9 @@ from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
 from cellstack.modeling.heads.base import (
+    BoxHead,
     BoxParams,
+    MaskHead,
     RoIFeatures,
     RoIHeads,
     Window,
@@ -67,6 +69,20 @@ class CellDetector(nn.Module):
         self.box_params = box_params or BoxParams()
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
+
+    def class_specific_keys(self) -> set[str]:
+        """State-dict keys whose meaning depends on the classes: every box head's class
+        logits (and its class-specific box deltas) and every mask head's logits."""
+        keys = set()
+        for name, module in self.named_modules():
+            if isinstance(module, BoxHead):
+                layers = ["cls_score"] if module.class_agnostic else ["cls_score", "bbox_pred"]
+            elif isinstance(module, MaskHead):
+                layers = ["logits"]
+            else:
+                continue
+            keys |= {f"{name}.{layer}.{p}" for layer in layers for p in ("weight", "bias")}
+        return keys
 
     @property
     def size_divisor(self) -> int:

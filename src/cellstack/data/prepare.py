@@ -1,0 +1,531 @@
+"""``cellstack prepare``: read a dataset once, check it, cache its masks compactly.
+
+A prepared dataset is a folder:
+
+- ``prepared.json``: what was prepared from what (a fingerprint of every source file:
+  annotations, images, corrected masks, and the options), written last; when the
+  fingerprint still matches, preparing again returns at once;
+- ``records.csv``: one row per image (``image_id, image_path, height, width,
+  cell_type, sample_id, split, instances, masks, train_masks``);
+- ``masks/{image_id}.npz``: the raw instance masks (:mod:`cellstack.data.maskcache`);
+- ``masks_clean/{image_id}.npz``: the cleaned masks training uses (Sartorius with
+  ``fill_holes`` or ``corrected``); validation and scoring keep the raw ones, as the
+  original did;
+- ``problems.csv``: every bad row, annotation or image, with its id and the reason;
+  those are left out, the rest is prepared.
+
+Any command that takes data (``train``, ``cv``, ``evaluate``, ``tune``) accepts the
+folder. Images are referenced, not copied.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from cellstack.data.maskcache import save_masks
+from cellstack.data.records import ImageRecord
+from cellstack.errors import DataError
+from cellstack.fileio import atomic_write
+
+MANIFEST = "prepared.json"
+RECORDS = "records.csv"
+PROBLEMS = "problems.csv"
+FORMAT = "cellstack-prepared-1"
+RECORD_COLUMNS = (
+    "image_id",
+    "image_path",
+    "height",
+    "width",
+    "cell_type",
+    "sample_id",
+    "split",
+    "instances",
+    "masks",
+    "train_masks",
+)
+LIVECELL_SPLITS = ("train", "val", "test")
+# LIVECell's file names: {cell line}_Phase_{well}_{position}_{time}_{crop}.tif; the
+# images of one well over time share a sample (fold groups must not split them).
+_LIVECELL_NAME = re.compile(r"^(?P<well>.+)_\d+d\d+h\d+m_\d+$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A part of the source that was left out.
+
+    Attributes:
+        where: the file and row or annotation (``train.csv row 12``).
+        image_id: the image it belongs to ("" when unknown).
+        reason: what is wrong, in one line.
+    """
+
+    where: str
+    image_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """What ``prepare`` did: counts per split and cell type, and the problems found."""
+
+    out: Path
+    n_images: int
+    n_instances: int
+    per_type: dict[str, int]
+    per_split: dict[str, int]
+    problems: tuple[Problem, ...]
+    cached: bool
+
+    def summary(self) -> str:
+        types = ", ".join(f"{k} {v}" for k, v in sorted(self.per_type.items()))
+        splits = ", ".join(f"{k} {v}" for k, v in self.per_split.items() if k)
+        head = "up to date (nothing to do): " if self.cached else "prepared "
+        lines = [
+            f"{head}{self.n_images} images, {self.n_instances} instances in {self.out} "
+            f"({types}{'; ' + splits if splits else ''})"
+        ]
+        if self.problems:
+            lines.append(
+                f"{len(self.problems)} problem(s) left out, listed in {self.out / PROBLEMS}:"
+            )
+            lines += [
+                f"  {p.where} (id {p.image_id or '?'}): {p.reason}" for p in self.problems[:10]
+            ]
+            if len(self.problems) > 10:
+                lines.append(f"  ... and {len(self.problems) - 10} more")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ reading prepared data
+
+
+def is_prepared(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_prepared(path: str | Path) -> list[ImageRecord]:
+    """The records of a prepared folder (raw masks; ``train_mask_path`` when cleaned)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path / MANIFEST}: unreadable ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"{path / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT}; "
+            "run cellstack prepare again"
+        )
+    records = []
+    with open(path / RECORDS, newline="") as f:
+        for row in csv.DictReader(f):
+            records.append(
+                ImageRecord(
+                    image_id=row["image_id"],
+                    image_path=Path(row["image_path"]),
+                    height=int(row["height"]),
+                    width=int(row["width"]),
+                    cell_type=row["cell_type"],
+                    sample_id=row["sample_id"],
+                    mask_path=path / row["masks"],
+                    train_mask_path=path / row["train_masks"] if row["train_masks"] else None,
+                    split=row["split"],
+                )
+            )
+    return records
+
+
+# ------------------------------------------------------------------ caching
+
+
+def _fingerprint(files: Iterable[Path], options: dict) -> str:
+    """Hash of the sources' names, sizes and modification times, and the options."""
+    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    for p in sorted(set(files)):
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("format") != FORMAT or manifest.get("fingerprint") != fingerprint:
+        return None
+    problems = []
+    if (out / PROBLEMS).is_file():
+        with open(out / PROBLEMS, newline="") as f:
+            problems = [Problem(r["where"], r["image_id"], r["reason"]) for r in csv.DictReader(f)]
+    return PrepareReport(
+        out=out,
+        n_images=manifest["images"],
+        n_instances=manifest["instances"],
+        per_type=manifest["per_type"],
+        per_split=manifest["per_split"],
+        problems=tuple(problems),
+        cached=True,
+    )
+
+
+class _Writer:
+    """Writes masks and rows; ``finish`` writes records, problems and the manifest last."""
+
+    def __init__(self, out: Path, fingerprint: str, source: str) -> None:
+        self.out, self.fingerprint, self.source = out, fingerprint, source
+        for sub in ("masks", "masks_clean"):  # no stale masks of an earlier preparation
+            if (out / sub).is_dir():
+                for f in (out / sub).glob("*.npz"):
+                    f.unlink()
+        (out / MANIFEST).unlink(missing_ok=True)
+        self.rows: list[dict] = []
+        self.problems: list[Problem] = []
+
+    def add(
+        self,
+        rec: ImageRecord,
+        masks: sp.csr_matrix,
+        clean: sp.csr_matrix | None = None,
+        split: str = "",
+    ) -> None:
+        save_masks(self.out / "masks" / f"{rec.image_id}.npz", masks, rec.shape)
+        train_masks = ""
+        if clean is not None:
+            train_masks = f"masks_clean/{rec.image_id}.npz"
+            save_masks(self.out / train_masks, clean, rec.shape)
+        self.rows.append(
+            {
+                "image_id": rec.image_id,
+                "image_path": str(Path(rec.image_path).resolve()),
+                "height": rec.height,
+                "width": rec.width,
+                "cell_type": rec.cell_type,
+                "sample_id": rec.sample_id,
+                "split": split,
+                "instances": masks.shape[0],
+                "masks": f"masks/{rec.image_id}.npz",
+                "train_masks": train_masks,
+            }
+        )
+
+    def finish(self, options: dict) -> PrepareReport:
+        if not self.rows:
+            raise DataError(
+                f"{self.source}: no usable image ({len(self.problems)} problem(s), first: "
+                f"{self._first_problem()})"
+            )
+        with atomic_write(self.out / RECORDS, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RECORD_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        with atomic_write(self.out / PROBLEMS, newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["where", "image_id", "reason"])
+            writer.writerows([p.where, p.image_id, p.reason] for p in self.problems)
+        per_type = dict(Counter(r["cell_type"] for r in self.rows))
+        per_split = dict(Counter(r["split"] for r in self.rows))
+        n_instances = sum(int(r["instances"]) for r in self.rows)
+        manifest = {
+            "format": FORMAT,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "options": options,
+            "images": len(self.rows),
+            "instances": n_instances,
+            "per_type": per_type,
+            "per_split": per_split,
+            "problems": len(self.problems),
+        }
+        with atomic_write(self.out / MANIFEST) as f:
+            json.dump(manifest, f, indent=1)
+        return PrepareReport(
+            self.out, len(self.rows), n_instances, per_type, per_split, tuple(self.problems), False
+        )
+
+    def _first_problem(self) -> str:
+        p = self.problems[0] if self.problems else None
+        return f"{p.where}: {p.reason}" if p else "none"
+
+
+def _check_image(rec: ImageRecord, writer: _Writer) -> bool:
+    """Whether the image exists, reads, and has the annotated size (else a problem)."""
+    from cellstack.data.images import image_size
+
+    try:
+        shape = image_size(rec.image_path)
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"{rec.image_path}: ")
+        writer.problems.append(Problem(str(rec.image_path), rec.image_id, reason))
+        return False
+    if shape != rec.shape:
+        writer.problems.append(
+            Problem(
+                str(rec.image_path),
+                rec.image_id,
+                f"image is {shape[1]}x{shape[0]}, annotations say {rec.width}x{rec.height}",
+            )
+        )
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ Sartorius
+
+
+def fill_holes(masks: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Each instance with its holes filled (``scipy.ndimage.binary_fill_holes``)."""
+    from scipy import ndimage
+
+    w = shape[1]
+    rows, cols = [], []
+    for i in range(masks.shape[0]):
+        idx = masks.indices[masks.indptr[i] : masks.indptr[i + 1]].astype(np.int64)
+        if len(idx) == 0:
+            continue
+        ys, xs = np.divmod(idx, w)
+        y0, x0 = ys.min(), xs.min()
+        crop = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), dtype=bool)
+        crop[ys - y0, xs - x0] = True
+        fy, fx = np.nonzero(ndimage.binary_fill_holes(crop))
+        rows.append(np.full(len(fy), i))
+        cols.append((fy + y0) * w + fx + x0)
+    return _csr(rows, cols, masks.shape)
+
+
+def _csr(rows: list[np.ndarray], cols: list[np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    out = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=shape)
+    out.sort_indices()
+    return out
+
+
+def read_corrected_foreground(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """bool[H, W]: the red channel (> 0) of a corrected-mask PNG, the true foreground."""
+    from cellstack.data.images import read_image
+
+    image = read_image(path)
+    red = image[..., 0] if image.ndim == 3 else image
+    if red.shape != tuple(shape):
+        raise DataError(
+            f"{path}: corrected mask is {red.shape[1]}x{red.shape[0]}, the image is "
+            f"{shape[1]}x{shape[0]}"
+        )
+    return red > 0
+
+
+def prepare_sartorius(
+    data: str | Path,
+    out: str | Path | None = None,
+    *,
+    holes: bool = False,
+    corrected: str | Path | None = None,
+    progress: bool = True,
+) -> PrepareReport:
+    """Prepare a Sartorius folder (``train.csv`` + ``train/``).
+
+    Args:
+        data: the competition folder (or its ``train.csv``).
+        out: the prepared folder (default ``DATA/prepared``).
+        holes: fill the holes of every training mask (the original's clean-up).
+        corrected: a folder of ``{id}.png`` whose red channel marks the true foreground
+            of those images (e.g. hengck23's clean astro masks); training masks are cut
+            to it and instances left empty are dropped.
+
+    Every row is checked; bad rows, missing or mis-sized images and unreadable
+    corrected masks are listed in ``problems.csv`` and left out.
+    """
+    from tqdm import tqdm
+
+    from cellstack.data.images import list_images
+    from cellstack.data.sartorius import read_train_csv
+
+    data = Path(data)
+    csv_path = data if data.is_file() else data / "train.csv"
+    if not csv_path.is_file():
+        raise DataError(f"{data}: no train.csv (expected the Sartorius competition folder)")
+    out = Path(out) if out is not None else csv_path.parent / "prepared"
+    corrected = Path(corrected) if corrected is not None else None
+    if corrected is not None and not corrected.is_dir():
+        raise DataError(f"{corrected}: corrected-mask folder not found")
+    options = {"fill_holes": holes, "corrected": str(corrected.resolve()) if corrected else None}
+    images_dir = csv_path.parent / "train"
+    sources = [csv_path]
+    if images_dir.is_dir():
+        sources += list_images(images_dir)
+    if corrected is not None:
+        sources += list_images(corrected)
+    fingerprint = _fingerprint(sources, options)
+    out.mkdir(parents=True, exist_ok=True)
+    cached = _cached_report(out, fingerprint)
+    if cached is not None:
+        return cached
+
+    writer = _Writer(out, fingerprint, str(csv_path))
+
+    def bad_row(row_no: int, image_id: str, message: str) -> None:
+        reason = message.split(": ", 1)[-1]
+        writer.problems.append(Problem(f"{csv_path} row {row_no}", image_id, reason))
+
+    records = read_train_csv(csv_path, on_bad_row=bad_row)
+    for rec in tqdm(records, desc="preparing", unit="img", disable=not progress):
+        if not _check_image(rec, writer):
+            continue
+        masks = rec.sparse_masks()
+        clean = fill_holes(masks, rec.shape) if holes else None
+        png = corrected / f"{rec.image_id}.png" if corrected is not None else None
+        if png is not None and png.is_file():
+            try:
+                fg = read_corrected_foreground(png, rec.shape)
+            except DataError as exc:
+                reason = str(exc).removeprefix(f"{png}: ")
+                writer.problems.append(Problem(str(png), rec.image_id, reason))
+                continue
+            cut = (masks if clean is None else clean).multiply(sp.csr_matrix(fg.reshape(1, -1)))
+            cut = cut.tocsr().astype(bool)
+            clean = cut[np.diff(cut.indptr) > 0]  # instances outside the foreground go
+        writer.add(rec, masks, clean)
+    return writer.finish(options)
+
+
+# ------------------------------------------------------------------ LIVECell
+
+
+def livecell_cell_type(file_name: str, category: str | None) -> str:
+    """A LIVECell image's cell line: its annotations' category, unless that is the
+    generic ``cell`` of the all-lines json, then the file-name prefix (``A172_...``)."""
+    if category and category.lower() not in ("cell", "cells"):
+        return category.lower()
+    return Path(file_name).name.split("_")[0].lower()
+
+
+def livecell_sample_id(file_name: str) -> str:
+    """The well of a LIVECell image (its name without time point and crop)."""
+    stem = Path(file_name).stem
+    m = _LIVECELL_NAME.match(stem)
+    return m.group("well") if m else stem
+
+
+def _segmentation_pixels(segmentation, height: int, width: int) -> np.ndarray:
+    """Flat row-major indices int64[K] of a COCO segmentation (polygons or RLE)."""
+    from pycocotools import mask as mu
+
+    if isinstance(segmentation, list):
+        polys = [p for p in segmentation if len(p) >= 6]
+        if not polys:
+            return np.zeros(0, dtype=np.int64)
+        coded = mu.merge(mu.frPyObjects(polys, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        coded = mu.frPyObjects(segmentation, height, width)
+    else:
+        coded = segmentation
+    x, y, w, h = (int(v) for v in mu.toBbox(coded))
+    # Only the box is scanned: the full-image scan would dominate for small cells.
+    crop = mu.decode(coded)[y : y + h + 1, x : x + w + 1]
+    ys, xs = np.nonzero(crop)
+    return np.sort((ys + y).astype(np.int64) * width + xs + x)
+
+
+def find_livecell_files(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``({split: json}, {image file name: path})`` found anywhere under ``root``."""
+    jsons = {}
+    for split in LIVECELL_SPLITS:
+        found = sorted(root.rglob(f"livecell_coco_{split}.json"))
+        if found:
+            jsons[split] = found[0]
+    if not jsons:
+        raise DataError(
+            f"{root}: no livecell_coco_{{train,val,test}}.json found (expected the "
+            "LIVECell_dataset_2021 folder)"
+        )
+    images: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in (".tif", ".tiff", ".png") and p.is_file():
+            images.setdefault(p.name, p)
+    return jsons, images
+
+
+def prepare_livecell(
+    root: str | Path,
+    out: str | Path,
+    *,
+    splits: Sequence[str] = LIVECELL_SPLITS,
+    progress: bool = True,
+) -> PrepareReport:
+    """Prepare LIVECell (``livecell_coco_{train,val,test}.json`` + tif images).
+
+    Every cell line is kept; an image's class is its cell line (lower-case, e.g.
+    ``a172``, ``shsy5y``) and its ``split`` the json it came from, so a config can
+    train on some splits and validate on another (``data.splits``, ``data.val_split``).
+    Bad annotations and missing images are listed in ``problems.csv`` and left out.
+    """
+    from tqdm import tqdm
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise DataError(f"{root}: LIVECell folder not found")
+    jsons, images = find_livecell_files(root)
+    jsons = {s: p for s, p in jsons.items() if s in splits}
+    options = {"splits": sorted(jsons)}
+    fingerprint = _fingerprint([*jsons.values(), *images.values()], options)
+    out.mkdir(parents=True, exist_ok=True)
+    cached = _cached_report(out, fingerprint)
+    if cached is not None:
+        return cached
+
+    writer = _Writer(out, fingerprint, str(root))
+    for split, json_path in jsons.items():
+        try:
+            coco = json.loads(json_path.read_text())
+            categories = {c["id"]: c["name"] for c in coco["categories"]}
+            entries, annotations = coco["images"], coco["annotations"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{json_path}: not a COCO instance file ({exc})") from None
+        by_image: dict[int, list[dict]] = {}
+        for ann in annotations:
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        for img in tqdm(entries, desc=f"preparing {split}", unit="img", disable=not progress):
+            name = Path(img["file_name"]).name
+            image_id = Path(name).stem
+            anns = by_image.get(img["id"], [])
+            votes = Counter(categories.get(a.get("category_id")) for a in anns)
+            category = votes.most_common(1)[0][0] if votes else None
+            if name not in images:
+                where = f"{json_path} image {img['id']}"
+                writer.problems.append(Problem(where, image_id, f"image file {name} not found"))
+                continue
+            rec = ImageRecord(
+                image_id=image_id,
+                image_path=images[name],
+                height=int(img["height"]),
+                width=int(img["width"]),
+                cell_type=livecell_cell_type(name, category),
+                sample_id=livecell_sample_id(name),
+            )
+            if not _check_image(rec, writer):
+                continue
+            rows, cols = [], []
+            for ann in anns:
+                try:
+                    pixels = _segmentation_pixels(ann["segmentation"], rec.height, rec.width)
+                except Exception as exc:  # pycocotools raises bare TypeErrors etc.
+                    where = f"{json_path} annotation {ann.get('id')}"
+                    reason = f"bad segmentation ({type(exc).__name__}: {exc})"
+                    writer.problems.append(Problem(where, image_id, reason))
+                    continue
+                if len(pixels):
+                    rows.append(np.full(len(pixels), len(rows)))
+                    cols.append(pixels)
+            masks = _csr(rows, cols, (len(rows), rec.height * rec.width))
+            writer.add(rec, masks, split=split)
+    return writer.finish(options)
