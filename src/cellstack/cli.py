@@ -89,6 +89,7 @@ def _cmd_folds(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from cellstack.config import load_config
+    from cellstack.engine import distributed
     from cellstack.engine.trainer import train
 
     if args.resume is not None:
@@ -102,7 +103,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CellstackError("train needs --out RUN (or --resume RUN)")
         result = train(load_config(args.config, args.overrides), args.data, args.out)
     score = "" if result.val_score is None else f", validation score {result.val_score:.4f}"
-    print(f"trained {result.iterations} iterations into {result.run}{score}")
+    if distributed.current().main:
+        print(f"trained {result.iterations} iterations into {result.run}{score}")
     return 0
 
 
@@ -123,11 +125,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from cellstack.engine import distributed
     from cellstack.inference.run import predict_folder
 
     summary = predict_folder(
         args.run, args.images, args.out, overrides=tuple(args.overrides), device=args.device
     )
+    if not distributed.current().main:
+        return 0
     print(
         f"predicted {summary.n_cells} cells in {summary.n_images} images "
         f"({summary.seconds / max(summary.n_images, 1):.2f} s/image) -> {summary.out} "

@@ -29,13 +29,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_data")
-    synthesize(out, 6, seed=3, shape=(96, 112), progress=False)
-    return out
-
-
 def _log(run):
     with open(run / "log.csv", newline="") as f:
         return list(csv.DictReader(f))

@@ -141,7 +141,9 @@ def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
             mismatched.append(key)
         else:
             loaded.append(key)
-    if not loaded:
+    # Biases and BN counters can match by accident; a model shares weights only if
+    # some convolution or linear layer fits.
+    if not any(state[k].ndim >= 2 for k in loaded):
         raise CellstackError(
             f"init.from={run}: no weight of that run fits this model (another backbone or "
             "architecture?)"

@@ -346,8 +346,9 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(
             net,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # Heads can sit out an iteration (no positive RoI for the mask head).
-            find_unused_parameters=True,
+            # Every parameter takes part in every loss (a mask head without positive RoIs
+            # adds a zero-weighted term), so DDP need not search the graph for unused ones.
+            find_unused_parameters=False,
         )
         model = net.module
     params = [p for p in model.parameters() if p.requires_grad]

@@ -62,6 +62,19 @@ class PredictionWriter:
                 }
             )
 
+    def merged(
+        self, parts: Sequence[tuple[dict[str, list[str]], list[dict]]], order: Sequence[str]
+    ) -> PredictionWriter:
+        """A writer holding the ``(submission, coco)`` of every part (one per process),
+        with images in ``order``; its :meth:`close` writes the merged files."""
+        out = PredictionWriter(self.out, self.class_names, overlays=self.overlays)
+        submission = {k: v for sub, _ in parts for k, v in sub.items()}
+        out.submission = {i: submission[i] for i in order if i in submission}
+        rank = {image_id: k for k, image_id in enumerate(order)}
+        coco = [entry for _, entries in parts for entry in entries]
+        out.coco = sorted(coco, key=lambda e: rank.get(e["image_id"], len(rank)))  # stable
+        return out
+
     def close(self) -> None:
         write_submission(self.out / "submission.csv", self.submission)
         write_json(self.out / "results.json", self.coco)

@@ -70,11 +70,17 @@ def predict_folder(
     progress: bool = True,
 ) -> PredictSummary:
     """Predict every image of ``images`` with a run's final model or an ensemble YAML
-    (see :mod:`~cellstack.inference.sources`); write to ``out``."""
+    (see :mod:`~cellstack.inference.sources`); write to ``out``.
+
+    Under ``torchrun`` every process predicts its share of the images (writing their
+    label images and overlays itself) and rank 0 writes the merged ``submission.csv``
+    and ``results.json``, in the images' order.
+    """
     import time
 
     from tqdm import tqdm
 
+    from cellstack.engine import distributed
     from cellstack.engine.trainer import pick_device
     from cellstack.inference.export import PredictionWriter
     from cellstack.inference.sources import load_source
@@ -86,27 +92,35 @@ def predict_folder(
     if any(o.split("=")[0].strip() in _POSTPROCESS_KEYS for o in overrides):
         # Thresholds given on the command line beat thresholds.yaml.
         thresholds = Thresholds(params_from(p))
+    torch_device = pick_device(device, distributed.launched().local_rank)
+    world = distributed.setup(torch_device)
     predictor = Predictor(
         src.model,
         thresholds,
-        device=pick_device(device),
+        device=torch_device,
         tile_size=p.tile_size,
         tile_overlap=p.tile_overlap,
         batch_size=p.batch_size,
     )
     writer = PredictionWriter(out, class_names)
     todo = find_images(images)
-    n_cells = 0
+    mine = distributed.shard(todo, world)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(mine), desc="predicting", unit="img", disable=not (progress and world.main)
+    )
     with torch.inference_mode():
-        for k in range(0, len(todo), p.batch_size):
-            chunk = todo[k : k + p.batch_size]
+        for k in range(0, len(mine), p.batch_size):
+            chunk = mine[k : k + p.batch_size]
             images = [to_gray_uint8(read_image(path)) for _, path in chunk]
             for (image_id, _), image, inst in zip(chunk, images, predictor(images), strict=True):
                 writer.add(image_id, image, inst)
-                n_cells += len(inst)
             bar.update(len(chunk))
     bar.close()
-    writer.close()
+    parts = distributed.gather((writer.submission, writer.coco), world)
+    merged = writer.merged(parts, [image_id for image_id, _ in todo])
+    if world.main:
+        merged.close()
+    distributed.barrier(world)
+    n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
