@@ -108,6 +108,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from cellstack.config import load_config
+    from cellstack.engine import distributed
+    from cellstack.engine.cv import run_cv
+
+    result = run_cv(
+        load_config(args.config, args.overrides),
+        args.data,
+        args.out,
+        folds=args.folds,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if distributed.current().main:
+        print(result.table())
+        print(f"wrote {args.out / 'cv.md'}, cv.json, oof/submission.csv, ensemble.yaml")
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from cellstack.inference.tune import run_tune
 
@@ -228,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
+        "cv",
+        help="k-fold training with out-of-fold predictions and a CV table",
+        usage="cellstack cv DATA --config CFG --out CV [--folds 5] [section.key=value ...]",
+        description=(
+            "Train one run per fold (grouped by sample, stratified by cell type), predict "
+            "each fold's held-out images, and score them: CV/cv.md has the table per fold "
+            "and per cell type. Running the same command again continues where it stopped: "
+            "finished folds are skipped, an interrupted one resumes. Then `cellstack tune "
+            "CV` tunes post-processing on the OOF predictions and `cellstack predict CV "
+            "IMAGES` predicts with the fold models as one ensemble."
+        ),
+    )
+    p.add_argument("data", type=Path, help="training data in any supported layout")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in)")
+    p.add_argument("--out", type=Path, required=True, help="CV folder (created or continued)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--device", default="auto", help="device for OOF prediction (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_cv, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
         "predict",
         help="segment images with a trained run or an ensemble",
         usage="cellstack predict RUN|ENSEMBLE.yaml IMAGES --out OUT [predict.key=value ...]",
@@ -246,16 +286,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "tune",
         help="search post-processing thresholds per cell type on annotated images",
-        usage="cellstack tune RUN|ENSEMBLE.yaml DATA [--fold K] [predict.key=value ...]",
+        usage="cellstack tune RUN|ENSEMBLE.yaml|CV [DATA] [--fold K] [predict.key=value ...]",
         description=(
             "Predict annotated images once, search mask threshold, mask NMS, minimum size "
             "and confidence per predicted cell type for the best competition score, and "
             "write thresholds.yaml next to the ensemble YAML (or into the run), which "
-            "predict then uses."
+            "predict then uses. A CV folder (cellstack cv) is tuned on its stored "
+            "out-of-fold predictions, without running a model."
         ),
     )
-    p.add_argument("source", type=Path, help="run folder or ensemble YAML")
-    p.add_argument("data", type=Path, help="annotated images (any layout evaluate reads)")
+    p.add_argument("source", type=Path, help="run folder, ensemble YAML or CV folder")
+    p.add_argument(
+        "data",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="annotated images (any layout evaluate reads); a CV folder knows its own",
+    )
     p.add_argument("--fold", type=int, help="only this fold of DATA/folds.csv (validation)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -58,6 +58,8 @@ def load_source(path: str | Path, overrides: tuple[str, ...] = ()) -> Source:
     path = Path(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_ensemble(path, overrides)
+    if path.is_dir() and (path / "ensemble.yaml").is_file() and not (path / "model.pt").is_file():
+        return _load_ensemble(path / "ensemble.yaml", overrides)  # a CV folder: its folds
     model, cfg = _load_run(path, overrides)
     from cellstack.inference.run import params_from
 

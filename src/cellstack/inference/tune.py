@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from cellstack.data.records import ImageRecord
+from cellstack.errors import CellstackError
 from cellstack.evaluation.matching import Overlaps, count_matches, overlaps
 from cellstack.evaluation.metric import IOU_THRESHOLDS
 from cellstack.inference.postprocess import (
@@ -230,31 +232,27 @@ def run_tune(
     progress: bool = True,
 ) -> tuple[TuneResult, object]:
     """``cellstack tune``: predict ``data`` (or its fold ``fold``) once with a run or an
-    ensemble, search thresholds, write ``thresholds.yaml``; returns (result, its path)."""
+    ensemble, search thresholds, write ``thresholds.yaml``; returns (result, its path).
+
+    A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
+    instead, without running a model; ``data`` then defaults to the CV's data.
+    """
     import torch
     from tqdm import tqdm
 
     from cellstack.data.dataset import load_sample
     from cellstack.data.layouts import load_dataset
+    from cellstack.engine.cv import is_cv_folder
     from cellstack.engine.trainer import pick_device
-    from cellstack.errors import CellstackError
     from cellstack.inference.predictor import Predictor
     from cellstack.inference.sources import load_source, write_thresholds
 
+    if is_cv_folder(source_path):
+        return _tune_cv(source_path, data, fold, overrides, grid, progress)
+    if data is None:
+        raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
     src = load_source(source_path, overrides)
-    records = load_dataset(data)
-    if fold is not None:
-        from pathlib import Path
-
-        from cellstack.data.folds import read_folds_csv
-
-        base = Path(data) if Path(data).is_dir() else Path(data).parent
-        if not (base / "folds.csv").is_file():
-            raise CellstackError(f"--fold needs {base / 'folds.csv'} (cellstack folds)")
-        folds = read_folds_csv(base / "folds.csv")
-        records = [r for r in records if folds.get(r.image_id) == fold]
-        if not records:
-            raise CellstackError(f"fold {fold} of {base / 'folds.csv'} has no images")
+    records = _fold_records(load_dataset(data), data, fold)
     p = src.cfg.predict
     predictor = Predictor(
         src.model,
@@ -278,3 +276,59 @@ def run_tune(
         + f"; score {result.before:.4f} -> {result.after:.4f}",
     )
     return result, src.thresholds_path
+
+
+def _fold_records(records: list, data, fold: int | None) -> list:
+    """The records of fold ``fold`` of ``DATA/folds.csv`` (all of them for None)."""
+    from cellstack.data.folds import read_folds_csv
+
+    if fold is None:
+        return records
+    base = Path(data) if Path(data).is_dir() else Path(data).parent
+    if not (base / "folds.csv").is_file():
+        raise CellstackError(f"--fold needs {base / 'folds.csv'} (cellstack folds)")
+    folds = read_folds_csv(base / "folds.csv")
+    records = [r for r in records if folds.get(r.image_id) == fold]
+    if not records:
+        raise CellstackError(f"fold {fold} of {base / 'folds.csv'} has no images")
+    return records
+
+
+def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, object]:
+    """Tune on a CV folder's stored out-of-fold detections: no model runs."""
+    from cellstack.config import config_from_dict, config_to_dict, load_config
+    from cellstack.data.folds import read_folds_csv
+    from cellstack.data.layouts import load_dataset
+    from cellstack.engine.cv import load_oof, oof_data_path
+    from cellstack.inference.run import params_from
+    from cellstack.inference.sources import THRESHOLDS, read_thresholds, write_thresholds
+
+    cv = Path(cv)
+    data = Path(data) if data is not None else oof_data_path(cv)
+    cfg = config_from_dict(config_to_dict(load_config(cv / "config.yaml")), overrides)
+    all_records = load_dataset(data)
+    class_names = tuple(sorted({r.cell_type for r in all_records}))
+    raws = load_oof(cv)
+    fold_of = read_folds_csv(cv / "folds.csv")
+    records = [r for r in all_records if r.image_id in raws]
+    if fold is not None:
+        records = [r for r in records if fold_of.get(r.image_id) == fold]
+    if not records:
+        raise CellstackError(f"{cv}: no OOF prediction matches an image of {data}")
+    current = (
+        read_thresholds(cv / THRESHOLDS)
+        if (cv / THRESHOLDS).is_file() and not overrides
+        else Thresholds(params_from(cfg.predict))
+    )
+    result = tune_thresholds(
+        [raws[r.image_id] for r in records], records, class_names, current, grid, progress
+    )
+    path = cv / THRESHOLDS
+    write_thresholds(
+        path,
+        result.thresholds,
+        f"written by cellstack tune on the OOF predictions of {len(records)} images of {data}"
+        + (f" (fold {fold})" if fold is not None else "")
+        + f"; score {result.before:.4f} -> {result.after:.4f}",
+    )
+    return result, path
