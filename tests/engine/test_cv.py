@@ -14,6 +14,7 @@ from cellstack.cli import main
 from cellstack.data.layouts import load_dataset, load_predictions
 from cellstack.engine.cv import load_oof
 from cellstack.evaluation.report import evaluate
+from cellstack.inference.sources import load_source
 from tests.engine.test_trainer import FAST
 
 CV_ARGS = [
@@ -87,6 +88,9 @@ def test_cv_resumes_after_a_kill_and_scores_oof(small_data, tmp_path, capsys):
     assert tuned["thresholds"] == yaml.safe_load((cv / "thresholds.yaml").read_text())
     assert main(["predict", str(cv), str(small_data), "--out", str(tmp_path / "pred")]) == 0
     assert "predicted" in capsys.readouterr().out
+    # In an ensemble YAML a CV folder stands for its fold runs.
+    (tmp_path / "ens.yaml").write_text("models: [cv]\ntype_models: {astro: [cv]}\n")
+    assert len(load_source(tmp_path / "ens.yaml").model.models) == 2
     # Another config in the same folder is refused rather than mixed in.
     assert main(["cv", str(small_data), "--out", str(cv), "--folds", "2", *FAST]) == 2
     assert "holds a CV run with another config" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 An ensemble YAML lists runs (paths relative to the YAML) and how to merge them::
 
-    models: [runs/cascade_r50, runs/htc_r50, runs/maskrcnn_r50]
+    models: [runs/cascade_r50, runs/htc_r50, runs/maskrcnn_r50]   # runs or CV folders
     flips: [none, h, v, hv]     # test-time flips (default: none)
     rpn_flips: false            # average proposals over flips too (the original: no)
     type_settings: original     # per-type proposal/box settings: "original" (the
@@ -14,8 +14,9 @@ An ensemble YAML lists runs (paths relative to the YAML) and how to merge them::
       default: {score_thresh: 0.3}
       per_type: {astro: {convex_refill: true}}
 
-``thresholds.yaml`` next to the YAML (or inside a run folder), as written by
-``cellstack tune``, takes precedence over ``postprocess``.
+A CV folder (``cellstack cv``) stands for all its fold runs, as the original loaded
+every fold of every model. ``thresholds.yaml`` next to the YAML (or inside a run
+folder), as written by ``cellstack tune``, takes precedence over ``postprocess``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
     if not runs:
         raise CellstackError(f"{path}: 'models' must list at least one run folder")
     base = path.parent
-    resolved = [(base / r).resolve() for r in runs]
+    resolved = [run for r in runs for run in _runs_of(base / r)]
     loaded = [_load_run(r, overrides) for r in resolved]
     models = [m for m, _ in loaded]
     cfg = loaded[0][1]
@@ -150,10 +151,12 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
     for cell_type, subset in (spec.get("type_models") or {}).items():
         idx = []
         for r in subset:
-            full = (base / r).resolve()
-            if full not in resolved:
-                raise CellstackError(f"{path}: type_models.{cell_type}: {r} is not one of 'models'")
-            idx.append(resolved.index(full))
+            for full in _runs_of(base / r):
+                if full not in resolved:
+                    raise CellstackError(
+                        f"{path}: type_models.{cell_type}: {r} is not one of 'models'"
+                    )
+                idx.append(resolved.index(full))
         type_models[cell_type] = idx
     ensemble = Ensemble(
         models,
@@ -171,6 +174,15 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
     if tpath.is_file():
         thresholds = read_thresholds(tpath)
     return Source(ensemble, names, cfg, thresholds, tpath)
+
+
+def _runs_of(path: Path) -> list[Path]:
+    """A run folder itself, or every fold run of a CV folder (resolved paths)."""
+    path = path.resolve()
+    folds = sorted(path.glob("fold*/model.pt")) if (path / "folds.csv").is_file() else []
+    if folds and not (path / "model.pt").is_file():
+        return [f.parent for f in folds]
+    return [path]
 
 
 def _stage_settings(data: dict, model, where: str):
