@@ -270,14 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="segment images with a trained run or an ensemble",
-        usage="cellstack predict RUN|ENSEMBLE.yaml IMAGES --out OUT [predict.key=value ...]",
+        usage="cellstack predict RUN|ENSEMBLE.yaml|CV IMAGES --out OUT [predict.key=value ...]",
         description=(
             "Segment images with a run or an ensemble YAML (runs merged over models and "
             "flips). Thresholds come from thresholds.yaml (cellstack tune) when present; "
             "extra predict.key=value arguments override them."
         ),
     )
-    p.add_argument("run", type=Path, help="run folder (cellstack train) or ensemble YAML")
+    p.add_argument(
+        "run", type=Path, help="run folder (cellstack train), ensemble YAML or CV folder"
+    )
     p.add_argument("images", type=Path, help="image folder, Sartorius folder or image file")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")

@@ -133,9 +133,8 @@ def run_cv(
     progress: bool = True,
 ) -> CVResult:
     """Train every fold, predict its held-out images, score them (module docstring)."""
-    from cellstack.data.dataset import load_sample
-    from cellstack.engine.trainer import assign_folds, pick_device, train
-    from cellstack.inference.predictor import Predictor
+    from cellstack.engine.trainer import assign_folds, train
+    from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source
 
     data, out = Path(data), Path(out)
@@ -171,21 +170,7 @@ def run_cv(
             distributed.barrier(world)
             continue
         held_out = [r for r in records if fold_of[r.image_id] == k]
-        src = load_source(run)
-        p = src.cfg.predict
-        predictor = Predictor(
-            src.model,
-            src.thresholds,
-            device=pick_device(device),
-            tile_size=p.tile_size,
-            tile_overlap=p.tile_overlap,
-            batch_size=p.batch_size,
-        )
-        raws = []
-        with torch.inference_mode():
-            for rec in held_out:
-                image, _ = load_sample(rec)
-                raws.extend(predictor.raw([image]))
+        raws = raw_predictions(load_source(run), held_out, device=device, progress=progress)
         save_raw(oof_path, [r.image_id for r in held_out], raws)
         distributed.barrier(world)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,11 @@ from cellstack.data.images import IMAGE_SUFFIXES, list_images, read_image, to_gr
 from cellstack.errors import DataError
 from cellstack.inference.postprocess import PostprocessParams, Thresholds
 from cellstack.inference.predictor import Predictor
+
+if TYPE_CHECKING:
+    from cellstack.data.records import ImageRecord
+    from cellstack.inference.sources import Source
+    from cellstack.structures import Instances
 
 
 def find_images(path: str | Path) -> list[tuple[str, Path]]:
@@ -50,6 +56,33 @@ def params_from(cfg: PredictConfig) -> PostprocessParams:
     return PostprocessParams(
         cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size, cfg.convex_refill
     )
+
+
+def raw_predictions(
+    src: Source, records: list[ImageRecord], *, device: str = "auto", progress: bool = True
+) -> list[Instances]:
+    """Raw detections (:meth:`Predictor.raw`) of a loaded source on annotated records,
+    one image at a time: what ``tune`` searches and ``cv`` stores as OOF predictions."""
+    from tqdm import tqdm
+
+    from cellstack.data.dataset import load_sample
+    from cellstack.engine.trainer import pick_device
+
+    p = src.cfg.predict
+    predictor = Predictor(
+        src.model,
+        src.thresholds,
+        device=pick_device(device),
+        tile_size=p.tile_size,
+        tile_overlap=p.tile_overlap,
+        batch_size=p.batch_size,
+    )
+    raws = []
+    with torch.inference_mode():
+        for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
+            image, _ = load_sample(rec)
+            raws.extend(predictor.raw([image]))
+    return raws
 
 
 @dataclass(frozen=True)

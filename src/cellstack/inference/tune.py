@@ -237,14 +237,9 @@ def run_tune(
     A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
     instead, without running a model; ``data`` then defaults to the CV's data.
     """
-    import torch
-    from tqdm import tqdm
-
-    from cellstack.data.dataset import load_sample
     from cellstack.data.layouts import load_dataset
     from cellstack.engine.cv import is_cv_folder
-    from cellstack.engine.trainer import pick_device
-    from cellstack.inference.predictor import Predictor
+    from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source, write_thresholds
 
     if is_cv_folder(source_path):
@@ -253,20 +248,7 @@ def run_tune(
         raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
     src = load_source(source_path, overrides)
     records = _fold_records(load_dataset(data), data, fold)
-    p = src.cfg.predict
-    predictor = Predictor(
-        src.model,
-        src.thresholds,
-        device=pick_device(device),
-        tile_size=p.tile_size,
-        tile_overlap=p.tile_overlap,
-        batch_size=p.batch_size,
-    )
-    raws = []
-    with torch.inference_mode():
-        for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
-            image, _ = load_sample(rec)
-            raws.extend(predictor.raw([image]))
+    raws = raw_predictions(src, records, device=device, progress=progress)
     result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)
     write_thresholds(
         src.thresholds_path,
