@@ -27,20 +27,25 @@ def _mask_utils():
     return mask_utils
 
 
+def coded_segmentation(segmentation, height: int, width: int) -> dict | None:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as pycocotools'
+    compressed RLE; None for polygons with fewer than 3 points (an empty mask)."""
+    mu = _mask_utils()
+    if isinstance(segmentation, list):
+        polys = [p for p in segmentation if len(p) >= 6]
+        return mu.merge(mu.frPyObjects(polys, height, width)) if polys else None
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        return mu.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
 def segmentation_to_mask(segmentation, height: int, width: int, *, where: str) -> np.ndarray:
     """Rasterise a COCO segmentation (polygons or RLE) to bool[H, W]."""
-    mu = _mask_utils()
     try:
-        if isinstance(segmentation, list):
-            polys = [p for p in segmentation if len(p) >= 6]
-            if not polys:
-                return np.zeros((height, width), dtype=bool)
-            coded = mu.merge(mu.frPyObjects(polys, height, width))
-        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            coded = mu.frPyObjects(segmentation, height, width)
-        else:
-            coded = segmentation
-        return mu.decode(coded).astype(bool)
+        coded = coded_segmentation(segmentation, height, width)
+        if coded is None:
+            return np.zeros((height, width), dtype=bool)
+        return _mask_utils().decode(coded).astype(bool)
     except Exception as exc:
         raise DataError(f"{where}: bad segmentation ({type(exc).__name__}: {exc})") from None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from cellstack.data.rle import runs_to_indices
+from cellstack.data.rle import grouped_runs, runs_to_indices
 from cellstack.errors import DataError
 from cellstack.fileio import atomic_path
 
@@ -31,11 +31,7 @@ def sparse_to_runs(masks: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nda
     masks.sort_indices()
     idx = masks.indices.astype(np.int64)
     row = np.repeat(np.arange(masks.shape[0]), np.diff(masks.indptr))
-    new_run = np.ones(len(idx), dtype=bool)
-    new_run[1:] = (row[1:] != row[:-1]) | (idx[1:] != idx[:-1] + 1)
-    first = np.flatnonzero(new_run)
-    starts = idx[first]
-    lengths = np.diff(np.append(first, len(idx)))
+    first, starts, lengths = grouped_runs(row, idx)
     runs_per_mask = np.bincount(row[first], minlength=masks.shape[0])
     return starts, lengths, runs_per_mask
 

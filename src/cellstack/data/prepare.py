@@ -420,15 +420,11 @@ def _segmentation_pixels(segmentation, height: int, width: int) -> np.ndarray:
     """Flat row-major indices int64[K] of a COCO segmentation (polygons or RLE)."""
     from pycocotools import mask as mu
 
-    if isinstance(segmentation, list):
-        polys = [p for p in segmentation if len(p) >= 6]
-        if not polys:
-            return np.zeros(0, dtype=np.int64)
-        coded = mu.merge(mu.frPyObjects(polys, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        coded = mu.frPyObjects(segmentation, height, width)
-    else:
-        coded = segmentation
+    from cellstack.data.coco import coded_segmentation
+
+    coded = coded_segmentation(segmentation, height, width)
+    if coded is None:
+        return np.zeros(0, dtype=np.int64)
     x, y, w, h = (int(v) for v in mu.toBbox(coded))
     # Only the box is scanned: the full-image scan would dominate for small cells.
     crop = mu.decode(coded)[y : y + h + 1, x : x + w + 1]

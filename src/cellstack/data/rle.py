@@ -106,6 +106,21 @@ def encode(mask: np.ndarray) -> str:
     return _format_runs(starts, lengths)
 
 
+def grouped_runs(group: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of flat pixel indices ``idx`` sorted by ``(group, idx)`` (e.g. instance, pixel).
+
+    A run breaks where the group changes or the next pixel is not adjacent.
+
+    Returns:
+        ``(first, starts, lengths)``: each run's position in ``idx``, its first pixel and
+        its length (int64[R] each).
+    """
+    new_run = np.ones(len(idx), dtype=bool)
+    new_run[1:] = (group[1:] != group[:-1]) | (idx[1:] != idx[:-1] + 1)
+    first = np.flatnonzero(new_run)
+    return first, idx[first], np.diff(np.append(first, len(idx)))
+
+
 def encode_labels(label: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Encode every instance of a label image at once.
 
@@ -122,12 +137,7 @@ def encode_labels(label: np.ndarray) -> tuple[np.ndarray, list[str]]:
     ids_of_pixel = flat[idx].astype(np.int64)
     order = np.argsort(ids_of_pixel, kind="stable")  # stable: pixels stay row-major per id
     idx, ids_of_pixel = idx[order], ids_of_pixel[order]
-    # A run breaks where the id changes or the next pixel is not adjacent.
-    new_run = np.ones(len(idx), dtype=bool)
-    new_run[1:] = (ids_of_pixel[1:] != ids_of_pixel[:-1]) | (idx[1:] != idx[:-1] + 1)
-    run_first = np.flatnonzero(new_run)
-    run_starts = idx[run_first]
-    run_lengths = np.diff(np.append(run_first, len(idx)))
+    run_first, run_starts, run_lengths = grouped_runs(ids_of_pixel, idx)
     run_ids = ids_of_pixel[run_first]
     ids, first_run = np.unique(run_ids, return_index=True)
     bounds = np.append(first_run, len(run_ids))

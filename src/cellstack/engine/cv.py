@@ -144,7 +144,7 @@ def run_cv(
         _check_same_config(out, cfg)
     else:
         save_config(cfg, out / "config.yaml")
-    records, class_names = _records(data, cfg)
+    records, class_names = cv_records(data, cfg)
     if (out / "folds.csv").is_file():
         fold_of = read_folds_csv(out / "folds.csv")
     else:
@@ -183,14 +183,13 @@ def run_cv(
     return score_oof(out, records, class_names, fold_of, cfg, progress=progress)
 
 
-def _records(data: Path, cfg: Config) -> tuple[list[ImageRecord], tuple[str, ...]]:
+def cv_records(data: Path, cfg: Config) -> tuple[list[ImageRecord], tuple[str, ...]]:
     """The records CV splits (those of ``data.splits``) and the class names, which the
     trainer takes from every record of the data."""
+    from cellstack.engine.trainer import class_names_of, training_pool
+
     records = load_dataset(data)
-    class_names = tuple(sorted({r.cell_type for r in records}))
-    if cfg.data.splits:
-        records = [r for r in records if r.split in cfg.data.splits]
-    return records, class_names
+    return training_pool(records, cfg, data), tuple(class_names_of(records))
 
 
 def _check_folds(data: Path, out: Path) -> None:
@@ -241,20 +240,10 @@ def score_oof(
     from cellstack.data import rle
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.postprocess import (
-        Thresholds,
-        pixels_to_labels,
-        pixels_to_sparse,
-        postprocess,
-    )
-    from cellstack.inference.run import params_from
-    from cellstack.inference.sources import THRESHOLDS, read_thresholds
+    from cellstack.inference.postprocess import pixels_to_labels, pixels_to_sparse, postprocess
+    from cellstack.inference.sources import folder_thresholds
 
-    thresholds = (
-        read_thresholds(out / THRESHOLDS)
-        if (out / THRESHOLDS).is_file()
-        else Thresholds(params_from(cfg.predict))
-    )
+    thresholds = folder_thresholds(out, cfg)
     raws = load_oof(out)
     preds, confidences, submission = {}, {}, {}
     for rec in records:
@@ -293,7 +282,7 @@ def rescore(out: str | Path, *, progress: bool = True) -> CVResult:
     """Recompute the CV table of a finished CV folder (e.g. after ``tune``)."""
     out = Path(out)
     cfg = load_config(out / "config.yaml")
-    records, class_names = _records(oof_data_path(out), cfg)
+    records, class_names = cv_records(oof_data_path(out), cfg)
     fold_of = read_folds_csv(out / "folds.csv")
     records = [r for r in records if r.image_id in fold_of]
     return score_oof(out, records, class_names, fold_of, cfg, progress=progress)

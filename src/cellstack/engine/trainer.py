@@ -143,6 +143,29 @@ def assign_folds(records: list[ImageRecord], data: Path, k: int, seed: int) -> d
     return grouped_stratified_folds(records, k, seed=seed)
 
 
+def class_names_of(records: list[ImageRecord]) -> list[str]:
+    """The classes a run learns: every cell type of its data (all splits), sorted."""
+    return sorted({r.cell_type for r in records})
+
+
+def training_pool(records: list[ImageRecord], cfg: Config, data: Path) -> list[ImageRecord]:
+    """The records of ``data.splits`` (all records when empty), which folds divide.
+
+    Raises:
+        CellstackError: ``data.splits`` or ``data.val_split`` names a split the data
+            does not have.
+    """
+    d = cfg.data
+    available = sorted({r.split for r in records})
+    for name in (*d.splits, *([d.val_split] if d.val_split else [])):
+        if name not in available:
+            raise CellstackError(
+                f"{data}: no split {name!r} (it has {', '.join(repr(a) for a in available)}); "
+                "check data.splits / data.val_split"
+            )
+    return [r for r in records if r.split in d.splits] if d.splits else list(records)
+
+
 def split_records(
     records: list[ImageRecord], cfg: Config, data: Path
 ) -> tuple[list[ImageRecord], list[ImageRecord], dict[str, int] | None]:
@@ -154,14 +177,7 @@ def split_records(
     masks (:meth:`ImageRecord.for_training`), validation keeps the raw ones.
     """
     d = cfg.data
-    available = sorted({r.split for r in records})
-    for name in (*d.splits, *([d.val_split] if d.val_split else [])):
-        if name not in available:
-            raise CellstackError(
-                f"{data}: no split {name!r} (it has {', '.join(repr(a) for a in available)}); "
-                "check data.splits / data.val_split"
-            )
-    pool = [r for r in records if r.split in d.splits] if d.splits else list(records)
+    pool = training_pool(records, cfg, data)
     folds = None
     if d.val_split is not None:
         val = [r for r in records if r.split == d.val_split]
@@ -324,7 +340,7 @@ def train(
     train_records, val_records, folds = split_records(records, cfg, data)
     if cfg.data.val_images:
         val_records = val_records[: cfg.data.val_images]
-    class_names = state["class_names"] if state else sorted({r.cell_type for r in records})
+    class_names = state["class_names"] if state else class_names_of(records)
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")

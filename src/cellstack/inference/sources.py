@@ -62,12 +62,17 @@ def load_source(path: str | Path, overrides: tuple[str, ...] = ()) -> Source:
     if path.is_dir() and (path / "ensemble.yaml").is_file() and not (path / "model.pt").is_file():
         return _load_ensemble(path / "ensemble.yaml", overrides)  # a CV folder: its folds
     model, cfg = _load_run(path, overrides)
+    return Source(model, model.class_names, cfg, folder_thresholds(path, cfg), path / THRESHOLDS)
+
+
+def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
+    """A run's or CV's thresholds: its ``thresholds.yaml`` (``cellstack tune``) when
+    present, else the post-processing of its config."""
     from cellstack.inference.run import params_from
 
-    thresholds = Thresholds(params_from(cfg.predict))
-    if (path / THRESHOLDS).is_file():
-        thresholds = read_thresholds(path / THRESHOLDS)
-    return Source(model, model.class_names, cfg, thresholds, path / THRESHOLDS)
+    if (folder / THRESHOLDS).is_file():
+        return read_thresholds(folder / THRESHOLDS)
+    return Thresholds(params_from(cfg.predict))
 
 
 def _load_run(run: Path, overrides: tuple[str, ...]):

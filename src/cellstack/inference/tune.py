@@ -280,28 +280,23 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     """Tune on a CV folder's stored out-of-fold detections: no model runs."""
     from cellstack.config import config_from_dict, config_to_dict, load_config
     from cellstack.data.folds import read_folds_csv
-    from cellstack.data.layouts import load_dataset
-    from cellstack.engine.cv import load_oof, oof_data_path
+    from cellstack.engine.cv import cv_records, load_oof, oof_data_path
     from cellstack.inference.run import params_from
-    from cellstack.inference.sources import THRESHOLDS, read_thresholds, write_thresholds
+    from cellstack.inference.sources import THRESHOLDS, folder_thresholds, write_thresholds
 
     cv = Path(cv)
     data = Path(data) if data is not None else oof_data_path(cv)
     cfg = config_from_dict(config_to_dict(load_config(cv / "config.yaml")), overrides)
-    all_records = load_dataset(data)
-    class_names = tuple(sorted({r.cell_type for r in all_records}))
+    pool, class_names = cv_records(data, cfg)
     raws = load_oof(cv)
-    fold_of = read_folds_csv(cv / "folds.csv")
-    records = [r for r in all_records if r.image_id in raws]
+    records = [r for r in pool if r.image_id in raws]
     if fold is not None:
+        fold_of = read_folds_csv(cv / "folds.csv")
         records = [r for r in records if fold_of.get(r.image_id) == fold]
     if not records:
         raise CellstackError(f"{cv}: no OOF prediction matches an image of {data}")
-    current = (
-        read_thresholds(cv / THRESHOLDS)
-        if (cv / THRESHOLDS).is_file() and not overrides
-        else Thresholds(params_from(cfg.predict))
-    )
+    # Thresholds given on the command line are the starting point, as in predict.
+    current = Thresholds(params_from(cfg.predict)) if overrides else folder_thresholds(cv, cfg)
     result = tune_thresholds(
         [raws[r.image_id] for r in records], records, class_names, current, grid, progress
     )
