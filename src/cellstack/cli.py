@@ -22,7 +22,11 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 def _cmd_synth(args: argparse.Namespace) -> int:
     from cellstack.data.synthetic import CELL_TYPES, synthesize
 
-    cell_types = tuple(args.cell_types.split(",")) if args.cell_types else CELL_TYPES
+    cell_types = (
+        tuple(t.strip() for t in args.cell_types.split(",") if t.strip())
+        if args.cell_types is not None
+        else CELL_TYPES
+    )
     ids = synthesize(
         args.out,
         args.n_images,
@@ -137,6 +141,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         device=args.device,
         progress=not args.quiet,
+        allow_unfinished=args.allow_unfinished,
     )
     print(result.table())
     print(f"wrote {path}")
@@ -148,7 +153,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from cellstack.inference.run import predict_folder
 
     summary = predict_folder(
-        args.run, args.images, args.out, overrides=tuple(args.overrides), device=args.device
+        args.run,
+        args.images,
+        args.out,
+        overrides=tuple(args.overrides),
+        device=args.device,
+        overwrite=args.overwrite,
+        allow_unfinished=args.allow_unfinished,
     )
     if not distributed.current().main:
         return 0
@@ -283,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, help="image folder, Sartorius folder or image file")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier predict in --out (refused otherwise)",
+    )
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="use checkpoint.pt of a run whose training has not finished",
+    )
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
@@ -307,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fold", type=int, help="only this fold of DATA/folds.csv (validation)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="use checkpoint.pt of a run whose training has not finished",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_tune, overrides=[], takes_overrides=True)
 
@@ -338,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CellstackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The file system refused (read-only folder, --out that is a file, disk full):
+        # the user's to fix, so one line naming the path, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

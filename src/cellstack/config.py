@@ -261,6 +261,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key}: {value!r} is not a {hint}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if hint is dict and isinstance(value, dict):
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")
@@ -348,17 +355,66 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return cfg
 
 
+def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """Parse a user's YAML file (UTF-8), with one-line errors naming it."""
+    from cellstack.fileio import read_text
+
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at} ({problem})") from None
+
+
+def build_typed(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from plain ``data`` with the same type checks
+    as the config (an unknown key, ``min_size: big`` or ``convex_refill: "no"`` is a
+    :class:`ConfigError` naming ``source`` and the key, ``prefix.key``)."""
+    try:
+        return _build(cls, data if data is not None else {}, prefix)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """An ensemble YAML (see :mod:`cellstack.inference.sources`).
+
+    Attributes:
+        models: run or CV folders, relative to the YAML.
+        flips: test-time flips (none, h, v, hv).
+        rpn_flips: average proposals over flips too.
+        type_settings: ``original``, ``none`` or ``{type: {proposals: {..}, boxes: {..}}}``.
+        type_models: ``{type: [run, ...]}``, a subset of ``models`` per cell type.
+        postprocess: ``{default: {...}, per_type: {type: {...}}}`` thresholds.
+    """
+
+    models: tuple[str, ...] = ()
+    flips: tuple[str, ...] = ("none",)
+    rpn_flips: bool = False
+    type_settings: str | dict = "original"
+    type_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    postprocess: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models must list at least one run folder")
+        if isinstance(self.type_settings, str) and self.type_settings not in ("original", "none"):
+            raise ConfigError(
+                f"type_settings must be 'original', 'none' or a mapping, got {self.type_settings!r}"
+            )
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config (``None``: the defaults) and apply ``key=value`` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        data = load_yaml(path, "config file") or {}
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:
@@ -400,6 +456,18 @@ def _validate(cfg: Config) -> None:
             "predict.tile_overlap must be < tile_size",
         ),
         (cfg.data.folds >= 2, "data.folds must be at least 2"),
+        (cfg.data.val_images >= 0, "data.val_images must be >= 0 (0 = all)"),
+        (cfg.train.log_every >= 1, "train.log_every must be at least 1"),
+        (cfg.train.eval_every >= 0, "train.eval_every must be >= 0 (0 = never)"),
+        (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
+        (cfg.train.num_workers >= 0, "train.num_workers must be >= 0"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
+        (cfg.predict.max_detections >= 1, "predict.max_detections must be at least 1"),
+        (cfg.predict.tile_size >= 32, "predict.tile_size must be at least 32"),
+        (cfg.predict.tile_overlap >= 0, "predict.tile_overlap must be >= 0"),
+        (cfg.model.backbone.fpn_channels >= 1, "model.backbone.fpn_channels must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,4 +1,16 @@
-"""Atomic file writes: an interrupted run never leaves a half-written output behind."""
+"""Safe file output: atomic writes, names that stay inside their folder, and clean-up
+of what an interrupted write left behind.
+
+Every file cellstack writes goes through :func:`atomic_path` / :func:`atomic_write`:
+the data lands in a hidden ``.{name}.XXXX.partial{suffix}`` beside the target and is
+renamed onto it only when complete, so a kill at any moment leaves either the old file
+or the new one, and at worst an orphan partial that :func:`remove_partials` (run at
+the start of the next run) deletes.
+
+Ids that come from user data (CSV rows, COCO file names, file stems) become file names;
+:func:`check_name` refuses any that could leave the folder (``../x``, ``/abs``) and
+:func:`child` checks every output path before it is written.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from cellstack.errors import CellstackError
+
+PARTIAL = ".partial"
 
 
 def _default_mode() -> int:
@@ -21,6 +37,62 @@ def _default_mode() -> int:
 _FILE_MODE = _default_mode()
 
 
+def check_name(name: str, where: str) -> str:
+    """Return ``name`` if it can serve as one file name inside a folder.
+
+    Refused: empty names, ``.``/``..``, path separators, control characters and names
+    that are not valid UTF-8 (a file name read with surrogate escapes).
+
+    Raises:
+        CellstackError: ``"{where}: id '../x' cannot be used as a file name (...)"``.
+    """
+    reason = None
+    if not name or name.strip() != name:
+        reason = "empty or surrounded by spaces"
+    elif name in (".", ".."):
+        reason = "a relative folder"
+    elif "/" in name or "\\" in name:
+        reason = "it contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        reason = "it contains a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 200:
+        reason = "longer than 200 bytes"
+    else:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            reason = "it is not valid UTF-8"
+    if reason:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise CellstackError(f"{where}: id {shown!r} cannot be used as a file name ({reason})")
+    return name
+
+
+def child(folder: str | os.PathLike, *parts: str) -> Path:
+    """``folder / parts...``, checked to stay inside ``folder`` (after resolving links)."""
+    folder = Path(folder)
+    path = folder.joinpath(*parts)
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise CellstackError(f"{path}: would be written outside {folder}")
+    return path
+
+
+def remove_partials(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete orphan partial files that a killed write left in ``folder``; their number."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = f".*{PARTIAL}*"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    n = 0
+    for p in list(found):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for libraries that write by file name.
@@ -29,7 +101,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f"{PARTIAL}{path.suffix}"
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -47,8 +121,44 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
 
     The rename is atomic on POSIX, so readers see either the old file or the complete
     new one. On an exception the temporary file is removed and ``path`` is untouched.
+    Text is written as UTF-8 unless another encoding is asked for.
     """
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
     with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's content (a leading BOM dropped), with one-line errors.
+
+    Raises:
+        CellstackError: the file is missing, unreadable or not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CellstackError(f"{path}: {what} not found")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CellstackError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
+        ) from None
+    except OSError as exc:
+        raise CellstackError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike, what: str = "file") -> Iterator[IO]:
+    """Open a UTF-8 text file for reading (BOM accepted, ``newline=""`` for csv);
+    a decoding error anywhere inside the block becomes a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellstackError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise CellstackError(f"{path}: not UTF-8 text (byte {exc.start})") from None

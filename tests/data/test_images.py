@@ -22,8 +22,15 @@ def test_rgb_and_channel_first(tmp_path, rng):
     rgb = rng.integers(0, 255, size=(9, 11, 3)).astype(np.uint8)
     write_png(tmp_path / "rgb.png", rgb)
     assert read_image(tmp_path / "rgb.png").shape == (9, 11, 3)
+    # Planar RGB says so in its tags (axes SYX) and reads as colour ...
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb)
+    # ... three gray planes do not: the axes come from the file, never from the shape.
     tifffile.imwrite(tmp_path / "cf.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
-    assert read_image(tmp_path / "cf.tif").shape == (9, 11, 3)
+    with pytest.raises(DataError, match=r"shape \(3, 9, 11\) with axes 'QYX'"):
+        read_image(tmp_path / "cf.tif")
     assert to_gray_uint8(rgb).shape == (9, 11)
 
 

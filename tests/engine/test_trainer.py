@@ -1,3 +1,4 @@
+import re
 import csv
 
 import pytest
@@ -148,19 +149,24 @@ def test_overfits_two_crops(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(small_data, tmp_path):
-    cfg = load_config(
-        None,
-        [
-            *FAST,
-            "train.iterations=6",
-            "train.checkpoint_every=2",
-            "train.lr=1e30",
-            "train.grad_clip=0",
-            "train.warmup_fraction=0",
-        ],
-    )
-    with pytest.raises(TrainingDiverged, match=r"at iteration \d+ .*last good checkpoint"):
+    diverging = [
+        *FAST,
+        "train.iterations=6",
+        "train.lr=1e30",
+        "train.grad_clip=0",
+        "train.warmup_fraction=0",
+    ]
+    cfg = load_config(None, [*diverging, "train.checkpoint_every=1"])
+    with pytest.raises(TrainingDiverged, match=r"at iteration \d+ .*last good checkpoint") as e:
         train(cfg, small_data, tmp_path / "nan", progress=False)
+    # The checkpoint the message names exists, at the iteration it says.
+    named = re.search(r"checkpoint is (\S+) \(iteration (\d+)\)", str(e.value))
+    assert torch.load(named[1], weights_only=True)["iteration"] == int(named[2])
+    # Diverging before the first checkpoint says so instead of naming a missing file.
+    late = load_config(None, [*diverging, "train.checkpoint_every=100"])
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written"):
+        train(late, small_data, tmp_path / "nan2", progress=False)
+    assert not (tmp_path / "nan2" / "checkpoint.pt").exists()
 
 
 def test_corrupt_image_is_named(small_data, tmp_path):

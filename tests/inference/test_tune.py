@@ -84,7 +84,7 @@ def test_thresholds_follow_the_majority_type_and_reject_unknown_keys():
     assert t.for_labels(np.array([0, 0, 1]), ["cort", "astro"]).score_thresh == 0.3
     assert t.for_labels(np.array([], int), ["cort", "astro"]).score_thresh == 0.3
     assert Thresholds.from_dict(t.to_dict()) == t
-    with pytest.raises(CellstackError, match=r"t.yaml: unknown key per_type.astro.score"):
+    with pytest.raises(CellstackError, match=r"t.yaml: unknown config key per_type.astro.score"):
         Thresholds.from_dict({"per_type": {"astro": {"score": 1}}}, "t.yaml")
 
 

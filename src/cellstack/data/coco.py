@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.data import rle
-from cellstack.data.records import ImageRecord
-from cellstack.errors import DataError
-from cellstack.fileio import atomic_write
+from cellstack.data.records import ImageRecord, check_image_size
+from cellstack.errors import CellstackError, DataError
+from cellstack.fileio import atomic_write, check_name, read_text
 
 
 def _mask_utils():
@@ -79,25 +79,33 @@ def read_coco_instances(
             then its ``images/`` subfolder.
     """
     json_path = Path(json_path)
-    try:
-        with open(json_path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{json_path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{json_path}: not valid json ({exc})") from None
+    data = read_json(json_path)
+    if not isinstance(data, dict):
+        raise DataError(f"{json_path}: not a COCO instance file (not a json object)")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DataError(f"{json_path}: not a COCO instance file (no {key!r})")
-    categories = {c["id"]: c["name"] for c in data["categories"]}
-    anns_by_image: dict[int, list[dict]] = {}
-    for ann in data["annotations"]:
-        anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    try:
+        categories = {c["id"]: c["name"] for c in data["categories"]}
+        anns_by_image: dict[int, list[dict]] = {}
+        for ann in data["annotations"]:
+            anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{json_path}: a category or annotation lacks {exc}") from None
     base = Path(images_dir) if images_dir is not None else json_path.parent
     records = []
-    for img in data["images"]:
-        h, w = int(img["height"]), int(img["width"])
-        where = f"{json_path} image {img['file_name']}"
+    for n, img in enumerate(data["images"]):
+        try:
+            h, w, name = int(img["height"]), int(img["width"]), str(img["file_name"])
+            img["id"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{json_path} images[{n}]: bad or missing {exc}") from None
+        where = f"{json_path} image {name}"
+        check_image_size(h, w, where)
+        try:
+            check_name(Path(name).stem, where)
+        except CellstackError as exc:
+            raise DataError(str(exc)) from None
         anns = anns_by_image.get(img["id"], [])
         masks = [
             segmentation_to_mask(a["segmentation"], h, w, where=f"{where} annotation {a['id']}")
@@ -211,3 +219,13 @@ def write_coco_instances(
             "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
         },
     )
+
+
+def read_json(path: str | Path):
+    """Parse a json file (UTF-8) with one-line errors naming it."""
+    try:
+        return json.loads(read_text(path, "json file"))
+    except CellstackError as exc:
+        raise DataError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid json ({exc})") from None

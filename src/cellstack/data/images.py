@@ -17,10 +17,16 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as stored: uint8/uint16[H, W] (gray) or [H, W, C] (colour).
+    """Read one 2-D image as stored: [H, W] (gray) or [H, W, C] (colour, C = 3 or 4),
+    in its own dtype (uint8, uint16, int32, float32, ...).
+
+    TIFF axes come from the file's own metadata (tifffile's ``series[0].axes``, which
+    reads ImageJ and OME too), never from guessing by shape: only Y, X and colour
+    samples (S) may have more than one element. A Z-stack, a time series or a
+    multi-channel (C) image is an error naming the axes found.
 
     Raises:
-        DataError: the file is missing, empty, corrupt or not 2-D.
+        DataError: the file is missing, empty, corrupt, or not a single 2-D plane.
     """
     path = Path(path)
     if not path.is_file():
@@ -29,29 +35,70 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: image file is empty")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
+            array, axes = _read_tiff(path)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    array = np.asarray(im).astype(np.uint16 if im.mode != "I" else np.int32)
-                elif im.mode in ("L", "RGB"):
-                    array = np.asarray(im)
-                else:
-                    array = np.asarray(im.convert("RGB"))
+            array, axes = _read_pil(path)
+    except DataError:
+        raise
     except Exception as exc:  # PIL and tifffile raise many unrelated types on corrupt data
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channel-first TIFF
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
-        raise DataError(f"{path}: expected a 2-D image, got shape {array.shape}")
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
+    return _one_plane(array, axes, path)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise DataError(f"{path}: TIFF holds no image")
+        series = tif.series[0]
+        return np.asarray(series.asarray()), series.axes.upper()
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, str]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            raise DataError(
+                f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
+            )
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im).astype(np.uint16), "YX"
+        if im.mode in ("I", "F", "L"):
+            return np.asarray(im), "YX"
+        if im.mode == "LA":
+            return np.asarray(im.getchannel(0)), "YX"
+        if im.mode == "RGB":
+            return np.asarray(im), "YXS"
+        return np.asarray(im.convert("RGB")), "YXS"
+
+
+def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """``array`` with axes ``axes`` as [H, W] or [H, W, C]; anything else an error."""
+    if len(axes) != array.ndim:
+        raise DataError(f"{path}: axes {axes!r} do not match shape {array.shape}")
+    # Axes of length 1 carry no data (a single Z, T or C), whatever their name.
+    keep = [i for i, (a, n) in enumerate(zip(axes, array.shape, strict=True)) if n > 1 or a in "YX"]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if axes == "SYX":
+        array, axes = np.moveaxis(array, 0, -1), "YXS"
+    if axes == "YXS" and array.shape[-1] == 2:  # gray + alpha
+        array, axes = array[..., 0], "YX"
+    if axes not in ("YX", "YXS") or (axes == "YXS" and array.shape[-1] not in (3, 4)):
+        raise DataError(
+            f"{path}: shape {array.shape} with axes {axes!r} is not one 2-D image "
+            "(Y, X and optional RGB samples S); Z-stacks, time series and multi-channel "
+            "images are not read plane by plane yet"
+        )
+    if min(array.shape[:2]) == 0:
+        raise DataError(f"{path}: image is empty (shape {array.shape})")
+    if array.dtype.kind == "c" or array.dtype == bool:
+        array = array.astype(np.uint8) if array.dtype == bool else np.abs(array)
     return array
 
 
@@ -75,16 +122,26 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     """Convert any image from :func:`read_image` to uint8[H, W].
 
-    Colour is averaged over channels. 16-bit and float images are rescaled by their
-    0.5 and 99.5 percentiles, so dim 16-bit microscopy becomes visible.
+    Colour is averaged over its first three channels (alpha ignored). 8-bit images,
+    gray or colour, keep their values (colour rounded after averaging). Every other
+    dtype is rescaled by its 0.5 and 99.5 percentiles, so dim 16-bit microscopy becomes
+    visible; NaN and infinite pixels are left out of the percentiles and become 0.
     """
     img = np.asarray(image)
+    was_uint8 = img.dtype == np.uint8
     if img.ndim == 3:
-        img = img[..., :3].mean(axis=-1)
-    if img.dtype == np.uint8:
-        return img
+        img = img[..., :3].astype(np.float32).mean(axis=-1)
+    if was_uint8:
+        return np.round(img).astype(np.uint8) if img.dtype != np.uint8 else img
     img = img.astype(np.float32)
-    lo, hi = np.percentile(img, [0.5, 99.5])
+    finite = np.isfinite(img)
+    if not finite.all():
+        if not finite.any():
+            return np.zeros(img.shape, dtype=np.uint8)
+        lo, hi = np.percentile(img[finite], [0.5, 99.5])
+        img = np.where(finite, img, lo)
+    else:
+        lo, hi = np.percentile(img, [0.5, 99.5])
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
@@ -107,8 +164,30 @@ def write_tiff(path: str | Path, image: np.ndarray) -> None:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name.
+
+    Their stems become image ids (and output file names), so each must be a usable
+    name and unique: ``X.png`` beside ``X.tif`` is an error, not a silent overwrite.
+    """
+    from cellstack.errors import CellstackError
+    from cellstack.fileio import check_name
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    seen: dict[str, Path] = {}
+    for p in found:
+        try:
+            check_name(p.stem, str(folder))
+        except CellstackError as exc:
+            raise DataError(str(exc)) from None
+        if p.stem in seen:
+            raise DataError(
+                f"{folder}: {seen[p.stem].name} and {p.name} share the id {p.stem!r}; "
+                "rename one (their outputs would overwrite each other)"
+            )
+        seen[p.stem] = p
+    return found

@@ -55,7 +55,9 @@ def find_label(labels_dir: Path, stem: str) -> Path | None:
 
 def read_cell_types(path: Path) -> dict[str, str]:
     """``{id: cell_type}`` from a ``cell_types.csv`` (columns ``id,cell_type``)."""
-    with open(path, newline="") as f:
+    from cellstack.fileio import open_text
+
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         if not {"id", "cell_type"} <= set(reader.fieldnames or []):
             raise DataError(f"{path}: needs columns id,cell_type")

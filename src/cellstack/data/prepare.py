@@ -33,14 +33,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellstack.data.maskcache import save_masks
-from cellstack.data.records import ImageRecord
-from cellstack.errors import DataError
-from cellstack.fileio import atomic_write
+from cellstack.data.records import ImageRecord, check_image_size
+from cellstack.errors import CellstackError, DataError
+from cellstack.fileio import atomic_write, check_name, child, open_text, remove_partials
 
 MANIFEST = "prepared.json"
 RECORDS = "records.csv"
 PROBLEMS = "problems.csv"
 FORMAT = "cellstack-prepared-1"
+# Written first into a folder prepare owns; a folder without it (or a manifest) that
+# holds anything is the user's and is refused, since prepare rewrites masks/ there.
+OWNER = ".cellstack-prepared"
 RECORD_COLUMNS = (
     "image_id",
     "image_path",
@@ -118,7 +121,7 @@ def read_prepared(path: str | Path) -> list[ImageRecord]:
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise DataError(f"{path / MANIFEST}: unreadable ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise DataError(
@@ -126,21 +129,39 @@ def read_prepared(path: str | Path) -> list[ImageRecord]:
             "run cellstack prepare again"
         )
     records = []
-    with open(path / RECORDS, newline="") as f:
-        for row in csv.DictReader(f):
-            records.append(
-                ImageRecord(
-                    image_id=row["image_id"],
-                    image_path=Path(row["image_path"]),
-                    height=int(row["height"]),
-                    width=int(row["width"]),
-                    cell_type=row["cell_type"],
-                    sample_id=row["sample_id"],
-                    mask_path=path / row["masks"],
-                    train_mask_path=path / row["train_masks"] if row["train_masks"] else None,
-                    split=row["split"],
-                )
+    with open_text(path / RECORDS, "records file") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in RECORD_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{path / RECORDS}: missing column(s) {', '.join(missing)}; "
+                "run cellstack prepare again"
             )
+        for row_no, row in enumerate(reader, start=1):
+            where = f"{path / RECORDS} row {row_no}"
+            try:
+                image_id = check_name(row["image_id"] or "", where)
+                height, width = int(row["height"]), int(row["width"])
+                check_image_size(height, width, where)
+                records.append(
+                    ImageRecord(
+                        image_id=image_id,
+                        image_path=Path(row["image_path"]),
+                        height=height,
+                        width=width,
+                        cell_type=row["cell_type"],
+                        sample_id=row["sample_id"],
+                        mask_path=child(path, row["masks"]),
+                        train_mask_path=(
+                            child(path, row["train_masks"]) if row["train_masks"] else None
+                        ),
+                        split=row["split"],
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, CellstackError):
+                    raise DataError(str(exc)) from None
+                raise DataError(f"{where}: bad value ({exc})") from None
     return records
 
 
@@ -159,7 +180,7 @@ def _fingerprint(files: Iterable[Path], options: dict) -> str:
 def _cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
     try:
         manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
     if manifest.get("format") != FORMAT or manifest.get("fingerprint") != fingerprint:
         return None
@@ -183,13 +204,17 @@ class _Writer:
 
     def __init__(self, out: Path, fingerprint: str, source: str) -> None:
         self.out, self.fingerprint, self.source = out, fingerprint, source
-        for sub in ("masks", "masks_clean"):  # no stale masks of an earlier preparation
-            if (out / sub).is_dir():
-                for f in (out / sub).glob("*.npz"):
-                    f.unlink()
         (out / MANIFEST).unlink(missing_ok=True)
+        (out / OWNER).touch()
+        # No stale masks of an earlier preparation: delete the mask files its records
+        # name (and nothing else), and what a killed write left behind.
+        for rel in _previous_mask_files(out):
+            rel.unlink(missing_ok=True)
+        for sub in ("", "masks", "masks_clean"):
+            remove_partials(out / sub)
         self.rows: list[dict] = []
         self.problems: list[Problem] = []
+        self.ids: set[str] = set()
 
     def add(
         self,
@@ -198,11 +223,22 @@ class _Writer:
         clean: sp.csr_matrix | None = None,
         split: str = "",
     ) -> None:
-        save_masks(self.out / "masks" / f"{rec.image_id}.npz", masks, rec.shape)
+        try:
+            check_name(rec.image_id, str(rec.image_path))
+        except CellstackError as exc:
+            self.problems.append(Problem(str(rec.image_path), "", str(exc).split(": ", 1)[-1]))
+            return
+        if rec.image_id in self.ids:
+            self.problems.append(
+                Problem(str(rec.image_path), rec.image_id, "another image has the same id")
+            )
+            return
+        self.ids.add(rec.image_id)
+        save_masks(child(self.out, "masks", f"{rec.image_id}.npz"), masks, rec.shape)
         train_masks = ""
         if clean is not None:
             train_masks = f"masks_clean/{rec.image_id}.npz"
-            save_masks(self.out / train_masks, clean, rec.shape)
+            save_masks(child(self.out, train_masks), clean, rec.shape)
         self.rows.append(
             {
                 "image_id": rec.image_id,
@@ -257,12 +293,42 @@ class _Writer:
         return f"{p.where}: {p.reason}" if p else "none"
 
 
+def _previous_mask_files(out: Path) -> list[Path]:
+    """The mask files an earlier preparation into ``out`` wrote (from its records)."""
+    if not (out / RECORDS).is_file():
+        return []
+    files = []
+    try:
+        with open(out / RECORDS, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                for key in ("masks", "train_masks"):
+                    rel = row.get(key) or ""
+                    if rel.endswith(".npz") and rel.startswith(("masks/", "masks_clean/")):
+                        files.append(child(out, rel))
+    except (OSError, UnicodeDecodeError, csv.Error, CellstackError):
+        return []  # unreadable: leave the files alone, new ones overwrite by name
+    return files
+
+
+def check_out_folder(out: Path) -> None:
+    """``out`` is new, empty, or an earlier ``prepare`` output; never a user's folder."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not ((out / MANIFEST).is_file() or (out / OWNER).is_file()):
+            raise DataError(
+                f"{out}: folder holds files that cellstack prepare did not write; "
+                "choose a new or empty --out"
+            )
+
+
 def _check_image(rec: ImageRecord, writer: _Writer) -> bool:
-    """Whether the image exists, reads, and has the annotated size (else a problem)."""
-    from cellstack.data.images import image_size
+    """Whether the image exists, decodes fully, and has the annotated size (else a
+    problem): a truncated file is caught here, not in the middle of training."""
+    from cellstack.data.images import read_image
 
     try:
-        shape = image_size(rec.image_path)
+        shape = read_image(rec.image_path).shape[:2]
     except DataError as exc:
         reason = str(exc).removeprefix(f"{rec.image_path}: ")
         writer.problems.append(Problem(str(rec.image_path), rec.image_id, reason))
@@ -366,6 +432,7 @@ def prepare_sartorius(
     if corrected is not None:
         sources += list_images(corrected)
     fingerprint = _fingerprint(sources, options)
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     cached = _cached_report(out, fingerprint)
     if cached is not None:
@@ -474,6 +541,7 @@ def prepare_livecell(
     jsons = {s: p for s, p in jsons.items() if s in splits}
     options = {"splits": sorted(jsons)}
     fingerprint = _fingerprint([*jsons.values(), *images.values()], options)
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     cached = _cached_report(out, fingerprint)
     if cached is not None:
@@ -481,30 +549,46 @@ def prepare_livecell(
 
     writer = _Writer(out, fingerprint, str(root))
     for split, json_path in jsons.items():
+        from cellstack.data.coco import read_json
+
+        coco = read_json(json_path)
         try:
-            coco = json.loads(json_path.read_text())
             categories = {c["id"]: c["name"] for c in coco["categories"]}
             entries, annotations = coco["images"], coco["annotations"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise DataError(f"{json_path}: not a COCO instance file ({exc})") from None
         by_image: dict[int, list[dict]] = {}
         for ann in annotations:
             by_image.setdefault(ann.get("image_id"), []).append(ann)
-        for img in tqdm(entries, desc=f"preparing {split}", unit="img", disable=not progress):
-            name = Path(img["file_name"]).name
-            image_id = Path(name).stem
-            anns = by_image.get(img["id"], [])
+        for n, img in enumerate(
+            tqdm(entries, desc=f"preparing {split}", unit="img", disable=not progress)
+        ):
+            try:
+                name = Path(str(img["file_name"])).name
+                image_id = Path(name).stem
+                entry_id = img["id"]
+                height, width = int(img["height"]), int(img["width"])
+                check_image_size(height, width, name)
+            except (KeyError, TypeError, ValueError, DataError) as exc:
+                reason = (
+                    str(exc).split(": ", 1)[-1]
+                    if isinstance(exc, DataError)
+                    else (f"bad or missing {exc}")
+                )
+                writer.problems.append(Problem(f"{json_path} images[{n}]", "", reason))
+                continue
+            anns = by_image.get(entry_id, [])
             votes = Counter(categories.get(a.get("category_id")) for a in anns)
             category = votes.most_common(1)[0][0] if votes else None
             if name not in images:
-                where = f"{json_path} image {img['id']}"
+                where = f"{json_path} image {entry_id}"
                 writer.problems.append(Problem(where, image_id, f"image file {name} not found"))
                 continue
             rec = ImageRecord(
                 image_id=image_id,
                 image_path=images[name],
-                height=int(img["height"]),
-                width=int(img["width"]),
+                height=height,
+                width=width,
                 cell_type=livecell_cell_type(name, category),
                 sample_id=livecell_sample_id(name),
             )

@@ -9,6 +9,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellstack.data import rle
+from cellstack.errors import DataError
+
+# 2**28 pixels (16384 x 16384): larger frames are refused before anything is allocated
+# for them; a whole-slide image needs tiling by the user.
+MAX_PIXELS = 2**28
+
+
+def check_image_size(height: int, width: int, where: str) -> None:
+    """Refuse a declared image size that is not positive or too large to hold."""
+    if height <= 0 or width <= 0:
+        raise DataError(f"{where}: image size {width}x{height} must be positive")
+    if height * width > MAX_PIXELS:
+        raise DataError(
+            f"{where}: image size {width}x{height} is over the limit of {MAX_PIXELS} pixels"
+        )
 
 
 @dataclass(frozen=True)

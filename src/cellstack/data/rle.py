@@ -44,8 +44,11 @@ def parse_runs(
     try:
         values = np.array(tokens, dtype=np.int64)
     except (ValueError, OverflowError):
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise DataError(f"{where}: non-numeric RLE token {bad!r}") from None
+        bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None)
+        if bad is None:
+            big = max(tokens, key=len)
+            raise DataError(f"{where}: RLE value {big[:30]!r} is too large") from None
+        raise DataError(f"{where}: non-numeric RLE token {bad[:30]!r}") from None
     if len(values) % 2:
         raise DataError(f"{where}: RLE has an odd number of values ({len(values)})")
     starts = values[0::2] - 1

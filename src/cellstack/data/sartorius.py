@@ -13,10 +13,10 @@ import csv
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cellstack.data.records import ImageRecord
+from cellstack.data.records import ImageRecord, check_image_size
 from cellstack.data.rle import parse_runs
-from cellstack.errors import DataError
-from cellstack.fileio import atomic_write
+from cellstack.errors import CellstackError, DataError
+from cellstack.fileio import atomic_write, check_name, open_text
 
 TRAIN_COLUMNS = (
     "id",
@@ -70,7 +70,7 @@ def read_train_csv(
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: file not found")
     by_id: dict[str, dict] = {}
-    with open(csv_path, newline="") as f:
+    with open_text(csv_path) as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -107,8 +107,13 @@ def _add_row(by_id: dict[str, dict], row: dict, image_id: str, where: str, valid
     """Check one train.csv row and add its annotation to its image's entry."""
     if not image_id:
         raise DataError(f"{where}: empty id")
+    try:
+        check_name(image_id, where)
+    except CellstackError as exc:
+        raise DataError(str(exc)) from None
     width = _int_field(row, "width", where)
     height = _int_field(row, "height", where)
+    check_image_size(height, width, where)
     cell_type = (row["cell_type"] or "").strip() or "cell"
     annotation = (row["annotation"] or "").strip()
     if validate and annotation:
@@ -152,7 +157,7 @@ def read_submission(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     out: dict[str, list[str]] = {}
-    with open(path, newline="") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         mask_column = "predicted" if "predicted" in columns else "annotation"

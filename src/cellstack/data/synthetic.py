@@ -325,11 +325,23 @@ def synthesize(
     from cellstack.data.images import write_png, write_tiff
     from cellstack.data.sartorius import write_train_csv
 
+    from cellstack.errors import CellstackError
+
     if n_images < 1:
-        raise ValueError("n_images must be at least 1")
+        raise CellstackError(f"--n-images must be at least 1, got {n_images}")
+    if min(shape) < 16 or shape[0] * shape[1] > 2**26:
+        raise CellstackError(
+            f"image size {shape[1]}x{shape[0]}: width and height must be at least 16 and "
+            "the image at most 2**26 pixels"
+        )
+    if not cell_types:
+        raise CellstackError(f"no cell types given; choose from {', '.join(CELL_TYPES)}")
     unknown = [t for t in cell_types if t not in CELL_TYPES]
     if unknown:
-        raise ValueError(f"unknown synthetic cell type(s) {unknown}; choose from {CELL_TYPES}")
+        raise CellstackError(
+            f"unknown synthetic cell type(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(CELL_TYPES)}"
+        )
     out_dir = Path(out_dir)
     root = np.random.SeedSequence(seed)
     plan_rng = np.random.default_rng(root.spawn(1)[0])

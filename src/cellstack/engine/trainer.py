@@ -33,7 +33,7 @@ from cellstack.data.records import ImageRecord
 from cellstack.engine import checkpoint as ckpt
 from cellstack.engine import distributed
 from cellstack.errors import CellstackError
-from cellstack.fileio import atomic_write
+from cellstack.fileio import atomic_write, remove_partials
 
 # Loss kinds, the part of a loss name after its last dot ("s1.box" is a "box" loss).
 LOSS_NAMES = ("rpn_cls", "rpn_box", "cls", "box", "mask", "semantic")
@@ -121,12 +121,23 @@ def losses_by_kind(losses: dict[str, torch.Tensor]) -> dict[str, float]:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: CUDA when available, else CPU; under torchrun each process takes the
     GPU of its ``LOCAL_RANK`` (``auto`` or a bare ``cuda``)."""
+    import re
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CellstackError(f"device {name} requested but no CUDA device is available")
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise CellstackError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CellstackError(f"device {name} requested but no CUDA device is available")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+        if int(name[5:]) >= torch.cuda.device_count():
+            raise CellstackError(
+                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CellstackError("device mps requested but MPS is not available")
     return torch.device(name)
 
 
@@ -322,11 +333,13 @@ def train(
         from cellstack.config import config_from_dict
 
         cfg = config_from_dict(state["config"])
-    elif (run / ckpt.CHECKPOINT).is_file():
+    elif (run / ckpt.CHECKPOINT).is_file() or (run / ckpt.FINAL).is_file():
         raise CellstackError(
             f"{run} already holds a training run; pass --resume to continue it "
             "or choose another --out"
         )
+    elif run.exists() and not run.is_dir():
+        raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
     t = cfg.train
     device = pick_device(t.device, distributed.launched().local_rank)
     world = distributed.setup(device)
@@ -343,6 +356,7 @@ def train(
     class_names = state["class_names"] if state else class_names_of(records)
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
+        remove_partials(run)  # what a killed write left behind
         save_config(cfg, run / "config.yaml")
         if folds is not None:
             write_folds_csv(run / "folds.csv", [*train_records, *val_records], folds)
@@ -390,7 +404,14 @@ def train(
     else:
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
     if start >= t.iterations:
-        raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
+        if (run / ckpt.FINAL).is_file():
+            raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
+        # Killed while model.pt was being written: the last checkpoint holds it all.
+        if world.main:
+            ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
+            plot_log(_Log(run / "log.csv", start).rows, run / "training.png")
+        distributed.barrier(world)
+        return TrainResult(run, start, float("nan"), None)
 
     dataset = TrainCrops(
         train_records,
@@ -464,10 +485,14 @@ def train(
         if not math.isfinite(stats[0]):
             bar.close()
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            saved = (
+                f"The last good checkpoint is {run / ckpt.CHECKPOINT} (iteration {last_saved})"
+                if last_saved > 0
+                else "No checkpoint was written before it"
+            )
             raise TrainingDiverged(
-                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. The last good "
-                f"checkpoint is {run / ckpt.CHECKPOINT} (iteration {last_saved}). Lower train.lr "
-                "or check the data"
+                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. {saved}. "
+                "Lower train.lr or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -490,7 +515,7 @@ def train(
                 **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
                 "seconds": round(time.perf_counter() - t0, 2),
             }
-        if val_records and (done % t.eval_every == 0 or done == t.iterations):
+        if val_records and t.eval_every and (done % t.eval_every == 0 or done == t.iterations):
             val_score = validate(model, val_records, cfg, device, world)
             net.train()
             row = {**(row or {"iteration": done}), "val_score": val_score}

@@ -12,6 +12,7 @@ from cellstack.data.coco import encode_coco_rle, write_json
 from cellstack.data.images import write_png
 from cellstack.data.labels import write_label_tiff
 from cellstack.data.sartorius import write_submission
+from cellstack.fileio import child
 from cellstack.inference.overlay import outline_overlay
 from cellstack.inference.postprocess import pixels_to_labels
 from cellstack.structures import Instances
@@ -36,11 +37,12 @@ class PredictionWriter:
     def add(self, image_id: str, image: np.ndarray, inst: Instances) -> None:
         """Record one image's post-processed instances (with ``pixels``)."""
         labels = pixels_to_labels(inst.pixels, inst.image_size)
-        write_label_tiff(self.out / "labels" / f"{image_id}.tif", labels)
+        write_label_tiff(child(self.out, "labels", f"{image_id}.tif"), labels)
         if self.overlays:
             classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
             write_png(
-                self.out / "overlays" / f"{image_id}.png", outline_overlay(image, labels, classes)
+                child(self.out, "overlays", f"{image_id}.png"),
+                outline_overlay(image, labels, classes),
             )
         self.submission[image_id] = rle.encode_labels(labels)[1]
         for k in range(len(inst)):

@@ -41,6 +41,18 @@ class PostprocessParams:
     min_size: int = 0
     convex_refill: bool = False
 
+    def __post_init__(self) -> None:
+        from cellstack.config import ConfigError
+
+        for name, ok in (
+            ("mask_thresh", 0 < self.mask_thresh < 1),
+            ("score_thresh", 0 <= self.score_thresh <= 1),
+            ("mask_nms_iou", 0 <= self.mask_nms_iou <= 1),
+            ("min_size", self.min_size >= 0),
+        ):
+            if not ok:
+                raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
+
 
 def majority_type(labels: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
     """The image's cell type: the class name of the most frequent label among its
@@ -76,24 +88,32 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "thresholds") -> Thresholds:
-        """Inverse of :meth:`to_dict`; unknown keys are a clear error naming ``source``."""
-        from cellstack.errors import CellstackError
+        """Inverse of :meth:`to_dict`, type-checked as the config is: an unknown key
+        or a bad value is a one-line error naming ``source`` and the key."""
+        from cellstack.config import ConfigError, build_typed
 
-        def params(d: dict, base: PostprocessParams, where: str) -> PostprocessParams:
-            names = {f.name for f in fields(PostprocessParams)}
-            bad = sorted(set(d) - names)
-            if bad:
-                raise CellstackError(
-                    f"{source}: unknown key {where}.{bad[0]} (known: {', '.join(sorted(names))})"
-                )
-            return replace(base, **d)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with default and per_type")
+        unknown = sorted(set(data) - {"default", "per_type"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {unknown[0]} (known: default, per_type)")
 
-        default = params(data.get("default") or {}, PostprocessParams(), "default")
-        per_type = {
-            k: params(v or {}, default, f"per_type.{k}")
-            for k, v in (data.get("per_type") or {}).items()
-        }
-        return cls(default, per_type)
+        def params(d: object, base: PostprocessParams, where: str) -> PostprocessParams:
+            if d is None:
+                d = {}
+            if not isinstance(d, dict):
+                raise ConfigError(f"{source}: {where} must be a mapping")
+            return build_typed(PostprocessParams, {**asdict(base), **d}, source, where)
+
+        default = params(data.get("default"), PostprocessParams(), "default")
+        per_type = data.get("per_type") or {}
+        if not isinstance(per_type, dict):
+            raise ConfigError(f"{source}: per_type must be a mapping of cell type to thresholds")
+        return cls(
+            default, {str(k): params(v, default, f"per_type.{k}") for k, v in per_type.items()}
+        )
 
 
 def paste_masks(

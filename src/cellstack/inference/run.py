@@ -26,11 +26,17 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     Accepts a folder of images, a folder with ``images/`` (label layout), a Sartorius
     folder (``train.csv`` + ``train/``, or a ``test/`` folder) or one image file.
     """
+    from cellstack.errors import CellstackError
+    from cellstack.fileio import check_name
+
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
-        return [(path.stem, path)]
+        try:
+            return [(check_name(path.stem, str(path)), path)]
+        except CellstackError as exc:
+            raise DataError(str(exc)) from None
     if not path.is_dir():
         raise DataError(f"{path}: not found")
     if (path / "train.csv").is_file():
@@ -85,6 +91,49 @@ def raw_predictions(
     return raws
 
 
+# What predict writes into its output folder; with --overwrite exactly these are
+# replaced, anything else there is left alone.
+OUTPUTS = ("submission.csv", "results.json", "labels", "overlays")
+
+
+def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Make ``out`` ready for a predict run, before any model loads.
+
+    Refused: ``out`` is a file, holds one of the input images (an overlay could
+    overwrite it), or is not empty and ``overwrite`` is off. With ``overwrite`` the
+    outputs of an earlier predict (:data:`OUTPUTS`) are removed first, so old label
+    images never sit beside new ones; ``submission.csv`` and ``results.json`` are
+    written last, so a killed run leaves no file that says it finished.
+    """
+    import shutil
+
+    from cellstack.errors import CellstackError
+    from cellstack.fileio import remove_partials
+
+    if out.exists() and not out.is_dir():
+        raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
+    root = out.resolve()
+    for p in inputs:
+        if p.resolve().is_relative_to(root):
+            raise CellstackError(
+                f"--out {out} holds the input image {p}; choose an output folder outside the inputs"
+            )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise CellstackError(
+                f"{out}: folder is not empty; pass --overwrite to replace earlier predictions "
+                "there, or choose another --out"
+            )
+        for name in OUTPUTS:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        remove_partials(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 @dataclass(frozen=True)
 class PredictSummary:
     out: Path
@@ -101,6 +150,8 @@ def predict_folder(
     overrides: tuple[str, ...] = (),
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
+    allow_unfinished: bool = False,
 ) -> PredictSummary:
     """Predict every image of ``images`` with a run's final model or an ensemble YAML
     (see :mod:`~cellstack.inference.sources`); write to ``out``.
@@ -118,14 +169,18 @@ def predict_folder(
     from cellstack.inference.export import PredictionWriter
     from cellstack.inference.sources import load_source
 
-    src = load_source(source, overrides)
+    out = Path(out)
+    torch_device = pick_device(device, distributed.launched().local_rank)
+    todo = find_images(images)
+    if distributed.launched().rank == 0:
+        prepare_output(out, [path for _, path in todo], overwrite)
+    src = load_source(source, overrides, allow_unfinished=allow_unfinished)
     class_names = src.class_names
     p = src.cfg.predict
     thresholds = src.thresholds
     if any(o.split("=")[0].strip() in _POSTPROCESS_KEYS for o in overrides):
         # Thresholds given on the command line beat thresholds.yaml.
         thresholds = Thresholds(params_from(p))
-    torch_device = pick_device(device, distributed.launched().local_rank)
     world = distributed.setup(torch_device)
     predictor = Predictor(
         src.model,
@@ -136,7 +191,6 @@ def predict_folder(
         batch_size=p.batch_size,
     )
     writer = PredictionWriter(out, class_names)
-    todo = find_images(images)
     mine = distributed.shard(todo, world)
     t0 = time.perf_counter()
     bar = tqdm(

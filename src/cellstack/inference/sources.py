@@ -21,7 +21,7 @@ folder), as written by ``cellstack tune``, takes precedence over ``postprocess``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,14 +54,23 @@ class Source:
     thresholds_path: Path
 
 
-def load_source(path: str | Path, overrides: tuple[str, ...] = ()) -> Source:
-    """Load a run folder or an ensemble YAML (see the module docstring)."""
+def load_source(
+    path: str | Path, overrides: tuple[str, ...] = (), *, allow_unfinished: bool = False
+) -> Source:
+    """Load a run folder or an ensemble YAML (see the module docstring).
+
+    ``allow_unfinished``: a run without ``model.pt`` predicts with its latest
+    checkpoint (with a warning) instead of being refused.
+    """
     path = Path(path)
+    if not path.exists():
+        raise CellstackError(f"{path}: not found (expected a run folder, CV folder or YAML)")
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        return _load_ensemble(path, overrides)
+        return _load_ensemble(path, overrides, allow_unfinished)
     if path.is_dir() and (path / "ensemble.yaml").is_file() and not (path / "model.pt").is_file():
-        return _load_ensemble(path / "ensemble.yaml", overrides)  # a CV folder: its folds
-    model, cfg = _load_run(path, overrides)
+        # a CV folder: its folds
+        return _load_ensemble(path / "ensemble.yaml", overrides, allow_unfinished)
+    model, cfg = _load_run(path, overrides, allow_unfinished)
     return Source(model, model.class_names, cfg, folder_thresholds(path, cfg), path / THRESHOLDS)
 
 
@@ -75,26 +84,23 @@ def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
     return Thresholds(params_from(cfg.predict))
 
 
-def _load_run(run: Path, overrides: tuple[str, ...]):
-    from cellstack.engine.checkpoint import load_run
+def _load_run(run: Path, overrides: tuple[str, ...], allow_unfinished: bool = False):
+    from cellstack.engine.checkpoint import load_run, load_weights
     from cellstack.modeling.build import build_model
 
-    cfg, class_names, state = load_run(run)
+    cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished)
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
     model = build_model(cfg.model, class_names, cfg.predict)
-    model.load_state_dict(state)
+    load_weights(model, state, run)
     return model.eval(), cfg
 
 
 def read_thresholds(path: Path) -> Thresholds:
-    import yaml
+    """A ``thresholds.yaml``, type-checked key by key before any model runs."""
+    from cellstack.config import load_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CellstackError(f"{path}: not valid YAML ({e})") from e
-    return Thresholds.from_dict(data, str(path))
+    return Thresholds.from_dict(load_yaml(path, "thresholds file"), str(path))
 
 
 def write_thresholds(path: Path, thresholds: Thresholds, comment: str = "") -> None:
@@ -108,52 +114,44 @@ def write_thresholds(path: Path, thresholds: Thresholds, comment: str = "") -> N
         yaml.safe_dump(thresholds.to_dict(), f, sort_keys=False)
 
 
-_ENSEMBLE_KEYS = {"models", "flips", "rpn_flips", "type_settings", "type_models", "postprocess"}
-
-
-def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
-    import yaml
-
+def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: bool) -> Source:
+    from cellstack.config import EnsembleConfig, build_typed, load_yaml
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
     from cellstack.inference.run import params_from
     from cellstack.inference.tta import parse_flips
 
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CellstackError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(spec, dict):
+    data = load_yaml(path, "ensemble file")
+    if not isinstance(data, dict):
         raise CellstackError(f"{path}: expected a mapping with 'models'")
-    bad = sorted(set(spec) - _ENSEMBLE_KEYS)
-    if bad:
-        raise CellstackError(
-            f"{path}: unknown key {bad[0]} (known: {', '.join(sorted(_ENSEMBLE_KEYS))})"
-        )
-    runs = spec.get("models") or []
-    if not runs:
-        raise CellstackError(f"{path}: 'models' must list at least one run folder")
+    spec = build_typed(EnsembleConfig, data, str(path))
     base = path.parent
-    resolved = [run for r in runs for run in _runs_of(base / r)]
-    loaded = [_load_run(r, overrides) for r in resolved]
+    flips = parse_flips(list(spec.flips))
+    # Thresholds are checked before any model loads: a typo fails in a second.
+    post = spec.postprocess
+    if post:
+        unknown = sorted(set(post) - {"default", "per_type"})
+        if unknown:
+            raise CellstackError(f"{path}: unknown key postprocess.{unknown[0]}")
+        Thresholds.from_dict(post, f"{path}: postprocess")
+    tpath = base / THRESHOLDS
+    tuned = read_thresholds(tpath) if tpath.is_file() else None
+    resolved = [run for r in spec.models for run in _runs_of(base / r)]
+    loaded = [_load_run(r, overrides, allow_unfinished) for r in resolved]
     models = [m for m, _ in loaded]
     cfg = loaded[0][1]
     names = models[0].class_names
 
-    ts = spec.get("type_settings", "original")
-    if ts in ("original", None, "none"):
-        type_settings = (
-            {k: v for k, v in ORIGINAL_TYPE_SETTINGS.items() if k in names}
-            if ts == "original"
-            else {}
-        )
-    elif isinstance(ts, dict):
+    ts = spec.type_settings
+    if ts == "original":
+        type_settings = {k: v for k, v in ORIGINAL_TYPE_SETTINGS.items() if k in names}
+    elif ts == "none":
+        type_settings = {}
+    else:
         type_settings = {
             k: _stage_settings(v, models[0], f"{path}: type_settings.{k}") for k, v in ts.items()
         }
-    else:
-        raise CellstackError(f"{path}: type_settings must be 'original', 'none' or a mapping")
     type_models = {}
-    for cell_type, subset in (spec.get("type_models") or {}).items():
+    for cell_type, subset in spec.type_models.items():
         idx = []
         for r in subset:
             for full in _runs_of(base / r):
@@ -165,19 +163,17 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...]) -> Source:
         type_models[cell_type] = idx
     ensemble = Ensemble(
         models,
-        flips=parse_flips(spec.get("flips") or ["none"]),
-        rpn_flips=bool(spec.get("rpn_flips", False)),
+        flips=flips,
+        rpn_flips=spec.rpn_flips,
         type_settings=type_settings,
         type_models=type_models,
     ).eval()
     thresholds = Thresholds(params_from(cfg.predict))
-    if spec.get("postprocess"):
-        post = spec["postprocess"]
+    if post:
         default = {**thresholds.to_dict()["default"], **(post.get("default") or {})}
-        thresholds = Thresholds.from_dict({**post, "default": default}, str(path))
-    tpath = base / THRESHOLDS
-    if tpath.is_file():
-        thresholds = read_thresholds(tpath)
+        thresholds = Thresholds.from_dict({**post, "default": default}, f"{path}: postprocess")
+    if tuned is not None:
+        thresholds = tuned
     return Source(ensemble, names, cfg, thresholds, tpath)
 
 
@@ -191,17 +187,17 @@ def _runs_of(path: Path) -> list[Path]:
 
 
 def _stage_settings(data: dict, model, where: str):
+    from cellstack.config import build_typed
     from cellstack.inference.ensemble import StageSettings
 
     out = StageSettings(model.proposal_params, model.box_params)
+    if not isinstance(data, dict) or set(data) - {"proposals", "boxes"}:
+        raise CellstackError(f"{where}: expected a mapping with proposals and/or boxes")
     for part in ("proposals", "boxes"):
-        values = (data or {}).get(part) or {}
+        values = data.get(part) or {}
         current = getattr(out, part)
-        known = {f.name for f in fields(current)}
-        bad = sorted(set(values) - known)
-        if bad:
-            raise CellstackError(
-                f"{where}.{part}: unknown key {bad[0]} (known: {', '.join(sorted(known))})"
-            )
-        out = replace(out, **{part: replace(current, **values)})
+        if not isinstance(values, dict):
+            raise CellstackError(f"{where}.{part}: expected a mapping")
+        typed = build_typed(type(current), {**asdict(current), **values}, f"{where}.{part}")
+        out = replace(out, **{part: typed})
     return out

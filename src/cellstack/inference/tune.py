@@ -230,12 +230,14 @@ def run_tune(
     device: str = "auto",
     grid: TuneGrid | None = None,
     progress: bool = True,
+    allow_unfinished: bool = False,
 ) -> tuple[TuneResult, object]:
     """``cellstack tune``: predict ``data`` (or its fold ``fold``) once with a run or an
     ensemble, search thresholds, write ``thresholds.yaml``; returns (result, its path).
 
     A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
     instead, without running a model; ``data`` then defaults to the CV's data.
+    ``allow_unfinished``: a run without ``model.pt`` uses its latest checkpoint.
     """
     from cellstack.data.layouts import load_dataset
     from cellstack.engine.cv import is_cv_folder
@@ -246,7 +248,7 @@ def run_tune(
         return _tune_cv(source_path, data, fold, overrides, grid, progress)
     if data is None:
         raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
-    src = load_source(source_path, overrides)
+    src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
     records = _fold_records(load_dataset(data), data, fold)
     raws = raw_predictions(src, records, device=device, progress=progress)
     result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)
