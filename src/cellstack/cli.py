@@ -160,6 +160,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         allow_unfinished=args.allow_unfinished,
+        diameter=args.diameter,
+        scale=args.scale,
     )
     if not distributed.current().main:
         return 0
@@ -303,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-unfinished",
         action="store_true",
         help="use checkpoint.pt of a run whose training has not finished",
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        metavar="D",
+        help="typical cell diameter in these images (px): they are rescaled to the size "
+        "the model trained at and masks mapped back (default: the trained size)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=None, help="rescale images by this factor instead"
     )
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 

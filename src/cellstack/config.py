@@ -30,6 +30,18 @@ class ConfigError(CellstackError):
     """An unknown key, a value of the wrong type or an out-of-range value."""
 
 
+#: A value derived from the training data when a run starts (see ``data/stats.py``).
+AUTO = "auto"
+#: The keys that accept ``auto``.
+AUTO_KEYS = (
+    "model.rpn.anchor_scale",
+    "model.roi.mask_pool",
+    "data.crop_size",
+    "predict.min_size",
+    "predict.max_detections",
+)
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """A timm encoder with an FPN on top.
@@ -57,10 +69,11 @@ class RPNConfig:
     """Region proposal network: one anchor scale per FPN level, several aspect ratios.
 
     Anchor sizes are ``anchor_scale * stride`` of each level (8 x 2..32 = 16..256 px with
-    ``stem_stride: 1``, as in the original).
+    ``stem_stride: 1``, as in the original); ``auto`` derives the scale from the
+    training objects' sizes.
     """
 
-    anchor_scale: float = 8.0
+    anchor_scale: float | str = 8.0
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     fg_iou: float = 0.7
     bg_iou: float = 0.3
@@ -80,7 +93,8 @@ class RoIConfig:
     Attributes:
         finest_scale: RoIs smaller than ``2 * finest_scale`` px go to the finest level
             (mmdet's mapping, used by the original).
-        mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28).
+        mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28);
+            ``auto``: 28 for large objects (median box over 64 px), else 14.
         mask_convs, mask_dim: depth and width of the mask head's 3x3 convolutions.
         fg_iou: foreground IoU of Mask R-CNN's single stage.
         stage_ious, stage_loss_weights: Cascade/HTC stages (the original's 0.5 / 0.6 /
@@ -93,7 +107,7 @@ class RoIConfig:
     """
 
     box_pool: int = 7
-    mask_pool: int = 14
+    mask_pool: int | str = 14
     fc_dim: int = 1024
     mask_convs: int = 4
     mask_dim: int = 256
@@ -121,7 +135,17 @@ class RoIConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The detector.
+
+    Attributes:
+        arch: maskrcnn, cascade or htc.
+        norm: "batch" (the original: BatchNorm in the encoder, none in FPN and heads)
+            or "group" (GroupNorm in encoder, FPN and mask heads; statistics per sample,
+            for small batches and training from scratch).
+    """
+
     arch: str = "maskrcnn"
+    norm: str = "batch"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
@@ -147,7 +171,10 @@ class DataConfig:
     """What the model trains on.
 
     Attributes:
-        crop_size: random square crops (images smaller than it are padded).
+        crop_size: random square crops (images smaller than it are padded); ``auto``:
+            about 8 median objects across.
+        crop_sampling: "uniform" (random crops, re-drawn when they miss every cell) or
+            "cells" (a crop around a cell drawn uniformly among the image's cells).
         fold: validate on this fold, train on the others; None trains on everything.
         folds: number of folds when ``folds.csv`` has to be made.
         splits: train only on records of these splits (a prepared LIVECell folder has
@@ -156,7 +183,8 @@ class DataConfig:
         val_images: cap on validation images scored during training (0 = all).
     """
 
-    crop_size: int = 256
+    crop_size: int | str = 256
+    crop_sampling: str = "uniform"
     fold: int | None = None
     folds: int = 5
     splits: tuple[str, ...] = ()
@@ -167,7 +195,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. ``loss_decay`` is the original's class/box/RPN weight decay."""
+    """Optimisation.
+
+    Attributes:
+        loss_decay: the original's class/box/RPN loss weight decay over training.
+        ema: decay of an exponential moving average of the weights (e.g. 0.999),
+            which is validated and saved; 0 = off.
+        auto_thresholds: after training, tune the post-processing thresholds on the
+            validation images (the training images when there are none) and write
+            them to the run's ``thresholds.yaml``.
+        eval_every: validate every N iterations (0 = never).
+    """
 
     iterations: int = 4000
     batch_size: int = 4
@@ -180,6 +218,8 @@ class TrainConfig:
     grad_clip: float = 10.0
     amp: bool = True
     loss_decay: bool = True
+    ema: float = 0.0
+    auto_thresholds: bool = True
     eval_every: int = 500
     checkpoint_every: int = 500
     log_every: int = 20
@@ -196,6 +236,8 @@ class PredictConfig:
         rpn_nms_iou, rpn_score_thresh: test-time proposal NMS and minimum objectness
             (the number of proposals is ``model.rpn.pre/post_nms_top_n_test``).
         box_score_thresh, box_nms_iou, max_detections: box selection (class-agnostic).
+        score_mode: a detection's score: "class" (its best class probability, the
+            original) or "objectness" (1 - background probability: a cell of any type).
         mask_thresh, score_thresh, mask_nms_iou, min_size, convex_refill: post-processing
             (``convex_refill``: refill each mask's contours as convex polygons, the
             original's "corrupt astro" trick, matching coarse polygon annotations).
@@ -206,11 +248,12 @@ class PredictConfig:
     rpn_score_thresh: float = 0.0
     box_score_thresh: float = 0.05
     box_nms_iou: float = 0.7
-    max_detections: int = 1000
+    max_detections: int | str = 1000
+    score_mode: str = "class"
     mask_thresh: float = 0.45
     score_thresh: float = 0.3
     mask_nms_iou: float = 0.1
-    min_size: int = 0
+    min_size: int | str = 0
     convex_refill: bool = False
     batch_size: int = 2
     tile_size: int = 1024
@@ -241,6 +284,9 @@ class Config:
 
 _CHOICES = {
     "model.arch": ("maskrcnn", "cascade", "htc"),
+    "model.norm": ("batch", "group"),
+    "predict.score_mode": ("class", "objectness"),
+    "data.crop_sampling": ("uniform", "cells"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("linear", "cosine", "step", "constant"),
 }
@@ -442,10 +488,34 @@ def save_config(cfg: Config, path: str | Path) -> None:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
 
 
+def auto_keys(cfg: Config) -> list[str]:
+    """The dotted keys of ``cfg`` still set to ``auto`` (derived when training starts)."""
+    out = []
+    for key in AUTO_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if node == AUTO:
+            out.append(key)
+    return out
+
+
+def _number(value: Any) -> float:
+    """A numeric config value, or a value that passes every range check (``auto``)."""
+    return 1e9 if value == AUTO else value
+
+
 def _validate(cfg: Config) -> None:
+    for key in AUTO_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if isinstance(node, str) and node != AUTO:
+            raise ConfigError(f"config key {key}: expected a number or 'auto', got {node!r}")
     checks = [
         (cfg.model.backbone.stem_stride in (1, 2), "model.backbone.stem_stride must be 1 or 2"),
-        (cfg.data.crop_size >= 32, "data.crop_size must be at least 32"),
+        (_number(cfg.data.crop_size) >= 32, "data.crop_size must be at least 32"),
+        (0 <= cfg.train.ema < 1, "train.ema must be in [0, 1) (0 = off)"),
         (cfg.train.iterations >= 1, "train.iterations must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be positive"),
@@ -464,7 +534,10 @@ def _validate(cfg: Config) -> None:
         (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)"),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
-        (cfg.predict.max_detections >= 1, "predict.max_detections must be at least 1"),
+        (_number(cfg.predict.max_detections) >= 1, "predict.max_detections must be >= 1"),
+        (_number(cfg.predict.min_size) >= 0, "predict.min_size must be >= 0"),
+        (_number(cfg.model.rpn.anchor_scale) > 0, "model.rpn.anchor_scale must be positive"),
+        (_number(cfg.model.roi.mask_pool) >= 1, "model.roi.mask_pool must be at least 1"),
         (cfg.predict.tile_size >= 32, "predict.tile_size must be at least 32"),
         (cfg.predict.tile_overlap >= 0, "predict.tile_overlap must be >= 0"),
         (cfg.model.backbone.fpn_channels >= 1, "model.backbone.fpn_channels must be >= 1"),

@@ -1,8 +1,10 @@
 """``cellstack demo``: the whole job on an embedded default, end to end on a CPU.
 
 1. synthesise a small phase-contrast dataset (Sartorius layout);
-2. hold out one fold of samples (grouped by ``sample_id``);
-3. train a small Mask R-CNN (``configs/demo.yaml``) on the other folds;
+2. hold out one fold of samples (grouped by ``sample_id``) as the test set: training
+   never sees it, not even for validation or threshold tuning;
+3. train a small Mask R-CNN (``configs/demo.yaml``) on the other folds (its
+   thresholds are then tuned on those training images, as on a user's data);
 4. predict the held-out images, and segment them with an Otsu baseline too;
 5. score both with the competition metric and COCO AP, print the table, write
    side-by-side overlays (truth | Otsu | model).
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -49,7 +52,7 @@ def run_demo(
     from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
     from cellstack.data.images import write_png
     from cellstack.data.labels import write_label_tiff
-    from cellstack.data.sartorius import read_train_csv, write_submission
+    from cellstack.data.sartorius import read_train_csv, write_submission, write_train_csv
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.trainer import train
     from cellstack.evaluation.matching import sparse_from_labels
@@ -65,10 +68,15 @@ def run_demo(
     say(f"[1/5] synthesizing {n_images} images into {data}")
     synthesize(data, n_images, seed=seed, progress=progress)
     records = read_train_csv(data / "train.csv")
-    cfg = load_config(demo_config_path(), ["data.fold=0", "data.folds=4", *overrides])
-    folds = grouped_stratified_folds(records, cfg.data.folds, seed=seed)
+    cfg = load_config(demo_config_path(), list(overrides))
+    folds = grouped_stratified_folds(records, 4, seed=seed)
     write_folds_csv(data / "folds.csv", records, folds)
     held_out = [r for r in records if folds[r.image_id] == 0]
+    # The training images' rows only: a train.csv of its own beside train/.
+    held_ids = {r.image_id for r in held_out}
+    with open(data / "train.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["id"] not in held_ids]
+    write_train_csv(data / "demo_train.csv", rows)
 
     say(
         f"[2/5] training {cfg.model.arch} ({cfg.model.backbone.name}) for "
@@ -79,7 +87,7 @@ def run_demo(
         import shutil
 
         shutil.rmtree(run)  # a demo starts afresh
-    train(cfg, data, run, progress=progress)
+    train(cfg, data / "demo_train.csv", run, progress=progress)
 
     say(f"[3/5] predicting {len(held_out)} held-out images")
     held_dir = out / "held_out"
@@ -88,7 +96,7 @@ def run_demo(
         target = held_dir / rec.image_path.name
         if not target.exists():
             target.symlink_to(rec.image_path.resolve())
-    predict_folder(run, held_dir, out / "model", device="cpu", progress=progress)
+    predict_folder(run, held_dir, out / "model", device="cpu", progress=progress, overwrite=True)
 
     say("[4/5] Otsu baseline")
     otsu, otsu_rles = {}, {}
@@ -126,7 +134,7 @@ def run_demo(
         for name, r in reports.items()
     }
     types = sorted(reports["model"].per_cell_type)
-    split = f"fold 0 of {cfg.data.folds}, grouped by sample"
+    split = "fold 0 of 4, grouped by sample, never seen in training"
     say(f"\nheld-out synthetic images: {len(held_out)} ({split})")
     say(f"{'method':<8}{'score':>8}{'AP':>8}{'AP50':>8}" + "".join(f"{t:>9}" for t in types))
     for name, s in scores.items():

@@ -1,5 +1,5 @@
-import re
 import csv
+import re
 
 import pytest
 import torch

@@ -144,4 +144,4 @@ def test_ensemble_yaml_predict_and_tune_cli(tmp_path, capsys):
     assert "unknown flip diagonal" in capsys.readouterr().err
     ens.write_text("models: [../a]\nmodel: [../b]\n")
     assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "x")]) == 2
-    assert "unknown key model" in capsys.readouterr().err
+    assert "unknown config key model" in capsys.readouterr().err

@@ -11,6 +11,8 @@ TINY = [
     "model.roi.mask_dim=16",
     "model.rpn.post_nms_top_n_train=200",
     "model.roi.batch_size_per_image=64",
+    # Tests that train check thresholds themselves; the automatic search has its own.
+    "train.auto_thresholds=false",
 ]
 
 

@@ -106,6 +106,10 @@ class TrainCrops(Dataset):
         class_names: cell types in label order; a record's ``cell_type`` gives its label.
         crop_size: side of the square crops.
         augment: augmentation settings.
+        crop_sampling: "uniform": a uniformly random crop (re-drawn up to 10 times when
+            it misses every cell of an image that has some); "cells": a crop around a
+            cell drawn uniformly among the image's cells, so sparse images and rare
+            small cells are seen as often as dense sheets.
         length: number of samples (iterations x batch size).
         seed: the run's seed.
     """
@@ -119,9 +123,11 @@ class TrainCrops(Dataset):
         augment: AugmentConfig,
         length: int,
         seed: int,
+        crop_sampling: str = "uniform",
     ) -> None:
         if not records:
             raise DataError("no training images")
+        self.crop_sampling = crop_sampling
         self.records = list(records)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.crop_size = crop_size
@@ -167,6 +173,14 @@ class TrainCrops(Dataset):
             labels = np.pad(labels, pad)
             h, w = image.shape
         has_cells = labels.any()
+        if has_cells and self.crop_sampling == "cells":
+            ids = np.unique(labels)
+            ys, xs = np.nonzero(labels == rng.choice(ids[ids > 0]))
+            k = int(rng.integers(len(ys)))
+            # Any crop that holds the chosen pixel, uniformly: the cell lands anywhere.
+            y = int(rng.integers(max(ys[k] - c + 1, 0), min(ys[k], h - c) + 1))
+            x = int(rng.integers(max(xs[k] - c + 1, 0), min(xs[k], w - c) + 1))
+            return image[y : y + c, x : x + c], labels[y : y + c, x : x + c]
         for _ in range(10):
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             crop = labels[y : y + c, x : x + c]

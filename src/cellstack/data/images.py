@@ -77,46 +77,73 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str]:
         return np.asarray(im.convert("RGB")), "YXS"
 
 
-def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    """``array`` with axes ``axes`` as [H, W] or [H, W, C]; anything else an error."""
-    if len(axes) != array.ndim:
-        raise DataError(f"{path}: axes {axes!r} do not match shape {array.shape}")
+def _plane_axes(shape: tuple[int, ...], axes: str, path: Path) -> tuple[tuple[int, ...], str]:
+    """The shape and axes left once length-1 axes are dropped, checked to be one 2-D
+    plane: ``YX`` or ``YXS``/``SYX`` with 2-4 samples; anything else an error."""
+    if len(axes) != len(shape):
+        raise DataError(f"{path}: axes {axes!r} do not match shape {tuple(shape)}")
     # Axes of length 1 carry no data (a single Z, T or C), whatever their name.
-    keep = [i for i, (a, n) in enumerate(zip(axes, array.shape, strict=True)) if n > 1 or a in "YX"]
-    array = array.reshape([array.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    if axes == "SYX":
-        array, axes = np.moveaxis(array, 0, -1), "YXS"
-    if axes == "YXS" and array.shape[-1] == 2:  # gray + alpha
-        array, axes = array[..., 0], "YX"
-    if axes not in ("YX", "YXS") or (axes == "YXS" and array.shape[-1] not in (3, 4)):
+    keep = [i for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if n > 1 or a in "YX"]
+    squeezed = tuple(shape[i] for i in keep)
+    left = "".join(axes[i] for i in keep)
+    samples = squeezed[-1] if left == "YXS" else squeezed[0] if left == "SYX" else 0
+    if left not in ("YX", "YXS", "SYX") or (left != "YX" and samples not in (2, 3, 4)):
         raise DataError(
-            f"{path}: shape {array.shape} with axes {axes!r} is not one 2-D image "
+            f"{path}: shape {tuple(shape)} with axes {axes!r} is not one 2-D image "
             "(Y, X and optional RGB samples S); Z-stacks, time series and multi-channel "
             "images are not read plane by plane yet"
         )
-    if min(array.shape[:2]) == 0:
-        raise DataError(f"{path}: image is empty (shape {array.shape})")
+    if 0 in squeezed:
+        raise DataError(f"{path}: image is empty (shape {tuple(shape)})")
+    return squeezed, left
+
+
+def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """``array`` with axes ``axes`` as [H, W] or [H, W, C]; anything else an error."""
+    squeezed, axes = _plane_axes(array.shape, axes, path)
+    array = array.reshape(squeezed)
+    if axes == "SYX":
+        array, axes = np.moveaxis(array, 0, -1), "YXS"
+    if axes == "YXS" and array.shape[-1] == 2:  # gray + alpha
+        array = array[..., 0]
     if array.dtype.kind == "c" or array.dtype == bool:
         array = array.astype(np.uint8) if array.dtype == bool else np.abs(array)
     return array
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image, reading only its header where the format allows."""
+    """``(H, W)`` of an image from its header only, after the same checks of its axes
+    and frames as :func:`read_image` makes (so a stack is refused before any work)."""
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return read_image(path).shape[:2]
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: image file is empty")
     try:
-        from PIL import Image
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        with Image.open(path) as im:
-            w, h = im.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise DataError(f"{path}: TIFF holds no image")
+                shape, axes = tif.series[0].shape, tif.series[0].axes.upper()
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise DataError(
+                        f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
+                    )
+                shape, axes = (im.size[1], im.size[0]), "YX"
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    return h, w
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
+    squeezed, axes = _plane_axes(tuple(shape), axes, path)
+    return squeezed[1:3] if axes == "SYX" else squeezed[:2]
 
 
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:

@@ -324,7 +324,6 @@ def synthesize(
     from cellstack.data.coco import write_coco_instances
     from cellstack.data.images import write_png, write_tiff
     from cellstack.data.sartorius import write_train_csv
-
     from cellstack.errors import CellstackError
 
     if n_images < 1:

@@ -135,8 +135,18 @@ def load_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
         ) from None
 
 
-def final_state(model: torch.nn.Module, cfg: Config, class_names: list[str]) -> dict:
-    return {"model": model.state_dict(), "config": config_to_dict(cfg), "class_names": class_names}
+def final_state(
+    weights: dict[str, torch.Tensor],
+    cfg: Config,
+    class_names: list[str],
+    data_stats: dict | None = None,
+) -> dict:
+    """What ``model.pt`` holds: weights, the resolved config as a dict, class names and
+    the training objects' statistics (:class:`~cellstack.data.stats.ObjectStats`)."""
+    state = {"model": weights, "config": config_to_dict(cfg), "class_names": class_names}
+    if data_stats is not None:
+        state["data_stats"] = data_stats
+    return state
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ sharded over the ranks.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable
@@ -30,8 +31,10 @@ from cellstack.config import Config, save_config
 from cellstack.data.folds import grouped_stratified_folds, read_folds_csv, write_folds_csv
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
+from cellstack.data.stats import derive, measure
 from cellstack.engine import checkpoint as ckpt
 from cellstack.engine import distributed
+from cellstack.engine.ema import ModelEMA
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, remove_partials
 
@@ -118,11 +121,13 @@ def losses_by_kind(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
+def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
     """``auto``: CUDA when available, else CPU; under torchrun each process takes the
     GPU of its ``LOCAL_RANK`` (``auto`` or a bare ``cuda``)."""
     import re
 
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
@@ -255,7 +260,14 @@ class _Log:
         rows = []
         if start > 0 and path.is_file():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+                # A kill mid-append can leave a cut last line: keep whole rows only.
+                rows = [
+                    r
+                    for r in csv.DictReader(f)
+                    if (r.get("iteration") or "").isdigit()
+                    and int(r["iteration"]) <= start
+                    and None not in r.values()
+                ]
         with atomic_write(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
             writer.writeheader()
@@ -354,10 +366,25 @@ def train(
     if cfg.data.val_images:
         val_records = val_records[: cfg.data.val_images]
     class_names = state["class_names"] if state else class_names_of(records)
+    if state is not None:  # the stored config is already resolved
+        data_stats = state.get("data_stats")
+    else:
+        stats = measure(train_records)
+        data_stats = stats.to_dict()
+        cfg, derived = derive(cfg, stats)
+        if derived and world.main:
+            print(
+                f"from {stats.objects} training objects (median diameter "
+                f"{stats.diameter_median:.0f} px): "
+                + ", ".join(f"{k}={v}" for k, v in derived.items())
+            )
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
         remove_partials(run)  # what a killed write left behind
         save_config(cfg, run / "config.yaml")
+        if data_stats is not None:
+            with atomic_write(run / "data_stats.json") as f:
+                json.dump(data_stats, f, indent=1)
         if folds is not None:
             write_folds_csv(run / "folds.csv", [*train_records, *val_records], folds)
 
@@ -393,12 +420,30 @@ def train(
     )
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ema = ModelEMA(model, t.ema) if t.ema > 0 else None
+
+    def weights() -> dict[str, torch.Tensor]:
+        """What validation and model.pt use: the EMA weights when averaging."""
+        return ema.shadow if ema is not None else model.state_dict()
+
+    def finish(rows: list[dict]) -> None:
+        """Plot, tune thresholds, then write model.pt: last, as it says "finished"."""
+        plot_log(rows, run / "training.png")
+        if t.auto_thresholds:
+            final = build_model(cfg.model, class_names, cfg.predict)
+            final.load_state_dict(weights())
+            pool = val_records or train_records
+            tune_run_thresholds(final.to(device).eval(), cfg, pool, data_stats, run, device)
+        ckpt.save(ckpt.final_state(weights(), cfg, class_names, data_stats), run / ckpt.FINAL)
+
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         _restore_rng(state["rng"], world, run)
         start = int(state["iteration"])
     else:
@@ -406,10 +451,9 @@ def train(
     if start >= t.iterations:
         if (run / ckpt.FINAL).is_file():
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
-        # Killed while model.pt was being written: the last checkpoint holds it all.
+        # Killed while the run was being finished: the last checkpoint holds it all.
         if world.main:
-            ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
-            plot_log(_Log(run / "log.csv", start).rows, run / "training.png")
+            finish(_Log(run / "log.csv", start).rows)
         distributed.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
@@ -420,6 +464,7 @@ def train(
         augment=cfg.data.augment,
         length=t.iterations * t.batch_size,
         seed=t.seed,
+        crop_sampling=cfg.data.crop_sampling,
     )
     # Iteration i uses samples [i*B, (i+1)*B); this rank takes its slice of them.
     first = world.rank * per_rank
@@ -443,7 +488,8 @@ def train(
         if world.main:
             ckpt.save(
                 {
-                    **ckpt.final_state(model, cfg, class_names),
+                    **ckpt.final_state(model.state_dict(), cfg, class_names, data_stats),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -502,6 +548,8 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         done = it + 1
         loss_value = stats[0]
         bar.update(1)
@@ -516,7 +564,11 @@ def train(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         if val_records and t.eval_every and (done % t.eval_every == 0 or done == t.iterations):
-            val_score = validate(model, val_records, cfg, device, world)
+            if ema is not None:
+                with ema.applied(model):
+                    val_score = validate(model, val_records, cfg, device, world)
+            else:
+                val_score = validate(model, val_records, cfg, device, world)
             net.train()
             row = {**(row or {"iteration": done}), "val_score": val_score}
             if world.main:
@@ -528,10 +580,68 @@ def train(
             last_saved = done
     bar.close()
     if world.main:
-        ckpt.save(ckpt.final_state(model, cfg, class_names), run / ckpt.FINAL)
-        plot_log(log.rows, run / "training.png")
+        finish(log.rows)
     distributed.barrier(world)  # no rank reports "done" before model.pt exists
     return TrainResult(run, t.iterations, loss_value, val_score)
+
+
+#: Images the automatic threshold search predicts at most (a few suffice, and it runs
+#: after every training).
+AUTO_TUNE_IMAGES = 16
+
+
+def tune_run_thresholds(
+    model: torch.nn.Module,
+    cfg: Config,
+    records: list[ImageRecord],
+    data_stats: dict | None,
+    run: Path,
+    device: torch.device,
+) -> None:
+    """Choose the run's post-processing thresholds on ``records`` (the validation
+    images, or the training images when there are none) and write ``thresholds.yaml``.
+
+    The grid spans confidences 0.05..0.90, three mask thresholds and NMS levels, and
+    minimum sizes relative to the training objects (0, and 1/2 and 1x the 1st
+    percentile of their areas). Per-type thresholds are kept only for types with at
+    least 4 images; the rest use the default.
+    """
+    from cellstack.data.stats import ObjectStats
+    from cellstack.inference.postprocess import Thresholds
+    from cellstack.inference.run import params_from, raw_predictions
+    from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
+    from cellstack.inference.tune import TuneGrid, tune_thresholds
+
+    records = records[:AUTO_TUNE_IMAGES]
+    current = Thresholds(params_from(cfg.predict))
+    area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
+    grid = TuneGrid(
+        mask_thresh=(0.35, 0.45, 0.55),
+        mask_nms_iou=(0.1, 0.2, 0.3),
+        min_size=tuple(sorted({0, int(area // 2), int(area)})),
+        score_thresh=tuple(np.round(np.arange(0.05, 0.901, 0.05), 2).tolist()),
+    )
+    src = Source(model, tuple(model.class_names), cfg, current, run / THRESHOLDS)
+    raws = raw_predictions(src, records, device=device, progress=False)
+    result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
+    count = {name: g["images"] for name, g in result.groups.items()}
+    chosen = Thresholds(
+        result.thresholds.default,
+        {k: v for k, v in result.thresholds.per_type.items() if count.get(k, 0) >= 4},
+    )
+    which = "validation" if cfg.data.fold is not None or cfg.data.val_split else "training"
+    write_thresholds(
+        run / THRESHOLDS,
+        chosen,
+        f"Chosen after training on {len(records)} {which} images "
+        f"(score {result.before:.4f} at the config's thresholds -> "
+        f"{result.after:.4f}).",
+    )
+    print(
+        f"thresholds tuned on {len(records)} {which} images: score {result.before:.4f}"
+        f" -> {result.after:.4f} (score_thresh {chosen.default.score_thresh}, "
+        f"mask_thresh {chosen.default.mask_thresh}) -> {run / THRESHOLDS}"
+    )
 
 
 def _restore_rng(saved: dict | list, world: distributed.World, run: Path) -> None:

@@ -21,7 +21,7 @@ bool[N, H, W] stack of a 2000 x 2000 image with 2000 cells would need 8 GB.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -268,3 +268,30 @@ def postprocess(inst: Instances, params: PostprocessParams) -> Instances:
         result = result.replace(pixels=convex_refill(result.pixels, size))
     result = result.replace(pixels=remove_overlaps(result.pixels, size))
     return result[np.array([len(p) > 0 for p in result.pixels], dtype=bool)]
+
+
+def rescale_instances(inst: Instances, image_size: tuple[int, int]) -> Instances:
+    """Post-processed instances (with ``pixels``) mapped onto an image of another size.
+
+    Masks are resampled by nearest neighbour through the label image (so they stay
+    disjoint), boxes are scaled by the size ratio; an instance that vanishes (a cell of
+    one pixel mapped onto a smaller image) is dropped.
+
+    Args:
+        inst: instances of an image of ``inst.image_size``.
+        image_size: ``(H, W)`` of the target image.
+    """
+    import cv2
+
+    h, w = image_size
+    labels = pixels_to_labels(inst.pixels, inst.image_size)
+    back = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST).ravel()
+    idx = np.flatnonzero(back)
+    ids = back[idx]
+    order = np.argsort(ids, kind="stable")
+    counts = np.bincount(ids, minlength=len(inst) + 1)[1:]
+    pixels = np.split(idx[order].astype(np.int64), np.cumsum(counts)[:-1])
+    sy, sx = h / inst.image_size[0], w / inst.image_size[1]
+    boxes = np.asarray(inst.boxes, dtype=np.float32) * np.array([sx, sy, sx, sy], np.float32)
+    out = Instances(image_size, **{**inst.fields, "boxes": boxes, "pixels": pixels})
+    return out[counts > 0]

@@ -14,7 +14,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from cellstack.inference.postprocess import PostprocessParams, Thresholds, postprocess
+from cellstack.inference.postprocess import (
+    PostprocessParams,
+    Thresholds,
+    postprocess,
+    rescale_instances,
+)
 from cellstack.modeling.detector import CellDetector
 from cellstack.structures import Instances
 
@@ -57,7 +62,11 @@ class Predictor:
         tile_size: int = 1024,
         tile_overlap: int = 128,
         batch_size: int = 2,
+        scale: float = 1.0,
     ) -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.thresholds = params if isinstance(params, Thresholds) else Thresholds(params)
@@ -85,10 +94,30 @@ class Predictor:
         """Post-processed, non-overlapping cells (see :func:`postprocess`), with the
         thresholds of each image's cell type."""
         names = self.model.class_names
-        return [
+        if self.scale != 1.0:
+            # Cells of the size the model learnt: resize in, post-process there (min_size
+            # is in the training scale), then map every mask back to the input's pixels.
+            import cv2
+
+            sizes = [im.shape for im in images]
+            images = [
+                cv2.resize(
+                    im,
+                    (
+                        max(round(im.shape[1] * self.scale), 1),
+                        max(round(im.shape[0] * self.scale), 1),
+                    ),
+                    interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR,
+                )
+                for im in images
+            ]
+        results = [
             postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names))
             for inst in self.raw(images)
         ]
+        if self.scale != 1.0:
+            results = [rescale_instances(r, s) for r, s in zip(results, sizes, strict=True)]
+        return results
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[Instances]:
         results = []

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from cellstack.config import PredictConfig
-from cellstack.data.images import IMAGE_SUFFIXES, list_images, read_image, to_gray_uint8
-from cellstack.errors import DataError
+from cellstack.data.images import (
+    IMAGE_SUFFIXES,
+    image_size,
+    list_images,
+    read_image,
+    to_gray_uint8,
+)
+from cellstack.errors import CellstackError, DataError
 from cellstack.inference.postprocess import PostprocessParams, Thresholds
 from cellstack.inference.predictor import Predictor
 
@@ -26,7 +32,6 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     Accepts a folder of images, a folder with ``images/`` (label layout), a Sartorius
     folder (``train.csv`` + ``train/``, or a ``test/`` folder) or one image file.
     """
-    from cellstack.errors import CellstackError
     from cellstack.fileio import check_name
 
     path = Path(path)
@@ -107,7 +112,6 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     """
     import shutil
 
-    from cellstack.errors import CellstackError
     from cellstack.fileio import remove_partials
 
     if out.exists() and not out.is_dir():
@@ -152,6 +156,8 @@ def predict_folder(
     progress: bool = True,
     overwrite: bool = False,
     allow_unfinished: bool = False,
+    diameter: float | None = None,
+    scale: float | None = None,
 ) -> PredictSummary:
     """Predict every image of ``images`` with a run's final model or an ensemble YAML
     (see :mod:`~cellstack.inference.sources`); write to ``out``.
@@ -159,6 +165,10 @@ def predict_folder(
     Under ``torchrun`` every process predicts its share of the images (writing their
     label images and overlays itself) and rank 0 writes the merged ``submission.csv``
     and ``results.json``, in the images' order.
+
+    ``diameter``: the typical cell diameter in these images (px); they are rescaled so
+    their cells have the size the model trained on (its stored median diameter) and
+    the masks mapped back. ``scale`` gives the factor directly. Default: no rescaling.
     """
     import time
 
@@ -172,9 +182,22 @@ def predict_folder(
     out = Path(out)
     torch_device = pick_device(device, distributed.launched().local_rank)
     todo = find_images(images)
+    for _, path in todo:  # headers only: a stack or a corrupt header fails before the model
+        image_size(path)
     if distributed.launched().rank == 0:
         prepare_output(out, [path for _, path in todo], overwrite)
+    if diameter is not None and scale is not None:
+        raise CellstackError("give --diameter or --scale, not both")
+    if (diameter is not None and diameter <= 0) or (scale is not None and scale <= 0):
+        raise CellstackError("--diameter and --scale must be positive")
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
+    if diameter is not None:
+        if src.diameter is None:
+            raise CellstackError(
+                f"{source}: the run did not record its training objects' diameter "
+                "(data_stats.json); use --scale instead"
+            )
+        scale = src.diameter / diameter
     class_names = src.class_names
     p = src.cfg.predict
     thresholds = src.thresholds
@@ -189,6 +212,7 @@ def predict_folder(
         tile_size=p.tile_size,
         tile_overlap=p.tile_overlap,
         batch_size=p.batch_size,
+        scale=scale or 1.0,
     )
     writer = PredictionWriter(out, class_names)
     mine = distributed.shard(todo, world)
@@ -196,14 +220,13 @@ def predict_folder(
     bar = tqdm(
         total=len(mine), desc="predicting", unit="img", disable=not (progress and world.main)
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
         for k in range(0, len(mine), p.batch_size):
             chunk = mine[k : k + p.batch_size]
             images = [to_gray_uint8(read_image(path)) for _, path in chunk]
             for (image_id, _), image, inst in zip(chunk, images, predictor(images), strict=True):
                 writer.add(image_id, image, inst)
             bar.update(len(chunk))
-    bar.close()
     parts = distributed.gather((writer.submission, writer.coco), world)
     merged = writer.merged(parts, [image_id for image_id, _ in todo])
     if world.main:

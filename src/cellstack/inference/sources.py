@@ -45,6 +45,8 @@ class Source:
             batch size and tiling.
         thresholds: post-processing thresholds per cell type.
         thresholds_path: where ``tune`` writes thresholds for this source.
+        diameter: median diameter (px) of the objects the (first) run trained on, from
+            its ``data_stats.json``; None for runs that did not record it.
     """
 
     model: torch.nn.Module
@@ -52,6 +54,7 @@ class Source:
     cfg: Config
     thresholds: Thresholds
     thresholds_path: Path
+    diameter: float | None = None
 
 
 def load_source(
@@ -64,14 +67,33 @@ def load_source(
     """
     path = Path(path)
     if not path.exists():
-        raise CellstackError(f"{path}: not found (expected a run folder, CV folder or YAML)")
+        raise CellstackError(
+            f"{path}: run folder not found (expected a run folder, CV folder or ensemble YAML)"
+        )
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_ensemble(path, overrides, allow_unfinished)
     if path.is_dir() and (path / "ensemble.yaml").is_file() and not (path / "model.pt").is_file():
         # a CV folder: its folds
         return _load_ensemble(path / "ensemble.yaml", overrides, allow_unfinished)
     model, cfg = _load_run(path, overrides, allow_unfinished)
-    return Source(model, model.class_names, cfg, folder_thresholds(path, cfg), path / THRESHOLDS)
+    return Source(
+        model,
+        model.class_names,
+        cfg,
+        folder_thresholds(path, cfg),
+        path / THRESHOLDS,
+        trained_diameter(path),
+    )
+
+
+def trained_diameter(run: Path) -> float | None:
+    """The median object diameter a run trained on (its ``data_stats.json``)."""
+    import json
+
+    try:
+        return float(json.loads((run / "data_stats.json").read_text())["diameter_median"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
@@ -125,7 +147,10 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
         raise CellstackError(f"{path}: expected a mapping with 'models'")
     spec = build_typed(EnsembleConfig, data, str(path))
     base = path.parent
-    flips = parse_flips(list(spec.flips))
+    try:
+        flips = parse_flips(list(spec.flips))
+    except CellstackError as exc:
+        raise CellstackError(f"{path}: flips: {exc}") from None
     # Thresholds are checked before any model loads: a typo fails in a second.
     post = spec.postprocess
     if post:
@@ -174,7 +199,7 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
         thresholds = Thresholds.from_dict({**post, "default": default}, f"{path}: postprocess")
     if tuned is not None:
         thresholds = tuned
-    return Source(ensemble, names, cfg, thresholds, tpath)
+    return Source(ensemble, names, cfg, thresholds, tpath, trained_diameter(resolved[0]))
 
 
 def _runs_of(path: Path) -> list[Path]:

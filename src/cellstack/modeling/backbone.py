@@ -9,6 +9,7 @@ for small cells without resizing the image, the original solution's key trick.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -64,6 +65,38 @@ def _create_encoder(name: str, pretrained: bool, pretrained_path: str | None) ->
         ) from None
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (fewer when ``channels`` is not a multiple of 32), as
+    He et al. used to train detectors from scratch: its statistics are per sample, so
+    batches of one or two crops normalise as well as large ones."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def batch_to_group_norm(module: nn.Module, name: str) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` replaced by :func:`group_norm`, keeping
+    its affine weights (so ImageNet weights still initialise the scales and shifts).
+
+    Raises:
+        CellstackError: the encoder uses another normalisation layer (e.g. timm's
+            BatchNormAct2d in EfficientNets), which cannot be swapped faithfully.
+    """
+    for child_name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            gn = group_norm(child.num_features)
+            with torch.no_grad():
+                gn.weight.copy_(child.weight)
+                gn.bias.copy_(child.bias)
+            setattr(module, child_name, gn)
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            raise CellstackError(
+                f"model.norm=group: {name} uses {type(child).__name__}, which cannot be "
+                "replaced by GroupNorm; use a ResNet/ResNeXt backbone or model.norm=batch"
+            )
+        else:
+            batch_to_group_norm(child, name)
+    return module
+
+
 class TimmFPN(nn.Module):
     """A timm encoder with an FPN.
 
@@ -74,6 +107,8 @@ class TimmFPN(nn.Module):
         stem_stride: 1 removes the first convolution's stride (doubles resolution).
         out_channels: FPN width.
         freeze_bn: freeze batch-norm statistics and parameters.
+        norm: "batch" keeps the encoder's BatchNorm and a plain FPN; "group" swaps the
+            encoder's BatchNorm for GroupNorm and adds GroupNorm to the FPN convs.
 
     Attributes:
         strides: tuple[int, ...] stride of each output level, e.g. (2, 4, 8, 16, 32).
@@ -90,9 +125,12 @@ class TimmFPN(nn.Module):
         stem_stride: int = 1,
         out_channels: int = 256,
         freeze_bn: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.body = _create_encoder(name, pretrained, pretrained_path)
+        if norm == "group":
+            batch_to_group_norm(self.body, name)
         reductions = list(self.body.feature_info.reduction())
         if stem_stride == 1:
             stem = next(m for m in self.body.modules() if isinstance(m, nn.Conv2d))
@@ -103,7 +141,10 @@ class TimmFPN(nn.Module):
             stem.stride = (1, 1)
             reductions = [r // 2 for r in reductions]
         self.fpn = FeaturePyramidNetwork(
-            list(self.body.feature_info.channels()), out_channels, extra_blocks=LastLevelMaxPool()
+            list(self.body.feature_info.channels()),
+            out_channels,
+            extra_blocks=LastLevelMaxPool(),
+            norm_layer=group_norm if norm == "group" else None,
         )
         self.strides = (*reductions, reductions[-1] * 2)
         self.out_channels = out_channels

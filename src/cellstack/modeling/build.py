@@ -22,9 +22,21 @@ def build_model(
     cfg: ModelConfig, class_names: Sequence[str], predict: PredictConfig | None = None
 ) -> CellDetector:
     """A detector for ``class_names`` (cell types, in label order) with random heads."""
+    from cellstack.config import AUTO
+
     if not class_names:
         raise CellstackError("a model needs at least one class (cell type)")
     predict = predict or PredictConfig()
+    for key, value in (
+        ("model.rpn.anchor_scale", cfg.rpn.anchor_scale),
+        ("model.roi.mask_pool", cfg.roi.mask_pool),
+        ("predict.max_detections", predict.max_detections),
+    ):
+        if value == AUTO:
+            raise CellstackError(
+                f"{key} is 'auto': it is derived from the training data when `cellstack "
+                "train` starts; give a number to build a model without data"
+            )
     bb = cfg.backbone
     backbone = TimmFPN(
         bb.name,
@@ -33,6 +45,7 @@ def build_model(
         stem_stride=bb.stem_stride,
         out_channels=bb.fpn_channels,
         freeze_bn=bb.freeze_bn,
+        norm=cfg.norm,
     )
     r = cfg.rpn
     sizes = tuple((float(r.anchor_scale * s),) for s in backbone.strides)
@@ -60,13 +73,19 @@ def build_model(
             score_thresh=predict.rpn_score_thresh,
             post_nms_top_n=r.post_nms_top_n_test,
         ),
-        box_params=BoxParams(predict.box_score_thresh, predict.box_nms_iou, predict.max_detections),
+        box_params=BoxParams(
+            predict.box_score_thresh,
+            predict.box_nms_iou,
+            predict.max_detections,
+            predict.score_mode,
+        ),
     )
 
 
 def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> RoIHeads:
     """The RoI heads of ``cfg.arch`` on ``backbone``'s levels (all but the pooled one)."""
     roi = cfg.roi
+    gn = cfg.norm == "group"
     channels = backbone.out_channels
     roi_strides = backbone.strides[:-1]
     poolers = {
@@ -85,7 +104,9 @@ def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> Ro
         return MaskRCNNHeads(
             **poolers,
             box_head=BoxHead(channels, roi.box_pool, roi.fc_dim, num_classes),
-            mask_head=MaskHead(channels, roi.mask_convs, num_classes, dim=roi.mask_dim),
+            mask_head=MaskHead(
+                channels, roi.mask_convs, num_classes, dim=roi.mask_dim, group_norm=gn
+            ),
             num_classes=num_classes,
             fg_iou=roi.fg_iou,
             **sampling,
@@ -104,7 +125,9 @@ def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> Ro
         stages = cascade_stages(
             specs,
             box_head,
-            lambda i: MaskHead(channels, roi.mask_convs, num_classes, dim=roi.mask_dim),
+            lambda i: MaskHead(
+                channels, roi.mask_convs, num_classes, dim=roi.mask_dim, group_norm=gn
+            ),
             stage_masks=roi.stage_masks,
             **sampling,
         )
@@ -114,7 +137,12 @@ def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> Ro
             specs,
             box_head,
             lambda i: FlowMaskHead(
-                channels, roi.mask_convs, num_classes, dim=roi.mask_dim, with_previous=i > 0
+                channels,
+                roi.mask_convs,
+                num_classes,
+                dim=roi.mask_dim,
+                with_previous=i > 0,
+                group_norm=gn,
             ),
             stage_masks=True,
             **sampling,

@@ -21,6 +21,7 @@ same sampling as the features, so targets and features agree to the pixel (torch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,11 +79,22 @@ class MaskHead(nn.Module):
     htc.FlowMaskHead`) feeds it to the next stage.
     """
 
-    def __init__(self, in_channels: int, num_convs: int, num_classes: int, dim: int = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        num_convs: int,
+        num_classes: int,
+        dim: int = 256,
+        *,
+        group_norm: bool = False,
+    ):
         super().__init__()
-        layers = []
+        layers: list[nn.Module] = []
         for i in range(num_convs):
-            layers += [nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1), nn.ReLU()]
+            layers.append(nn.Conv2d(in_channels if i == 0 else dim, dim, 3, padding=1))
+            if group_norm:  # per-RoI statistics: no dependence on the batch
+                layers.append(nn.GroupNorm(math.gcd(32, dim), dim))
+            layers.append(nn.ReLU())
         self.convs = nn.Sequential(*layers)
         self.feature_channels = dim if num_convs else in_channels
         self.upsample = nn.ConvTranspose2d(self.feature_channels, dim, 2, stride=2)
@@ -509,11 +521,16 @@ class BoxParams:
         score_thresh: minimum foreground probability.
         nms_iou: class-agnostic box NMS threshold (high: cells touch).
         max_detections: boxes kept per image.
+        score_mode: "class": a box's score is its best class probability (the
+            original); "objectness": 1 - P(background), the probability that it is a
+            cell of any type, so a cell whose type the classifier cannot decide is not
+            scored down (with C types its best class can be as low as 1/C).
     """
 
     score_thresh: float = 0.05
     nms_iou: float = 0.7
     max_detections: int = 1000
+    score_mode: str = "class"
 
 
 def select_detections(
@@ -521,7 +538,8 @@ def select_detections(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The original's box post-processing, class-agnostic.
 
-    Score = max foreground probability, label = its class, box = that class's box;
+    Score = max foreground probability (or 1 - background probability, see
+    :class:`BoxParams`), label = the most probable class, box = that class's box;
     boxes under ``score_thresh`` or degenerate are dropped, then one NMS across classes
     (one cell, one box, whatever its class) keeps at most ``max_detections``.
 
@@ -529,6 +547,8 @@ def select_detections(
         ``(boxes float[N, 4], scores float[N], labels int64[N] 0-based class)``.
     """
     scores, labels = pred.probs[:, 1:].max(dim=1)
+    if params.score_mode == "objectness":
+        scores = 1.0 - pred.probs[:, 0]
     boxes = pred.boxes[torch.arange(len(labels), device=labels.device), labels + 1]
     keep = scores > params.score_thresh
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

@@ -93,8 +93,9 @@ class FlowMaskHead(MaskHead):
         *,
         with_previous: bool,
         previous_channels: int | None = None,
+        group_norm: bool = False,
     ) -> None:
-        super().__init__(in_channels, num_convs, num_classes, dim)
+        super().__init__(in_channels, num_convs, num_classes, dim, group_norm=group_norm)
         self.residual = None
         if with_previous:
             self.residual = nn.Conv2d(previous_channels or self.feature_channels, in_channels, 1)

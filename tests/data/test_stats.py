@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from cellstack.config import load_config
+from cellstack.data.images import write_png
+from cellstack.data.labels import write_label_tiff
+from cellstack.data.layouts import load_dataset
+from cellstack.data.stats import derive, measure
+from cellstack.errors import DataError
+
+
+def _discs(tmp_path, diameter: int, n_images: int = 2, shape=(200, 240)):
+    """A label-image dataset of round cells of one diameter on a grid."""
+    root = tmp_path / f"d{diameter}"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    step = int(diameter * 1.6)
+    for k in range(n_images):
+        labels = np.zeros(shape, np.int32)
+        n = 0
+        for cy in range(step // 2, shape[0] - diameter // 2, step):
+            for cx in range(step // 2, shape[1] - diameter // 2, step):
+                n += 1
+                labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2] = n
+        write_label_tiff(root / "labels" / f"im{k}.tif", labels)
+        write_png(root / "images" / f"im{k}.png", np.where(labels > 0, 200, 60).astype(np.uint8))
+    return load_dataset(root)
+
+
+AUTO = [
+    "model.rpn.anchor_scale=auto",
+    "data.crop_size=auto",
+    "predict.min_size=auto",
+    "predict.max_detections=auto",
+    "model.roi.mask_pool=auto",
+]
+
+
+def test_measured_sizes_match_the_cells(tmp_path):
+    stats = measure(_discs(tmp_path, 20))
+    assert stats.diameter_median == pytest.approx(20, rel=0.1)
+    assert stats.box_median == pytest.approx(21, abs=1.5)
+    assert stats.images == 2 and stats.objects == 2 * stats.max_objects_per_image
+
+
+def test_derived_settings_follow_the_object_size(tmp_path):
+    small, _ = derive(load_config(None, AUTO), measure(_discs(tmp_path, 10)))
+    large, derived = derive(load_config(None, AUTO), measure(_discs(tmp_path, 60)))
+    # 10 px nuclei get smaller anchors, crops and minimum sizes than 60 px cells.
+    assert small.model.rpn.anchor_scale < large.model.rpn.anchor_scale
+    assert small.model.rpn.anchor_scale * 2 <= 12  # smallest anchor near 10 px
+    assert small.data.crop_size < large.data.crop_size
+    assert small.predict.min_size < large.predict.min_size
+    assert small.predict.max_detections > large.predict.max_detections
+    assert set(derived) == {k.split("=")[0] for k in AUTO}
+    assert all(isinstance(v, (int, float)) for v in derived.values())
+
+
+def test_only_auto_values_are_derived(tmp_path):
+    cfg = load_config(None, ["data.crop_size=auto"])
+    out, derived = derive(cfg, measure(_discs(tmp_path, 20)))
+    assert list(derived) == ["data.crop_size"]
+    assert out.model.rpn.anchor_scale == cfg.model.rpn.anchor_scale
+
+
+def test_no_objects_is_an_error(tmp_path):
+    recs = _discs(tmp_path, 20)
+    root = recs[0].image_path.parent.parent
+    for p in (root / "labels").iterdir():
+        write_label_tiff(p, np.zeros((200, 240), np.int32))
+    with pytest.raises(DataError, match="no annotated object"):
+        measure(load_dataset(root))
+
+
+def test_auto_is_the_only_string_accepted():
+    from cellstack.config import ConfigError
+
+    with pytest.raises(ConfigError, match="expected a number or 'auto'"):
+        load_config(None, ["data.crop_size=big"])

@@ -1,0 +1,218 @@
+"""The learning levers: GroupNorm, objectness scores, EMA, cell-centred crops, derived
+settings and automatic thresholds, each through the real trainer where it acts."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cellstack.config import load_config
+from cellstack.data.dataset import TrainCrops
+from cellstack.data.layouts import load_dataset
+from cellstack.engine.checkpoint import load_run
+from cellstack.engine.ema import ModelEMA
+from cellstack.engine.trainer import train
+from cellstack.modeling.build import build_model
+from cellstack.modeling.diagnostics import proposal_recall
+from cellstack.modeling.heads.base import BoxParams, BoxPredictions, select_detections
+from tests.modeling.conftest import TINY, two_cells
+
+FAST = [
+    *TINY,
+    "data.crop_size=64",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "train.lr=0.001",
+]
+
+
+def test_group_norm_replaces_every_batch_norm():
+    cfg = load_config(None, [*TINY, "model.norm=group"])
+    model = build_model(cfg.model, ["a", "b"])
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
+    # Per-sample statistics: a batch of one trains, and an image's output does not
+    # depend on the others in its batch.
+    model.train()
+    img, target = two_cells()
+    losses = model([img], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    feats_one = model.backbone(model.preprocess([img]).tensors)
+    other = torch.rand_like(img)
+    feats_two = model.backbone(model.preprocess([img, other]).tensors)
+    assert torch.allclose(feats_one["0"][0], feats_two["0"][0], atol=1e-5)
+
+
+def test_group_norm_refuses_other_norm_layers():
+    from cellstack.errors import CellstackError
+
+    cfg = load_config(None, [*TINY, "model.norm=group", "model.backbone.name=efficientnet_b0"])
+    with pytest.raises(CellstackError, match="cannot be replaced by GroupNorm"):
+        build_model(cfg.model, ["a"])
+
+
+def test_objectness_score_sums_the_cell_types():
+    # A box split 0.45 / 0.45 between two types: a cell, whatever its type.
+    probs = torch.tensor([[0.1, 0.45, 0.45], [0.7, 0.2, 0.1]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])[:, None].expand(2, 3, 4)
+    pred = BoxPredictions(probs=probs, boxes=boxes, proposals=boxes[:, 0])
+    _, cls_scores, _ = select_detections(pred, BoxParams(0.05, 0.7, 10, "class"))
+    _, obj_scores, labels = select_detections(pred, BoxParams(0.05, 0.7, 10, "objectness"))
+    assert cls_scores.tolist() == pytest.approx([0.45, 0.2])
+    assert obj_scores.tolist() == pytest.approx([0.9, 0.3])
+    assert labels.tolist() == [0, 0]
+
+
+def test_ema_averages_and_resumes_exactly(small_data, tmp_path):
+    net = torch.nn.Linear(2, 1)
+    w0 = net.weight.detach().clone()
+    ema = ModelEMA(net, 0.5)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # the decay ramps up: min(0.5, (1 + 1) / (10 + 1))
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["weight"], d * w0 + (1 - d) * 1.0)
+    with ema.applied(net):
+        assert torch.equal(net.weight, ema.shadow["weight"])
+    assert torch.all(net.weight == 1.0)
+
+    cfg = [*FAST, "train.iterations=6", "train.checkpoint_every=2", "train.ema=0.9"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(load_config(None, cfg), small_data, full, progress=False)
+    train(load_config(None, cfg), small_data, part, progress=False, stop_after=3)
+    train(load_config(None), small_data, part, resume=True, progress=False)
+    _, _, a = load_run(full)
+    _, _, b = load_run(part)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    # model.pt holds the average, not the last step's weights.
+    last = torch.load(full / "checkpoint.pt", weights_only=True)
+    assert any(not torch.equal(a[k], last["model"][k]) for k in a if a[k].is_floating_point())
+    assert torch.equal(
+        a["rpn.head.conv.0.0.weight"], last["ema"]["shadow"]["rpn.head.conv.0.0.weight"]
+    )
+
+
+def test_cell_crops_always_hold_a_cell(tmp_path):
+    from cellstack.data.images import write_png
+    from cellstack.data.labels import write_label_tiff
+
+    # One 6 px cell in a 400 px image: a uniform 32 px crop rarely holds it.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    labels = np.zeros((400, 400), np.int32)
+    labels[300:306, 50:56] = 1
+    write_label_tiff(tmp_path / "labels" / "a.tif", labels)
+    write_png(tmp_path / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
+    records = load_dataset(tmp_path)
+    augment = load_config(None).data.augment
+    with_cells = {}
+    for mode in ("uniform", "cells"):
+        ds = TrainCrops(
+            records,
+            ["cell"],
+            crop_size=32,
+            augment=augment,
+            length=40,
+            seed=0,
+            crop_sampling=mode,
+        )
+        with_cells[mode] = sum(len(ds[i][1]["boxes"]) > 0 for i in range(len(ds)))
+    assert with_cells["cells"] == 40
+    assert with_cells["uniform"] < 20
+
+
+def test_derived_settings_and_stats_are_stored_in_the_run(small_data, tmp_path):
+    overrides = [
+        *FAST,
+        "train.iterations=2",
+        "data.crop_size=auto",
+        "model.rpn.anchor_scale=auto",
+        "predict.min_size=auto",
+        "predict.max_detections=auto",
+    ]
+    train(load_config(None, overrides), small_data, tmp_path / "r", progress=False)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert isinstance(saved["data"]["crop_size"], int)
+    assert isinstance(saved["model"]["rpn"]["anchor_scale"], float)
+    state = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
+    assert state["data_stats"]["objects"] > 0
+    cfg, _, _ = load_run(tmp_path / "r")  # a run always holds numbers, never auto
+    assert cfg.predict.min_size == saved["predict"]["min_size"]
+
+
+def test_auto_thresholds_are_written_and_used(small_data, tmp_path):
+    from cellstack.inference.sources import load_source
+
+    overrides = [*FAST, "train.iterations=3", "train.auto_thresholds=true"]
+    train(load_config(None, overrides), small_data, tmp_path / "r", progress=False)
+    text = (tmp_path / "r" / "thresholds.yaml").read_text()
+    assert text.startswith("# Chosen after training on")
+    tuned = yaml.safe_load(text)["default"]
+    assert load_source(tmp_path / "r").thresholds.default.score_thresh == tuned["score_thresh"]
+
+
+def test_rpn_recall_rises_with_training():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "model.rpn.anchor_scale=4"])
+    model = build_model(cfg.model, ["a", "b"])
+    img, target = two_cells()
+    before = proposal_recall(model, [img], [target["boxes"]], ious=(0.7,), top_n=10)[0.7]
+    optim = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(40):
+        losses = model([img], [target])
+        loss = losses["rpn_cls"] + losses["rpn_box"]
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    after = proposal_recall(model, [img], [target["boxes"]], ious=(0.7,), top_n=10)[0.7]
+    assert before < 1.0 and after == 1.0
+
+
+def test_diameter_maps_masks_back_to_the_input_size(small_data, tmp_path):
+    import shutil
+
+    from cellstack.cli import main
+    from cellstack.data.labels import read_label_image
+
+    run = tmp_path / "r"
+    train(load_config(None, [*FAST, "train.iterations=2"]), small_data, run, progress=False)
+    trained = float(yaml.safe_load((run / "data_stats.json").read_text())["diameter_median"])
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((small_data / "train").glob("*.png"))[:2]:
+        shutil.copy(p, images / p.name)
+    common = ["predict", str(run), str(images), "predict.score_thresh=0", "predict.min_size=0"]
+    assert main([*common, "--out", str(tmp_path / "d"), "--diameter", str(trained / 2)]) == 0
+    assert main([*common, "--out", str(tmp_path / "s"), "--scale", "2"]) == 0
+    for p in images.iterdir():
+        from cellstack.data.images import read_image
+
+        shape = read_image(p).shape
+        # Predicted at twice the size, written at the input's own size.
+        a = read_label_image(tmp_path / "d" / "labels" / f"{p.stem}.tif")
+        b = read_label_image(tmp_path / "s" / "labels" / f"{p.stem}.tif")
+        assert a.shape == b.shape == shape
+        assert np.array_equal(a, b)
+
+
+def test_rescale_instances_keeps_masks_disjoint_and_boxes_scaled():
+    from cellstack.inference.postprocess import rescale_instances
+    from cellstack.structures import Instances
+
+    inst = Instances(
+        (10, 10),
+        boxes=np.array([[0, 0, 4, 4], [4, 4, 10, 10]], np.float32),
+        scores=np.array([0.9, 0.8], np.float32),
+        labels=np.array([0, 1]),
+        pixels=[np.array([0, 1, 10, 11]), np.array([55, 56, 65, 66])],
+    )
+    big = rescale_instances(inst, (20, 20))
+    assert [len(p) for p in big.pixels] == [16, 16]
+    assert big.boxes[1].tolist() == [8, 8, 20, 20]
+    assert len(np.intersect1d(big.pixels[0], big.pixels[1])) == 0
+    small = rescale_instances(inst, (2, 2))  # both cells shrink to at most one pixel
+    assert all(len(p) <= 1 for p in small.pixels)

@@ -1,0 +1,120 @@
+"""Every file a user writes is type-checked before any model runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability.conftest import FAST
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('default: {convex_refill: "no"}\n', "default.convex_refill: expected bool"),
+        ("default: {min_size: big}\n", "default.min_size: expected int"),
+        ("per_type: {astro: {score_thresh: 2}}\n", "score_thresh out of range"),
+        ("per_type: {astro: {mask_thres: 0.5}}\n", "unknown config key per_type.astro.mask_thres"),
+        ("defaults: {}\n", "unknown key defaults"),
+        ("per_type: [astro]\n", "per_type must be a mapping"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("default: {mask_thresh: 0.5\n", "not valid YAML"),
+    ],
+)
+def test_bad_thresholds_yaml(cli, run, images, tmp_path, text, match):
+    (run / "thresholds.yaml").write_text(text)
+    res = cli.fails("predict", run, images, "--out", tmp_path / "p", match=match)
+    assert "thresholds.yaml" in res.err
+    assert not (tmp_path / "p" / "labels").exists()  # failed before any model ran
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("models: run\n", "models: expected a list"),
+        ("models: []\n", "at least one run"),
+        ("models: [run]\nflips: [sideways]\n", "sideways"),
+        ("models: [run]\nrpn_flips: maybe\n", "rpn_flips: expected bool"),
+        ("models: [run]\ntype_settings: fancy\n", "type_settings must be"),
+        ("models: [run]\nweights: [1]\n", "unknown config key weights"),
+        ("models: [run]\ntype_models: {astro: run}\n", "type_models.astro: expected a list"),
+        ("models: [run]\npostprocess: {default: {min_size: big}}\n", "default.min_size"),
+        ("models: [run]\npostprocess: {typo: {}}\n", "unknown key postprocess.typo"),
+        ("models: [nowhere]\n", "nowhere"),
+    ],
+)
+def test_bad_ensemble_yaml(cli, run, images, tmp_path, text, match):
+    path = tmp_path / "ens.yaml"
+    path.write_text(text)
+    res = cli.fails("predict", path, images, "--out", tmp_path / "p", match=match)
+    assert "ens.yaml" in res.err or "nowhere" in res.err
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.log_every=0", "train.log_every must be at least 1"),
+        ("train.checkpoint_every=0", "train.checkpoint_every must be at least 1"),
+        ("train.num_workers=-1", "train.num_workers must be >= 0"),
+        ("predict.batch_size=0", "predict.batch_size must be at least 1"),
+        ("train.device=tpu9", "device 'tpu9'"),
+        ("predict.min_size=big", "predict.min_size: expected int"),
+    ],
+)
+def test_bad_train_settings(cli, data, tmp_path, override, match):
+    cli.fails("train", data, "--out", tmp_path / "r", *FAST, override, match=match)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_eval_every_zero_means_never(cli, data, tmp_path):
+    res = cli(
+        "train",
+        data,
+        "--out",
+        tmp_path / "r",
+        *FAST,
+        "train.iterations=2",
+        "train.eval_every=0",
+        "data.fold=0",
+        "data.folds=2",
+    )
+    assert res.code == 0, res.err
+    assert "validation score" not in res.out
+
+
+def test_predict_batch_size_zero_and_bad_device(cli, run, images, tmp_path):
+    cli.fails(
+        "predict",
+        run,
+        images,
+        "--out",
+        tmp_path / "p",
+        "predict.batch_size=0",
+        match="predict.batch_size must be at least 1",
+    )
+    cli.fails(
+        "predict", run, images, "--out", tmp_path / "p", "--device", "tpu9", match="device 'tpu9'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--n-images", "0"), "--n-images must be at least 1"),
+        (("--width", "0"), "width and height must be at least 16"),
+        (("--height", "-5"), "width and height must be at least 16"),
+        (("--cell-types", "neuron"), "unknown synthetic cell type(s) neuron"),
+        (("--cell-types", ""), "no cell types given"),
+    ],
+)
+def test_bad_synth_arguments(cli, tmp_path, args, match):
+    cli.fails("synth", tmp_path / "s", "--quiet", *args, match=match)
+    assert not (tmp_path / "s").exists()
+
+
+def test_non_utf8_config_and_thresholds(cli, run, data, images, tmp_path):
+    (tmp_path / "c.yaml").write_bytes(b"train:\n  lr: 0.001 # caf\xe9\n")
+    cli.fails(
+        "train", data, "--config", tmp_path / "c.yaml", "--out", tmp_path / "r", match="not UTF-8"
+    )
+    (run / "thresholds.yaml").write_bytes(b"default: {}\n# \xff\n")
+    cli.fails("predict", run, images, "--out", tmp_path / "p", match="not UTF-8")

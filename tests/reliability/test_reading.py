@@ -1,0 +1,95 @@
+"""Real microscopy files are read by their own axes or refused, never misread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellstack.data.images import read_image, to_gray_uint8
+
+
+def _tif(path, array, **kw):
+    tifffile.imwrite(path, array, **kw)
+    return path
+
+
+PLANE = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48)
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "kw", "axes"),
+    [
+        ("zstack", np.stack([PLANE] * 10), {}, "QYX"),
+        ("two_channels", np.stack([PLANE] * 2), {}, "QYX"),
+        ("imagej_zyx", np.stack([PLANE] * 5), {"imagej": True, "metadata": {"axes": "ZYX"}}, "ZYX"),
+        ("timeseries", np.stack([PLANE] * 3), {"imagej": True, "metadata": {"axes": "TYX"}}, "TYX"),
+        (
+            "hyperstack",
+            np.zeros((3, 2, 40, 48), np.uint16),
+            {"imagej": True, "metadata": {"axes": "TCYX"}},
+            "TCYX",
+        ),
+        ("ome_cyx", np.stack([PLANE] * 2), {"ome": True, "metadata": {"axes": "CYX"}}, "CYX"),
+    ],
+)
+def test_stacks_are_refused_naming_shape_and_axes(cli, run, tmp_path, name, array, kw, axes):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _tif(folder / f"{name}.tif", array, **kw)
+    res = cli.fails("predict", run, folder, "--out", tmp_path / "p", match=f"{name}.tif")
+    assert f"axes {axes!r}" in res.err and str(array.shape) in res.err
+    assert not (tmp_path / "p" / "submission.csv").exists()
+
+
+def test_singleton_axes_are_one_plane(tmp_path):
+    path = _tif(tmp_path / "a.tif", PLANE[None, None], imagej=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(read_image(path), PLANE)
+
+
+def test_nan_pixels_do_not_change_the_scaling(cli, run, tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.normal(100.0, 10.0, (40, 48)).astype(np.float32)
+    holed = img.copy()
+    holed[::7, ::5] = np.nan
+    holed[3, 3] = np.inf
+    gray = to_gray_uint8(holed)
+    finite = np.isfinite(holed)
+    # Same percentiles as the finite pixels alone would give.
+    lo, hi = np.percentile(holed[finite], [0.5, 99.5])
+    expect = np.clip((holed[finite] - lo) * 255 / (hi - lo), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(gray[finite], expect)
+    assert gray.max() == 255 and gray.min() == 0
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _tif(folder / "nan.tif", holed)
+    assert cli("predict", run, folder, "--out", tmp_path / "p").code == 0
+
+
+def test_eight_bit_gray_and_rgb_scale_alike():
+    rng = np.random.default_rng(1)
+    gray = rng.integers(90, 130, (30, 40)).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(to_gray_uint8(rgb), to_gray_uint8(gray))
+    np.testing.assert_array_equal(to_gray_uint8(gray), gray)
+
+
+def test_truncated_png_is_a_prepare_problem(cli, data, tmp_path):
+    victim = sorted((data / "train").glob("*.png"))[0]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) * 2 // 3])
+    out = tmp_path / "prep"
+    res = cli("prepare", "sartorius", data, "--out", out, "--quiet")
+    assert res.code == 0
+    assert victim.stem in (out / "problems.csv").read_text()
+    assert victim.stem not in (out / "records.csv").read_text()
+
+
+def test_multi_frame_gif_is_refused(cli, run, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(folder / "a.png", save_all=True, append_images=frames[1:])
+    cli.fails("predict", run, folder, "--out", tmp_path / "p", match="2 frames")
