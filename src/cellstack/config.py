@@ -406,7 +406,10 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
     from cellstack.fileio import read_text
 
     path = Path(path)
-    text = read_text(path, what)
+    try:
+        text = read_text(path, what)
+    except CellstackError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

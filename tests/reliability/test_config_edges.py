@@ -57,7 +57,7 @@ def test_bad_ensemble_yaml(cli, run, images, tmp_path, text, match):
         ("train.num_workers=-1", "train.num_workers must be >= 0"),
         ("predict.batch_size=0", "predict.batch_size must be at least 1"),
         ("train.device=tpu9", "device 'tpu9'"),
-        ("predict.min_size=big", "predict.min_size: expected int"),
+        ("predict.min_size=big", "predict.min_size: expected a number or 'auto'"),
     ],
 )
 def test_bad_train_settings(cli, data, tmp_path, override, match):
