@@ -85,6 +85,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=240, help="training seconds per lever")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cell-types",
+        default="shsy5y,astro,cort",
+        help="synthetic cell types (add sheet,nuclei for the relief and fluorescent looks)",
+    )
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), help="names, or 'chosen'")
     parser.add_argument(
         "--chosen", nargs="*", default=[], help="levers combined into an extra 'chosen' row"
@@ -103,12 +108,14 @@ def main() -> None:
         variants["chosen"] = [o for name in args.chosen for o in LEVERS[name]]
     results = {}
     # The demo's data once (its synthesis is seeded): the probe needs demo_train.csv.
+    types = tuple(args.cell_types.split(","))
     run_demo(
         work / "prep",
         n_images=args.images,
         seed=args.seed,
         progress=False,
         overrides=(*BASELINE, "train.iterations=1"),
+        cell_types=types,
     )
     for name, lever in variants.items():
         overrides = [*BASELINE, *lever]
@@ -121,6 +128,7 @@ def main() -> None:
             seed=args.seed,
             progress=False,
             overrides=(*overrides, f"train.iterations={iterations}", "train.log_every=10"),
+            cell_types=types,
         )
         model = result.scores["model"]
         results[name] = {

@@ -31,7 +31,7 @@ import torch
 def profile(cfg, records, class_names, steps: int) -> dict[str, float]:
     """Mean seconds of each part of a training step."""
     from cellstack.data.dataset import TrainCrops, collate
-    from cellstack.engine.trainer import combine_losses, loss_weights
+    from cellstack.engine.schedule import combine_losses, loss_weights
     from cellstack.modeling.build import build_model
 
     torch.manual_seed(0)
@@ -97,6 +97,7 @@ def learning_state(run: Path, records) -> dict[str, object]:
     from cellstack.data.dataset import boxes_from_masks, instances_from_labels, load_sample
     from cellstack.engine.checkpoint import load_run
     from cellstack.modeling.build import build_model
+    from cellstack.modeling.detector import image_windows
     from cellstack.modeling.diagnostics import proposal_recall
     from cellstack.modeling.heads.base import BoxParams
 
@@ -116,17 +117,8 @@ def learning_state(run: Path, records) -> dict[str, object]:
             recall[k].append(r[k] * len(gt))
         image_list = model.preprocess([tensor])
         feats = model.features(image_list)
-        from cellstack.modeling.anchors import select_proposals
-        from cellstack.modeling.detector import image_windows
-
         windows = image_windows(image_list)
-        props = select_proposals(
-            model.rpn_outputs(feats),
-            model.level_anchors(image_list, feats),
-            model.rpn.box_coder,
-            windows,
-            model.proposal_params,
-        )
+        props = model.propose(image_list, feats)
         if len(gt):
             positives.append(int((box_iou(props[0], gt).max(dim=1).values >= 0.5).sum()))
         roi = model.roi_heads.prepare(model.roi_levels(feats))
@@ -179,9 +171,10 @@ def main() -> None:
 
     from cellstack.config import load_config
     from cellstack.data.layouts import load_dataset
+    from cellstack.data.splits import class_names_of
     from cellstack.data.stats import derive, measure
     from cellstack.demo import demo_config_path, run_demo
-    from cellstack.engine.trainer import class_names_of, train
+    from cellstack.engine.trainer import train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="diag_"))
     # The demo's data and split (training rows in demo_train.csv, the rest held out).

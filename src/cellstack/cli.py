@@ -194,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--width", type=int, default=704, help="image width (default 704)")
     p.add_argument("--height", type=int, default=520, help="image height (default 520)")
-    p.add_argument("--cell-types", default=None, help="comma-separated subset of shsy5y,astro,cort")
+    p.add_argument(
+        "--cell-types",
+        default=None,
+        help="comma-separated cell types: shsy5y,astro,cort (phase contrast, the "
+        "default), sheet (dense, oblique light), nuclei (fluorescent)",
+    )
     p.add_argument("--livecell", action="store_true", help="also write a LIVECell-style COCO json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)

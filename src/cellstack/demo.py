@@ -42,8 +42,12 @@ def run_demo(
     seed: int = 0,
     overrides: tuple[str, ...] = (),
     progress: bool = True,
+    cell_types: tuple[str, ...] | None = None,
 ) -> DemoResult:
-    """Run the demo into ``out`` and return the scores of the model and of Otsu."""
+    """Run the demo into ``out`` and return the scores of the model and of Otsu.
+
+    ``cell_types``: synthetic cell types (default the three phase-contrast ones; see
+    :mod:`cellstack.data.synthetic` for the relief and fluorescence types)."""
     from tqdm import tqdm
 
     from cellstack.config import load_config
@@ -66,7 +70,9 @@ def run_demo(
     say = print if progress else (lambda *a, **k: None)
     data = out / "data"
     say(f"[1/5] synthesizing {n_images} images into {data}")
-    synthesize(data, n_images, seed=seed, progress=progress)
+    from cellstack.data.synthetic import CELL_TYPES
+
+    synthesize(data, n_images, seed=seed, progress=progress, cell_types=cell_types or CELL_TYPES)
     records = read_train_csv(data / "train.csv")
     cfg = load_config(demo_config_path(), list(overrides))
     folds = grouped_stratified_folds(records, 4, seed=seed)

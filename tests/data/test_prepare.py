@@ -20,7 +20,7 @@ from cellstack.data.prepare import (
     prepare_sartorius,
 )
 from cellstack.data.sartorius import read_train_csv, write_train_csv
-from cellstack.engine.trainer import split_records
+from cellstack.data.splits import split_records
 from cellstack.errors import DataError
 
 

@@ -77,3 +77,27 @@ def test_unknown_type_and_bad_count(tmp_path):
         synthesize(tmp_path, 1, cell_types=("hela",), progress=False)
     with pytest.raises(ValueError, match="at least 1"):
         synthesize(tmp_path, 0, progress=False)
+
+
+def test_dense_sheet_in_oblique_light():
+    synth = generate_image(np.random.default_rng(3), "sheet", (210, 576))
+    n, areas, _ = _stats(synth.labels)
+    diameter = 2 * np.sqrt(np.median(areas) / np.pi)
+    assert 20 < diameter < 36 and n > 80  # dense 25-30 px cells, as the real frames
+    labels = synth.labels
+    touching = (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] > 0) & (labels[:, :-1] > 0)
+    assert touching.sum() > 1000  # neighbours share borders: no gaps between cells
+    # Relief: opposite borders of a cell differ in brightness along the light direction,
+    # with no phase halo (mean brightness around cells ~ inside them).
+    img = synth.image.astype(float)
+    gy, gx = np.gradient(img)
+    assert max(abs(gx[labels > 0].mean()), abs(gy[labels > 0].mean())) < 1.0
+    assert np.hypot(gx, gy)[labels > 0].mean() > 1.5
+
+
+def test_fluorescent_nuclei_are_bright_on_dark():
+    synth = generate_image(np.random.default_rng(4), "nuclei", (256, 256))
+    fg = synth.labels > 0
+    n, areas, _ = _stats(synth.labels)
+    assert synth.image[fg].mean() > synth.image[~fg].mean() + 40
+    assert 6 < 2 * np.sqrt(np.median(areas) / np.pi) < 18 and n > 20

@@ -15,16 +15,8 @@ from cellstack.engine.trainer import train
 from cellstack.modeling.build import build_model
 from cellstack.modeling.diagnostics import proposal_recall
 from cellstack.modeling.heads.base import BoxParams, BoxPredictions, select_detections
+from tests.engine.conftest import FAST
 from tests.modeling.conftest import TINY, two_cells
-
-FAST = [
-    *TINY,
-    "data.crop_size=64",
-    "train.batch_size=2",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "train.lr=0.001",
-]
 
 
 def test_group_norm_replaces_every_batch_norm():

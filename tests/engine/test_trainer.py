@@ -7,27 +7,10 @@ import torch
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
 from cellstack.engine.checkpoint import load_run
-from cellstack.engine.trainer import (
-    TrainingDiverged,
-    combine_losses,
-    loss_weights,
-    lr_factor,
-    train,
-)
+from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
+from cellstack.engine.trainer import TrainingDiverged, train
 from cellstack.errors import CellstackError
-from tests.modeling.conftest import TINY
-
-FAST = [
-    *TINY,
-    "data.crop_size=64",
-    "train.batch_size=2",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "train.lr=0.001",
-    "model.rpn.pre_nms_top_n_test=200",
-    "model.rpn.post_nms_top_n_test=100",
-    "predict.max_detections=50",
-]
+from tests.engine.conftest import FAST
 
 
 def _log(run):
@@ -182,3 +165,71 @@ def test_corrupt_image_is_named(small_data, tmp_path):
     victim.unlink()
     with pytest.raises(CellstackError, match=f"{victim.name}: image file not found"):
         train(cfg, data, tmp_path / "run2", progress=False)
+
+
+def test_hooks_run_in_order_and_resume_exactly(small_data, tmp_path):
+    from cellstack.engine.hooks import HookBase
+
+    class Record(HookBase):
+        """Sees every step after the built-in hooks: the EMA, validation, log and
+        checkpoint of that step are already done."""
+
+        state_key = "record"
+
+        def __init__(self):
+            self.calls = []
+
+        def before_train(self, loop):
+            self.calls.append(("before", loop.iteration))
+
+        def after_step(self, loop):
+            self.calls.append(("step", loop.iteration, loop.row.get("val_score"), loop.last_saved))
+
+        def after_train(self, loop):
+            self.calls.append(("after", loop.iteration))
+
+        def state_dict(self):
+            return {"steps": sum(c[0] == "step" for c in self.calls)}
+
+        def load_state_dict(self, state):
+            self.calls.append(("restored", state["steps"]))
+
+    cfg = [
+        *FAST,
+        "train.iterations=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "train.ema=0.9",
+        "data.fold=0",
+        "data.folds=2",
+    ]
+    one = Record()
+    train(load_config(None, cfg), small_data, tmp_path / "a", progress=False, hooks=[one])
+    assert one.calls[0] == ("before", 0) and one.calls[-1] == ("after", 4)
+    steps = [c for c in one.calls if c[0] == "step"]
+    assert [c[1] for c in steps] == [1, 2, 3, 4]
+    assert [c[2] is not None for c in steps] == [False, True, False, True]  # validated
+    assert [c[3] for c in steps] == [0, 2, 2, 4]  # checkpointed before the hook saw it
+    first, second = Record(), Record()
+    train(
+        load_config(None, cfg),
+        small_data,
+        tmp_path / "b",
+        progress=False,
+        hooks=[first],
+        stop_after=3,
+    )
+    train(
+        load_config(None), small_data, tmp_path / "b", resume=True, progress=False, hooks=[second]
+    )
+    # The checkpoint at iteration 3 (stop_after) carried the hook's state to the resume.
+    assert second.calls[:2] == [("restored", 3), ("before", 3)]
+    assert [c[1] for c in second.calls if c[0] == "step"] == [4]
+    _, _, a = load_run(tmp_path / "a")
+    _, _, b = load_run(tmp_path / "b")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    with open(tmp_path / "a" / "log.csv") as f:
+        log_a = [(r["iteration"], r["val_score"] != "") for r in csv.DictReader(f)]
+    with open(tmp_path / "b" / "log.csv") as f:
+        log_b = [(r["iteration"], r["val_score"] != "") for r in csv.DictReader(f)]
+    assert log_a == log_b

@@ -81,9 +81,7 @@ def base_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def data(base_data, tmp_path) -> Path:
     """A private copy of the small dataset (tests may damage it)."""
-    dst = tmp_path / "data"
-    shutil.copytree(base_data, dst)
-    return dst
+    return Path(shutil.copytree(base_data, tmp_path / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +97,8 @@ def base_run(base_data, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(base_run, tmp_path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(base_run, dst)
-    return dst
+    """A private copy of the finished run."""
+    return Path(shutil.copytree(base_run, tmp_path / "run"))
 
 
 @pytest.fixture

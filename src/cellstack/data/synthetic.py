@@ -1,7 +1,7 @@
-"""Synthetic phase-contrast images of neuronal cells, with exact instance masks.
+"""Synthetic microscopy images with exact instance masks.
 
-Our stand-in for the Kaggle data in tests and the demo. Three cell types mimic the
-real ones:
+Our stand-in for real data in tests, the demo and the benchmarks. Three phase-contrast
+cell types mimic the Kaggle ones (:data:`CELL_TYPES`, the default):
 
 - ``shsy5y``: many small elongated cells, in dense clumps where they touch, locally
   aligned, some with a short neurite.
@@ -10,10 +10,19 @@ real ones:
 - ``cort``: small round cells, sparse, with the dark centre and bright halo of a
   rounded cell under phase contrast.
 
-Rendering follows the phase-contrast look: a bright halo outside every cell boundary,
-a dark rim just inside it, textured interiors, uneven illumination, out-of-focus ghosts
-and debris that are not cells, blur and noise. Masks never overlap (a later cell only
-takes free pixels and keeps its largest connected piece). Everything is drawn from one
+Two more (:data:`OTHER_TYPES`) have other looks, so that defaults are not tuned to
+phase contrast alone:
+
+- ``sheet``: a dense confluent sheet of touching polygonal cells (22-32 px) under
+  oblique (DIC-like) transmitted light: a relief, bright on the side facing the light
+  and dark on the other, with no halo.
+- ``nuclei``: fluorescent nuclei (8-16 px), bright on a dark background, many touching
+  in clusters, with shot noise.
+
+Phase-contrast rendering: a bright halo outside every cell boundary, a dark rim just
+inside it, textured interiors, uneven illumination, out-of-focus ghosts and debris that
+are not cells, blur and noise. Masks never overlap (a later cell only takes free pixels
+and keeps its largest connected piece). Everything is drawn from one
 ``numpy.random.Generator``, so a seed gives the same dataset on every machine.
 """
 
@@ -28,6 +37,9 @@ import numpy as np
 from scipy import ndimage
 
 CELL_TYPES = ("shsy5y", "astro", "cort")
+#: Cell types with other imaging looks (relief, fluorescence).
+OTHER_TYPES = ("sheet", "nuclei")
+ALL_TYPES = CELL_TYPES + OTHER_TYPES
 #: Kaggle's image size as (H, W).
 DEFAULT_SHAPE = (520, 704)
 _REFERENCE_AREA = DEFAULT_SHAPE[0] * DEFAULT_SHAPE[1]
@@ -111,8 +123,11 @@ def _draw_cell(
     elif cell_type == "cort":
         body = _blob_polygon(rng, rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.35), 0.06, angle)
         paths = []
+    elif cell_type == "nuclei":
+        body = _blob_polygon(rng, rng.uniform(4.0, 8.0), rng.uniform(1.0, 1.5), 0.05, angle)
+        paths = []
     else:
-        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {CELL_TYPES}")
+        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {ALL_TYPES}")
     points = np.concatenate([body] + [p for p, _, _ in paths])
     lo = np.floor(points.min(axis=0)) - pad
     hi = np.ceil(points.max(axis=0)) + pad
@@ -162,6 +177,22 @@ def _place(
     return True
 
 
+def _clumps(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    count: tuple[int, int],
+    spread: tuple[float, float],
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, centres float[n, 2] (x, y), spreads float[n], angles float[n])`` of the
+    clumps cells gather in; spreads grow with the image (``spread`` is for Kaggle's)."""
+    h, w = shape
+    n = int(rng.integers(*count))
+    centres = rng.uniform([0, 0], [w, h], size=(n, 2))
+    scale = np.sqrt(max((h * w) / _REFERENCE_AREA, 0.05))
+    spreads = rng.uniform(*spread, size=n) * scale
+    return n, centres, spreads, rng.uniform(0, np.pi, size=n)
+
+
 def synthetic_labels(
     rng: np.random.Generator, cell_type: str, shape: tuple[int, int], n_cells: int | None = None
 ) -> np.ndarray:
@@ -173,17 +204,20 @@ def synthetic_labels(
     """
     h, w = shape
     area_scale = (h * w) / _REFERENCE_AREA
+    if cell_type == "sheet":
+        return _sheet_labels(rng, shape)
     labels = np.zeros(shape, dtype=np.int32)
     if cell_type == "shsy5y":
         n_target = max(1, round(rng.uniform(110, 320) * area_scale))
-        n_clumps = int(rng.integers(2, 7))
-        clumps = rng.uniform([0, 0], [w, h], size=(n_clumps, 2))
-        spreads = rng.uniform(35, 110, size=n_clumps) * np.sqrt(max(area_scale, 0.05))
-        clump_angles = rng.uniform(0, np.pi, size=n_clumps)
+        n_clumps, clumps, spreads, clump_angles = _clumps(rng, shape, (2, 7), (35, 110))
         min_kept = 0.55  # dense: cells press against each other
     elif cell_type == "astro":
         n_target = max(1, round(rng.uniform(6, 22) * area_scale))
         min_kept = 0.6
+    elif cell_type == "nuclei":
+        n_target = max(1, round(rng.uniform(250, 700) * area_scale))
+        n_clumps, clumps, spreads, clump_angles = _clumps(rng, shape, (3, 9), (30, 90))
+        min_kept = 0.7
     else:
         n_target = max(1, round(rng.uniform(15, 70) * area_scale))
         min_kept = 0.85  # cort cells are sparse and rarely touch
@@ -192,7 +226,7 @@ def synthetic_labels(
     placed, attempts = 0, 0
     while placed < n_target and attempts < 6 * n_target:
         attempts += 1
-        if cell_type == "shsy5y" and rng.random() < 0.8:
+        if cell_type in ("shsy5y", "nuclei") and rng.random() < 0.8:
             k = int(rng.integers(n_clumps))
             centre = rng.normal(clumps[k], spreads[k])
             angle = clump_angles[k] + rng.normal(0, 0.5)  # neighbours roughly aligned
@@ -203,6 +237,38 @@ def synthetic_labels(
         if _place(labels, mask, centre, origin, placed + 1, min_kept):
             placed += 1
     return labels
+
+
+def _sheet_labels(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A confluent sheet: Voronoi cells of jittered hexagonal seeds (spacing 22-32 px)
+    covering most of the frame, with a few gaps where cells are missing."""
+    from scipy.spatial import cKDTree
+
+    h, w = shape
+    spacing = rng.uniform(22, 32)
+    rows = np.arange(-spacing, h + spacing, spacing * np.sqrt(3) / 2)
+    seeds = np.array(
+        [
+            (x + (k % 2) * spacing / 2, y)
+            for k, y in enumerate(rows)
+            for x in np.arange(-spacing, w + spacing, spacing)
+        ]
+    )
+    seeds = seeds + rng.normal(0, spacing * 0.18, seeds.shape)
+    gy, gx = np.mgrid[0:h, 0:w]
+    _, nearest = cKDTree(seeds).query(np.stack([gx.ravel(), gy.ravel()], axis=1))
+    labels = (nearest.reshape(h, w) + 1).astype(np.int32)
+    # Gaps: a smooth random field leaves 0-30% of the frame without cells.
+    field = _smooth_field(rng, shape, int(spacing * 4))
+    empty = field > np.quantile(field, 1 - rng.uniform(0.0, 0.3))
+    ids = np.unique(labels)
+    gone = np.zeros(ids.max() + 1, dtype=bool)
+    gone[np.unique(labels[empty])] = rng.random(len(np.unique(labels[empty]))) < 0.8
+    labels[gone[labels]] = 0
+    # Renumber 1..N (cut at the frame edge, every piece is still one cell).
+    _, inverse = np.unique(labels, return_inverse=True)
+    out = inverse.reshape(h, w).astype(np.int32)
+    return out if labels.min() == 0 else out + 1
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -225,6 +291,58 @@ _LOOK = {
 
 
 def _render(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.ndarray:
+    """uint8[H, W] image of the cells in ``labels`` in the look of their type."""
+    if cell_type == "sheet":
+        return _render_relief(rng, labels)
+    if cell_type == "nuclei":
+        return _render_fluorescent(rng, labels)
+    return _render_phase(rng, labels, cell_type)
+
+
+def _render_relief(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Oblique-light (DIC-like) uint8[H, W] image: the derivative of a height map along
+    the light's direction, so every cell is a dome lit from one side."""
+    h, w = labels.shape
+    inside = ndimage.distance_transform_edt(labels > 0)
+    # Each cell a dome: distance to its own border (boundaries between touching cells
+    # count as borders), softened.
+    edges = np.zeros((h, w), dtype=bool)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    dome = ndimage.distance_transform_edt(~edges & (labels > 0))
+    height = np.sqrt(np.minimum(dome, inside)).astype(np.float32)
+    height *= np.concatenate([[0.0], rng.uniform(0.7, 1.3, labels.max())]).astype(np.float32)[
+        labels
+    ]
+    height += 0.35 * _smooth_field(rng, (h, w), 4) * (labels > 0)  # granular interiors
+    height = cv2.GaussianBlur(height, (0, 0), rng.uniform(1.0, 1.6))
+    a = rng.uniform(0, 2 * np.pi)
+    gy, gx = np.gradient(height)
+    img = np.full((h, w), rng.uniform(110, 145), dtype=np.float32)
+    img += rng.uniform(25, 40) * (np.cos(a) * gx + np.sin(a) * gy)
+    img += rng.uniform(3, 8) * _smooth_field(rng, (h, w), 150)  # uneven illumination
+    img += _ghosts_and_debris(rng, (h, w), labels > 0)
+    img += rng.normal(0, rng.uniform(2.0, 4.5), size=(h, w)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _render_fluorescent(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Fluorescence-like uint8[H, W] image: bright textured nuclei on a dark background
+    with blur and shot noise."""
+    h, w = labels.shape
+    fg = labels > 0
+    brightness = np.concatenate([[0.0], rng.uniform(70, 200, labels.max())]).astype(np.float32)
+    inside = ndimage.distance_transform_edt(fg).astype(np.float32)
+    img = brightness[labels] * (0.75 + 0.25 * (1 - np.exp(-inside / 2.5)))
+    img *= 1 + 0.15 * _smooth_field(rng, (h, w), 3) * fg
+    img += rng.uniform(8, 25) + rng.uniform(2, 6) * _smooth_field(rng, (h, w), 200)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 1.4))
+    img = rng.poisson(np.clip(img, 0, None) / 2.0).astype(np.float32) * 2.0  # shot noise
+    img += rng.normal(0, 2.0, size=(h, w)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _render_phase(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.ndarray:
     """Phase-contrast-like uint8[H, W] image of the cells in ``labels``."""
     h, w = labels.shape
     halo_amp, halo_w, rim_amp, centre_amp, offset, texture = _LOOK[cell_type]
@@ -288,8 +406,8 @@ def generate_image(
 
     Cell counts scale with the image area; cell sizes do not (they are in pixels).
     """
-    if cell_type not in CELL_TYPES:
-        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {CELL_TYPES}")
+    if cell_type not in ALL_TYPES:
+        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {ALL_TYPES}")
     labels = synthetic_labels(rng, cell_type, shape)
     return SyntheticImage(_render(rng, labels, cell_type), labels, cell_type)
 
@@ -334,12 +452,12 @@ def synthesize(
             "the image at most 2**26 pixels"
         )
     if not cell_types:
-        raise CellstackError(f"no cell types given; choose from {', '.join(CELL_TYPES)}")
-    unknown = [t for t in cell_types if t not in CELL_TYPES]
+        raise CellstackError(f"no cell types given; choose from {', '.join(ALL_TYPES)}")
+    unknown = [t for t in cell_types if t not in ALL_TYPES]
     if unknown:
         raise CellstackError(
             f"unknown synthetic cell type(s) {', '.join(unknown)}; choose from "
-            f"{', '.join(CELL_TYPES)}"
+            f"{', '.join(ALL_TYPES)}"
         )
     out_dir = Path(out_dir)
     root = np.random.SeedSequence(seed)

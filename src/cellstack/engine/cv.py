@@ -133,7 +133,8 @@ def run_cv(
     progress: bool = True,
 ) -> CVResult:
     """Train every fold, predict its held-out images, score them (module docstring)."""
-    from cellstack.engine.trainer import assign_folds, train
+    from cellstack.data.splits import assign_folds
+    from cellstack.engine.trainer import train
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source
 
@@ -186,7 +187,7 @@ def run_cv(
 def cv_records(data: Path, cfg: Config) -> tuple[list[ImageRecord], tuple[str, ...]]:
     """The records CV splits (those of ``data.splits``) and the class names, which the
     trainer takes from every record of the data."""
-    from cellstack.engine.trainer import class_names_of, training_pool
+    from cellstack.data.splits import class_names_of, training_pool
 
     records = load_dataset(data)
     return training_pool(records, cfg, data), tuple(class_names_of(records))

@@ -16,31 +16,34 @@ sharded over the ranks.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cellstack.config import Config, save_config
-from cellstack.data.folds import grouped_stratified_folds, read_folds_csv, write_folds_csv
+from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
+from cellstack.data.splits import class_names_of, split_records
 from cellstack.data.stats import derive, measure
 from cellstack.engine import checkpoint as ckpt
 from cellstack.engine import distributed
-from cellstack.engine.ema import ModelEMA
+from cellstack.engine.hooks import CheckpointHook, EMAHook, HookBase, LogHook, ValidationHook
+from cellstack.engine.runlog import RunLog, plot_log
+from cellstack.engine.schedule import (
+    LOSS_NAMES,
+    combine_losses,
+    loss_weights,
+    losses_by_kind,
+    lr_factor,
+)
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, remove_partials
-
-# Loss kinds, the part of a loss name after its last dot ("s1.box" is a "box" loss).
-LOSS_NAMES = ("rpn_cls", "rpn_box", "cls", "box", "mask", "semantic")
-LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
 
 
 class TrainingDiverged(CellstackError):
@@ -53,72 +56,6 @@ class TrainResult:
     iterations: int
     final_loss: float
     val_score: float | None
-
-
-def lr_factor(schedule: str, total: int, warmup_fraction: float) -> Callable[[int], float]:
-    """Multiplier of the base LR at iteration ``it`` (0-based): linear warmup, then decay."""
-    warmup = round(warmup_fraction * total)
-
-    def factor(it: int) -> float:
-        if it < warmup:
-            return (it + 1) / warmup
-        p = (it - warmup) / max(total - warmup, 1)
-        if schedule == "linear":
-            return max(1.0 - p, 0.0)
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-        if schedule == "step":  # x0.1 at 2/3 and 8/9 of training (detectron2's habit)
-            return 0.1 ** ((p >= 2 / 3) + (p >= 8 / 9))
-        return 1.0
-
-    return factor
-
-
-def loss_weights(progress: float, decay: bool, pseudo_epochs: int = 40) -> dict[str, float]:
-    """Per-loss weights; with ``decay`` the original's schedule over training.
-
-    The original weighted, at epoch e of E, the class loss by (E+3-e)/(E+2) and the
-    box and RPN losses by (E+2-floor(e/2))/(E+2), the mask loss by 1 (for E = 40: class
-    1 -> 0.07, box/RPN 1 -> 0.52). We use the same curves with e = progress * E, as a
-    smooth function of the iteration.
-
-    Weights are per loss kind (:data:`LOSS_NAMES`). HTC's semantic loss keeps weight 1:
-    the original's substring matching dropped it from the total by accident.
-    """
-    if not decay:
-        return dict.fromkeys(LOSS_NAMES, 1.0)
-    e, big_e = progress * pseudo_epochs, pseudo_epochs
-    w_cls = (big_e + 3 - e) / (big_e + 2)
-    w_box = (big_e + 2 - e / 2) / (big_e + 2)
-    return {
-        "rpn_cls": w_box,
-        "rpn_box": w_box,
-        "cls": w_cls,
-        "box": w_box,
-        "mask": 1.0,
-        "semantic": 1.0,
-    }
-
-
-def loss_kind(name: str) -> str:
-    """``"s2.mask"`` -> ``"mask"``: the kind that weights and logs a loss."""
-    return name.rsplit(".", 1)[-1]
-
-
-def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """Σ w·L / Σ w over every loss, w keyed by the loss's kind (as the original, whose
-    total for a cascade sums all stages' already stage-weighted losses); a kind without a
-    weight counts with weight 1."""
-    w = {k: weights.get(loss_kind(k), 1.0) for k in losses}
-    return sum(w[k] * v for k, v in losses.items()) / sum(w.values())
-
-
-def losses_by_kind(losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Sum of the losses of each kind (all stages together), for the log."""
-    out: dict[str, float] = {}
-    for k, v in losses.items():
-        out[loss_kind(k)] = out.get(loss_kind(k), 0.0) + v.item()
-    return out
 
 
 def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
@@ -144,71 +81,6 @@ def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise CellstackError("device mps requested but MPS is not available")
     return torch.device(name)
-
-
-def assign_folds(records: list[ImageRecord], data: Path, k: int, seed: int) -> dict[str, int]:
-    """``{image_id: fold}``: from ``folds.csv`` beside the data when present
-    (``cellstack folds``), else made by :func:`grouped_stratified_folds`."""
-    base = data if data.is_dir() else data.parent
-    if (base / "folds.csv").is_file():
-        folds = read_folds_csv(base / "folds.csv")
-        missing = [r.image_id for r in records if r.image_id not in folds]
-        if missing:
-            raise CellstackError(f"{base / 'folds.csv'}: no fold for image {missing[0]}")
-        return folds
-    return grouped_stratified_folds(records, k, seed=seed)
-
-
-def class_names_of(records: list[ImageRecord]) -> list[str]:
-    """The classes a run learns: every cell type of its data (all splits), sorted."""
-    return sorted({r.cell_type for r in records})
-
-
-def training_pool(records: list[ImageRecord], cfg: Config, data: Path) -> list[ImageRecord]:
-    """The records of ``data.splits`` (all records when empty), which folds divide.
-
-    Raises:
-        CellstackError: ``data.splits`` or ``data.val_split`` names a split the data
-            does not have.
-    """
-    d = cfg.data
-    available = sorted({r.split for r in records})
-    for name in (*d.splits, *([d.val_split] if d.val_split else [])):
-        if name not in available:
-            raise CellstackError(
-                f"{data}: no split {name!r} (it has {', '.join(repr(a) for a in available)}); "
-                "check data.splits / data.val_split"
-            )
-    return [r for r in records if r.split in d.splits] if d.splits else list(records)
-
-
-def split_records(
-    records: list[ImageRecord], cfg: Config, data: Path
-) -> tuple[list[ImageRecord], list[ImageRecord], dict[str, int] | None]:
-    """``(train, val, folds)`` as the config asks.
-
-    ``data.splits`` keeps the records of those splits for training; ``data.val_split``
-    validates on a split, ``data.fold`` on a fold (:func:`assign_folds`; the folds
-    are returned so the run can record them). Training records carry their cleaned
-    masks (:meth:`ImageRecord.for_training`), validation keeps the raw ones.
-    """
-    d = cfg.data
-    pool = training_pool(records, cfg, data)
-    folds = None
-    if d.val_split is not None:
-        val = [r for r in records if r.split == d.val_split]
-        train = [r for r in pool if r.split != d.val_split]
-    elif d.fold is not None:
-        folds = assign_folds(pool, data, d.folds, cfg.train.seed)
-        train = [r for r in pool if folds[r.image_id] != d.fold]
-        val = [r for r in pool if folds[r.image_id] == d.fold]
-        if not val:
-            raise CellstackError(f"fold {d.fold} has no validation images")
-    else:
-        train, val = pool, []
-    if not train:
-        raise CellstackError(f"{data}: the config leaves no training images")
-    return [r.for_training() for r in train], val, folds
 
 
 def validate(
@@ -252,67 +124,6 @@ def validate(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-class _Log:
-    """``RUN/log.csv``: one row per logged iteration; on resume, rows past it are cut."""
-
-    def __init__(self, path: Path, start: int) -> None:
-        self.path = path
-        rows = []
-        if start > 0 and path.is_file():
-            with open(path, newline="") as f:
-                # A kill mid-append can leave a cut last line: keep whole rows only.
-                rows = [
-                    r
-                    for r in csv.DictReader(f)
-                    if (r.get("iteration") or "").isdigit()
-                    and int(r["iteration"]) <= start
-                    and None not in r.values()
-                ]
-        with atomic_write(path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.rows = rows
-
-    def add(self, row: dict) -> None:
-        row = {k: row.get(k, "") for k in LOG_COLUMNS}
-        self.rows.append(row)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=LOG_COLUMNS).writerow(row)
-
-
-def plot_log(rows: list[dict], path: Path) -> None:
-    """Losses (log scale) and validation score against iteration, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cellstack.fileio import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in ("loss", *LOSS_NAMES):
-        points = [
-            (int(r["iteration"]), float(r[name])) for r in rows if r.get(name) not in ("", None)
-        ]
-        if points:
-            ax.plot(*zip(*points, strict=True), label=name, lw=2 if name == "loss" else 1)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper right", fontsize=8)
-    val = [(int(r["iteration"]), float(r["val_score"])) for r in rows if r["val_score"] != ""]
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*val, strict=True), "ko-", label="val score")
-        ax2.set_ylabel("validation score (competition metric)")
-        ax2.legend(loc="upper center", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
 def train(
     cfg: Config,
     data: str | Path,
@@ -321,6 +132,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    hooks: Sequence[HookBase] = (),
 ) -> TrainResult:
     """Train a detector on ``data`` (any supported layout) into the run folder ``run``.
 
@@ -331,6 +143,8 @@ def train(
             limit would, leaving a checkpoint to ``resume`` from (the LR schedule still
             spans ``train.iterations``).
         progress: show a progress bar (rank 0 only under torchrun).
+        hooks: extra :class:`~cellstack.engine.hooks.HookBase` run after the built-in
+            ones (EMA, validation, log, checkpoint), in the order given.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -420,21 +234,39 @@ def train(
     )
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    ema = ModelEMA(model, t.ema) if t.ema > 0 else None
-
-    def weights() -> dict[str, torch.Tensor]:
-        """What validation and model.pt use: the EMA weights when averaging."""
-        return ema.shadow if ema is not None else model.state_dict()
+    loop = Loop(
+        cfg=cfg,
+        run=run,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        device=device,
+        world=world,
+        total=t.iterations,
+        class_names=class_names,
+        data_stats=data_stats,
+    )
+    ema = EMAHook(model, t.ema) if t.ema > 0 else None
+    loop.hooks = [
+        *([ema] if ema is not None else []),
+        *([ValidationHook(val_records, t.eval_every, ema)] if val_records and t.eval_every else []),
+        LogHook(None, t.log_every),  # its log file is opened below, once `start` is known
+        CheckpointHook(t.checkpoint_every),
+        *hooks,
+    ]
+    loop.weights = (lambda: ema.ema.shadow) if ema is not None else model.state_dict
 
     def finish(rows: list[dict]) -> None:
         """Plot, tune thresholds, then write model.pt: last, as it says "finished"."""
         plot_log(rows, run / "training.png")
         if t.auto_thresholds:
             final = build_model(cfg.model, class_names, cfg.predict)
-            final.load_state_dict(weights())
+            final.load_state_dict(loop.weights())
             pool = val_records or train_records
             tune_run_thresholds(final.to(device).eval(), cfg, pool, data_stats, run, device)
-        ckpt.save(ckpt.final_state(weights(), cfg, class_names, data_stats), run / ckpt.FINAL)
+        ckpt.save(ckpt.final_state(loop.weights(), cfg, class_names, data_stats), run / ckpt.FINAL)
 
     start = 0
     if state is not None:
@@ -442,18 +274,20 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        for hook in loop.hooks:
+            if hook.state_key:
+                hook.load_state_dict(state[hook.state_key])
         _restore_rng(state["rng"], world, run)
         start = int(state["iteration"])
     else:
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
+    loop.iteration = loop.last_saved = start
     if start >= t.iterations:
         if (run / ckpt.FINAL).is_file():
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
         # Killed while the run was being finished: the last checkpoint holds it all.
         if world.main:
-            finish(_Log(run / "log.csv", start).rows)
+            finish(RunLog(run / "log.csv", start).rows)
         distributed.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
@@ -481,27 +315,10 @@ def train(
         # the checkpoint restores for the model's own sampling.
         generator=torch.Generator().manual_seed(t.seed),
     )
-    log = _Log(run / "log.csv", start) if world.main else None
-
-    def save_checkpoint(iteration: int) -> None:
-        rng = distributed.gather(ckpt.rng_state(), world)
-        if world.main:
-            ckpt.save(
-                {
-                    **ckpt.final_state(model.state_dict(), cfg, class_names, data_stats),
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng,
-                    "iteration": iteration,
-                },
-                run / ckpt.CHECKPOINT,
-            )
-
-    net.train()
-    last_saved, val_score, loss_value = start, None, float("nan")
-    t0 = time.perf_counter()
+    log = RunLog(run / "log.csv", start) if world.main else None
+    for hook in loop.hooks:
+        if isinstance(hook, LogHook):
+            hook.log = log
     bar = tqdm(
         total=t.iterations,
         initial=start,
@@ -510,11 +327,16 @@ def train(
         disable=not (progress and world.main),
         dynamic_ncols=True,
     )
+    loop.say = bar.write
+    net.train()
+    for hook in loop.hooks:
+        hook.before_train(loop)
+    loss_value = float("nan")
     for it, (images, targets) in enumerate(loader, start=start):
         if stop_after is not None and it - start >= stop_after:
-            save_checkpoint(it)
+            loop.save_checkpoint()
             bar.close()
-            return TrainResult(run, it, loss_value, val_score)
+            return TrainResult(run, it, loss_value, loop.val_score)
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
         with torch.autocast(device.type, enabled=use_amp):
@@ -532,8 +354,8 @@ def train(
             bar.close()
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             saved = (
-                f"The last good checkpoint is {run / ckpt.CHECKPOINT} (iteration {last_saved})"
-                if last_saved > 0
+                f"The last good checkpoint is {run / ckpt.CHECKPOINT} (iteration {loop.last_saved})"
+                if loop.last_saved > 0
                 else "No checkpoint was written before it"
             )
             raise TrainingDiverged(
@@ -548,41 +370,81 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if ema is not None:
-            ema.update(model)
-        done = it + 1
         loss_value = stats[0]
+        loop.iteration, loop.lr, loop.row = it + 1, scheduler.get_last_lr()[0], {}
+        loop.metrics = {
+            "loss": loss_value,
+            **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
+        }
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        row = None
-        if done % t.log_every == 0 or done == t.iterations:
-            row = {
-                "iteration": done,
-                "lr": scheduler.get_last_lr()[0],
-                "loss": loss_value,
-                **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        if val_records and t.eval_every and (done % t.eval_every == 0 or done == t.iterations):
-            if ema is not None:
-                with ema.applied(model):
-                    val_score = validate(model, val_records, cfg, device, world)
-            else:
-                val_score = validate(model, val_records, cfg, device, world)
-            net.train()
-            row = {**(row or {"iteration": done}), "val_score": val_score}
-            if world.main:
-                bar.write(f"iteration {done}: validation score {val_score:.4f}")
-        if row is not None and log is not None:
-            log.add(row)
-        if done % t.checkpoint_every == 0 or done == t.iterations:
-            save_checkpoint(done)
-            last_saved = done
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
+        for hook in loop.hooks:
+            hook.after_step(loop)
     bar.close()
+    for hook in loop.hooks:
+        hook.after_train(loop)
     if world.main:
         finish(log.rows)
     distributed.barrier(world)  # no rank reports "done" before model.pt exists
-    return TrainResult(run, t.iterations, loss_value, val_score)
+    return TrainResult(run, t.iterations, loss_value, loop.val_score)
+
+
+@dataclass(eq=False)
+class Loop:
+    """The training state that :mod:`~cellstack.engine.hooks` see and act on.
+
+    Attributes:
+        model: the detector (unwrapped); ``net`` is what the step runs (DDP or model).
+        iteration: iterations done; ``total`` of the run.
+        metrics: the last step's all-reduced losses (``loss`` and one per kind).
+        row: extra columns hooks add to this step's log row (``val_score``).
+        lr: the learning rate after the last step.
+        val_score: the latest validation score.
+        last_saved: the iteration of the latest checkpoint (0: none).
+        weights: the weights to validate and save (the EMA when averaging).
+    """
+
+    cfg: Config
+    run: Path
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    world: distributed.World
+    total: int
+    class_names: list[str]
+    data_stats: dict | None
+    hooks: list[HookBase] = field(default_factory=list)
+    iteration: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    row: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+    val_score: float | None = None
+    last_saved: int = 0
+    weights: Callable[[], dict[str, torch.Tensor]] = dict
+    say: Callable[[str], None] = print
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
+        rng = distributed.gather(ckpt.rng_state(), self.world)
+        if self.world.main:
+            ckpt.save(
+                {
+                    **ckpt.final_state(
+                        self.model.state_dict(), self.cfg, self.class_names, self.data_stats
+                    ),
+                    **{h.state_key: h.state_dict() for h in self.hooks if h.state_key},
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng,
+                    "iteration": self.iteration,
+                },
+                self.run / ckpt.CHECKPOINT,
+            )
+        self.last_saved = self.iteration
 
 
 #: Images the automatic threshold search predicts at most (a few suffice, and it runs

@@ -148,15 +148,26 @@ class CellDetector(nn.Module):
                 "rpn_box": rpn_losses["loss_rpn_box_reg"],
                 **losses.named(),
             }
-        windows = image_windows(image_list)
-        proposals = select_proposals(
+        proposals = self.propose(image_list, feats)
+        return self.detect(
+            self.roi_heads.prepare(self.roi_levels(feats)), proposals, image_windows(image_list)
+        )
+
+    def propose(
+        self,
+        image_list: ImageList,
+        feats: dict[str, torch.Tensor],
+        params: ProposalParams | None = None,
+    ) -> list[torch.Tensor]:
+        """Test-time proposals: per image float[P, 4] xyxy, best first (``params``:
+        default the model's ``proposal_params``)."""
+        return select_proposals(
             self.rpn_outputs(feats),
             self.level_anchors(image_list, feats),
             self.rpn.box_coder,
-            windows,
-            self.proposal_params,
+            image_windows(image_list),
+            params or self.proposal_params,
         )
-        return self.detect(self.roi_heads.prepare(self.roi_levels(feats)), proposals, windows)
 
     def rpn_outputs(self, feats: dict[str, torch.Tensor]) -> RPNOutputs:
         objectness, deltas = self.rpn.head(list(feats.values()))

@@ -8,12 +8,12 @@ the heads never see it, so this bounds what the whole detector can find.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torchvision.ops import box_iou
 
-from cellstack.modeling.anchors import select_proposals
-from cellstack.modeling.detector import CellDetector, image_windows
+from cellstack.modeling.detector import CellDetector
 
 
 @torch.no_grad()
@@ -43,16 +43,8 @@ def proposal_recall(
         feats = model.features(image_list)
         params = model.proposal_params
         if top_n is not None:
-            from dataclasses import replace
-
             params = replace(params, post_nms_top_n=top_n)
-        proposals = select_proposals(
-            model.rpn_outputs(feats),
-            model.level_anchors(image_list, feats),
-            model.rpn.box_coder,
-            image_windows(image_list),
-            params,
-        )
+        proposals = model.propose(image_list, feats, params)
     finally:
         model.train(was_training)
     hits = dict.fromkeys(ious, 0)

@@ -1,0 +1,125 @@
+"""Hooks: what happens around the training steps, each in its own small class.
+
+The loop (:func:`cellstack.engine.trainer.train`) does only the step itself: a batch,
+the losses, the optimiser and the schedule. Everything else is a :class:`HookBase`
+called in a fixed order, as detectron2's hooks are:
+
+- ``before_train(loop)`` once, after a resume has restored the state;
+- ``after_step(loop)`` after every optimiser step, with ``loop.iteration`` the number
+  of iterations done and ``loop.metrics`` the step's all-reduced losses;
+- ``after_train(loop)`` once the last iteration is done.
+
+The trainer's hooks, in order: :class:`EMAHook` (the averaged weights),
+:class:`ValidationHook` (uses them), :class:`LogHook` (writes the row, with the
+validation score), :class:`CheckpointHook` (saves everything, the other hooks' state
+included, so a resumed run continues exactly). A hook that carries state returns it
+from ``state_dict`` and gets it back from ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from cellstack.engine.trainer import Loop
+
+
+class HookBase:
+    """The hook contract; every method does nothing unless overridden."""
+
+    #: Key of this hook's state in the checkpoint ("" = no state).
+    state_key = ""
+
+    def before_train(self, loop: Loop) -> None:
+        pass
+
+    def after_step(self, loop: Loop) -> None:
+        pass
+
+    def after_train(self, loop: Loop) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class EMAHook(HookBase):
+    """Keeps a :class:`~cellstack.engine.ema.ModelEMA` of the weights, which the
+    validation and ``model.pt`` use in place of the last step's weights."""
+
+    state_key = "ema"
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        from cellstack.engine.ema import ModelEMA
+
+        self.ema = ModelEMA(model, decay)
+
+    def after_step(self, loop: Loop) -> None:
+        self.ema.update(loop.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state)
+
+
+class ValidationHook(HookBase):
+    """Scores the model (its EMA when there is one) on the validation records every
+    ``every`` iterations and at the end; sets ``loop.val_score`` and adds it to the
+    step's log row."""
+
+    def __init__(self, records: list, every: int, ema: EMAHook | None = None) -> None:
+        self.records, self.every, self.ema = records, every, ema
+
+    def after_step(self, loop: Loop) -> None:
+        if not (loop.iteration % self.every == 0 or loop.iteration == loop.total):
+            return
+        from cellstack.engine.trainer import validate
+
+        if self.ema is not None:
+            with self.ema.ema.applied(loop.model):
+                score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
+        else:
+            score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
+        loop.net.train()
+        loop.val_score = score
+        loop.row["val_score"] = score
+        if loop.world.main:
+            loop.say(f"iteration {loop.iteration}: validation score {score:.4f}")
+
+
+class LogHook(HookBase):
+    """Writes a ``log.csv`` row every ``every`` iterations, at the end, and whenever
+    another hook added to the row (a validation score)."""
+
+    def __init__(self, log, every: int) -> None:
+        self.log, self.every = log, every
+        self.t0 = time.perf_counter()
+
+    def after_step(self, loop: Loop) -> None:
+        due = loop.iteration % self.every == 0 or loop.iteration == loop.total
+        if not (due or loop.row):
+            return
+        row = {"iteration": loop.iteration, **loop.row}
+        if due:
+            row.update(loop.metrics, lr=loop.lr, seconds=round(time.perf_counter() - self.t0, 2))
+        if self.log is not None:
+            self.log.add(row)
+
+
+class CheckpointHook(HookBase):
+    """Saves the full state every ``every`` iterations and at the end."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def after_step(self, loop: Loop) -> None:
+        if loop.iteration % self.every == 0 or loop.iteration == loop.total:
+            loop.save_checkpoint()
