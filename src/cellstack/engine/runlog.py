@@ -77,7 +77,7 @@ def plot_log(rows: list[dict], path: Path) -> None:
             xs, ys = zip(*points, strict=True)
             colour = f"C{k}"
             ax.plot(xs, ys, color=colour, lw=0.6, alpha=0.3)
-            span = max(len(ys) // 20, 3)
+            span = max(len(ys) // 5, 3)
             ax.plot(xs, smooth(list(ys), span), color=colour, label=name, lw=2.2 if k == 0 else 1.2)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
