@@ -491,18 +491,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
 
 
-def auto_keys(cfg: Config) -> list[str]:
-    """The dotted keys of ``cfg`` still set to ``auto`` (derived when training starts)."""
-    out = []
-    for key in AUTO_KEYS:
-        node: Any = cfg
-        for part in key.split("."):
-            node = getattr(node, part)
-        if node == AUTO:
-            out.append(key)
-    return out
-
-
 def _number(value: Any) -> float:
     """A numeric config value, or a value that passes every range check (``auto``)."""
     return 1e9 if value == AUTO else value
@@ -513,7 +501,7 @@ def _validate(cfg: Config) -> None:
         node: Any = cfg
         for part in key.split("."):
             node = getattr(node, part)
-        if isinstance(node, str) and node != AUTO:
+        if isinstance(node, str) and node != AUTO:  # the type check let any string in
             raise ConfigError(f"config key {key}: expected a number or 'auto', got {node!r}")
     checks = [
         (cfg.model.backbone.stem_stride in (1, 2), "model.backbone.stem_stride must be 1 or 2"),

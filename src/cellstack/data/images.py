@@ -29,52 +29,61 @@ def read_image(path: str | Path) -> np.ndarray:
         DataError: the file is missing, empty, corrupt, or not a single 2-D plane.
     """
     path = Path(path)
+    array, axes = _open(path, pixels=True)
+    return _one_plane(array, axes, path)
+
+
+def _open(path: Path, *, pixels: bool) -> tuple:
+    """``(array, axes)`` of an image file, or ``(shape, axes)`` from its header alone
+    when not ``pixels``; every failure a :class:`DataError` naming the file.
+
+    TIFF axes are tifffile's ``series[0].axes``; other formats (read by PIL) are
+    ``YX``, or ``YXS`` for colour. A multi-frame PNG/GIF is refused.
+    """
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: image file is empty")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array, axes = _read_tiff(path)
-        else:
-            array, axes = _read_pil(path)
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise DataError(f"{path}: TIFF holds no image")
+                series = tif.series[0]
+                data = np.asarray(series.asarray()) if pixels else tuple(series.shape)
+                return data, series.axes.upper()
+        from PIL import Image
+
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise DataError(
+                    f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
+                )
+            if not pixels:
+                return (im.size[1], im.size[0]), "YX"
+            return _pil_pixels(im)
     except DataError:
         raise
     except Exception as exc:  # PIL and tifffile raise many unrelated types on corrupt data
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
-    return _one_plane(array, axes, path)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise DataError(f"{path}: TIFF holds no image")
-        series = tif.series[0]
-        return np.asarray(series.asarray()), series.axes.upper()
-
-
-def _read_pil(path: Path) -> tuple[np.ndarray, str]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1:
-            raise DataError(
-                f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
-            )
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L"):
-            return np.asarray(im).astype(np.uint16), "YX"
-        if im.mode in ("I", "F", "L"):
-            return np.asarray(im), "YX"
-        if im.mode == "LA":
-            return np.asarray(im.getchannel(0)), "YX"
-        if im.mode == "RGB":
-            return np.asarray(im), "YXS"
-        return np.asarray(im.convert("RGB")), "YXS"
+def _pil_pixels(im) -> tuple[np.ndarray, str]:
+    """The pixels of an open PIL image and their axes."""
+    im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(im).astype(np.uint16), "YX"
+    if im.mode in ("I", "F", "L"):
+        return np.asarray(im), "YX"
+    if im.mode == "LA":
+        return np.asarray(im.getchannel(0)), "YX"
+    if im.mode == "RGB":
+        return np.asarray(im), "YXS"
+    return np.asarray(im.convert("RGB")), "YXS"
 
 
 def _plane_axes(shape: tuple[int, ...], axes: str, path: Path) -> tuple[tuple[int, ...], str]:
@@ -115,33 +124,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` of an image from its header only, after the same checks of its axes
     and frames as :func:`read_image` makes (so a stack is refused before any work)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: image file is empty")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise DataError(f"{path}: TIFF holds no image")
-                shape, axes = tif.series[0].shape, tif.series[0].axes.upper()
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    raise DataError(
-                        f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
-                    )
-                shape, axes = (im.size[1], im.size[0]), "YX"
-    except DataError:
-        raise
-    except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
+    shape, axes = _open(path, pixels=False)
     squeezed, axes = _plane_axes(tuple(shape), axes, path)
     return squeezed[1:3] if axes == "SYX" else squeezed[:2]
 
@@ -162,13 +145,10 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
         return np.round(img).astype(np.uint8) if img.dtype != np.uint8 else img
     img = img.astype(np.float32)
     finite = np.isfinite(img)
-    if not finite.all():
-        if not finite.any():
-            return np.zeros(img.shape, dtype=np.uint8)
-        lo, hi = np.percentile(img[finite], [0.5, 99.5])
-        img = np.where(finite, img, lo)
-    else:
-        lo, hi = np.percentile(img, [0.5, 99.5])
+    if not finite.any():
+        return np.zeros(img.shape, dtype=np.uint8)
+    lo, hi = np.percentile(img[finite], [0.5, 99.5])
+    img = np.where(finite, img, lo)
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)

@@ -19,11 +19,13 @@ from ``state_dict`` and gets it back from ``load_state_dict``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
+    from cellstack.engine.runlog import RunLog
     from cellstack.engine.trainer import Loop
 
 
@@ -97,11 +99,23 @@ class ValidationHook(HookBase):
 
 class LogHook(HookBase):
     """Writes a ``log.csv`` row every ``every`` iterations, at the end, and whenever
-    another hook added to the row (a validation score)."""
+    another hook added to the row (a validation score). Rank 0 only; the log opens at
+    the iteration training starts from (rows past it, from a killed run, are cut)."""
 
-    def __init__(self, log, every: int) -> None:
-        self.log, self.every = log, every
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+        self.log: RunLog | None = None
+
+    def before_train(self, loop: Loop) -> None:
+        from cellstack.engine.runlog import RunLog
+
+        if loop.world.main:
+            self.log = RunLog(self.path, loop.iteration)
         self.t0 = time.perf_counter()
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.log.rows if self.log is not None else []
 
     def after_step(self, loop: Loop) -> None:
         due = loop.iteration % self.every == 0 or loop.iteration == loop.total

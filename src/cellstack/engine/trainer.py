@@ -16,6 +16,7 @@ sharded over the ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -249,24 +250,27 @@ def train(
         data_stats=data_stats,
     )
     ema = EMAHook(model, t.ema) if t.ema > 0 else None
+    log = LogHook(run / "log.csv", t.log_every)
     loop.hooks = [
         *([ema] if ema is not None else []),
         *([ValidationHook(val_records, t.eval_every, ema)] if val_records and t.eval_every else []),
-        LogHook(None, t.log_every),  # its log file is opened below, once `start` is known
+        log,
         CheckpointHook(t.checkpoint_every),
         *hooks,
     ]
-    loop.weights = (lambda: ema.ema.shadow) if ema is not None else model.state_dict
 
     def finish(rows: list[dict]) -> None:
-        """Plot, tune thresholds, then write model.pt: last, as it says "finished"."""
+        """Plot, tune thresholds, then write model.pt: last, as it says "finished".
+        Both use the EMA weights when averaging."""
         plot_log(rows, run / "training.png")
-        if t.auto_thresholds:
-            final = build_model(cfg.model, class_names, cfg.predict)
-            final.load_state_dict(loop.weights())
-            pool = val_records or train_records
-            tune_run_thresholds(final.to(device).eval(), cfg, pool, data_stats, run, device)
-        ckpt.save(ckpt.final_state(loop.weights(), cfg, class_names, data_stats), run / ckpt.FINAL)
+        with ema.ema.applied(model) if ema is not None else contextlib.nullcontext():
+            if t.auto_thresholds:
+                pool = val_records or train_records
+                tune_run_thresholds(
+                    model, cfg, pool, data_stats, run, device, on_validation=bool(val_records)
+                )
+            weights = model.state_dict()
+            ckpt.save(ckpt.final_state(weights, cfg, class_names, data_stats), run / ckpt.FINAL)
 
     start = 0
     if state is not None:
@@ -315,10 +319,6 @@ def train(
         # the checkpoint restores for the model's own sampling.
         generator=torch.Generator().manual_seed(t.seed),
     )
-    log = RunLog(run / "log.csv", start) if world.main else None
-    for hook in loop.hooks:
-        if isinstance(hook, LogHook):
-            hook.log = log
     bar = tqdm(
         total=t.iterations,
         initial=start,
@@ -401,7 +401,6 @@ class Loop:
         lr: the learning rate after the last step.
         val_score: the latest validation score.
         last_saved: the iteration of the latest checkpoint (0: none).
-        weights: the weights to validate and save (the EMA when averaging).
     """
 
     cfg: Config
@@ -423,7 +422,6 @@ class Loop:
     lr: float = 0.0
     val_score: float | None = None
     last_saved: int = 0
-    weights: Callable[[], dict[str, torch.Tensor]] = dict
     say: Callable[[str], None] = print
 
     def save_checkpoint(self) -> None:
@@ -459,14 +457,17 @@ def tune_run_thresholds(
     data_stats: dict | None,
     run: Path,
     device: torch.device,
+    *,
+    on_validation: bool,
 ) -> None:
     """Choose the run's post-processing thresholds on ``records`` (the validation
-    images, or the training images when there are none) and write ``thresholds.yaml``.
+    images when ``on_validation``, else the training images) and write
+    ``thresholds.yaml``.
 
     The grid spans confidences 0.05..0.90, three mask thresholds and NMS levels, and
     minimum sizes relative to the training objects (0, and 1/2 and 1x the 1st
-    percentile of their areas). Per-type thresholds are kept only for types with at
-    least 4 images; the rest use the default.
+    percentile of their areas). Per-type thresholds are kept only when every predicted
+    type has at least 4 images; otherwise one default serves all.
     """
     from cellstack.data.stats import ObjectStats
     from cellstack.inference.postprocess import Thresholds
@@ -486,22 +487,21 @@ def tune_run_thresholds(
     src = Source(model, tuple(model.class_names), cfg, current, run / THRESHOLDS)
     raws = raw_predictions(src, records, device=device, progress=False)
     result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
-    count = {name: g["images"] for name, g in result.groups.items()}
-    chosen = Thresholds(
-        result.thresholds.default,
-        {k: v for k, v in result.thresholds.per_type.items() if count.get(k, 0) >= 4},
+    per_type = {k: g["images"] for k, g in result.groups.items() if k != "all"}
+    if all(n >= 4 for n in per_type.values()):
+        chosen, before, after = result.thresholds, result.before, result.after
+    else:  # the default alone: its scores are those of the "all" group
+        everything = result.groups["all"]
+        chosen = Thresholds(result.thresholds.default)
+        before, after = everything["before"], everything["after"]
+    which = "validation" if on_validation else "training"
+    summary = (
+        f"{len(records)} {which} images: score {before:.4f} at the config's thresholds -> "
+        f"{after:.4f}"
     )
-    which = "validation" if cfg.data.fold is not None or cfg.data.val_split else "training"
-    write_thresholds(
-        run / THRESHOLDS,
-        chosen,
-        f"Chosen after training on {len(records)} {which} images "
-        f"(score {result.before:.4f} at the config's thresholds -> "
-        f"{result.after:.4f}).",
-    )
+    write_thresholds(run / THRESHOLDS, chosen, f"Chosen after training on {summary}.")
     print(
-        f"thresholds tuned on {len(records)} {which} images: score {result.before:.4f}"
-        f" -> {result.after:.4f} (score_thresh {chosen.default.score_thresh}, "
+        f"thresholds tuned on {summary} (score_thresh {chosen.default.score_thresh}, "
         f"mask_thresh {chosen.default.mask_thresh}) -> {run / THRESHOLDS}"
     )
 

@@ -179,6 +179,11 @@ def predict_folder(
     from cellstack.inference.export import PredictionWriter
     from cellstack.inference.sources import load_source
 
+    # Every argument is checked before --overwrite clears anything.
+    if diameter is not None and scale is not None:
+        raise CellstackError("give --diameter or --scale, not both")
+    if (diameter is not None and diameter <= 0) or (scale is not None and scale <= 0):
+        raise CellstackError("--diameter and --scale must be positive")
     out = Path(out)
     torch_device = pick_device(device, distributed.launched().local_rank)
     todo = find_images(images)
@@ -186,10 +191,6 @@ def predict_folder(
         image_size(path)
     if distributed.launched().rank == 0:
         prepare_output(out, [path for _, path in todo], overwrite)
-    if diameter is not None and scale is not None:
-        raise CellstackError("give --diameter or --scale, not both")
-    if (diameter is not None and diameter <= 0) or (scale is not None and scale <= 0):
-        raise CellstackError("--diameter and --scale must be positive")
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
     if diameter is not None:
         if src.diameter is None:
