@@ -109,9 +109,8 @@ def main() -> None:
     from cellstack.data.layouts import load_dataset
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.postprocess import Thresholds, pixels_to_sparse
+    from cellstack.inference.postprocess import Thresholds, params_from, pixels_to_sparse
     from cellstack.inference.predictor import Predictor
-    from cellstack.inference.run import params_from
     from cellstack.inference.sources import load_source
     from cellstack.inference.tta import FLIPS
 

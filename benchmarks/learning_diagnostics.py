@@ -95,10 +95,10 @@ def learning_state(run: Path, records) -> dict[str, object]:
     from torchvision.ops import box_iou
 
     from cellstack.data.dataset import boxes_from_masks, instances_from_labels, load_sample
-    from cellstack.engine.checkpoint import load_run
     from cellstack.modeling.build import build_model
     from cellstack.modeling.detector import image_windows
     from cellstack.modeling.diagnostics import proposal_recall
+    from cellstack.modeling.files import load_run
     from cellstack.modeling.heads.base import BoxParams
 
     cfg, names, state = load_run(run, allow_unfinished=True)

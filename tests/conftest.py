@@ -7,7 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
+from tests.modeling.conftest import TINY
+
+#: A tiny model that trains in seconds on 80x96 images.
+FAST = [
+    *TINY,
+    "data.crop_size=64",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "train.lr=0.001",
+    "model.rpn.pre_nms_top_n_test=100",
+    "model.rpn.post_nms_top_n_test=50",
+    "predict.max_detections=20",
+]
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +46,30 @@ def random_labels(rng: np.random.Generator, shape=(40, 50), n=12) -> np.ndarray:
         region = labels[y : y + h, x : x + w]
         region[region == 0] = i
     return labels
+
+
+@pytest.fixture(scope="session")
+def base_data(tmp_path_factory) -> Path:
+    """4 synthetic 80x96 images."""
+    out = tmp_path_factory.mktemp("rel_data")
+    synthesize(out, 4, seed=5, shape=(80, 96), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_run(base_data, tmp_path_factory) -> Path:
+    """A finished 2-iteration run of a tiny model."""
+    from cellstack.engine.trainer import train
+
+    run = tmp_path_factory.mktemp("rel_run") / "run"
+    cfg = load_config(None, [*FAST, "train.iterations=2", "train.eval_every=0"])
+    train(cfg, base_data, run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """6 synthetic 96x112 images (Sartorius layout) for training tests."""
+    out = tmp_path_factory.mktemp("train_data")
+    synthesize(out, 6, seed=3, shape=(96, 112), progress=False)
+    return out

@@ -92,8 +92,8 @@ def _cmd_folds(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from cellstack import distributed
     from cellstack.config import load_config
-    from cellstack.engine import distributed
     from cellstack.engine.trainer import train
 
     if args.resume is not None:
@@ -113,8 +113,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
+    from cellstack import distributed
     from cellstack.config import load_config
-    from cellstack.engine import distributed
     from cellstack.engine.cv import run_cv
 
     result = run_cv(
@@ -148,10 +148,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channels(text: str) -> tuple[int, ...]:
+    """``--channel 1`` or ``--channel 0,2``."""
+    try:
+        chosen = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,M,... got {text!r}") from None
+    if any(c < 0 for c in chosen):
+        raise argparse.ArgumentTypeError(f"channels are counted from 0, got {text!r}")
+    return chosen
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cellstack.engine import distributed
+    from cellstack import distributed
+    from cellstack.data.images import PlaneSpec
     from cellstack.inference.run import predict_folder
 
+    spec = PlaneSpec(args.channel, args.z_axis, args.t_axis, args.c_axis)
     summary = predict_folder(
         args.run,
         args.images,
@@ -162,13 +175,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         allow_unfinished=args.allow_unfinished,
         diameter=args.diameter,
         scale=args.scale,
+        spec=spec,
+        save_rois=args.save_rois,
+        overlays=not args.no_overlays,
+        label_dtype=args.label_dtype,
+        progress=not args.quiet,
     )
     if not distributed.current().main:
         return 0
+    written = ["submission.csv", "results.json", "labels/", "objects/"]
+    written += ["overlays/"] * (not args.no_overlays) + ["rois/"] * args.save_rois
     print(
         f"predicted {summary.n_cells} cells in {summary.n_images} images "
         f"({summary.seconds / max(summary.n_images, 1):.2f} s/image) -> {summary.out} "
-        "(submission.csv, results.json, labels/, overlays/)"
+        f"({', '.join(written)})"
     )
     return 0
 
@@ -322,6 +342,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale", type=float, default=None, help="rescale images by this factor instead"
     )
+    p.add_argument(
+        "--channel",
+        type=_channels,
+        default=None,
+        metavar="N[,M...]",
+        help="the channel to segment in multi-channel images (or several, averaged after "
+        "each is scaled); for RGB without a channel axis, the colour sample",
+    )
+    for axis, what in (("z", "a Z-stack's depth"), ("t", "time"), ("c", "channels")):
+        p.add_argument(
+            f"--{axis}-axis",
+            type=int,
+            default=None,
+            metavar="I",
+            help=f"the stored array's axis I is {what}, where the file's metadata does not say",
+        )
+    p.add_argument(
+        "--save-rois",
+        action="store_true",
+        help="also write rois/{id}.zip, an ImageJ ROI set named by label id (Fiji)",
+    )
+    p.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
+    p.add_argument(
+        "--label-dtype",
+        default="int32",
+        choices=("int32", "uint32", "uint16"),
+        help="dtype of labels/{id}.tif (default int32, which napari opens as Labels)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
@@ -394,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if "torch" in sys.modules:  # under torchrun: leave the process group cleanly
-            from cellstack.engine.distributed import teardown
+            from cellstack.distributed import teardown
 
             teardown()
 

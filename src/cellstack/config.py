@@ -439,6 +439,14 @@ class EnsembleConfig:
         rpn_flips: average proposals over flips too.
         type_settings: ``original``, ``none`` or ``{type: {proposals: {..}, boxes: {..}}}``.
         type_models: ``{type: [run, ...]}``, a subset of ``models`` per cell type.
+        type_from: runs whose identity view decides an image's cell type when some type
+            has its own settings or models (default: the first of ``models``); runs
+            not in ``models`` serve only this.
+        feature_cache_mb: FPN features kept between the merge's stages, in MB; 0 keeps
+            one view's and computes the others again (memory does not grow with the
+            number of views), a large value is faster.
+        feature_dtype: how kept features are stored: float32, or float16 / bfloat16
+            for half the memory (results then differ slightly).
         postprocess: ``{default: {...}, per_type: {type: {...}}}`` thresholds.
     """
 
@@ -447,6 +455,9 @@ class EnsembleConfig:
     rpn_flips: bool = False
     type_settings: str | dict = "original"
     type_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    type_from: tuple[str, ...] = ()
+    feature_cache_mb: float = 0.0
+    feature_dtype: str = "float32"
     postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -455,6 +466,12 @@ class EnsembleConfig:
         if isinstance(self.type_settings, str) and self.type_settings not in ("original", "none"):
             raise ConfigError(
                 f"type_settings must be 'original', 'none' or a mapping, got {self.type_settings!r}"
+            )
+        if not self.feature_cache_mb >= 0:
+            raise ConfigError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        if self.feature_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(
+                f"feature_dtype must be float32, float16 or bfloat16, got {self.feature_dtype!r}"
             )
 
 

@@ -55,11 +55,10 @@ def run_demo(
     from cellstack.data.dataset import load_sample
     from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
     from cellstack.data.images import write_png
-    from cellstack.data.labels import write_label_tiff
+    from cellstack.data.labels import sparse_from_labels, write_label_tiff
     from cellstack.data.sartorius import read_train_csv, write_submission, write_train_csv
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.trainer import train
-    from cellstack.evaluation.matching import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.overlay import outline_overlay, side_by_side

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from cellstack.data.coco import read_coco_instances, results_entries, segmentation_to_mask
+from cellstack.data.coco import read_coco_instances, result_entry, segmentation_to_mask
 from cellstack.data.sartorius import read_train_csv
 from cellstack.errors import DataError
 from cellstack.evaluation.metric import score_image
@@ -43,13 +43,13 @@ def test_bad_json_is_named(tmp_path):
         read_coco_instances(tmp_path / "b.json")
 
 
-def test_results_entries_are_loadable_by_pycocotools():
+def test_result_entries_are_loadable_by_pycocotools():
     from pycocotools import mask as mask_utils
 
     masks = np.zeros((2, 10, 12), bool)
     masks[0, 2:5, 3:9] = True
     masks[1, 6:9, 0:2] = True
-    entries = results_entries("img", masks, np.array([0.9, 0.4]), np.array([0, 2]))
+    entries = [result_entry("img", masks[0], 0.9, 1), result_entry("img", masks[1], 0.4, 3)]
     assert [e["category_id"] for e in entries] == [1, 3]
     assert entries[0]["bbox"] == [3.0, 2.0, 6.0, 3.0]
     json.dumps(entries)  # json-ready

@@ -38,3 +38,43 @@ def test_colour_label_rejected(tmp_path):
     write_png(tmp_path / "rgb.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DataError, match="single-channel"):
         read_label_image(tmp_path / "rgb.png")
+
+
+def test_stardist_and_cellpose_layouts_load_alike(tmp_path, rng):
+    from cellstack.data.layouts import load_dataset, load_predictions
+
+    labels = random_labels(rng, (20, 30))
+    image = (labels * 9 % 255).astype(np.uint8)
+    # StarDist: images/ + masks/; Cellpose: a flat folder of X.tif beside X_masks.tif.
+    write_png(tmp_path / "sd" / "images" / "a.png", image)
+    write_label_tiff(tmp_path / "sd" / "masks" / "a.tif", labels)
+    write_png(tmp_path / "cp" / "a.png", image)
+    write_label_tiff(tmp_path / "cp" / "a_masks.tif", labels)
+    for root in (tmp_path / "sd", tmp_path / "cp"):
+        (rec,) = load_dataset(root)
+        assert rec.image_id == "a" and rec.shape == (20, 30)
+        np.testing.assert_array_equal(rec.label_image(), labels)
+    # Cellpose's own predictions (X_cp_masks.png) score as predictions.
+    write_png(tmp_path / "cp_out" / "a_cp_masks.png", labels.astype(np.uint16))
+    preds = load_predictions(tmp_path / "cp_out", [rec])
+    assert preds["a"].shape[0] == len(np.unique(labels)) - 1
+    # Two candidate truths for one image, or both labels/ and masks/: an error, not a pick.
+    write_label_tiff(tmp_path / "cp" / "a_cp_masks.tif", labels)
+    with pytest.raises(DataError, match="a_masks.tif and a_cp_masks.tif both label image 'a'"):
+        load_dataset(tmp_path / "cp")
+    write_label_tiff(tmp_path / "sd" / "labels" / "a.tif", labels)
+    with pytest.raises(DataError, match="both labels/ and masks/"):
+        load_dataset(tmp_path / "sd")
+
+
+def test_label_dtypes_and_stack_axes(tmp_path):
+    import tifffile
+
+    stack = np.arange(2 * 6 * 7, dtype=np.int64).reshape(2, 6, 7)
+    write_label_tiff(tmp_path / "s.tif", stack, axes="ZYX")
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].dtype == np.int32
+        np.testing.assert_array_equal(tif.asarray(), stack)
+    with pytest.raises(DataError, match="70000 objects do not fit uint16"):
+        write_label_tiff(tmp_path / "b.tif", np.full((2, 2), 70000), dtype="uint16")
+    assert not (tmp_path / "b.tif").exists()

@@ -9,16 +9,11 @@ import scipy.sparse as sp
 from cellstack.cli import main
 from cellstack.config import load_config
 from cellstack.data import rle
-from cellstack.data.coco import read_coco_instances
+from cellstack.data.coco import livecell_cell_type, livecell_sample_id, read_coco_instances
 from cellstack.data.images import write_png
 from cellstack.data.layouts import load_dataset
 from cellstack.data.maskcache import load_masks, save_masks, sparse_to_labels
-from cellstack.data.prepare import (
-    livecell_cell_type,
-    livecell_sample_id,
-    prepare_livecell,
-    prepare_sartorius,
-)
+from cellstack.data.prepare import prepare_livecell, prepare_sartorius
 from cellstack.data.sartorius import read_train_csv, write_train_csv
 from cellstack.data.splits import split_records
 from cellstack.errors import DataError
@@ -66,6 +61,7 @@ def test_livecell_prepared_like_its_json_and_cached(synth_dir, tmp_path):
         for ref in read_coco_instances(synth_dir / "livecell" / f"livecell_coco_{split}.json"):
             rec = by_id[ref.image_id]
             assert rec.split == split and rec.cell_type == ref.cell_type
+            assert rec.sample_id == ref.sample_id  # one rule: the same classes and groups
             assert rec.image_path == ref.image_path.resolve()
             assert _same(rec.sparse_masks(), ref.sparse_masks())
     # A second run on unchanged sources does nothing and says so.

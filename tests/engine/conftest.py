@@ -1,6 +1,3 @@
-import pytest
-
-from cellstack.data.synthetic import synthesize
 from tests.modeling.conftest import TINY
 
 #: A tiny model on small crops: training tests take seconds.
@@ -15,11 +12,3 @@ FAST = [
     "model.rpn.post_nms_top_n_test=100",
     "predict.max_detections=50",
 ]
-
-
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory):
-    """6 synthetic 96x112 images (Sartorius layout) for training tests."""
-    out = tmp_path_factory.mktemp("train_data")
-    synthesize(out, 6, seed=3, shape=(96, 112), progress=False)
-    return out

@@ -12,8 +12,8 @@ import yaml
 
 from cellstack.cli import main
 from cellstack.data.layouts import load_dataset, load_predictions
-from cellstack.engine.cv import load_oof
 from cellstack.evaluation.report import evaluate
+from cellstack.inference.cvfolder import CVFolder
 from cellstack.inference.sources import load_source
 from tests.engine.test_trainer import FAST
 
@@ -52,6 +52,43 @@ def test_cv_resumes_after_a_kill_and_scores_oof(small_data, tmp_path, capsys):
     proc.wait()
     assert (cv / "fold0" / "model.pt").is_file() and not (cv / "fold1" / "model.pt").is_file()
 
+    # The interrupted CV is one thing to predict, tune and ensembles alike: refused
+    # with what is missing, or (predict --allow-unfinished) the trained fold alone.
+    capsys.readouterr()
+    assert main(["predict", str(cv), str(small_data), "--out", str(tmp_path / "p0")]) == 2
+    assert "fold(s) 1 of 2 not trained" in capsys.readouterr().err
+    assert main(["tune", str(cv), "--quiet"]) == 2
+    assert "no OOF predictions of fold(s) 1 of 2" in capsys.readouterr().err
+    (tmp_path / "partial.yaml").write_text("models: [cv]\n")
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "partial.yaml"),
+                str(small_data),
+                "--out",
+                str(tmp_path / "p1"),
+            ]
+        )
+        == 2
+    )
+    assert "CV has not finished" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                str(cv),
+                str(small_data),
+                "--out",
+                str(tmp_path / "p2"),
+                "--allow-unfinished",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "using folds 0 of 2" in capsys.readouterr().err
+
     assert main(["cv", str(small_data), "--out", str(cv), "--folds", "2", "--quiet", *CV_ARGS]) == 0
     out = capsys.readouterr().out
     assert "fold 0: trained, skipped" in out and "fold 1: resuming" in out
@@ -61,7 +98,7 @@ def test_cv_resumes_after_a_kill_and_scores_oof(small_data, tmp_path, capsys):
     records = load_dataset(small_data)
     with open(cv / "folds.csv", newline="") as f:
         fold_of = {r["id"]: int(r["fold"]) for r in csv.DictReader(f)}
-    assert set(load_oof(cv)) == {r.image_id for r in records}
+    assert set(CVFolder(cv).load_oof()) == {r.image_id for r in records}
     for k in (0, 1):
         with open(cv / f"fold{k}" / "folds.csv", newline="") as f:
             assert {r["id"]: int(r["fold"]) for r in csv.DictReader(f)} == fold_of

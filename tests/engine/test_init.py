@@ -5,10 +5,11 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
-from cellstack.engine.checkpoint import init_from_run, load_run
+from cellstack.engine.checkpoint import init_from_run
 from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
 from cellstack.modeling.build import build_model
+from cellstack.modeling.files import load_run
 from tests.engine.test_trainer import FAST
 
 SHORT = [*FAST, "train.iterations=2", "train.eval_every=100"]

@@ -9,11 +9,11 @@ import yaml
 from cellstack.config import load_config
 from cellstack.data.dataset import TrainCrops
 from cellstack.data.layouts import load_dataset
-from cellstack.engine.checkpoint import load_run
 from cellstack.engine.ema import ModelEMA
 from cellstack.engine.trainer import train
 from cellstack.modeling.build import build_model
 from cellstack.modeling.diagnostics import proposal_recall
+from cellstack.modeling.files import load_run
 from cellstack.modeling.heads.base import BoxParams, BoxPredictions, select_detections
 from tests.engine.conftest import FAST
 from tests.modeling.conftest import TINY, two_cells

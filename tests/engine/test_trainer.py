@@ -6,10 +6,10 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
-from cellstack.engine.checkpoint import load_run
 from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
 from cellstack.engine.trainer import TrainingDiverged, train
 from cellstack.errors import CellstackError
+from cellstack.modeling.files import load_run
 from tests.engine.conftest import FAST
 
 

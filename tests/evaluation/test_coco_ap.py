@@ -4,8 +4,8 @@ import io
 import numpy as np
 import pytest
 
+from cellstack.data.labels import sparse_from_labels
 from cellstack.evaluation.coco_ap import mask_ap
-from cellstack.evaluation.matching import sparse_from_labels
 from tests.conftest import random_labels
 from tests.evaluation.test_metric import perturb
 

@@ -11,6 +11,7 @@ from cellstack.inference.tta import FLIPS
 from cellstack.modeling.anchors import ProposalParams
 from cellstack.modeling.build import build_model
 from cellstack.modeling.heads.base import BoxParams
+from cellstack.structures import Instances
 from tests.modeling.conftest import TINY, two_cells
 
 CLASSES = ["shsy5y", "astro", "cort"]
@@ -91,7 +92,8 @@ def test_per_type_settings_and_models():
     models = [_model("maskrcnn", seed=1), _model("cascade", seed=2)]
     with torch.no_grad():
         default_out = Ensemble(models).eval()(_images())
-        cell_type = majority_type(default_out[0].labels, CLASSES)
+        # The type comes from the type_from models' identity view (default: model 0).
+        cell_type = majority_type(models[0](_images())[0].labels, CLASSES)
         strict = StageSettings(ProposalParams(50, 0.5, 0.0, 20), BoxParams(0.0, 0.3, 5))
         out = Ensemble(models, type_settings={cell_type: strict}).eval()(_images())
         assert len(out[0]) <= 5 < len(default_out[0])
@@ -113,3 +115,123 @@ def test_incompatible_models_and_settings_fail_clearly():
         Ensemble([_model()], type_settings={"neuron": StageSettings()})
     with pytest.raises(CellstackError, match="out of range"):
         Ensemble([_model()], type_models={"astro": [3]})
+    with pytest.raises(CellstackError, match="type_from: model indices"):
+        Ensemble([_model()], type_from=[1])
+
+
+def _canonical(inst):
+    """Detections in an order that does not depend on how ties in score were broken
+    (random-weight models give many equal scores): by rounded score, label and box."""
+    import numpy as np
+
+    keys = [inst.boxes[:, k].numpy().round(2) for k in (3, 2, 1, 0)]
+    keys += [inst.labels.numpy(), -inst.scores.numpy().round(4)]
+    return inst[torch.from_numpy(np.lexsort(keys))]
+
+
+def _reference(models, flips, images, rpn_flips=False):
+    """The three-stage merge by its definition: every view's outputs stacked, then
+    averaged (what the ensemble computed before it streamed over views)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from cellstack.modeling.anchors import RPNOutputs, select_proposals
+    from cellstack.modeling.detector import image_windows
+    from cellstack.modeling.heads.base import BoxPredictions, select_detections
+
+    out = []
+    for image in images:
+        il = models[0].preprocess([image])
+        size = tuple(il.tensors.shape[-2:])
+        (window,) = image_windows(il)
+        views = []
+        for model in models:
+            for flip in flips:
+                raw = model.features(ImageList(flip.maps(il.tensors), il.image_sizes))
+                use = rpn_flips or flip.identity
+                views.append((model, flip, raw, flip.rpn(model.rpn_outputs(raw)) if use else None))
+        anchors = models[0].level_anchors(il, views[0][2])
+        rpns = [v[3] for v in views if v[3] is not None]
+        mean = RPNOutputs(
+            [torch.stack([r.objectness[k] for r in rpns]).mean(0) for k in range(len(anchors))],
+            [torch.stack([r.deltas[k] for r in rpns]).mean(0) for k in range(len(anchors))],
+        )
+        p = models[0].proposal_params
+        (proposals,) = select_proposals(mean, anchors, models[0].rpn.box_coder, [window], p)
+        probs, boxes = [], []
+        for model, flip, raw, _ in views:
+            feats = model.roi_heads.prepare(model.roi_levels(raw))
+            (pred,) = model.roi_heads.predict_boxes(
+                feats, [flip.boxes(proposals, size)], [flip.window(window, size)]
+            )
+            probs.append(pred.probs)
+            boxes.append(flip.boxes(pred.boxes, size))
+        merged = BoxPredictions(proposals, torch.stack(probs).mean(0), torch.stack(boxes).mean(0))
+        b, s, lab = select_detections(merged, models[0].box_params)
+        masks = []
+        for model, flip, raw, _ in views:
+            feats = model.roi_heads.prepare(model.roi_levels(raw))
+            (m,) = model.roi_heads.predict_masks(feats, [flip.boxes(b, size)], [lab])
+            masks.append(flip.maps(m))
+        out.append(
+            Instances(
+                (int(window[3]), int(window[2])),
+                boxes=b,
+                scores=s,
+                labels=lab,
+                roi_masks=torch.stack(masks).mean(0),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade", "htc"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_streaming_merge_equals_the_definition(arch, k):
+    """Same boxes, scores and masks (1e-5) with no features kept between stages, with
+    every view kept, and near them with float16 storage, for k models x 4 flips."""
+    models = [_model(arch, seed=s) for s in range(k)]
+    with torch.no_grad():
+        for model in models:
+            # Random heads score many detections exactly alike; spread them, so that
+            # float rounding cannot reorder ties and the comparison is exact.
+            for name, param in model.named_parameters():
+                if "cls_score" in name:
+                    param.mul_(20)
+    flips = tuple(FLIPS.values())
+    with torch.no_grad():
+        expected = _reference(models, flips, _images())
+        for budget in (0.0, float("inf")):
+            _same(
+                Ensemble(models, flips=flips, feature_cache_mb=budget).eval()(_images()), expected
+            )
+        half = Ensemble(
+            models, flips=flips, feature_cache_mb=float("inf"), feature_dtype=torch.float16
+        ).eval()(_images())
+    for h, e in zip(half, expected, strict=True):
+        assert len(h) == len(e)
+        assert torch.allclose(h.scores, e.scores, atol=2e-2)
+
+
+def test_memory_budget_decides_what_is_computed_again(monkeypatch):
+    """With no budget each view's backbone runs once per stage (minus the view a stage
+    hands to the next); with room for every view, once."""
+    from cellstack.inference import ensemble as ens_module
+
+    models = [_model("maskrcnn", seed=s) for s in range(2)]
+    flips = tuple(FLIPS.values())
+    passes = []
+    real = ens_module._Views.raw
+
+    def counted(self, key):
+        passes.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(ens_module._Views, "raw", counted)
+    img = _images()[:1]
+    with torch.no_grad():
+        Ensemble(models, flips=flips, feature_cache_mb=float("inf")).eval()(img)
+        assert len(passes) == 8  # 2 models x 4 flips, once each
+        passes.clear()
+        Ensemble(models, flips=flips).eval()(img)
+        # stage 1: 2 identity views; stage 2: 8 views, 1 handed over; stage 3: 8 - 1.
+        assert len(passes) == 2 + 7 + 7

@@ -36,6 +36,39 @@ def test_paste_left_half_and_clipping():
     assert sorted(outside[0].tolist()) == [0, 1, 8, 9]
 
 
+def _paste_one(mask, box, size, threshold):
+    """The definition: sample the mask at the centre of every pixel of its box."""
+    import torch.nn.functional as F
+
+    h, w = size
+    x1, y1, x2, y2 = box.tolist()
+    c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), w)
+    r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), h)
+    if c1 <= c0 or r1 <= r0:
+        return np.zeros(0, dtype=np.int64)
+    gx = (torch.arange(c0, c1) + 0.5 - x1) / max(x2 - x1, 1e-6) * 2 - 1
+    gy = (torch.arange(r0, r1) + 0.5 - y1) / max(y2 - y1, 1e-6) * 2 - 1
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+    probs = F.grid_sample(mask[None, None], grid, align_corners=False, padding_mode="border")
+    ys, xs = np.nonzero(probs[0, 0].numpy() > threshold)
+    return ((ys + r0) * w + xs + c0).astype(np.int64)
+
+
+@pytest.mark.parametrize("chunk_pixels", [1, 500, 1 << 22])
+def test_batched_paste_equals_pasting_one_mask_at_a_time(chunk_pixels):
+    gen = torch.Generator().manual_seed(0)
+    n, size = 300, (90, 120)
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([140.0, 110.0]) - 10
+    wh = torch.rand(n, 2, generator=gen) * 40 + 0.2
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    boxes[5] = torch.tensor([200.0, 200.0, 210.0, 210.0])  # outside the image
+    masks = torch.rand(n, 14, 14, generator=gen)
+    pasted = paste_masks(masks, boxes, size, 0.5, chunk_pixels=chunk_pixels)
+    assert len(pasted) == n and len(pasted[5]) == 0
+    for k in range(n):
+        np.testing.assert_array_equal(pasted[k], _paste_one(masks[k], boxes[k], size, 0.5))
+
+
 def test_mask_nms_and_overlap_removal():
     size = (4, 10)
     a = np.arange(0, 6)  # row 0, columns 0..5

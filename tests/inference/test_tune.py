@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cellstack.data import rle
+from cellstack.data.labels import sparse_from_labels
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
-from cellstack.evaluation.matching import sparse_from_labels
 from cellstack.evaluation.metric import score_image
 from cellstack.inference.postprocess import (
     PostprocessParams,

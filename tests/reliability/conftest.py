@@ -13,20 +13,6 @@ from pathlib import Path
 import pytest
 
 from cellstack.cli import main
-from cellstack.config import load_config
-from cellstack.data.synthetic import synthesize
-from tests.modeling.conftest import TINY
-
-FAST = [
-    *TINY,
-    "data.crop_size=64",
-    "train.batch_size=2",
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
-    "predict.max_detections=20",
-]
 
 
 @dataclass
@@ -71,28 +57,10 @@ def checksums(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def base_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rel_data")
-    synthesize(out, 4, seed=5, shape=(80, 96), progress=False)
-    return out
-
-
 @pytest.fixture
 def data(base_data, tmp_path) -> Path:
     """A private copy of the small dataset (tests may damage it)."""
     return Path(shutil.copytree(base_data, tmp_path / "data"))
-
-
-@pytest.fixture(scope="session")
-def base_run(base_data, tmp_path_factory) -> Path:
-    """A finished 2-iteration run of a tiny model."""
-    from cellstack.engine.trainer import train
-
-    run = tmp_path_factory.mktemp("rel_run") / "run"
-    cfg = load_config(None, [*FAST, "train.iterations=2", "train.eval_every=0"])
-    train(cfg, base_data, run, progress=False)
-    return run
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.conftest import FAST
+from tests.conftest import FAST
 
 
 @pytest.mark.parametrize(

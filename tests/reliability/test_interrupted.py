@@ -7,7 +7,8 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.engine.trainer import train
-from tests.reliability.conftest import FAST, checksums
+from tests.conftest import FAST
+from tests.reliability.conftest import checksums
 
 
 def test_kill_while_model_pt_is_written(cli, run, data):

@@ -33,7 +33,7 @@ def test_resume_refuses_a_payload(cli, run, data, tmp_path):
 
 
 def test_init_from_refuses_a_payload(cli, run, data, tmp_path):
-    from tests.reliability.conftest import FAST
+    from tests.conftest import FAST
 
     marker = tmp_path / "pwned"
     _poison(run / "model.pt", marker)
@@ -50,6 +50,7 @@ def test_ensemble_and_cv_folder_refuse_a_payload(cli, run, images, tmp_path):
     cv.mkdir()
     run.rename(cv / "fold0")
     (cv / "folds.csv").write_text("id,fold\n")
+    (cv / "oof").mkdir()  # what marks a CV folder
     (cv / "ensemble.yaml").write_text("models: [fold0]\n")
     cli.fails("predict", cv, images, "--out", tmp_path / "p2", match="refused")
     assert not marker.exists()

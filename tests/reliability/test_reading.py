@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from cellstack.data.images import read_image, to_gray_uint8
+from cellstack.errors import DataError
 
 
 def _tif(path, array, **kw):
@@ -15,31 +16,54 @@ def _tif(path, array, **kw):
 
 
 PLANE = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48)
+GRAY = {"photometric": "minisblack"}  # a plain TIFF of gray planes: axes Q, unnamed
 
 
 @pytest.mark.parametrize(
-    ("name", "array", "kw", "axes"),
+    ("name", "array", "kw", "axes", "say"),
     [
-        ("zstack", np.stack([PLANE] * 10), {}, "QYX"),
-        ("two_channels", np.stack([PLANE] * 2), {}, "QYX"),
-        ("imagej_zyx", np.stack([PLANE] * 5), {"imagej": True, "metadata": {"axes": "ZYX"}}, "ZYX"),
-        ("timeseries", np.stack([PLANE] * 3), {"imagej": True, "metadata": {"axes": "TYX"}}, "TYX"),
+        ("zstack", np.stack([PLANE] * 10), GRAY, "QYX", "axis Q (length 10, index 0) is not named"),
+        (
+            "two_channels",
+            np.stack([PLANE] * 2),
+            GRAY,
+            "QYX",
+            "--z-axis 0, --t-axis 0 or --c-axis 0",
+        ),
         (
             "hyperstack",
             np.zeros((3, 2, 40, 48), np.uint16),
             {"imagej": True, "metadata": {"axes": "TCYX"}},
             "TCYX",
+            "has 2 channels; choose one with --channel N",
         ),
-        ("ome_cyx", np.stack([PLANE] * 2), {"ome": True, "metadata": {"axes": "CYX"}}, "CYX"),
+        (
+            "ome_cyx",
+            np.stack([PLANE] * 2),
+            {"ome": True, "metadata": {"axes": "CYX"}},
+            "CYX",
+            "has 2 channels",
+        ),
     ],
 )
-def test_stacks_are_refused_naming_shape_and_axes(cli, run, tmp_path, name, array, kw, axes):
+def test_unresolved_stacks_are_refused_naming_shape_and_axes(
+    cli, run, tmp_path, name, array, kw, axes, say
+):
+    """Z-stacks and time series with named axes are segmented plane by plane
+    (tests/inference/test_segmenter.py); an unnamed axis or an unchosen channel is never
+    guessed."""
     folder = tmp_path / "in"
     folder.mkdir()
     _tif(folder / f"{name}.tif", array, **kw)
     res = cli.fails("predict", run, folder, "--out", tmp_path / "p", match=f"{name}.tif")
-    assert f"axes {axes!r}" in res.err and str(array.shape) in res.err
-    assert not (tmp_path / "p" / "submission.csv").exists()
+    assert f"axes {axes!r}" in res.err and str(array.shape) in res.err and say in res.err
+    assert not (tmp_path / "p").exists()
+
+
+def test_training_reads_one_plane_per_file(tmp_path):
+    path = _tif(tmp_path / "z.tif", np.stack([PLANE] * 3), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(DataError, match="is not one 2-D image"):
+        read_image(path)
 
 
 def test_singleton_axes_are_one_plane(tmp_path):

@@ -9,6 +9,7 @@ category per file) or from the file-name prefix (``A172_Phase_...``).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,6 +69,41 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return polys
 
 
+_LIVECELL_NAME = re.compile(r"^(?P<well>.+)_\d+d\d+h\d+m_\d+$")
+
+
+def image_identity(img: dict, anns: list[dict], categories: dict) -> tuple[str, str]:
+    """``(cell_type, sample_id)`` of a COCO image entry: the one rule that reading a
+    COCO file and preparing LIVECell share.
+
+    The cell type is the image's most common annotation category, lower-cased, unless
+    that is a generic ``cell`` (LIVECell's all-lines json), then the file-name prefix
+    (``A172_...`` -> ``a172``). The sample (the group folds keep together) is the
+    entry's ``sample_id`` when it has one, else the LIVECell well
+    (:func:`livecell_sample_id`).
+    """
+    votes = Counter(categories.get(a.get("category_id")) for a in anns)
+    category = votes.most_common(1)[0][0] if votes else None
+    name = Path(str(img["file_name"])).name
+    sample = img.get("sample_id")
+    return livecell_cell_type(name, category), str(sample) if sample else livecell_sample_id(name)
+
+
+def livecell_cell_type(file_name: str, category: str | None) -> str:
+    """A LIVECell image's cell line: its annotations' category, unless that is the
+    generic ``cell`` of the all-lines json, then the file-name prefix (``A172_...``)."""
+    if category and category.lower() not in ("cell", "cells"):
+        return category.lower()
+    return Path(file_name).name.split("_")[0].lower()
+
+
+def livecell_sample_id(file_name: str) -> str:
+    """The well of a LIVECell image (its name without time point and crop)."""
+    stem = Path(file_name).stem
+    m = _LIVECELL_NAME.match(stem)
+    return m.group("well") if m else stem
+
+
 def read_coco_instances(
     json_path: str | Path, images_dir: str | Path | None = None
 ) -> list[ImageRecord]:
@@ -111,10 +147,7 @@ def read_coco_instances(
             segmentation_to_mask(a["segmentation"], h, w, where=f"{where} annotation {a['id']}")
             for a in anns
         ]
-        votes = Counter(categories.get(a["category_id"], "cell") for a in anns)
-        cell_type = (
-            votes.most_common(1)[0][0] if votes else Path(img["file_name"]).stem.split("_")[0]
-        )
+        cell_type, sample_id = image_identity(img, anns, categories)
         path = base / img["file_name"]
         if not path.exists() and (base / "images" / img["file_name"]).exists():
             path = base / "images" / img["file_name"]
@@ -125,7 +158,7 @@ def read_coco_instances(
                 height=h,
                 width=w,
                 cell_type=cell_type,
-                sample_id=img.get("sample_id", Path(img["file_name"]).stem),
+                sample_id=sample_id,
                 rles=tuple(rle.encode(m) for m in masks if m.any()),
             )
         )
@@ -138,37 +171,21 @@ def encode_coco_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in coded["size"]], "counts": coded["counts"].decode("ascii")}
 
 
-def results_entries(
-    image_id: str,
-    masks: np.ndarray,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    *,
-    category_ids: Sequence[int] | None = None,
-) -> list[dict]:
-    """COCO results for one image.
-
-    Args:
-        image_id: our string id (pycocotools accepts any hashable image id).
-        masks: bool[N, H, W]; scores: float[N]; labels: int[N] class indices.
-        category_ids: COCO category id of each class index (default index + 1).
-    """
-    mu = _mask_utils()
-    out = []
-    for mask, score, label in zip(masks, scores, labels, strict=True):
-        seg = encode_coco_rle(mask)
-        bbox = mu.toBbox({"size": seg["size"], "counts": seg["counts"].encode()}).tolist()
-        cat = category_ids[int(label)] if category_ids is not None else int(label) + 1
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": int(cat),
-                "segmentation": seg,
-                "bbox": [float(v) for v in bbox],
-                "score": float(score),
-            }
-        )
-    return out
+def result_entry(
+    image_id: str, mask: np.ndarray, score: float, category_id: int, **extra: object
+) -> dict:
+    """One COCO results entry (json-ready) for bool[H, W] ``mask``: compressed RLE,
+    ``bbox`` [x, y, w, h] of the mask's pixels, ``score``, and ``extra`` fields."""
+    seg = encode_coco_rle(mask)
+    bbox = _mask_utils().toBbox({"size": seg["size"], "counts": seg["counts"].encode()})
+    return {
+        "image_id": image_id,
+        "category_id": int(category_id),
+        "segmentation": seg,
+        "bbox": [float(v) for v in bbox.tolist()],
+        "score": float(score),
+        **extra,
+    }
 
 
 def write_json(path: str | Path, obj: object) -> None:

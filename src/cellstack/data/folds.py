@@ -77,3 +77,11 @@ def read_folds_csv(path: str | Path) -> dict[str, int]:
     """``{image_id: fold}`` from a ``folds.csv``."""
     with open(path, newline="") as f:
         return {row["id"]: int(row["fold"]) for row in csv.DictReader(f)}
+
+
+def folds_beside(data: str | Path) -> Path:
+    """Where ``folds.csv`` of a dataset lives: in its folder, or beside its file (a
+    ``train.csv`` or COCO json). ``cellstack folds`` writes it there; training, CV and
+    tune read it from there."""
+    data = Path(data)
+    return (data if data.is_dir() else data.parent) / "folds.csv"

@@ -6,6 +6,7 @@ Reading never fails with a library traceback: a missing, empty or corrupt file r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,47 +87,192 @@ def _pil_pixels(im) -> tuple[np.ndarray, str]:
     return np.asarray(im.convert("RGB")), "YXS"
 
 
-def _plane_axes(shape: tuple[int, ...], axes: str, path: Path) -> tuple[tuple[int, ...], str]:
-    """The shape and axes left once length-1 axes are dropped, checked to be one 2-D
-    plane: ``YX`` or ``YXS``/``SYX`` with 2-4 samples; anything else an error."""
+@dataclass(frozen=True)
+class PlaneSpec:
+    """How to cut an image into the 2-D planes that are segmented.
+
+    Attributes:
+        channel: channel indices to use from the channel axis C (or, without one, from
+            the colour samples S): one is taken as it is; several are each scaled to
+            [0, 1] by their 0.5/99.5 percentiles and averaged. None: an image with
+            several channels is refused, colour is averaged.
+        z_axis, t_axis, c_axis: the index of the stored array's axis that is Z, T or C,
+            for files whose metadata does not say (tifffile names such axes Q or I),
+            or says wrong.
+    """
+
+    channel: tuple[int, ...] | None = None
+    z_axis: int | None = None
+    t_axis: int | None = None
+    c_axis: int | None = None
+
+
+#: The axes cellstack knows, in tifffile's letters: time, depth, channel, colour samples.
+KNOWN_AXES = "TZCSYX"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    keep: tuple[int, ...]  # the stored axes that are not of length 1 (or are Y/X)
+    axes: str  # their names
+    channel_axis: str | None  # "C" or "S" when spec.channel selects from it
+    lead: str  # the axes planes are stacked along ("", "Z", "T", "TZ")
+    lead_shape: tuple[int, ...]
+    size: tuple[int, int]  # (H, W)
+
+
+def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> _Plan:
+    """Check the axes of an image of ``shape`` against ``spec``; every shape that cannot
+    be resolved is a :class:`DataError` naming the file, shape and axes found."""
+    shape = tuple(int(n) for n in shape)
+    found = f"shape {shape} with axes {axes!r}"
     if len(axes) != len(shape):
-        raise DataError(f"{path}: axes {axes!r} do not match shape {tuple(shape)}")
-    # Axes of length 1 carry no data (a single Z, T or C), whatever their name.
-    keep = [i for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if n > 1 or a in "YX"]
-    squeezed = tuple(shape[i] for i in keep)
-    left = "".join(axes[i] for i in keep)
-    samples = squeezed[-1] if left == "YXS" else squeezed[0] if left == "SYX" else 0
-    if left not in ("YX", "YXS", "SYX") or (left != "YX" and samples not in (2, 3, 4)):
+        raise DataError(f"{where}: axes {axes!r} do not match shape {shape}")
+    names = list(axes.upper())
+    for letter, index in (("Z", spec.z_axis), ("T", spec.t_axis), ("C", spec.c_axis)):
+        if index is not None:
+            if not -len(shape) <= index < len(shape):
+                raise DataError(
+                    f"{where}: --{letter.lower()}-axis {index} is out of range for {found}"
+                )
+            names[index] = letter
+    keep = tuple(i for i, (a, n) in enumerate(zip(names, shape, strict=True)) if n > 1 or a in "YX")
+    left = "".join(names[i] for i in keep)
+    unknown = sorted(set(left) - set(KNOWN_AXES))
+    if unknown:
+        i = keep[left.index(unknown[0])]
         raise DataError(
-            f"{path}: shape {tuple(shape)} with axes {axes!r} is not one 2-D image "
-            "(Y, X and optional RGB samples S); Z-stacks, time series and multi-channel "
-            "images are not read plane by plane yet"
+            f"{where}: {found}: axis {unknown[0]} (length {shape[i]}, index {i}) is not "
+            f"named in the file's metadata; say what it is with --z-axis {i}, --t-axis {i} "
+            f"or --c-axis {i}"
         )
-    if 0 in squeezed:
-        raise DataError(f"{path}: image is empty (shape {tuple(shape)})")
-    return squeezed, left
+    repeated = sorted({a for a in left if left.count(a) > 1})
+    if repeated or "Y" not in left or "X" not in left:
+        raise DataError(
+            f"{where}: {found} is not a set of 2-D planes (needs one Y and one X axis, each "
+            "other axis once)"
+        )
+    if any(shape[i] == 0 for i in keep):
+        raise DataError(f"{where}: image is empty ({found})")
+    size = (shape[keep[left.index("Y")]], shape[keep[left.index("X")]])
+    channel_axis = None
+    if spec.channel is not None:
+        channel_axis = "C" if "C" in left else "S" if "S" in left else None
+        if channel_axis is None:
+            raise DataError(f"{where}: --channel given, but {found} has no channel axis")
+        n = shape[keep[left.index(channel_axis)]]
+        bad = [c for c in spec.channel if not 0 <= c < n]
+        if bad:
+            raise DataError(
+                f"{where}: channel {bad[0]} does not exist; {found} has {n} channels (0..{n - 1})"
+            )
+    else:
+        # Several channels (C), or more samples than colour has (S), need a choice.
+        for axis, most in (("C", 1), ("S", 4)):
+            n = shape[keep[left.index(axis)]] if axis in left else 0
+            if n > most:
+                raise DataError(
+                    f"{where}: {found} has {n} channels; choose one with --channel N "
+                    "(or combine some, e.g. --channel 0,1)"
+                )
+    lead = "".join(a for a in "TZ" if a in left)
+    lead_shape = tuple(shape[keep[left.index(a)]] for a in lead)
+    return _Plan(keep, left, channel_axis, lead, lead_shape, size)
 
 
-def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    """``array`` with axes ``axes`` as [H, W] or [H, W, C]; anything else an error."""
-    squeezed, axes = _plane_axes(array.shape, axes, path)
-    array = array.reshape(squeezed)
-    if axes == "SYX":
-        array, axes = np.moveaxis(array, 0, -1), "YXS"
-    if axes == "YXS" and array.shape[-1] == 2:  # gray + alpha
+def plane_layout(
+    path: str | Path, spec: PlaneSpec = PlaneSpec()
+) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """``(lead_axes, lead_shape, (H, W))`` of an image file from its header alone: the
+    axes its planes are stacked along (``""`` for one 2-D image, else some of ``"TZ"``)
+    and their lengths. Makes every check :func:`read_planes` makes, before any pixels
+    are read."""
+    path = Path(path)
+    shape, axes = _open(path, pixels=False)
+    plan = _plan(tuple(shape), axes, spec, path)
+    return plan.lead, plan.lead_shape, plan.size
+
+
+def select_planes(
+    array: np.ndarray, axes: str, spec: PlaneSpec = PlaneSpec(), where: object = "image"
+) -> tuple[np.ndarray, str]:
+    """``(planes, lead_axes)``: ``array`` (stored with ``axes``) as
+    ``[*lead, H, W]`` or ``[*lead, H, W, S]`` (colour), its channels chosen by ``spec``.
+
+    Length-1 axes are dropped whatever their name; the lead axes are T then Z. A single
+    chosen channel keeps its dtype; several become float32 (each scaled, then averaged).
+    """
+    array = np.asarray(array)
+    plan = _plan(array.shape, axes, spec, where)
+    array = array.reshape([array.shape[i] for i in plan.keep])
+    left = plan.axes
+    if plan.channel_axis is not None:
+        ax = left.index(plan.channel_axis)
+        parts = [np.take(array, c, axis=ax) for c in spec.channel]
+        left = left.replace(plan.channel_axis, "")
+        array = parts[0] if len(parts) == 1 else np.mean([_unit(p) for p in parts], axis=0)
+    order = [left.index(a) for a in (*plan.lead, "Y", "X")]
+    if "S" in left:
+        order.append(left.index("S"))
+    array = np.transpose(array, order)
+    if "S" in left and array.shape[-1] == 2:  # gray + alpha
         array = array[..., 0]
     if array.dtype.kind == "c" or array.dtype == bool:
         array = array.astype(np.uint8) if array.dtype == bool else np.abs(array)
-    return array
+    return array, plan.lead
+
+
+def _unit(channel: np.ndarray) -> np.ndarray:
+    """One channel scaled to [0, 1] by its 0.5/99.5 percentiles (finite pixels only)."""
+    return to_gray_uint8(channel.reshape(-1, channel.shape[-1])).reshape(channel.shape) / 255.0
+
+
+def read_planes(path: str | Path, spec: PlaneSpec = PlaneSpec()) -> tuple[np.ndarray, str]:
+    """An image file as uint8 planes ``[*lead, H, W]`` and their lead axes (``""``,
+    ``"Z"``, ``"T"`` or ``"TZ"``), each plane scaled by :func:`to_gray_uint8` on its own.
+
+    Axes come from the file (tifffile's ``series[0].axes``: ImageJ, OME and plain
+    TIFF), overridden by ``spec``; see :class:`PlaneSpec`.
+    """
+    path = Path(path)
+    array, axes = _open(path, pixels=True)
+    planes, lead = select_planes(array, axes, spec, path)
+    return gray_planes(planes, lead), lead
+
+
+def gray_planes(planes: np.ndarray, lead: str) -> np.ndarray:
+    """uint8 ``[*lead, H, W]`` from ``[*lead, H, W(, S)]`` planes, one plane at a time."""
+    n = len(lead)
+    flat = planes.reshape(-1, *planes.shape[n:])
+    return np.stack([to_gray_uint8(p) for p in flat]).reshape(*planes.shape[:n], *flat.shape[1:3])
+
+
+def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """``array`` with axes ``axes`` as [H, W] or [H, W, C]; a stack is an error."""
+    planes, lead = select_planes(array, axes, PlaneSpec(), path)
+    if lead:
+        raise DataError(_stack_message(path, array.shape, axes))
+    return planes
+
+
+def _stack_message(path: Path, shape: tuple[int, ...], axes: str) -> str:
+    return (
+        f"{path}: shape {tuple(shape)} with axes {axes!r} is not one 2-D image (Y, X and "
+        "optional RGB samples S); predict segments stacks plane by plane, training and "
+        "evaluation read one plane per file"
+    )
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image from its header only, after the same checks of its axes
-    and frames as :func:`read_image` makes (so a stack is refused before any work)."""
+    """``(H, W)`` of a single-plane image from its header only, after the same checks
+    of its axes and frames as :func:`read_image` makes (so a stack is refused before
+    any work)."""
     path = Path(path)
     shape, axes = _open(path, pixels=False)
-    squeezed, axes = _plane_axes(tuple(shape), axes, path)
-    return squeezed[1:3] if axes == "SYX" else squeezed[:2]
+    plan = _plan(tuple(shape), axes, PlaneSpec(), path)
+    if plan.lead:
+        raise DataError(_stack_message(path, tuple(shape), axes))
+    return plan.size
 
 
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,8 +1,13 @@
-"""The label-image layout, as Cellpose and StarDist users keep their data.
+"""The label-image layouts, as Cellpose and StarDist users keep their data.
 
-``DIR/images/{stem}.png|tif`` with ``DIR/labels/{stem}.tif|png``: a label image of the
-same size, uint16 (or uint32) instance ids, 0 = background. An optional
-``DIR/cell_types.csv`` with columns ``id,cell_type`` names each image's cell type.
+- ``DIR/images/{stem}.png|tif`` with ``DIR/labels/{stem}.tif|png`` (or ``DIR/masks/``,
+  StarDist's habit): a label image of the same size, integer instance ids,
+  0 = background.
+- Cellpose's flat folder: ``DIR/{stem}.tif`` beside ``DIR/{stem}_masks.tif`` (or
+  ``_cp_masks.png``, what Cellpose writes for its own predictions).
+
+Label files may carry the ``_masks`` / ``_cp_masks`` suffix in every layout. An
+optional ``DIR/cell_types.csv`` with columns ``id,cell_type`` names each image's type.
 """
 
 from __future__ import annotations
@@ -11,12 +16,17 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
-from cellstack.data.images import IMAGE_SUFFIXES, image_size, list_images, read_image, write_tiff
+from cellstack.data.images import IMAGE_SUFFIXES, image_size, list_images, read_image
 from cellstack.data.records import ImageRecord
 from cellstack.errors import DataError
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+#: Folders of label images beside ``images/`` (ours, StarDist's).
+LABEL_DIRS = ("labels", "masks")
+#: What Cellpose appends to an image's stem for its masks (training, predictions).
+MASK_STEM_SUFFIXES = ("", "_masks", "_cp_masks")
 
 
 def read_label_image(
@@ -44,13 +54,49 @@ def read_label_image(
     return label.astype(np.int32)
 
 
-def find_label(labels_dir: Path, stem: str) -> Path | None:
-    """The label file for ``stem`` in ``labels_dir`` (any of :data:`LABEL_SUFFIXES`)."""
-    for suffix in LABEL_SUFFIXES:
-        candidate = labels_dir / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+def find_label(labels_dir: Path, stem: str, *, masks_only: bool = False) -> Path | None:
+    """The label file for ``stem`` in ``labels_dir``: ``{stem}``, ``{stem}_masks`` or
+    ``{stem}_cp_masks`` with any of :data:`LABEL_SUFFIXES`; only the last two with
+    ``masks_only`` (a folder where the images themselves lie too).
+
+    Raises:
+        DataError: two of them exist (which one is the truth would be a guess).
+    """
+    found = [
+        labels_dir / f"{stem}{tail}{suffix}"
+        for tail in MASK_STEM_SUFFIXES[1 if masks_only else 0 :]
+        for suffix in LABEL_SUFFIXES
+        if (labels_dir / f"{stem}{tail}{suffix}").is_file()
+    ]
+    if len(found) > 1:
+        raise DataError(
+            f"{labels_dir}: {found[0].name} and {found[1].name} both label image {stem!r}; keep one"
+        )
+    return found[0] if found else None
+
+
+def is_mask_name(stem: str) -> bool:
+    """Whether a file stem names a Cellpose mask (``*_masks``, ``*_cp_masks``)."""
+    return any(stem.endswith(tail) for tail in MASK_STEM_SUFFIXES if tail)
+
+
+def has_mask_files(folder: Path) -> bool:
+    """Whether ``folder`` holds Cellpose-named mask files (``*_masks``, ``*_cp_masks``)."""
+    return folder.is_dir() and any(
+        p.suffix.lower() in LABEL_SUFFIXES and is_mask_name(p.stem) for p in folder.iterdir()
+    )
+
+
+def label_folder(root: Path) -> Path | None:
+    """The folder of label images of the dataset at ``root``: ``labels/`` or
+    ``masks/`` beside ``images/``, or ``root`` itself when it is a flat Cellpose folder
+    (images and their ``_masks`` files side by side); None when it is none of these."""
+    if (root / "images").is_dir():
+        dirs = [root / d for d in LABEL_DIRS if (root / d).is_dir()]
+        if len(dirs) > 1:
+            raise DataError(f"{root}: has both labels/ and masks/; keep one")
+        return dirs[0] if dirs else root / "labels"
+    return root if has_mask_files(root) else None
 
 
 def read_cell_types(path: Path) -> dict[str, str]:
@@ -65,22 +111,29 @@ def read_cell_types(path: Path) -> dict[str, str]:
 
 
 def read_label_dir(root: str | Path, *, require_labels: bool = True) -> list[ImageRecord]:
-    """Read ``root/images`` + ``root/labels`` into records.
+    """Read a label-image dataset (see the module docstring) into records.
 
     Raises:
         DataError: no images, or (with ``require_labels``) an image without a label.
     """
     root = Path(root)
-    images = list_images(root / "images")
+    labels_dir = label_folder(root)
+    if labels_dir is None:
+        raise DataError(f"{root}: no images/ folder and no Cellpose *_masks files")
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    images = [p for p in list_images(image_dir) if not is_mask_name(p.stem)]
     if not images:
-        raise DataError(f"{root / 'images'}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     types_csv = root / "cell_types.csv"
     cell_types = read_cell_types(types_csv) if types_csv.is_file() else {}
     records = []
     for image_path in images:
-        label_path = find_label(root / "labels", image_path.stem)
+        label_path = find_label(labels_dir, image_path.stem, masks_only=labels_dir == image_dir)
         if label_path is None and require_labels:
-            raise DataError(f"{image_path}: no label image {root / 'labels' / image_path.stem}.tif")
+            raise DataError(
+                f"{image_path}: no label image {labels_dir / image_path.stem}.tif "
+                "(or _masks.tif, .png)"
+            )
         h, w = image_size(image_path)
         records.append(
             ImageRecord(
@@ -96,8 +149,64 @@ def read_label_dir(root: str | Path, *, require_labels: bool = True) -> list[Ima
     return records
 
 
-def write_label_tiff(path: str | Path, label: np.ndarray) -> None:
-    """Write a label image as uint16 TIFF (uint32 beyond 65535 instances), atomically."""
+#: Label image dtypes: int32 (the default: napari opens int32/uint32 images as Labels),
+#: uint32, or uint16 for tools that want it (at most 65535 objects).
+LABEL_DTYPES = ("int32", "uint32", "uint16")
+
+
+def write_label_tiff(
+    path: str | Path,
+    label: np.ndarray,
+    *,
+    dtype: str = "int32",
+    axes: str | None = None,
+    where: object = None,
+) -> None:
+    """Write a label image int[*lead, H, W] as a zlib TIFF of ``dtype``, atomically.
+
+    ``axes`` (e.g. ``"ZYX"``) is stored in the TIFF's metadata so that tifffile,
+    napari and cellstack read a stack back with its axes.
+
+    Raises:
+        DataError: the ids do not fit ``dtype`` (uint16 with more than 65535 objects).
+    """
+    import tifffile
+
+    from cellstack.fileio import atomic_path
+
     label = np.asarray(label)
-    dtype = np.uint16 if label.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    write_tiff(path, label.astype(dtype))
+    if dtype not in LABEL_DTYPES:
+        raise ValueError(f"dtype must be one of {LABEL_DTYPES}, got {dtype!r}")
+    top = int(label.max(initial=0))
+    if top > np.iinfo(dtype).max:
+        raise DataError(
+            f"{where or path}: {top} objects do not fit {dtype} label ids; use int32 or uint32"
+        )
+    metadata = {"axes": axes} if axes else None
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(label.astype(dtype)),
+            compression="zlib",
+            photometric="minisblack",  # never RGB, whatever the number of planes
+            metadata=metadata,
+        )
+
+
+def sparse_from_labels(label: np.ndarray) -> sp.csr_matrix:
+    """Label image int[H, W] (0 = background) -> sparse bool[N, H*W].
+
+    Rows follow ascending instance id; ids need not be consecutive.
+    """
+    flat = np.asarray(label).ravel()
+    idx = np.flatnonzero(flat)
+    ids, rows = np.unique(flat[idx], return_inverse=True)
+    return sp.csr_matrix(
+        (np.ones(len(idx), dtype=bool), (rows.ravel(), idx)), shape=(len(ids), flat.size)
+    )
+
+
+def sparse_from_dense(masks: np.ndarray) -> sp.csr_matrix:
+    """bool[N, H, W] -> sparse bool[N, H*W]."""
+    masks = np.asarray(masks)
+    return sp.csr_matrix(masks.reshape(masks.shape[0], -1).astype(bool))

@@ -1,7 +1,8 @@
 """Find which layout a path holds and load it, for the CLI and the trainers.
 
 - Sartorius: a ``train.csv`` (or a folder holding one) with images in ``train/``.
-- Label images: a folder with ``images/`` and ``labels/``.
+- Label images: a folder with ``images/`` and ``labels/`` (or ``masks/``), or a flat
+  Cellpose folder of images beside their ``*_masks`` files.
 - COCO / LIVECell: a ``.json`` annotation file, images beside it or in ``images/``.
 - Prepared: a folder written by ``cellstack prepare`` (``prepared.json``).
 """
@@ -14,14 +15,23 @@ from pathlib import Path
 import scipy.sparse as sp
 
 from cellstack.data import rle
-from cellstack.data.labels import LABEL_SUFFIXES, find_label, read_label_dir, read_label_image
+from cellstack.data.labels import (
+    LABEL_DIRS,
+    LABEL_SUFFIXES,
+    find_label,
+    has_mask_files,
+    label_folder,
+    read_label_dir,
+    read_label_image,
+    sparse_from_labels,
+)
 from cellstack.data.records import ImageRecord
 from cellstack.errors import DataError
-from cellstack.evaluation.matching import sparse_from_labels
 
 LAYOUT_HELP = (
     "expected a folder made by cellstack prepare, a Sartorius train.csv (or a folder with "
-    "one), a folder with images/ and labels/, or a COCO .json"
+    "one), a folder with images/ and labels/ (or masks/), a Cellpose folder (images "
+    "beside *_masks files), or a COCO .json"
 )
 
 
@@ -42,7 +52,7 @@ def load_dataset(path: str | Path) -> list[ImageRecord]:
         return read_coco_instances(path)
     if path.is_dir() and (path / "train.csv").is_file():
         return read_train_csv(path / "train.csv")
-    if path.is_dir() and (path / "images").is_dir():
+    if path.is_dir() and label_folder(path) is not None:
         return read_label_dir(path)
     raise DataError(f"{path}: unknown layout; {LAYOUT_HELP}")
 
@@ -75,10 +85,11 @@ def load_predictions(path: str | Path, truths: Sequence[ImageRecord]) -> dict[st
             out[image_id] = rle.rles_to_sparse(rles, shapes[image_id], where=where)
         return out
     if path.is_dir():
-        folder = path / "labels" if (path / "labels").is_dir() else path
+        folder = next((path / d for d in LABEL_DIRS if (path / d).is_dir()), path)
+        masks_only = has_mask_files(folder)  # Cellpose writes them beside the images
         out = {}
         for image_id, shape in shapes.items():
-            label_path = find_label(folder, image_id)
+            label_path = find_label(folder, image_id, masks_only=masks_only)
             if label_path is not None:
                 out[image_id] = sparse_from_labels(
                     read_label_image(label_path, expected_shape=shape)

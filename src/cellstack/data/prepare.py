@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,11 +56,10 @@ RECORD_COLUMNS = (
     "train_masks",
 )
 LIVECELL_SPLITS = ("train", "val", "test")
+
+
 # LIVECell's file names: {cell line}_Phase_{well}_{position}_{time}_{crop}.tif; the
 # images of one well over time share a sample (fold groups must not split them).
-_LIVECELL_NAME = re.compile(r"^(?P<well>.+)_\d+d\d+h\d+m_\d+$")
-
-
 @dataclass(frozen=True)
 class Problem:
     """A part of the source that was left out.
@@ -468,21 +466,6 @@ def prepare_sartorius(
 # ------------------------------------------------------------------ LIVECell
 
 
-def livecell_cell_type(file_name: str, category: str | None) -> str:
-    """A LIVECell image's cell line: its annotations' category, unless that is the
-    generic ``cell`` of the all-lines json, then the file-name prefix (``A172_...``)."""
-    if category and category.lower() not in ("cell", "cells"):
-        return category.lower()
-    return Path(file_name).name.split("_")[0].lower()
-
-
-def livecell_sample_id(file_name: str) -> str:
-    """The well of a LIVECell image (its name without time point and crop)."""
-    stem = Path(file_name).stem
-    m = _LIVECELL_NAME.match(stem)
-    return m.group("well") if m else stem
-
-
 def _segmentation_pixels(segmentation, height: int, width: int) -> np.ndarray:
     """Flat row-major indices int64[K] of a COCO segmentation (polygons or RLE)."""
     from pycocotools import mask as mu
@@ -549,7 +532,7 @@ def prepare_livecell(
 
     writer = _Writer(out, fingerprint, str(root))
     for split, json_path in jsons.items():
-        from cellstack.data.coco import read_json
+        from cellstack.data.coco import image_identity, read_json
 
         coco = read_json(json_path)
         try:
@@ -578,8 +561,7 @@ def prepare_livecell(
                 writer.problems.append(Problem(f"{json_path} images[{n}]", "", reason))
                 continue
             anns = by_image.get(entry_id, [])
-            votes = Counter(categories.get(a.get("category_id")) for a in anns)
-            category = votes.most_common(1)[0][0] if votes else None
+            cell_type, sample_id = image_identity(img, anns, categories)
             if name not in images:
                 where = f"{json_path} image {entry_id}"
                 writer.problems.append(Problem(where, image_id, f"image file {name} not found"))
@@ -589,8 +571,8 @@ def prepare_livecell(
                 image_path=images[name],
                 height=height,
                 width=width,
-                cell_type=livecell_cell_type(name, category),
-                sample_id=livecell_sample_id(name),
+                cell_type=cell_type,
+                sample_id=sample_id,
             )
             if not _check_image(rec, writer):
                 continue

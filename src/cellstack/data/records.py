@@ -75,7 +75,7 @@ class ImageRecord:
 
     def sparse_masks(self) -> sp.csr_matrix:
         """Instance masks as a sparse bool[N, H*W] matrix (row-major pixels)."""
-        from cellstack.evaluation.matching import sparse_from_labels
+        from cellstack.data.labels import sparse_from_labels
 
         if self.rles is not None:
             where = [f"{self.image_id} instance {i}" for i in range(len(self.rles))]

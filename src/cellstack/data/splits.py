@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cellstack.config import Config
-from cellstack.data.folds import grouped_stratified_folds, read_folds_csv
+from cellstack.data.folds import folds_beside, grouped_stratified_folds, read_folds_csv
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
 
@@ -13,12 +13,12 @@ from cellstack.errors import CellstackError
 def assign_folds(records: list[ImageRecord], data: Path, k: int, seed: int) -> dict[str, int]:
     """``{image_id: fold}``: from ``folds.csv`` beside the data when present
     (``cellstack folds``), else made by :func:`grouped_stratified_folds`."""
-    base = data if data.is_dir() else data.parent
-    if (base / "folds.csv").is_file():
-        folds = read_folds_csv(base / "folds.csv")
+    path = folds_beside(data)
+    if path.is_file():
+        folds = read_folds_csv(path)
         missing = [r.image_id for r in records if r.image_id not in folds]
         if missing:
-            raise CellstackError(f"{base / 'folds.csv'}: no fold for image {missing[0]}")
+            raise CellstackError(f"{path}: no fold for image {missing[0]}")
         return folds
     return grouped_stratified_folds(records, k, seed=seed)
 
@@ -73,3 +73,12 @@ def split_records(
     if not train:
         raise CellstackError(f"{data}: the config leaves no training images")
     return [r.for_training() for r in train], val, folds
+
+
+def cv_records(data: Path, cfg: Config) -> tuple[list[ImageRecord], tuple[str, ...]]:
+    """The records CV splits (those of ``data.splits``) and the class names, which the
+    trainer takes from every record of the data."""
+    from cellstack.data.layouts import load_dataset
+
+    records = load_dataset(data)
+    return training_pool(records, cfg, data), tuple(class_names_of(records))

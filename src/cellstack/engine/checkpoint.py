@@ -1,10 +1,6 @@
-"""Run folders and checkpoints.
-
-A run folder holds ``config.yaml`` (the resolved config), ``checkpoint.pt`` (everything
-needed to resume exactly: model, optimizer, scheduler, AMP scaler, RNG states,
-iteration), ``model.pt`` (final weights, class names and config: what ``predict``
-loads), ``log.csv`` and ``training.png``. Every file is written atomically, so a kill at
-any moment leaves the previous complete checkpoint in place.
+"""Training state: RNG states for exact resumption, and ``init.from`` (a new model
+started from a trained run's weights). The model files themselves (``model.pt``,
+``checkpoint.pt``) are read and written by :mod:`cellstack.modeling.files`.
 """
 
 from __future__ import annotations
@@ -16,18 +12,8 @@ from typing import Any
 
 import torch
 
-from cellstack.config import Config, config_from_dict, config_to_dict
 from cellstack.errors import CellstackError
-from cellstack.fileio import atomic_path
-
-CHECKPOINT = "checkpoint.pt"
-FINAL = "model.pt"
-
-
-def save(obj: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+from cellstack.modeling.files import load_run
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,110 +29,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load(path: Path) -> dict:
-    """Load a checkpoint written by cellstack, with a clear error when it is not one.
-
-    Only tensors and plain values (dicts, lists, strings, numbers) are accepted
-    (``weights_only=True``): a file that needs any other Python object to load could
-    run code, and is refused without running it.
-    """
-    import pickle
-
-    path = Path(path)
-    if not path.is_file():
-        raise CellstackError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "global" in line), "")
-        raise CellstackError(
-            f"{path}: refused, the file holds Python objects other than tensors and plain "
-            f"values, which could run code when loaded ({detail.strip() or 'unsupported'}); "
-            "cellstack loads only its own checkpoints"
-        ) from None
-    except Exception as exc:
-        raise CellstackError(
-            f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from None
-    if not isinstance(state, dict):
-        raise CellstackError(f"{path}: not a cellstack checkpoint (holds {type(state).__name__})")
-    return state
-
-
-def load_run(run: str | Path, *, allow_unfinished: bool = False) -> tuple[Config, list[str], dict]:
-    """``(config, class_names, model_state)`` of a run folder.
-
-    A finished run's ``model.pt`` is used. A run that has only ``checkpoint.pt``
-    (training was stopped or is still going) is refused unless ``allow_unfinished``,
-    and then used with a warning that says how far it got.
-    """
-    import sys
-
-    run = Path(run)
-    if not run.is_dir():
-        raise CellstackError(f"{run}: run folder not found")
-    if (run / FINAL).is_file():
-        path = run / FINAL
-        ckpt = load(path)
-    elif (run / CHECKPOINT).is_file():
-        path = run / CHECKPOINT
-        ckpt = load(path)
-        progress = f"iteration {ckpt.get('iteration', '?')}"
-        total = (ckpt.get("config") or {}).get("train", {}).get("iterations")
-        progress += f" of {total}" if total else ""
-        if not allow_unfinished:
-            raise CellstackError(
-                f"{run}: training has not finished (no {FINAL}; {CHECKPOINT} at {progress}); "
-                f"finish it with `cellstack train DATA --resume {run}`, or pass "
-                "--allow-unfinished to use the checkpoint"
-            )
-        print(f"warning: {run} is unfinished; using {CHECKPOINT} at {progress}", file=sys.stderr)
-    else:
-        raise CellstackError(f"{run}: no {FINAL} or {CHECKPOINT} (has training run?)")
-    for key in ("config", "class_names", "model"):
-        if key not in ckpt:
-            raise CellstackError(f"{path}: not a cellstack checkpoint (no {key!r})")
-    names = ckpt["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise CellstackError(f"{path}: class_names must be a non-empty list of names")
-    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
-        raise CellstackError(f"{path}: not a cellstack checkpoint (config/model not mappings)")
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except CellstackError as exc:
-        raise CellstackError(f"{path}: stored config: {exc}") from None
-    return cfg, list(names), ckpt["model"]
-
-
-def load_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
-    """``model.load_state_dict(state)`` with a one-line error when they do not fit
-    (e.g. a run whose class names were edited so they no longer match its weights)."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
-        raise CellstackError(
-            f"{where}: weights do not fit the model its config and class names describe "
-            f"({detail[:200]})"
-        ) from None
-
-
-def final_state(
-    weights: dict[str, torch.Tensor],
-    cfg: Config,
-    class_names: list[str],
-    data_stats: dict | None = None,
-) -> dict:
-    """What ``model.pt`` holds: weights, the resolved config as a dict, class names and
-    the training objects' statistics (:class:`~cellstack.data.stats.ObjectStats`)."""
-    state = {"model": weights, "config": config_to_dict(cfg), "class_names": class_names}
-    if data_stats is not None:
-        state["data_stats"] = data_stats
-    return state
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ and ``i``; RNG states are restored). A NaN/inf loss stops training with a messag
 names the last good checkpoint, which is left untouched.
 
 Under ``torchrun`` the same function trains with DDP (see
-:mod:`cellstack.engine.distributed`): ``train.batch_size`` is the global batch, split
+:mod:`cellstack.distributed`): ``train.batch_size`` is the global batch, split
 evenly over the processes (rank ``r`` takes its slice of the very samples one process
 would take), gradients are averaged, rank 0 writes the run folder, and validation is
 sharded over the ranks.
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cellstack import distributed
 from cellstack.config import Config, save_config
 from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
@@ -33,7 +34,6 @@ from cellstack.data.records import ImageRecord
 from cellstack.data.splits import class_names_of, split_records
 from cellstack.data.stats import derive, measure
 from cellstack.engine import checkpoint as ckpt
-from cellstack.engine import distributed
 from cellstack.engine.hooks import CheckpointHook, EMAHook, HookBase, LogHook, ValidationHook
 from cellstack.engine.runlog import RunLog, plot_log
 from cellstack.engine.schedule import (
@@ -45,6 +45,7 @@ from cellstack.engine.schedule import (
 )
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, remove_partials
+from cellstack.modeling import files
 
 
 class TrainingDiverged(CellstackError):
@@ -57,31 +58,6 @@ class TrainResult:
     iterations: int
     final_loss: float
     val_score: float | None
-
-
-def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else CPU; under torchrun each process takes the
-    GPU of its ``LOCAL_RANK`` (``auto`` or a bare ``cuda``)."""
-    import re
-
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise CellstackError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CellstackError(f"device {name} requested but no CUDA device is available")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-        if int(name[5:]) >= torch.cuda.device_count():
-            raise CellstackError(
-                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise CellstackError("device mps requested but MPS is not available")
-    return torch.device(name)
 
 
 def validate(
@@ -98,19 +74,11 @@ def validate(
     from cellstack.data.dataset import load_sample
     from cellstack.evaluation.metric import score_image
     from cellstack.inference.postprocess import pixels_to_sparse
-    from cellstack.inference.predictor import Predictor
-    from cellstack.inference.run import params_from
+    from cellstack.inference.segmenter import Segmenter
+    from cellstack.inference.sources import Source
 
     world = world or distributed.World()
-    p = cfg.predict
-    predictor = Predictor(
-        model,
-        params_from(p),
-        device=device,
-        tile_size=p.tile_size,
-        tile_overlap=p.tile_overlap,
-        batch_size=p.batch_size,
-    )
+    predictor = Segmenter(Source.of_model(model, cfg), device=device).predictor
     scores = []
     for rec in distributed.shard(records, world):
         image, _ = load_sample(rec)
@@ -156,11 +124,11 @@ def train(
     data, run = Path(data), Path(run)
     state = None
     if resume:
-        state = ckpt.load(run / ckpt.CHECKPOINT)
+        state = files.load(run / files.CHECKPOINT)
         from cellstack.config import config_from_dict
 
         cfg = config_from_dict(state["config"])
-    elif (run / ckpt.CHECKPOINT).is_file() or (run / ckpt.FINAL).is_file():
+    elif (run / files.CHECKPOINT).is_file() or (run / files.FINAL).is_file():
         raise CellstackError(
             f"{run} already holds a training run; pass --resume to continue it "
             "or choose another --out"
@@ -168,7 +136,7 @@ def train(
     elif run.exists() and not run.is_dir():
         raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
     t = cfg.train
-    device = pick_device(t.device, distributed.launched().local_rank)
+    device = distributed.pick_device(t.device, distributed.launched().local_rank)
     world = distributed.setup(device)
     if t.batch_size % world.size:
         raise CellstackError(
@@ -270,7 +238,7 @@ def train(
                     model, cfg, pool, data_stats, run, device, on_validation=bool(val_records)
                 )
             weights = model.state_dict()
-            ckpt.save(ckpt.final_state(weights, cfg, class_names, data_stats), run / ckpt.FINAL)
+            files.save(files.final_state(weights, cfg, class_names, data_stats), run / files.FINAL)
 
     start = 0
     if state is not None:
@@ -287,7 +255,7 @@ def train(
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
     loop.iteration = loop.last_saved = start
     if start >= t.iterations:
-        if (run / ckpt.FINAL).is_file():
+        if (run / files.FINAL).is_file():
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
         # Killed while the run was being finished: the last checkpoint holds it all.
         if world.main:
@@ -354,7 +322,8 @@ def train(
             bar.close()
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             saved = (
-                f"The last good checkpoint is {run / ckpt.CHECKPOINT} (iteration {loop.last_saved})"
+                f"The last good checkpoint is {run / files.CHECKPOINT} "
+                f"(iteration {loop.last_saved})"
                 if loop.last_saved > 0
                 else "No checkpoint was written before it"
             )
@@ -428,9 +397,9 @@ class Loop:
         """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
         rng = distributed.gather(ckpt.rng_state(), self.world)
         if self.world.main:
-            ckpt.save(
+            files.save(
                 {
-                    **ckpt.final_state(
+                    **files.final_state(
                         self.model.state_dict(), self.cfg, self.class_names, self.data_stats
                     ),
                     **{h.state_key: h.state_dict() for h in self.hooks if h.state_key},
@@ -440,7 +409,7 @@ class Loop:
                     "rng": rng,
                     "iteration": self.iteration,
                 },
-                self.run / ckpt.CHECKPOINT,
+                self.run / files.CHECKPOINT,
             )
         self.last_saved = self.iteration
 
@@ -470,8 +439,8 @@ def tune_run_thresholds(
     type has at least 4 images; otherwise one default serves all.
     """
     from cellstack.data.stats import ObjectStats
-    from cellstack.inference.postprocess import Thresholds
-    from cellstack.inference.run import params_from, raw_predictions
+    from cellstack.inference.postprocess import Thresholds, params_from
+    from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
     from cellstack.inference.tune import TuneGrid, tune_thresholds
 
@@ -484,7 +453,7 @@ def tune_run_thresholds(
         min_size=tuple(sorted({0, int(area // 2), int(area)})),
         score_thresh=tuple(np.round(np.arange(0.05, 0.901, 0.05), 2).tolist()),
     )
-    src = Source(model, tuple(model.class_names), cfg, current, run / THRESHOLDS)
+    src = Source.of_model(model, cfg, current)
     raws = raw_predictions(src, records, device=device, progress=False)
     result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
     per_type = {k: g["images"] for k, g in result.groups.items() if k != "all"}

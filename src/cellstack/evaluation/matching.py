@@ -16,24 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-
-def sparse_from_labels(label: np.ndarray) -> sp.csr_matrix:
-    """Label image int[H, W] (0 = background) -> sparse bool[N, H*W].
-
-    Rows follow ascending instance id; ids need not be consecutive.
-    """
-    flat = np.asarray(label).ravel()
-    idx = np.flatnonzero(flat)
-    ids, rows = np.unique(flat[idx], return_inverse=True)
-    return sp.csr_matrix(
-        (np.ones(len(idx), dtype=bool), (rows.ravel(), idx)), shape=(len(ids), flat.size)
-    )
-
-
-def sparse_from_dense(masks: np.ndarray) -> sp.csr_matrix:
-    """bool[N, H, W] -> sparse bool[N, H*W]."""
-    masks = np.asarray(masks)
-    return sp.csr_matrix(masks.reshape(masks.shape[0], -1).astype(bool))
+from cellstack.data.labels import sparse_from_dense, sparse_from_labels
 
 
 def as_sparse(masks: object, shape: tuple[int, int] | None = None) -> sp.csr_matrix:

@@ -13,9 +13,19 @@
 No box-fusion heuristic is needed: every model sees the same proposals, so outputs
 align by index.
 
-Per cell type: the image's type is the majority label of a first pass with the default
-settings and models; when that type has its own settings or models, stages 1-3 run
-again with them (the backbone features are computed once and reused).
+**Memory.** Images are merged one at a time, and every stage streams over the views
+(model x flip), adding each view's outputs to a running sum. A view's FPN features
+are kept for the next stage only within ``feature_cache_mb`` (optionally stored as
+``feature_dtype``, e.g. float16); beyond it they are computed again when a stage needs
+them (the view a stage ends with is always reused by the next). So with the default
+budget of 0, the peak holds the models' weights and about one view's features, however
+many views there are; a budget that holds every view runs each backbone once per view.
+
+**Cell type.** When some cell type has its own settings or models, a first pass finds
+the image's type: the majority label of stages 1-2 run by the ``type_from`` models on
+the identity view only (the original used one Mask R-CNN for this); then stages 1-3 run
+with that type's models and settings. Models listed only in ``type_from`` take no part
+in the merge.
 """
 
 from __future__ import annotations
@@ -52,14 +62,79 @@ ORIGINAL_TYPE_SETTINGS = {
 }
 
 
-@dataclass
-class View:
-    """One model on one flip of the batch (features computed once)."""
+class _Views:
+    """The FPN features of one image's views (model index, flip index), computed on
+    demand and kept within a byte budget (see the module docstring)."""
 
-    model: int
-    flip: Flip
-    feats: RoIFeatures
-    rpn: RPNOutputs | None  # un-flipped; None when not used for proposals
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        image_list: ImageList,
+        budget_bytes: float,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.ensemble = ensemble
+        self.image_list = image_list
+        self.budget = budget_bytes
+        self.dtype = dtype
+        self.kept: dict[tuple[int, int], RoIFeatures] = {}
+        self.kept_bytes = 0
+        self.last: tuple[tuple[int, int], RoIFeatures] | None = None
+        self.computed = 0  # backbone passes, for plans and tests
+
+    def raw(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Backbone + FPN features of a view (always computed)."""
+        model = self.ensemble.models[key[0]]
+        flip = self.ensemble.flips[key[1]]
+        self.last = None  # let the previous view go before the next is computed
+        self.computed += 1
+        flipped = ImageList(flip.maps(self.image_list.tensors), self.image_list.image_sizes)
+        return model.features(flipped)
+
+    def offer(self, key: tuple[int, int], raw: dict[str, torch.Tensor]) -> RoIFeatures:
+        """The RoI features of freshly computed ``raw`` features, kept if they fit."""
+        model = self.ensemble.models[key[0]]
+        feats = model.roi_heads.prepare(model.roi_levels(raw))
+        size = sum(t.numel() * _itemsize(t, self.dtype) for t in _tensors(feats))
+        if self.kept_bytes + size <= self.budget:
+            self.kept[key] = _cast(feats, self.dtype)
+            self.kept_bytes += size
+        self.last = (key, feats)
+        return feats
+
+    def roi(self, key: tuple[int, int]) -> RoIFeatures:
+        """A view's RoI features: kept, the last computed, or computed again."""
+        if key in self.kept:
+            return _cast(self.kept[key], torch.float32) if self.dtype else self.kept[key]
+        if self.last is not None and self.last[0] == key:
+            return self.last[1]
+        return self.offer(key, self.raw(key))
+
+    def first_last(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``keys`` with the view in hand first, so it is not computed again."""
+        if self.last is not None and self.last[0] in keys:
+            keys = [self.last[0], *(k for k in keys if k != self.last[0])]
+        return keys
+
+
+def _tensors(feats: RoIFeatures) -> list[torch.Tensor]:
+    return [t for t in (*feats.levels, feats.semantic, feats.semantic_logits) if t is not None]
+
+
+def _itemsize(t: torch.Tensor, dtype: torch.dtype | None) -> int:
+    return (dtype or t.dtype).itemsize
+
+
+def _cast(feats: RoIFeatures, dtype: torch.dtype | None) -> RoIFeatures:
+    if dtype is None:
+        return feats
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    return RoIFeatures(
+        [cast(t) for t in feats.levels], cast(feats.semantic), cast(feats.semantic_logits)
+    )
 
 
 class Ensemble(nn.Module):
@@ -71,7 +146,16 @@ class Ensemble(nn.Module):
         rpn_flips: average proposals over flips too (else identity views only).
         settings: default proposal and box selection.
         type_settings: per cell type (class name) settings.
-        type_models: per cell type, indices into ``models`` to use instead of all.
+        type_models: per cell type, indices into ``models`` to use instead of the
+            default ones.
+        default_models: indices of the models that merge images whose type has no
+            ``type_models`` entry (default: all but those only in ``type_from``).
+        type_from: indices of the models whose identity view decides the cell type
+            (default: the first model); used only when a type has its own settings
+            or models.
+        feature_cache_mb: features of views kept between stages, in MB (0: only the
+            view in hand; ``inf``: every view, the fastest and the largest).
+        feature_dtype: store kept features as this dtype (e.g. ``torch.float16``).
 
     Calling it on images (list of float[C, H, W] in [0, 1]) in eval mode returns, as a
     single :class:`CellDetector` does, one Instances per image with ``boxes``,
@@ -87,6 +171,10 @@ class Ensemble(nn.Module):
         settings: StageSettings | None = None,
         type_settings: Mapping[str, StageSettings] | None = None,
         type_models: Mapping[str, Sequence[int]] | None = None,
+        default_models: Sequence[int] | None = None,
+        type_from: Sequence[int] = (0,),
+        feature_cache_mb: float = 0.0,
+        feature_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if not models:
@@ -94,6 +182,8 @@ class Ensemble(nn.Module):
         check_compatible(models)
         if not flips:
             raise CellstackError("an ensemble needs at least one flip (use 'none')")
+        if not feature_cache_mb >= 0:
+            raise CellstackError(f"feature_cache_mb must be >= 0, got {feature_cache_mb}")
         self.models = nn.ModuleList(models)
         self.flips = tuple(flips)
         self.rpn_flips = rpn_flips
@@ -101,6 +191,12 @@ class Ensemble(nn.Module):
         self.settings = settings or StageSettings(first.proposal_params, first.box_params)
         self.type_settings = dict(type_settings or {})
         self.type_models = {k: tuple(v) for k, v in (type_models or {}).items()}
+        self.type_from = tuple(type_from)
+        self.default_models = tuple(
+            range(len(models)) if default_models is None else default_models
+        )
+        self.feature_cache_mb = float(feature_cache_mb)
+        self.feature_dtype = feature_dtype
         names = set(self.class_names)
         for key in (*self.type_settings, *self.type_models):
             if key not in names:
@@ -108,116 +204,126 @@ class Ensemble(nn.Module):
                     f"ensemble settings for cell type {key!r}, but the models' classes are "
                     f"{', '.join(self.class_names)}"
                 )
-        for key, ids in self.type_models.items():
+        groups = {**self.type_models, "type_from": self.type_from, "default": self.default_models}
+        for key, ids in groups.items():
             if not ids or any(not 0 <= i < len(models) for i in ids):
-                raise CellstackError(f"cell type {key!r}: model indices {list(ids)} out of range")
+                raise CellstackError(f"{key}: model indices {list(ids)} out of range")
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.models[0].class_names
 
+    @property
+    def typed(self) -> bool:
+        """Whether some cell type has its own settings or models (a type pass runs)."""
+        return bool(self.type_settings or self.type_models)
+
+    def identity_flip(self) -> int:
+        """The index of the identity view (the first flip when there is none)."""
+        return next((i for i, f in enumerate(self.flips) if f.identity), 0)
+
+    def rpn_views(self, models: Sequence[int]) -> list[tuple[int, int]]:
+        """The views whose RPN outputs are averaged into proposals."""
+        has_identity = any(f.identity for f in self.flips)
+        return [
+            (m, i)
+            for m in models
+            for i, f in enumerate(self.flips)
+            if self.rpn_flips or f.identity or not has_identity
+        ]
+
     @torch.no_grad()
     def forward(self, images: Sequence[torch.Tensor]) -> list[Instances]:
         if self.training:
             raise CellstackError("an ensemble only predicts; call .eval() first")
-        image_list = self.models[0].preprocess(images)
+        return [self._one(image) for image in images]
+
+    def _one(self, image: torch.Tensor) -> Instances:
+        """All stages for one image, its views' features within the cache budget."""
+        image_list = self.models[0].preprocess([image])
         size = tuple(image_list.tensors.shape[-2:])
-        views, anchors = self.views(image_list)
-        out = []
-        for b, window in enumerate(image_windows(image_list)):
-            all_models = tuple(range(len(self.models)))
-            boxes, scores, labels = self.merge_boxes(
-                views, anchors, b, window, size, all_models, self.settings
+        (window,) = image_windows(image_list)
+        views = _Views(self, image_list, self.feature_cache_mb * 2**20, self.feature_dtype)
+        models, settings = self.default_models, self.settings
+        if self.typed:
+            ident = self.identity_flip()
+            _, _, labels = self.merge_boxes(
+                views, [(m, ident) for m in self.type_from], window, size, self.settings
             )
             cell_type = majority_type(labels, self.class_names)
-            models = self.type_models.get(cell_type, all_models)
-            if cell_type in self.type_settings or cell_type in self.type_models:
-                settings = self.type_settings.get(cell_type, self.settings)
-                boxes, scores, labels = self.merge_boxes(
-                    views, anchors, b, window, size, models, settings
-                )
-            masks = self.merge_masks(views, b, size, models, boxes, labels)
-            out.append(
-                Instances(
-                    (int(window[3]), int(window[2])),
-                    boxes=boxes,
-                    scores=scores,
-                    labels=labels,
-                    roi_masks=masks,
-                )
-            )
-        return out
+            models = self.type_models.get(cell_type, self.default_models)
+            settings = self.type_settings.get(cell_type, self.settings)
+        every = [(m, i) for m in models for i in range(len(self.flips))]
+        boxes, scores, labels = self.merge_boxes(views, every, window, size, settings)
+        masks = self.merge_masks(views, every, size, boxes, labels)
+        return Instances(
+            (int(window[3]), int(window[2])),
+            boxes=boxes,
+            scores=scores,
+            labels=labels,
+            roi_masks=masks,
+        )
 
     # ------------------------------------------------------------------ stages
-    def views(self, image_list: ImageList) -> tuple[list[View], list[torch.Tensor]]:
-        """Features (and un-flipped RPN outputs) of every model x flip of a padded
-        batch, and the per-level anchors of the batch."""
-        views, anchors = [], None
-        for m, model in enumerate(self.models):
-            for flip in self.flips:
-                flipped = ImageList(flip.maps(image_list.tensors), image_list.image_sizes)
-                feats = model.features(flipped)
-                use_rpn = self.rpn_flips or flip.identity or not any(f.identity for f in self.flips)
-                rpn = flip.rpn(model.rpn_outputs(feats)) if use_rpn else None
-                if anchors is None:
-                    anchors = model.level_anchors(image_list, feats)
-                views.append(View(m, flip, model.roi_heads.prepare(model.roi_levels(feats)), rpn))
-        return views, anchors
-
     def merge_boxes(
         self,
-        views: list[View],
-        anchors: list[torch.Tensor],
-        b: int,
+        views: _Views,
+        keys: list[tuple[int, int]],
         window: tuple[float, float, float, float],
         size: tuple[int, int],
-        models: tuple[int, ...],
         settings: StageSettings,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stages 1 and 2 for image ``b``: ``(boxes, scores, labels)`` after box NMS."""
-        used = [v for v in views if v.model in models]
-        rpn = [v.rpn for v in used if v.rpn is not None]
-        mean = RPNOutputs(
-            [_mean([r.objectness[lvl][b : b + 1] for r in rpn]) for lvl in range(len(anchors))],
-            [_mean([r.deltas[lvl][b : b + 1] for r in rpn]) for lvl in range(len(anchors))],
-        )
+        """Stages 1 and 2 over the views ``keys``: ``(boxes, scores, labels)`` after
+        box NMS. Proposals come from those of ``keys`` that :meth:`rpn_views` names."""
+        models = sorted({m for m, _ in keys})
+        rpn_keys = [k for k in self.rpn_views(models) if k in keys] or keys[:1]
+        objectness = deltas = anchors = None
+        for key in views.first_last(rpn_keys):
+            raw = views.raw(key)
+            model = self.models[key[0]]
+            out = self.flips[key[1]].rpn(model.rpn_outputs(raw))
+            if anchors is None:
+                anchors = model.level_anchors(views.image_list, raw)
+                objectness, deltas = list(out.objectness), list(out.deltas)
+            else:
+                objectness = [a + b for a, b in zip(objectness, out.objectness, strict=True)]
+                deltas = [a + b for a, b in zip(deltas, out.deltas, strict=True)]
+            views.offer(key, raw)
+            del raw, out
+        n = len(rpn_keys)
+        mean = RPNOutputs([o / n for o in objectness], [d / n for d in deltas])
         coder = self.models[models[0]].rpn.box_coder
         (proposals,) = select_proposals(mean, anchors, coder, [window], settings.proposals)
-        probs, boxes = [], []
-        for v in used:
-            heads = self.models[v.model].roi_heads
-            (pred,) = heads.predict_boxes(
-                v.feats.image(b),
-                [v.flip.boxes(proposals, size)],
-                [v.flip.window(window, size)],
+        probs = boxes = None
+        for key in views.first_last(keys):
+            flip = self.flips[key[1]]
+            (pred,) = self.models[key[0]].roi_heads.predict_boxes(
+                views.roi(key), [flip.boxes(proposals, size)], [flip.window(window, size)]
             )
-            probs.append(pred.probs)
-            boxes.append(v.flip.boxes(pred.boxes, size))
-        merged = BoxPredictions(proposals, _mean(probs), _mean(boxes))
+            unflipped = flip.boxes(pred.boxes, size)
+            probs = pred.probs if probs is None else probs + pred.probs
+            boxes = unflipped if boxes is None else boxes + unflipped
+        merged = BoxPredictions(proposals, probs / len(keys), boxes / len(keys))
         return select_detections(merged, settings.boxes)
 
     def merge_masks(
         self,
-        views: list[View],
-        b: int,
+        views: _Views,
+        keys: list[tuple[int, int]],
         size: tuple[int, int],
-        models: tuple[int, ...],
         boxes: torch.Tensor,
         labels: torch.Tensor,
     ) -> torch.Tensor:
-        """Stage 3 for image ``b``: RoI mask probabilities float[N, M, M], averaged."""
-        masks = []
-        for v in views:
-            if v.model not in models:
-                continue
-            heads = self.models[v.model].roi_heads
-            (m,) = heads.predict_masks(v.feats.image(b), [v.flip.boxes(boxes, size)], [labels])
-            masks.append(v.flip.maps(m))
-        return _mean(masks)
-
-
-def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return tensors[0] if len(tensors) == 1 else torch.stack(tensors).mean(0)
+        """Stage 3 over the views ``keys``: RoI mask probabilities float[N, M, M],
+        averaged."""
+        total = None
+        for key in views.first_last(list(reversed(keys))):
+            flip = self.flips[key[1]]
+            heads = self.models[key[0]].roi_heads
+            (m,) = heads.predict_masks(views.roi(key), [flip.boxes(boxes, size)], [labels])
+            m = flip.maps(m)
+            total = m if total is None else total + m
+        return total / len(keys)
 
 
 def check_compatible(models: Sequence[CellDetector]) -> None:

@@ -1,68 +1,152 @@
-"""Write predictions: submission.csv, COCO results json, label TIFFs, overlay PNGs."""
+"""Write predictions where users look at them: label images (napari, Fiji), object
+tables, ImageJ ROI sets, overlays, a Kaggle ``submission.csv`` and COCO results."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellstack.data import rle
-from cellstack.data.coco import encode_coco_rle, write_json
+from cellstack.data.coco import result_entry, write_json
 from cellstack.data.images import write_png
-from cellstack.data.labels import write_label_tiff
+from cellstack.data.labels import LABEL_DTYPES, write_label_tiff
 from cellstack.data.sartorius import write_submission
-from cellstack.fileio import child
+from cellstack.fileio import atomic_path, atomic_write, child
 from cellstack.inference.overlay import outline_overlay
-from cellstack.inference.postprocess import pixels_to_labels
-from cellstack.structures import Instances
+
+if TYPE_CHECKING:
+    from cellstack.inference.segmenter import Result
+
+#: What predict writes into its output folder; with --overwrite exactly these are
+#: replaced, anything else there is left alone.
+OUTPUTS = ("submission.csv", "results.json", "labels", "overlays", "objects", "rois")
 
 
 class PredictionWriter:
     """Collects per-image results and writes them under ``out``.
 
-    Per image (as it comes): ``labels/{id}.tif`` (uint16 instance ids, in decreasing
-    confidence) and ``overlays/{id}.png`` (outlines coloured by predicted cell type).
-    At :meth:`close`: ``submission.csv`` (Kaggle) and ``results.json`` (COCO results
-    with RLE masks, scores and ``category_id`` = class index + 1).
+    Per image, as it comes:
+
+    - ``labels/{id}.tif``: instance ids (``label_dtype``, int32 by default, which napari
+      opens as Labels; uint16 for tools that want it), 0 = background. A stack keeps
+      its leading shape and axes (``ZYX``, ``TYX``, ``TZYX``) in the TIFF metadata.
+    - ``objects/{id}.csv``: one row per cell: label id, cell type, score, area,
+      centroid, bounding box (and ``z``/``t`` for stacks).
+    - ``rois/{id}.zip`` (``save_rois``): an ImageJ ROI set (Fiji's ROI Manager), one
+      polygon per cell named by its label id, with its plane position in stacks.
+    - ``overlays/{id}.png`` (``overlays``): outlines coloured by cell type; one
+      ``{id}_z{k}.png`` per plane of a stack.
+
+    At :meth:`close`: ``submission.csv`` (Kaggle RLE rows, 2-D images) and
+    ``results.json`` (COCO results: RLE masks, scores, ``category_id`` = class index + 1,
+    ``cell_type``, ``label_id``, and the plane of stacks).
     """
 
-    def __init__(self, out: str | Path, class_names: Sequence[str], *, overlays: bool = True):
+    def __init__(
+        self,
+        out: str | Path,
+        class_names: Sequence[str],
+        *,
+        overlays: bool = True,
+        save_rois: bool = False,
+        label_dtype: str = "int32",
+    ):
+        if label_dtype not in LABEL_DTYPES:
+            raise ValueError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
         self.out = Path(out)
         self.class_names = list(class_names)
         self.overlays = overlays
+        self.save_rois = save_rois
+        self.label_dtype = label_dtype
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
 
-    def add(self, image_id: str, image: np.ndarray, inst: Instances) -> None:
-        """Record one image's post-processed instances (with ``pixels``)."""
-        labels = pixels_to_labels(inst.pixels, inst.image_size)
-        write_label_tiff(child(self.out, "labels", f"{image_id}.tif"), labels)
-        if self.overlays:
-            classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
-            write_png(
-                child(self.out, "overlays", f"{image_id}.png"),
-                outline_overlay(image, labels, classes),
+    def add(self, image_id: str, result: Result) -> None:
+        """Write one image's result (see the class docstring)."""
+        lead = result.lead
+        write_label_tiff(
+            child(self.out, "labels", f"{image_id}.tif"),
+            result.labels,
+            dtype=self.label_dtype,
+            axes=f"{lead}YX",
+            where=image_id,
+        )
+        self._write_table(child(self.out, "objects", f"{image_id}.csv"), result.table)
+        if self.save_rois:
+            self._write_rois(child(self.out, "rois", f"{image_id}.zip"), result)
+        h, w = result.labels.shape[-2:]
+        lead_shape = result.labels.shape[:-2]
+        offset = 0  # label ids run on across the planes of a stack
+        for k, inst in enumerate(result.planes):
+            position = dict(zip(lead.lower(), np.unravel_index(k, lead_shape), strict=True))
+            labels = result.labels.reshape(-1, h, w)[k]
+            if self.overlays:
+                suffix = "".join(f"_{a}{int(i)}" for a, i in position.items())
+                classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
+                local = np.where(labels > 0, labels - offset, 0)
+                write_png(
+                    child(self.out, "overlays", f"{image_id}{suffix}.png"),
+                    outline_overlay(result.image.reshape(-1, h, w)[k], local, classes),
+                )
+            if not lead:
+                self.submission[image_id] = rle.encode_labels(labels)[1]
+            for j in range(len(inst)):
+                mask = np.zeros(h * w, dtype=bool)
+                mask[inst.pixels[j]] = True
+                self.coco.append(
+                    result_entry(
+                        image_id,
+                        mask.reshape(h, w),
+                        inst.scores[j],
+                        int(inst.labels[j]) + 1,
+                        cell_type=self.class_names[int(inst.labels[j])],
+                        label_id=offset + j + 1,
+                        **{a: int(i) for a, i in position.items()},
+                    )
+                )
+            offset += len(inst)
+
+    @staticmethod
+    def _write_table(path: Path, table: dict[str, np.ndarray]) -> None:
+        columns = list(table)
+        with atomic_write(path, newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in zip(*(table[c] for c in columns), strict=True):
+                writer.writerow(
+                    [f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row]
+                )
+
+    @staticmethod
+    def _write_rois(path: Path, result: Result) -> None:
+        """One ImageJ polygon ROI per cell: its outer contour, named by its label id."""
+        import cv2
+        import roifile
+
+        rois = []
+        table = result.table
+        flat = result.labels.reshape(-1, *result.labels.shape[-2:])
+        lead_shape = result.labels.shape[:-2]
+        for n, label in enumerate(table["label"]):
+            plane = int(
+                np.ravel_multi_index([table[a][n] for a in result.lead.lower()], lead_shape)
             )
-        self.submission[image_id] = rle.encode_labels(labels)[1]
-        for k in range(len(inst)):
-            mask = labels == k + 1
-            ys, xs = np.nonzero(mask)
-            self.coco.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(inst.labels[k]) + 1,
-                    "segmentation": encode_coco_rle(mask),
-                    "bbox": [
-                        float(xs.min()),
-                        float(ys.min()),
-                        float(xs.max() - xs.min() + 1),
-                        float(ys.max() - ys.min() + 1),
-                    ],
-                    "score": float(inst.scores[k]),
-                    "cell_type": self.class_names[int(inst.labels[k])],
-                }
+            y0, x0, y1, x1 = (
+                int(table[c][n]) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
             )
+            crop = (flat[plane, y0:y1, x0:x1] == label).astype(np.uint8)
+            contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            if not contours:
+                continue
+            points = max(contours, key=len).reshape(-1, 2) + np.array([x0, y0])
+            where = {a: int(table[a][n]) + 1 for a in result.lead.lower()}  # ImageJ: 1-based
+            rois.append(roifile.ImagejRoi.frompoints(points, name=str(int(label)), **where))
+        with atomic_path(path) as tmp:
+            roifile.roiwrite(tmp, rois, mode="w")
 
     def merged(
         self, parts: Sequence[tuple[dict[str, list[str]], list[dict]]], order: Sequence[str]

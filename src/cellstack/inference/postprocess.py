@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from cellstack.config import PredictConfig
 from cellstack.structures import Instances
 
 
@@ -117,9 +118,19 @@ class Thresholds:
 
 
 def paste_masks(
-    roi_masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float
+    roi_masks: torch.Tensor,
+    boxes: torch.Tensor,
+    image_size: tuple[int, int],
+    threshold: float,
+    *,
+    chunk_pixels: int = 1 << 22,
 ) -> list[np.ndarray]:
     """Paste RoI mask probabilities into the image and binarise them.
+
+    Masks are pasted in chunks of similar size: one ``grid_sample`` call samples every
+    mask of a chunk at the pixel centres of its box (padded to the chunk's largest
+    box), as detectron2's ``_do_paste_mask`` batches, and only the pixels inside each
+    box and the image are kept, so the result is that of pasting one mask at a time.
 
     Args:
         roi_masks: float[N, M, M]; cell ``(i, j)`` covers the box's ``i``-th row and
@@ -128,29 +139,61 @@ def paste_masks(
         image_size: ``(H, W)``.
         threshold: a pixel is in the mask where the bilinearly sampled probability at
             its centre exceeds this.
+        chunk_pixels: at most this many sampled pixels per chunk (bounds memory:
+            ~4 bytes x 3 each).
 
     Returns:
-        One int64 array of flat pixel indices per mask (ascending).
+        One int64 array of flat pixel indices per mask (ascending), in input order.
     """
     h, w = image_size
-    out = []
+    n = len(boxes)
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+    if n == 0:
+        return out
     roi_masks = roi_masks.float().cpu()
     boxes = boxes.float().cpu()
-    for mask, (x1, y1, x2, y2) in zip(roi_masks, boxes.tolist(), strict=True):
-        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), w)
-        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), h)
-        if c1 <= c0 or r1 <= r0:
-            out.append(np.zeros(0, dtype=np.int64))
+    x1, y1, x2, y2 = boxes.unbind(1)
+    c0 = torch.floor(x1).clamp(min=0).long()
+    c1 = torch.ceil(x2).clamp(max=w).long()
+    r0 = torch.floor(y1).clamp(min=0).long()
+    r1 = torch.ceil(y2).clamp(max=h).long()
+    cols, rows = (c1 - c0).clamp(min=0), (r1 - r0).clamp(min=0)
+    box_w = (x2 - x1).clamp(min=1e-6)
+    box_h = (y2 - y1).clamp(min=1e-6)
+    order = torch.argsort(cols * rows).tolist()  # similar sizes share a chunk's padding
+    start = 0
+    while start < n:
+        stop = start + 1
+        while stop < n:
+            k = order[stop]
+            size = (stop + 1 - start) * int(rows[k]) * int(cols[k])  # sorted: k is largest
+            if size > chunk_pixels:
+                break
+            stop += 1
+        idx = torch.tensor(order[start:stop])
+        start = stop
+        hc, wc = int(rows[idx].max()), int(cols[idx].max())
+        if hc == 0 or wc == 0:
             continue
-        # Pixel centres in the box's normalised [-1, 1] frame (grid_sample, align_corners=False).
-        gx = (torch.arange(c0, c1) + 0.5 - x1) / max(x2 - x1, 1e-6) * 2 - 1
-        gy = (torch.arange(r0, r1) + 0.5 - y1) / max(y2 - y1, 1e-6) * 2 - 1
-        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+        # Pixel centres in each box's normalised [-1, 1] frame (align_corners=False).
+        gx = (c0[idx, None] + torch.arange(wc) + 0.5 - x1[idx, None]) / box_w[idx, None] * 2 - 1
+        gy = (r0[idx, None] + torch.arange(hc) + 0.5 - y1[idx, None]) / box_h[idx, None] * 2 - 1
+        grid = torch.stack(
+            (gx[:, None, :].expand(-1, hc, -1), gy[:, :, None].expand(-1, -1, wc)), dim=-1
+        )
         probs = F.grid_sample(
-            mask[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
-        )[0, 0]
-        ys, xs = np.nonzero(probs.numpy() > threshold)
-        out.append(((ys + r0) * w + (xs + c0)).astype(np.int64))
+            roi_masks[idx, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[:, 0]
+        inside = (torch.arange(hc) < rows[idx, None])[:, :, None] & (
+            torch.arange(wc) < cols[idx, None]
+        )[:, None, :]
+        k, ys, xs = np.nonzero((probs > threshold).logical_and_(inside).numpy())
+        flat = (ys + r0[idx].numpy()[k]) * w + xs + c0[idx].numpy()[k]
+        counts = np.bincount(k, minlength=len(idx))
+        for j, pixels in zip(
+            idx.tolist(), np.split(flat.astype(np.int64), np.cumsum(counts)[:-1]), strict=True
+        ):
+            out[j] = pixels
     return out
 
 
@@ -295,3 +338,10 @@ def rescale_instances(inst: Instances, image_size: tuple[int, int]) -> Instances
     boxes = np.asarray(inst.boxes, dtype=np.float32) * np.array([sx, sy, sx, sy], np.float32)
     out = Instances(image_size, **{**inst.fields, "boxes": boxes, "pixels": pixels})
     return out[counts > 0]
+
+
+def params_from(cfg: PredictConfig) -> PostprocessParams:
+    """The post-processing part of a predict config."""
+    return PostprocessParams(
+        cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size, cfg.convex_refill
+    )

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from cellstack.config import PredictConfig
-from cellstack.data.images import (
-    IMAGE_SUFFIXES,
-    image_size,
-    list_images,
-    read_image,
-    to_gray_uint8,
-)
+from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images
+from cellstack.data.labels import LABEL_DTYPES
 from cellstack.errors import CellstackError, DataError
-from cellstack.inference.postprocess import PostprocessParams, Thresholds
-from cellstack.inference.predictor import Predictor
+from cellstack.inference.export import OUTPUTS
 
 if TYPE_CHECKING:
     from cellstack.data.records import ImageRecord
@@ -59,16 +52,6 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     return [(p.stem, p) for p in images]
 
 
-_POSTPROCESS_KEYS = {f"predict.{f.name}" for f in fields(PostprocessParams)}
-
-
-def params_from(cfg: PredictConfig) -> PostprocessParams:
-    """The post-processing part of a predict config."""
-    return PostprocessParams(
-        cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size, cfg.convex_refill
-    )
-
-
 def raw_predictions(
     src: Source, records: list[ImageRecord], *, device: str = "auto", progress: bool = True
 ) -> list[Instances]:
@@ -77,17 +60,9 @@ def raw_predictions(
     from tqdm import tqdm
 
     from cellstack.data.dataset import load_sample
-    from cellstack.engine.trainer import pick_device
+    from cellstack.inference.segmenter import Segmenter
 
-    p = src.cfg.predict
-    predictor = Predictor(
-        src.model,
-        src.thresholds,
-        device=pick_device(device),
-        tile_size=p.tile_size,
-        tile_overlap=p.tile_overlap,
-        batch_size=p.batch_size,
-    )
+    predictor = Segmenter(src, device=device).predictor
     raws = []
     with torch.inference_mode():
         for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
@@ -96,19 +71,14 @@ def raw_predictions(
     return raws
 
 
-# What predict writes into its output folder; with --overwrite exactly these are
-# replaced, anything else there is left alone.
-OUTPUTS = ("submission.csv", "results.json", "labels", "overlays")
-
-
 def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     """Make ``out`` ready for a predict run, before any model loads.
 
     Refused: ``out`` is a file, holds one of the input images (an overlay could
     overwrite it), or is not empty and ``overwrite`` is off. With ``overwrite`` the
-    outputs of an earlier predict (:data:`OUTPUTS`) are removed first, so old label
-    images never sit beside new ones; ``submission.csv`` and ``results.json`` are
-    written last, so a killed run leaves no file that says it finished.
+    outputs of an earlier predict (:data:`~cellstack.inference.export.OUTPUTS`) are
+    removed first, so old label images never sit beside new ones; ``submission.csv``
+    and ``results.json`` are written last, so a killed run leaves no file that says it finished.
     """
     import shutil
 
@@ -158,9 +128,15 @@ def predict_folder(
     allow_unfinished: bool = False,
     diameter: float | None = None,
     scale: float | None = None,
+    spec: PlaneSpec | None = None,
+    save_rois: bool = False,
+    overlays: bool = True,
+    label_dtype: str = "int32",
 ) -> PredictSummary:
-    """Predict every image of ``images`` with a run's final model or an ensemble YAML
-    (see :mod:`~cellstack.inference.sources`); write to ``out``.
+    """Predict every image of ``images`` with a run's final model, a CV folder or an
+    ensemble YAML (see :mod:`~cellstack.inference.sources`); write to ``out`` (see
+    :class:`~cellstack.inference.export.PredictionWriter`). A loop over
+    :meth:`Segmenter.iter_many <cellstack.inference.segmenter.Segmenter.iter_many>`.
 
     Under ``torchrun`` every process predicts its share of the images (writing their
     label images and overlays itself) and rank 0 writes the merged ``submission.csv``
@@ -169,65 +145,46 @@ def predict_folder(
     ``diameter``: the typical cell diameter in these images (px); they are rescaled so
     their cells have the size the model trained on (its stored median diameter) and
     the masks mapped back. ``scale`` gives the factor directly. Default: no rescaling.
+    ``spec``: channels and axes of stacks (:class:`~cellstack.data.images.PlaneSpec`);
+    Z-stacks and time series are segmented plane by plane.
     """
     import time
 
-    from tqdm import tqdm
-
-    from cellstack.engine import distributed
-    from cellstack.engine.trainer import pick_device
+    from cellstack import distributed
+    from cellstack.data.images import plane_layout
     from cellstack.inference.export import PredictionWriter
-    from cellstack.inference.sources import load_source
+    from cellstack.inference.segmenter import Segmenter, _scale
 
-    # Every argument is checked before --overwrite clears anything.
-    if diameter is not None and scale is not None:
-        raise CellstackError("give --diameter or --scale, not both")
-    if (diameter is not None and diameter <= 0) or (scale is not None and scale <= 0):
-        raise CellstackError("--diameter and --scale must be positive")
+    # Every argument and every image header is checked before --overwrite clears
+    # anything and before the model loads: a stack or a corrupt header fails at once.
+    _scale(None, diameter, scale)
+    if label_dtype not in LABEL_DTYPES:
+        raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
+    spec = spec or PlaneSpec()
     out = Path(out)
-    torch_device = pick_device(device, distributed.launched().local_rank)
+    distributed.pick_device(device, distributed.launched().local_rank)
     todo = find_images(images)
-    for _, path in todo:  # headers only: a stack or a corrupt header fails before the model
-        image_size(path)
+    for _, path in todo:
+        plane_layout(path, spec)
     if distributed.launched().rank == 0:
         prepare_output(out, [path for _, path in todo], overwrite)
-    src = load_source(source, overrides, allow_unfinished=allow_unfinished)
-    if diameter is not None:
-        if src.diameter is None:
-            raise CellstackError(
-                f"{source}: the run did not record its training objects' diameter "
-                "(data_stats.json); use --scale instead"
-            )
-        scale = src.diameter / diameter
-    class_names = src.class_names
-    p = src.cfg.predict
-    thresholds = src.thresholds
-    if any(o.split("=")[0].strip() in _POSTPROCESS_KEYS for o in overrides):
-        # Thresholds given on the command line beat thresholds.yaml.
-        thresholds = Thresholds(params_from(p))
-    world = distributed.setup(torch_device)
-    predictor = Predictor(
-        src.model,
-        thresholds,
-        device=torch_device,
-        tile_size=p.tile_size,
-        tile_overlap=p.tile_overlap,
-        batch_size=p.batch_size,
-        scale=scale or 1.0,
+    seg = Segmenter.load(
+        source,
+        device=device,
+        diameter=diameter,
+        scale=scale,
+        overrides=overrides,
+        allow_unfinished=allow_unfinished,
     )
-    writer = PredictionWriter(out, class_names)
+    world = distributed.setup(seg.device)
+    writer = PredictionWriter(
+        out, seg.class_names, overlays=overlays, save_rois=save_rois, label_dtype=label_dtype
+    )
     mine = distributed.shard(todo, world)
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=len(mine), desc="predicting", unit="img", disable=not (progress and world.main)
-    )
-    with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
-        for k in range(0, len(mine), p.batch_size):
-            chunk = mine[k : k + p.batch_size]
-            images = [to_gray_uint8(read_image(path)) for _, path in chunk]
-            for (image_id, _), image, inst in zip(chunk, images, predictor(images), strict=True):
-                writer.add(image_id, image, inst)
-            bar.update(len(chunk))
+    results = seg.iter_many([path for _, path in mine], spec=spec, progress=progress and world.main)
+    for (image_id, _), result in zip(mine, results, strict=True):
+        writer.add(image_id, result)
     parts = distributed.gather((writer.submission, writer.coco), world)
     merged = writer.merged(parts, [image_id for image_id, _ in todo])
     if world.main:

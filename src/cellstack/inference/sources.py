@@ -10,6 +10,10 @@ An ensemble YAML lists runs (paths relative to the YAML) and how to merge them::
                                 # {type: {proposals: {...}, boxes: {...}}}
     type_models:                # optional: a subset of the runs for a cell type
       astro: [runs/cascade_r50, runs/htc_r50]
+    type_from: [runs/maskrcnn_r50]  # whose identity view decides the type (default:
+                                # the first model); used when types have own settings
+    feature_cache_mb: 0         # features kept between stages (0: memory stays flat)
+    feature_dtype: float32      # or float16 / bfloat16 for kept features
     postprocess:                # optional thresholds (default and per_type)
       default: {score_thresh: 0.3}
       per_type: {astro: {convex_refill: true}}
@@ -21,16 +25,19 @@ folder), as written by ``cellstack tune``, takes precedence over ``postprocess``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 from cellstack.config import Config, config_from_dict, config_to_dict
 from cellstack.errors import CellstackError
-from cellstack.inference.postprocess import Thresholds
+from cellstack.inference.cvfolder import CVFolder
+from cellstack.inference.postprocess import PostprocessParams, Thresholds
 
 THRESHOLDS = "thresholds.yaml"
+#: Config keys that set post-processing: given as overrides, they beat thresholds.yaml.
+POSTPROCESS_KEYS = frozenset(f"predict.{f.name}" for f in fields(PostprocessParams))
 
 
 @dataclass
@@ -44,7 +51,8 @@ class Source:
         cfg: the (first) run's config, with overrides; its ``predict`` section sets the
             batch size and tiling.
         thresholds: post-processing thresholds per cell type.
-        thresholds_path: where ``tune`` writes thresholds for this source.
+        thresholds_path: where ``tune`` writes thresholds for this source (None for a
+            model in memory).
         diameter: median diameter (px) of the objects the (first) run trained on, from
             its ``data_stats.json``; None for runs that did not record it.
     """
@@ -53,8 +61,19 @@ class Source:
     class_names: tuple[str, ...]
     cfg: Config
     thresholds: Thresholds
-    thresholds_path: Path
+    thresholds_path: Path | None
     diameter: float | None = None
+
+    @classmethod
+    def of_model(
+        cls, model: torch.nn.Module, cfg: Config, thresholds: Thresholds | None = None
+    ) -> Source:
+        """A model in memory (e.g. being trained), with its config's thresholds unless
+        ``thresholds`` are given; it has no folder to write thresholds to."""
+        from cellstack.inference.postprocess import params_from
+
+        thresholds = thresholds or Thresholds(params_from(cfg.predict))
+        return cls(model, tuple(model.class_names), cfg, thresholds, None)
 
 
 def load_source(
@@ -72,9 +91,14 @@ def load_source(
         )
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_ensemble(path, overrides, allow_unfinished)
-    if path.is_dir() and (path / "ensemble.yaml").is_file() and not (path / "model.pt").is_file():
-        # a CV folder: its folds
-        return _load_ensemble(path / "ensemble.yaml", overrides, allow_unfinished)
+    cv = CVFolder.find(path)
+    if cv is not None:  # its folds, as one ensemble
+        if cv.ensemble_path.is_file():
+            return _load_ensemble(cv.ensemble_path, overrides, allow_unfinished)
+        # Interrupted before its ensemble.yaml: refused, or the trained folds.
+        runs = cv.runs(allow_unfinished=allow_unfinished)
+        spec = {"models": [str(r) for r in runs], "type_settings": "none"}
+        return _load_ensemble(cv.ensemble_path, overrides, allow_unfinished, spec)
     model, cfg = _load_run(path, overrides, allow_unfinished)
     return Source(
         model,
@@ -99,7 +123,7 @@ def trained_diameter(run: Path) -> float | None:
 def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
     """A run's or CV's thresholds: its ``thresholds.yaml`` (``cellstack tune``) when
     present, else the post-processing of its config."""
-    from cellstack.inference.run import params_from
+    from cellstack.inference.postprocess import params_from
 
     if (folder / THRESHOLDS).is_file():
         return read_thresholds(folder / THRESHOLDS)
@@ -107,8 +131,8 @@ def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
 
 
 def _load_run(run: Path, overrides: tuple[str, ...], allow_unfinished: bool = False):
-    from cellstack.engine.checkpoint import load_run, load_weights
     from cellstack.modeling.build import build_model
+    from cellstack.modeling.files import load_run, load_weights
 
     cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished)
     if overrides:
@@ -136,13 +160,17 @@ def write_thresholds(path: Path, thresholds: Thresholds, comment: str = "") -> N
         yaml.safe_dump(thresholds.to_dict(), f, sort_keys=False)
 
 
-def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: bool) -> Source:
+def _load_ensemble(
+    path: Path, overrides: tuple[str, ...], allow_unfinished: bool, data: dict | None = None
+) -> Source:
+    """The ensemble of the YAML at ``path``, or of ``data`` (its contents) when given."""
     from cellstack.config import EnsembleConfig, build_typed, load_yaml
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.run import params_from
+    from cellstack.inference.postprocess import params_from
     from cellstack.inference.tta import parse_flips
 
-    data = load_yaml(path, "ensemble file")
+    if data is None:
+        data = load_yaml(path, "ensemble file")
     if not isinstance(data, dict):
         raise CellstackError(f"{path}: expected a mapping with 'models'")
     spec = build_typed(EnsembleConfig, data, str(path))
@@ -160,7 +188,14 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
         Thresholds.from_dict(post, f"{path}: postprocess")
     tpath = base / THRESHOLDS
     tuned = read_thresholds(tpath) if tpath.is_file() else None
-    resolved = [run for r in spec.models for run in _runs_of(base / r)]
+    resolved = [run for r in spec.models for run in _runs_of(base / r, allow_unfinished)]
+    merged = len(resolved)  # runs in `models`; type_from may add runs that only type
+    type_from = []
+    for r in spec.type_from or spec.models[:1]:
+        for full in _runs_of(base / r, allow_unfinished):
+            if full not in resolved:
+                resolved.append(full)
+            type_from.append(resolved.index(full))
     loaded = [_load_run(r, overrides, allow_unfinished) for r in resolved]
     models = [m for m, _ in loaded]
     cfg = loaded[0][1]
@@ -179,8 +214,8 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
     for cell_type, subset in spec.type_models.items():
         idx = []
         for r in subset:
-            for full in _runs_of(base / r):
-                if full not in resolved:
+            for full in _runs_of(base / r, allow_unfinished):
+                if full not in resolved[:merged]:
                     raise CellstackError(
                         f"{path}: type_models.{cell_type}: {r} is not one of 'models'"
                     )
@@ -192,6 +227,12 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
         rpn_flips=spec.rpn_flips,
         type_settings=type_settings,
         type_models=type_models,
+        default_models=range(merged),
+        type_from=type_from,
+        feature_cache_mb=spec.feature_cache_mb,
+        feature_dtype=None
+        if spec.feature_dtype == "float32"
+        else getattr(torch, spec.feature_dtype),
     ).eval()
     thresholds = Thresholds(params_from(cfg.predict))
     if post:
@@ -202,13 +243,10 @@ def _load_ensemble(path: Path, overrides: tuple[str, ...], allow_unfinished: boo
     return Source(ensemble, names, cfg, thresholds, tpath, trained_diameter(resolved[0]))
 
 
-def _runs_of(path: Path) -> list[Path]:
+def _runs_of(path: Path, allow_unfinished: bool) -> list[Path]:
     """A run folder itself, or every fold run of a CV folder (resolved paths)."""
-    path = path.resolve()
-    folds = sorted(path.glob("fold*/model.pt")) if (path / "folds.csv").is_file() else []
-    if folds and not (path / "model.pt").is_file():
-        return [f.parent for f in folds]
-    return [path]
+    cv = CVFolder.find(path)
+    return cv.runs(allow_unfinished=allow_unfinished) if cv else [path.resolve()]
 
 
 def _stage_settings(data: dict, model, where: str):

@@ -240,12 +240,13 @@ def run_tune(
     ``allow_unfinished``: a run without ``model.pt`` uses its latest checkpoint.
     """
     from cellstack.data.layouts import load_dataset
-    from cellstack.engine.cv import is_cv_folder
+    from cellstack.inference.cvfolder import CVFolder
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source, write_thresholds
 
-    if is_cv_folder(source_path):
-        return _tune_cv(source_path, data, fold, overrides, grid, progress)
+    cv = CVFolder.find(source_path)
+    if cv is not None:
+        return _tune_cv(cv, data, fold, overrides, grid, progress)
     if data is None:
         raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
     src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
@@ -264,45 +265,44 @@ def run_tune(
 
 def _fold_records(records: list, data, fold: int | None) -> list:
     """The records of fold ``fold`` of ``DATA/folds.csv`` (all of them for None)."""
-    from cellstack.data.folds import read_folds_csv
+    from cellstack.data.folds import folds_beside, read_folds_csv
 
     if fold is None:
         return records
-    base = Path(data) if Path(data).is_dir() else Path(data).parent
-    if not (base / "folds.csv").is_file():
-        raise CellstackError(f"--fold needs {base / 'folds.csv'} (cellstack folds)")
-    folds = read_folds_csv(base / "folds.csv")
+    path = folds_beside(data)
+    if not path.is_file():
+        raise CellstackError(f"--fold needs {path} (cellstack folds)")
+    folds = read_folds_csv(path)
     records = [r for r in records if folds.get(r.image_id) == fold]
     if not records:
-        raise CellstackError(f"fold {fold} of {base / 'folds.csv'} has no images")
+        raise CellstackError(f"fold {fold} of {path} has no images")
     return records
 
 
 def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, object]:
     """Tune on a CV folder's stored out-of-fold detections: no model runs."""
-    from cellstack.config import config_from_dict, config_to_dict, load_config
+    from cellstack.config import config_from_dict, config_to_dict
     from cellstack.data.folds import read_folds_csv
-    from cellstack.engine.cv import cv_records, load_oof, oof_data_path
-    from cellstack.inference.run import params_from
+    from cellstack.data.splits import cv_records
+    from cellstack.inference.postprocess import params_from
     from cellstack.inference.sources import THRESHOLDS, folder_thresholds, write_thresholds
 
-    cv = Path(cv)
-    data = Path(data) if data is not None else oof_data_path(cv)
-    cfg = config_from_dict(config_to_dict(load_config(cv / "config.yaml")), overrides)
+    data = Path(data) if data is not None else cv.data_path()
+    cfg = config_from_dict(config_to_dict(cv.config()), overrides)
     pool, class_names = cv_records(data, cfg)
-    raws = load_oof(cv)
+    raws = cv.load_oof()
     records = [r for r in pool if r.image_id in raws]
     if fold is not None:
-        fold_of = read_folds_csv(cv / "folds.csv")
+        fold_of = read_folds_csv(cv.folds_path)
         records = [r for r in records if fold_of.get(r.image_id) == fold]
     if not records:
-        raise CellstackError(f"{cv}: no OOF prediction matches an image of {data}")
+        raise CellstackError(f"{cv.path}: no OOF prediction matches an image of {data}")
     # Thresholds given on the command line are the starting point, as in predict.
-    current = Thresholds(params_from(cfg.predict)) if overrides else folder_thresholds(cv, cfg)
+    current = Thresholds(params_from(cfg.predict)) if overrides else folder_thresholds(cv.path, cfg)
     result = tune_thresholds(
         [raws[r.image_id] for r in records], records, class_names, current, grid, progress
     )
-    path = cv / THRESHOLDS
+    path = cv.path / THRESHOLDS
     write_thresholds(
         path,
         result.thresholds,

@@ -104,3 +104,28 @@ def mean(values: torch.Tensor, world: World) -> torch.Tensor:
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
+
+
+def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU; under torchrun each process takes the
+    GPU of its ``LOCAL_RANK`` (``auto`` or a bare ``cuda``)."""
+    import re
+
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise CellstackError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CellstackError(f"device {name} requested but no CUDA device is available")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+        if int(name[5:]) >= torch.cuda.device_count():
+            raise CellstackError(
+                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CellstackError("device mps requested but MPS is not available")
+    return torch.device(name)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from cellstack import distributed
 from cellstack.config import load_config
-from cellstack.engine import distributed
 from cellstack.engine.trainer import train
 from cellstack.inference.run import predict_folder
 from tests.engine.test_trainer import FAST

@@ -1,0 +1,368 @@
+"""The public Python API: :class:`Segmenter` turns images into labelled cells.
+
+::
+
+    import cellstack
+    seg = cellstack.Segmenter.load("runs/r18")   # a run, a CV folder or an ensemble YAML
+    result = seg(image)                          # numpy array, any dtype, 2-D (+ colour)
+    result.labels      # int32[H, W] instance ids, 0 = background
+    result.instances   # Instances: boxes, scores, labels (cell-type indices), pixels
+    result.table       # per-object columns: label, cell_type, score, area, centroid, bbox
+
+The segmenter owns input checking and intensity scaling (every plane is scaled by its
+0.5/99.5 percentiles to uint8, as the model trained), stacks (``axes="ZYX"``,
+``"TCYX"`` with ``channel=``), rescaling to the trained object size (``diameter=``)
+and the run's tuned thresholds. ``cellstack predict`` is a loop over
+:meth:`Segmenter.iter_many`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
+from cellstack.errors import CellstackError
+from cellstack.inference.postprocess import Thresholds, pixels_to_labels
+from cellstack.inference.predictor import Predictor
+from cellstack.inference.sources import Source
+from cellstack.structures import Instances
+
+#: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
+#: (``bbox_y1``/``bbox_x1`` one past the last row/column), centroids in pixels
+#: (row, column) of the mask's pixel centres.
+TABLE_COLUMNS = (
+    "label",
+    "cell_type",
+    "score",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The cells of one image, or of every plane of a stack.
+
+    Attributes:
+        labels: int32[*lead, H, W] instance ids, 0 = background; in a 2-D image ids
+            1..N follow decreasing score, in a stack they run on across planes so that
+            every id is one object.
+        instances: the post-processed cells of each plane (``pixels``: flat indices
+            into the plane; ``labels``: cell-type indices), one per plane in C order.
+        table: per-object columns (:data:`TABLE_COLUMNS`, then one column per lead
+            axis, e.g. ``z``) as numpy arrays: ``pandas.DataFrame(result.table)`` and
+            napari's Labels ``features`` take it as it is.
+        image: uint8[*lead, H, W], the scaled planes the model saw.
+        lead: the axes planes are stacked along: ``""`` (one 2-D image), ``"Z"``,
+            ``"T"`` or ``"TZ"``.
+        class_names: the model's cell types.
+    """
+
+    labels: np.ndarray
+    planes: tuple[Instances, ...]
+    table: dict[str, np.ndarray]
+    image: np.ndarray
+    lead: str
+    class_names: tuple[str, ...]
+
+    @property
+    def instances(self) -> Instances:
+        """The cells of a 2-D image (for a stack: :attr:`planes`)."""
+        if self.lead:
+            raise AttributeError(
+                f"a {self.lead}YX stack has one Instances per plane: use result.planes"
+            )
+        return self.planes[0]
+
+    def __len__(self) -> int:
+        """The number of cells."""
+        return len(self.table["label"])
+
+
+def object_table(
+    labels: np.ndarray, inst: Instances, class_names: Sequence[str], first_id: int = 1
+) -> dict[str, np.ndarray]:
+    """Per-object columns (:data:`TABLE_COLUMNS`) of a plane's cells.
+
+    Args:
+        labels: int32[H, W] with instance ``k`` painted as ``first_id + k``.
+        inst: the plane's post-processed instances (``scores``, ``labels``).
+        class_names: names of the cell-type indices.
+        first_id: the label id of the first instance.
+    """
+    from scipy import ndimage
+
+    n = len(inst)
+    ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    local = np.where(labels > 0, labels - (first_id - 1), 0).ravel()
+    h, w = labels.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    area = np.bincount(local, minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(local, weights=rows, minlength=n + 1)[1:] / area
+        cx = np.bincount(local, weights=cols, minlength=n + 1)[1:] / area
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    for k, sl in enumerate(ndimage.find_objects(local.reshape(h, w), max_label=n)):
+        if sl is not None:
+            boxes[k] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+    names = np.asarray(class_names, dtype=object)
+    return {
+        "label": ids,
+        "cell_type": names[np.asarray(inst.labels, dtype=np.int64)] if n else names[:0],
+        "score": np.asarray(inst.scores, dtype=np.float32),
+        "area": area.astype(np.int64),
+        "centroid_y": cy,
+        "centroid_x": cx,
+        "bbox_y0": boxes[:, 0],
+        "bbox_x0": boxes[:, 1],
+        "bbox_y1": boxes[:, 2],
+        "bbox_x1": boxes[:, 3],
+    }
+
+
+class Segmenter:
+    """Cells from images with a trained run, a CV folder or an ensemble.
+
+    Args:
+        source: a loaded model (:func:`~cellstack.inference.sources.load_source`).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``,
+            or a ``torch.device``.
+        diameter: the typical cell diameter (px) in the images to come; they are
+            rescaled so that their cells have the size the model trained on, and the
+            masks mapped back. ``scale`` gives that factor directly. Default: none.
+        thresholds: post-processing thresholds; default the run's (its tuned
+            ``thresholds.yaml``, else its config's).
+        batch_size: planes per forward pass (default the run's ``predict.batch_size``).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        device: str | torch.device = "auto",
+        diameter: float | None = None,
+        scale: float | None = None,
+        thresholds: Thresholds | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        from cellstack import distributed
+
+        self.source = source
+        self.scale = _scale(source, diameter, scale)
+        p = source.cfg.predict
+        self.batch_size = batch_size or p.batch_size
+        if self.batch_size < 1:
+            raise CellstackError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.predictor = Predictor(
+            source.model,
+            thresholds or source.thresholds,
+            device=distributed.pick_device(device, distributed.launched().local_rank),
+            tile_size=p.tile_size,
+            tile_overlap=p.tile_overlap,
+            batch_size=self.batch_size,
+            scale=self.scale,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        diameter: float | None = None,
+        scale: float | None = None,
+        overrides: Sequence[str] = (),
+        allow_unfinished: bool = False,
+        batch_size: int | None = None,
+    ) -> Segmenter:
+        """Load a run folder, a CV folder or an ensemble YAML (see
+        :mod:`~cellstack.inference.sources`). ``overrides``: dotted config settings
+        (``predict.score_thresh=0.4``), which beat the run's tuned thresholds."""
+        from cellstack.inference.postprocess import params_from
+        from cellstack.inference.sources import POSTPROCESS_KEYS, load_source
+
+        # Every argument is checked before the (possibly large) model loads.
+        _scale(None, diameter, scale)
+        src = load_source(path, tuple(overrides), allow_unfinished=allow_unfinished)
+        thresholds = None
+        if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
+            thresholds = Thresholds(params_from(src.cfg.predict))
+        return cls(
+            src,
+            device=device,
+            diameter=diameter,
+            scale=scale,
+            thresholds=thresholds,
+            batch_size=batch_size,
+        )
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.source.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def __call__(
+        self,
+        image: np.ndarray | str | Path,
+        *,
+        axes: str | None = None,
+        channel: int | Sequence[int] | None = None,
+    ) -> Result:
+        """Segment one image: an array (2-D, 2-D + colour, or a stack with ``axes``,
+        e.g. ``"ZYX"``, ``"CYX"`` with ``channel=``) or an image file."""
+        (result,) = self.iter_many([image], axes=axes, channel=channel, progress=False)
+        return result
+
+    def segment_many(
+        self,
+        items: Iterable[np.ndarray | str | Path],
+        *,
+        axes: str | None = None,
+        channel: int | Sequence[int] | None = None,
+        progress: bool = True,
+    ) -> list[Result]:
+        """Segment many images or files (see :meth:`iter_many`), as a list."""
+        return list(self.iter_many(items, axes=axes, channel=channel, progress=progress))
+
+    def iter_many(
+        self,
+        items: Iterable[np.ndarray | str | Path],
+        *,
+        axes: str | None = None,
+        channel: int | Sequence[int] | None = None,
+        spec: PlaneSpec | None = None,
+        progress: bool = True,
+    ) -> Iterator[Result]:
+        """Segment images or files one after another, yielding each result as soon as
+        its planes are done, with a progress bar over planes.
+
+        Planes of consecutive images are batched together (``batch_size``). Files are
+        read by their own axes (:func:`~cellstack.data.images.read_planes`); ``spec``
+        (or ``channel``) chooses channels and names axes the file does not.
+        """
+        from tqdm import tqdm
+
+        spec = _spec(spec, channel)
+        items = list(items) if not isinstance(items, list) else items
+        bar = tqdm(total=len(items), desc="segmenting", unit="img", disable=not progress)
+        pending: list[tuple[np.ndarray, str]] = []  # images whose planes wait for a batch
+        queued = 0
+        with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
+            for n, item in enumerate(items):
+                image, lead = _planes(item, axes, spec, f"image {n}")
+                pending.append((image, lead))
+                queued += int(np.prod(image.shape[: len(lead)]))
+                if queued >= self.batch_size or n == len(items) - 1:
+                    yield from self._run(pending)
+                    bar.update(len(pending))
+                    pending, queued = [], 0
+
+    def _run(self, pending: list[tuple[np.ndarray, str]]) -> Iterator[Result]:
+        """The results of some images, their planes predicted as one batch."""
+        flat = [
+            plane
+            for image, lead in pending
+            for plane in image.reshape(-1, *image.shape[len(lead) :])
+        ]
+        cells = iter(self.predictor(flat))
+        for image, lead in pending:
+            n = int(np.prod(image.shape[: len(lead)]))
+            yield self._result(image, lead, [next(cells) for _ in range(n)])
+
+    def _result(self, image: np.ndarray, lead: str, planes: list[Instances]) -> Result:
+        lead_shape = image.shape[: len(lead)]
+        h, w = image.shape[-2:]
+        labels = np.zeros((len(planes), h, w), dtype=np.int32)
+        tables, first = [], 1
+        for k, inst in enumerate(planes):
+            plane = pixels_to_labels(inst.pixels, (h, w))
+            labels[k] = np.where(plane > 0, plane + (first - 1), 0)
+            table = object_table(labels[k], inst, self.class_names, first)
+            for axis, index in zip(lead.lower(), np.unravel_index(k, lead_shape), strict=True):
+                table[axis] = np.full(len(inst), index, dtype=np.int64)
+            tables.append(table)
+            first += len(inst)
+        table = {c: np.concatenate([t[c] for t in tables]) for c in tables[0]}
+        return Result(
+            labels=labels.reshape(*lead_shape, h, w),
+            planes=tuple(planes),
+            table=table,
+            image=image,
+            lead=lead,
+            class_names=self.class_names,
+        )
+
+
+def _scale(source: Source | None, diameter: float | None, scale: float | None) -> float:
+    """The resize factor for ``diameter`` or ``scale`` (checked; 1 when neither)."""
+    if diameter is not None and scale is not None:
+        raise CellstackError("give diameter or scale, not both")
+    for name, value in (("diameter", diameter), ("scale", scale)):
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise CellstackError(f"{name} must be a positive number, got {value!r}")
+    if diameter is None:
+        return float(scale or 1.0)
+    if source is None:
+        return 1.0
+    if source.diameter is None:
+        raise CellstackError(
+            "this run did not record its training objects' diameter (data_stats.json); "
+            "give scale instead of diameter"
+        )
+    return source.diameter / diameter
+
+
+def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneSpec:
+    from dataclasses import replace
+
+    spec = spec or PlaneSpec()
+    if channel is None:
+        return spec
+    chosen = (channel,) if isinstance(channel, int | np.integer) else tuple(channel)
+    if not chosen or not all(isinstance(c, int | np.integer) for c in chosen):
+        raise CellstackError(f"channel must be an index or a list of indices, got {channel!r}")
+    return replace(spec, channel=tuple(int(c) for c in chosen))
+
+
+def _planes(
+    item: np.ndarray | str | Path, axes: str | None, spec: PlaneSpec, where: str
+) -> tuple[np.ndarray, str]:
+    """uint8 planes ``[*lead, H, W]`` and their lead axes, from a file or an array."""
+    if isinstance(item, str | Path):
+        return read_planes(item, spec)
+    array = np.asarray(item)
+    if axes is None:
+        if array.ndim == 2:
+            axes = "YX"
+        elif array.ndim == 3 and array.shape[-1] in (3, 4):
+            axes = "YXS"
+        else:
+            raise CellstackError(
+                f"{where}: an array of shape {array.shape} needs its axes, e.g. "
+                "axes='ZYX' (a Z-stack), 'TYX', or 'CYX' with channel=0; 2-D images and "
+                "[H, W, 3|4] colour need none"
+            )
+    if len(axes) != array.ndim:
+        raise CellstackError(f"{where}: axes {axes!r} do not match shape {array.shape}")
+    if array.dtype.kind not in "biuf" and array.dtype.kind != "c":
+        raise CellstackError(f"{where}: pixels of dtype {array.dtype} are not numbers")
+    from cellstack.errors import DataError
+
+    try:
+        planes, lead = select_planes(array, axes.upper(), spec, where)
+    except DataError as exc:
+        raise CellstackError(str(exc)) from None
+    return gray_planes(planes, lead), lead

@@ -1,0 +1,81 @@
+"""Imports run one way: data -> evaluation -> modeling -> inference -> engine -> cli.
+
+Every ``import`` and ``from ... import`` in ``src/cellstack``, module-level or inside a
+function, is checked: a module may import its own layer, the layers before it and the
+foundation modules (errors, files, config, structures, processes), never a later layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import cellstack
+
+PACKAGE = Path(cellstack.__file__).parent
+LAYERS = ("data", "evaluation", "modeling", "inference", "engine")
+FOUNDATION = ("errors", "fileio", "config", "structures", "distributed")
+#: The user-facing top: command line, demo, napari plugin and the package facade.
+TOP = ("cli", "demo", "napari_plugin", "__main__", "__init__")
+
+
+def rank(module: str) -> int:
+    """0 for the foundation, 1..5 for the layers, 6 for the top."""
+    parts = module.split(".")
+    name = parts[1] if len(parts) > 1 else "__init__"
+    if name in FOUNDATION:
+        return 0
+    if name in LAYERS:
+        return LAYERS.index(name) + 1
+    if name in TOP or name == "configs":
+        return len(LAYERS) + 1
+    raise AssertionError(f"{module}: not in any layer; add it to tests/test_layers.py")
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every cellstack import in a file, relative ones resolved."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    package = list(rel.parts if path.name == "__init__.py" else rel.parts[:-1])
+    if path.name == "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            found.append((node.lineno, module))
+    return [(line, m) for line, m in found if m == "cellstack" or m.startswith("cellstack.")]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def test_every_import_runs_one_way():
+    against = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = module_name(path)
+        for line, target in imports(path):
+            if target == "cellstack":
+                continue  # the facade's names are foundation ones
+            mine, theirs = rank(me), rank(target)
+            if theirs > mine or (mine == 0 and theirs != 0):
+                against.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
+    assert not against, (
+        "imports against data -> evaluation -> modeling -> inference -> "
+        "engine -> cli:\n" + "\n".join(against)
+    )
+
+
+def test_the_checker_sees_imports_inside_functions():
+    # The wrong imports this test exists for were all inside functions.
+    found = imports(PACKAGE / "inference" / "run.py")
+    assert "cellstack.inference.segmenter" in {m for _, m in found}  # in predict_folder
+    assert rank("cellstack.engine.trainer") > rank("cellstack.inference.run")
+    assert rank("cellstack.distributed") == 0
