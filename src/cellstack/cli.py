@@ -164,6 +164,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from cellstack.data.images import PlaneSpec
     from cellstack.inference.run import predict_folder
 
+    if args.dry_run:
+        from cellstack.inference.run import dry_run
+
+        print(
+            dry_run(
+                args.run,
+                overrides=tuple(args.overrides),
+                allow_unfinished=args.allow_unfinished,
+                image_size=(args.dry_run_size[1], args.dry_run_size[0]),
+            )
+        )
+        return 0
+    if args.images is None or args.out is None:
+        raise CellstackError("predict needs IMAGES and --out (or --dry-run)")
     spec = PlaneSpec(args.channel, args.z_axis, args.t_axis, args.c_axis)
     summary = predict_folder(
         args.run,
@@ -308,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="segment images with a trained run or an ensemble",
-        usage="cellstack predict RUN|ENSEMBLE.yaml|CV IMAGES --out OUT [predict.key=value ...]",
+        usage=(
+            "cellstack predict RUN|ENSEMBLE.yaml|CV IMAGES --out OUT [predict.key=value ...]"
+            " | --dry-run"
+        ),
         description=(
             "Segment images with a run or an ensemble YAML (runs merged over models and "
             "flips). Thresholds come from thresholds.yaml (cellstack tune) when present; "
@@ -318,9 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run", type=Path, help="run folder (cellstack train), ensemble YAML or CV folder"
     )
-    p.add_argument("images", type=Path, help="image folder, Sartorius folder or image file")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "images", type=Path, nargs="?", help="image folder, Sartorius folder or image file"
+    )
+    p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load the run or ensemble and print its plan (models per stage, views, "
+        "features held, estimated peak memory) without predicting",
+    )
+    p.add_argument(
+        "--dry-run-size",
+        type=int,
+        nargs=2,
+        default=(704, 520),
+        metavar=("W", "H"),
+        help="image size the plan is for (default 704 520)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -235,3 +235,42 @@ def test_memory_budget_decides_what_is_computed_again(monkeypatch):
         Ensemble(models, flips=flips).eval()(img)
         # stage 1: 2 identity views; stage 2: 8 views, 1 handed over; stage 3: 8 - 1.
         assert len(passes) == 2 + 7 + 7
+
+
+def test_dry_run_plans_stages_views_and_memory(base_run, tmp_path, capsys):
+    from cellstack.cli import main
+
+    (tmp_path / "run").symlink_to(base_run)
+    (tmp_path / "ens.yaml").write_text(
+        "models: [run, run]\nflips: [none, h, v, hv]\ntype_from: [run]\n"
+        "type_models: {cort: [run]}\nfeature_cache_mb: 0.5\n"
+    )
+    assert main(["predict", str(tmp_path / "ens.yaml"), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "type pass (identity view): models [0], 1 views" in plan
+    assert "merge, default images: models [0, 1], 8 views (proposals from 2)" in plan
+    assert "merge, cort images: models [0], 4 views" in plan
+    assert "estimated peak" in plan and "2 models loaded" in plan
+    assert main(["predict", str(base_run), "--dry-run", "--dry-run-size", "96", "80"]) == 0
+    assert "one 96x80 image: weights" in capsys.readouterr().out
+    assert main(["predict", str(base_run)]) == 2
+    assert "needs IMAGES and --out" in capsys.readouterr().err
+
+
+def test_type_from_runs_only_decide_the_type(base_run, tmp_path):
+    """A type_from run outside `models` is loaded for the type pass only."""
+    import shutil
+
+    from cellstack.inference.sources import load_source
+
+    shutil.copytree(base_run, tmp_path / "a")
+    shutil.copytree(base_run, tmp_path / "typer")
+    (tmp_path / "ens.yaml").write_text(
+        "models: [a]\ntype_from: [typer]\ntype_models: {cort: [a]}\nfeature_dtype: float16\n"
+    )
+    ens = load_source(tmp_path / "ens.yaml").model
+    assert len(ens.models) == 2 and ens.default_models == (0,) and ens.type_from == (1,)
+    assert ens.feature_dtype == torch.float16
+    (tmp_path / "bad.yaml").write_text("models: [a]\nfeature_dtype: float8\n")
+    with pytest.raises(CellstackError, match="feature_dtype must be"):
+        load_source(tmp_path / "bad.yaml")

@@ -117,6 +117,14 @@ class _Views:
         return keys
 
 
+def _view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
+    """float32 bytes of one view's FPN levels for an image of ``image_size``."""
+    d = model.size_divisor
+    h, w = (-(-n // d) * d for n in image_size)
+    channels = model.backbone.out_channels
+    return float(sum(4 * channels * -(-h // s) * -(-w // s) for s in model.backbone.strides))
+
+
 def _tensors(feats: RoIFeatures) -> list[torch.Tensor]:
     return [t for t in (*feats.levels, feats.semantic, feats.semantic_logits) if t is not None]
 
@@ -231,6 +239,55 @@ class Ensemble(nn.Module):
             for i, f in enumerate(self.flips)
             if self.rpn_flips or f.identity or not has_identity
         ]
+
+    def plan(self, image_size: tuple[int, int] = (520, 704)) -> str:
+        """What merging one image of ``image_size`` (H, W) holds: models per stage,
+        views, kept features and an estimate of the peak, for ``predict --dry-run``.
+
+        Estimated peak: every model's weights, plus the FPN features of the views kept
+        within ``feature_cache_mb`` and of the two views in hand (the one a stage uses,
+        the next being computed); the backbone's transient activations and the mask
+        head's chunk come on top.
+        """
+        mb = 2**20
+        weights = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self.models]
+        view = [_view_bytes(m, image_size) for m in self.models]
+        dtype = self.feature_dtype or torch.float32
+        lines = [
+            f"ensemble of {len(self.models)} model(s) x {len(self.flips)} flip(s) "
+            f"({', '.join(f.name for f in self.flips)}), one {image_size[1]}x{image_size[0]} image:"
+        ]
+        passes = []
+        if self.typed:
+            passes.append(("type pass (identity view)", self.type_from, [self.identity_flip()]))
+        groups = {"default": self.default_models, **self.type_models}
+        for name, ids in groups.items():
+            passes.append((f"merge, {name} images", ids, range(len(self.flips))))
+        worst = 0.0
+        for name, ids, flips in passes:
+            keys = [(m, f) for m in ids for f in flips]
+            per_view = [view[m] * dtype.itemsize / 4 for m, _ in keys]
+            kept = 0.0
+            n_kept = 0
+            for b in per_view:
+                if kept + b <= self.feature_cache_mb * mb:
+                    kept += b
+                    n_kept += 1
+            held = kept + 2 * max(view[m] for m in ids)
+            worst = max(worst, held)
+            rpn = len(self.rpn_views(sorted(set(ids)))) if "type" not in name else len(keys)
+            lines.append(
+                f"  {name}: models {list(ids)}, {len(keys)} views (proposals from {rpn}); "
+                f"features {max(view[m] for m in ids) / mb:.0f} MB per view, {n_kept} kept "
+                f"({kept / mb:.0f} MB)"
+            )
+        total_w = sum(weights)
+        lines.append(f"  weights: {total_w / mb:.0f} MB ({len(self.models)} models loaded)")
+        lines.append(
+            f"  estimated peak: {(total_w + worst) / mb:.0f} MB (weights + features held; "
+            "backbone activations of the view being computed come on top)"
+        )
+        return "\n".join(lines)
 
     @torch.no_grad()
     def forward(self, images: Sequence[torch.Tensor]) -> list[Instances]:

@@ -192,3 +192,29 @@ def predict_folder(
     distributed.barrier(world)
     n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
+
+
+def dry_run(
+    source: str | Path,
+    *,
+    overrides: tuple[str, ...] = (),
+    allow_unfinished: bool = False,
+    image_size: tuple[int, int] = (520, 704),
+) -> str:
+    """``predict --dry-run``: load a run, CV folder or ensemble and describe what
+    predicting one image of ``image_size`` (H, W) holds, without predicting."""
+    from cellstack.inference.ensemble import Ensemble, _view_bytes
+    from cellstack.inference.sources import load_source
+
+    src = load_source(source, overrides, allow_unfinished=allow_unfinished)
+    if isinstance(src.model, Ensemble):
+        return src.model.plan(image_size)
+    mb = 2**20
+    weights = sum(p.numel() * p.element_size() for p in src.model.parameters())
+    view = _view_bytes(src.model, image_size)
+    return (
+        f"one model ({src.cfg.model.arch}, {src.cfg.model.backbone.name}), one "
+        f"{image_size[1]}x{image_size[0]} image: weights {weights / mb:.0f} MB, features "
+        f"{view / mb:.0f} MB; estimated peak {(weights + view) / mb:.0f} MB (weights + "
+        "features; backbone activations come on top)"
+    )

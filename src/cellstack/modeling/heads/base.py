@@ -478,15 +478,27 @@ class RoIHeads(nn.Module):
         self, feats: RoIFeatures, boxes: list[torch.Tensor], labels: list[torch.Tensor]
     ) -> list[torch.Tensor]:
         """Mask probabilities float[K, 2S, 2S] for each image's boxes at their label
-        (0-based class), averaged over the stages' mask heads."""
-        counts = [len(b) for b in boxes]
-        if sum(counts) == 0:
-            return [feats.levels[0].new_zeros((0, self.mask_size, self.mask_size)) for _ in boxes]
-        all_logits = self.mask_logits(self.mask_features(feats, boxes), len(self.stages) - 1)
-        lab = torch.cat(labels)
-        idx = torch.arange(len(lab), device=lab.device)
-        probs = torch.stack([torch.sigmoid(lg[idx, lab].float()) for lg in all_logits]).mean(0)
-        return list(probs.split(counts))
+        (0-based class), averaged over the stages' mask heads.
+
+        RoIs go through the mask heads :data:`MASK_CHUNK` at a time: every RoI's mask is
+        computed on its own, and a thousand RoIs' upsampled feature maps at once would
+        take gigabytes."""
+        out = []
+        for i, (image_boxes, image_labels) in enumerate(zip(boxes, labels, strict=True)):
+            parts = [feats.levels[0].new_zeros((0, self.mask_size, self.mask_size))]
+            for s in range(0, len(image_boxes), MASK_CHUNK):
+                chunk = [
+                    image_boxes[s : s + MASK_CHUNK] if j == i else b[:0]
+                    for j, b in enumerate(boxes)
+                ]
+                logits = self.mask_logits(self.mask_features(feats, chunk), len(self.stages) - 1)
+                lab = image_labels[s : s + MASK_CHUNK]
+                idx = torch.arange(len(lab), device=lab.device)
+                parts.append(
+                    torch.stack([torch.sigmoid(lg[idx, lab].float()) for lg in logits]).mean(0)
+                )
+            out.append(torch.cat(parts))
+        return out
 
 
 def at_class(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -511,6 +523,10 @@ def mask_targets_for(
     rois = torch.cat([matched[:, None].to(boxes.dtype), boxes], dim=1)
     cut = roi_align(gt_masks[:, None].to(boxes.dtype), rois, size, 1.0, 0, aligned=True)
     return (cut[:, 0] >= 0.5).to(boxes.dtype)
+
+
+#: RoIs per pass through the mask heads at test time (bounds their activations).
+MASK_CHUNK = 128
 
 
 @dataclass(frozen=True)
