@@ -116,36 +116,6 @@ def test_cell_crops_always_hold_a_cell(tmp_path):
     assert with_cells["uniform"] < 20
 
 
-def test_cell_crops_hold_large_cells_whole(tmp_path):
-    from cellstack.data.images import write_png
-    from cellstack.data.labels import write_label_tiff
-
-    # A 90 x 120 px cell and a small one, 64 px crops: the large cell's crop grows to
-    # hold it whole, the small cell's stays 64 px and holds it whole too.
-    labels = np.zeros((300, 400), np.int32)
-    labels[100:190, 150:270] = 1
-    labels[20:26, 20:26] = 2
-    write_label_tiff(tmp_path / "labels" / "a.tif", labels)
-    write_png(tmp_path / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
-    (record,) = load_dataset(tmp_path)
-    ds = TrainCrops(
-        [record],
-        ["cell"],
-        crop_size=64,
-        augment=load_config(None).data.augment,
-        length=1,
-        seed=0,
-        crop_sampling="cells",
-    )
-    rng = np.random.default_rng(0)
-    areas = {1: 90 * 120, 2: 36}
-    for _ in range(30):
-        _, crop = ds._crop(rng, np.zeros(labels.shape, np.uint8), labels)
-        held = [i for i in (1, 2) if (crop == i).sum() == areas[i]]
-        assert held, "the chosen cell is always whole"
-        assert crop.shape == ((120 + 16,) * 2 if 1 in held else (64, 64)) or len(held) == 2
-
-
 def test_derived_settings_and_stats_are_stored_in_the_run(small_data, tmp_path):
     overrides = [
         *FAST,

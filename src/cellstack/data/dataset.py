@@ -107,10 +107,9 @@ class TrainCrops(Dataset):
         crop_size: side of the square crops.
         augment: augmentation settings.
         crop_sampling: "uniform": a uniformly random crop (re-drawn up to 10 times when
-            it misses every cell of an image that has some); "cells": a crop that holds
-            a whole cell drawn uniformly among the image's cells, so sparse images and
-            rare cells are seen as often as dense sheets; a cell larger than
-            ``crop_size`` gets a crop of its size (plus :data:`CELL_MARGIN`).
+            it misses every cell of an image that has some); "cells": a crop around a
+            cell drawn uniformly among the image's cells, so sparse images and rare
+            small cells are seen as often as dense sheets.
         length: number of samples (iterations x batch size).
         seed: the run's seed.
     """
@@ -177,33 +176,17 @@ class TrainCrops(Dataset):
         if has_cells and self.crop_sampling == "cells":
             ids = np.unique(labels)
             ys, xs = np.nonzero(labels == rng.choice(ids[ids > 0]))
-            # The whole chosen cell, anywhere in the crop: a cell larger than the crop
-            # grows the crop (a large branched cell is never learnt from pieces only).
-            extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 + CELL_MARGIN
-            side = int(min(max(c, extent), h, w))
-            y = _start(rng, ys.min(), ys.max(), side, h)
-            x = _start(rng, xs.min(), xs.max(), side, w)
-            return image[y : y + side, x : x + side], labels[y : y + side, x : x + side]
+            k = int(rng.integers(len(ys)))
+            # Any crop that holds the chosen pixel, uniformly: the cell lands anywhere.
+            y = int(rng.integers(max(ys[k] - c + 1, 0), min(ys[k], h - c) + 1))
+            x = int(rng.integers(max(xs[k] - c + 1, 0), min(xs[k], w - c) + 1))
+            return image[y : y + c, x : x + c], labels[y : y + c, x : x + c]
         for _ in range(10):
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             crop = labels[y : y + c, x : x + c]
             if not has_cells or crop.any():
                 break
         return image[y : y + c, x : x + c], crop
-
-
-#: Pixels of context kept around a cell that is larger than the crop.
-CELL_MARGIN = 16
-
-
-def _start(rng: np.random.Generator, lo: int, hi: int, side: int, length: int) -> int:
-    """A uniformly random start of a ``side`` window within ``[0, length)`` that holds
-    ``[lo, hi]`` (or as much of it as fits, centred)."""
-    first = max(hi - side + 1, 0)
-    last = min(lo, length - side)
-    if first > last:  # the object is larger than the window: centre it
-        return int(np.clip((lo + hi + 1 - side) // 2, 0, length - side))
-    return int(rng.integers(first, last + 1))
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
