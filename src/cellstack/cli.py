@@ -74,13 +74,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_folds(args: argparse.Namespace) -> int:
-    from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
+    from cellstack.data.folds import folds_beside, grouped_stratified_folds, write_folds_csv
     from cellstack.data.layouts import load_dataset
 
     records = load_dataset(args.data)
     folds = grouped_stratified_folds(records, args.k, seed=args.seed)
-    data = Path(args.data)
-    out = Path(args.out) if args.out else (data if data.is_dir() else data.parent) / "folds.csv"
+    out = Path(args.out) if args.out else folds_beside(args.data)
     write_folds_csv(out, records, folds)
     for fold in range(args.k):
         members = [r for r in records if folds[r.image_id] == fold]

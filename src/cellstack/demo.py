@@ -53,7 +53,7 @@ def run_demo(
     from cellstack.config import load_config
     from cellstack.data import rle
     from cellstack.data.dataset import load_sample
-    from cellstack.data.folds import grouped_stratified_folds, write_folds_csv
+    from cellstack.data.folds import folds_beside, grouped_stratified_folds, write_folds_csv
     from cellstack.data.images import write_png
     from cellstack.data.labels import sparse_from_labels, write_label_tiff
     from cellstack.data.sartorius import read_train_csv, write_submission, write_train_csv
@@ -75,7 +75,7 @@ def run_demo(
     records = read_train_csv(data / "train.csv")
     cfg = load_config(demo_config_path(), list(overrides))
     folds = grouped_stratified_folds(records, 4, seed=seed)
-    write_folds_csv(data / "folds.csv", records, folds)
+    write_folds_csv(folds_beside(data), records, folds)
     held_out = [r for r in records if folds[r.image_id] == 0]
     # The training images' rows only: a train.csv of its own beside train/.
     held_ids = {r.image_id for r in held_out}
