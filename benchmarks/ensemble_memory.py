@@ -79,6 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), metavar="P"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_memory.json"))
     parser.add_argument("--child", nargs=2, metavar=("K", "BUDGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -87,7 +90,8 @@ def main() -> None:
         return
 
     rows = []
-    for policy, budget in POLICIES.items():
+    for policy in args.policies:
+        budget = POLICIES[policy]
         for k in args.k:
             cmd = [sys.executable, __file__, "--child", str(k), budget, "--device", args.device]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
