@@ -117,7 +117,7 @@ class _Views:
         return keys
 
 
-def _view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
+def view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
     """float32 bytes of one view's FPN levels for an image of ``image_size``."""
     d = model.size_divisor
     h, w = (-(-n // d) * d for n in image_size)
@@ -251,7 +251,7 @@ class Ensemble(nn.Module):
         """
         mb = 2**20
         weights = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self.models]
-        view = [_view_bytes(m, image_size) for m in self.models]
+        view = [view_bytes(m, image_size) for m in self.models]
         dtype = self.feature_dtype or torch.float32
         lines = [
             f"ensemble of {len(self.models)} model(s) x {len(self.flips)} flip(s) "

@@ -153,11 +153,11 @@ def predict_folder(
     from cellstack import distributed
     from cellstack.data.images import plane_layout
     from cellstack.inference.export import PredictionWriter
-    from cellstack.inference.segmenter import Segmenter, _scale
+    from cellstack.inference.segmenter import Segmenter, resize_factor
 
     # Every argument and every image header is checked before --overwrite clears
     # anything and before the model loads: a stack or a corrupt header fails at once.
-    _scale(None, diameter, scale)
+    resize_factor(None, diameter, scale)
     if label_dtype not in LABEL_DTYPES:
         raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
     spec = spec or PlaneSpec()
@@ -203,7 +203,7 @@ def dry_run(
 ) -> str:
     """``predict --dry-run``: load a run, CV folder or ensemble and describe what
     predicting one image of ``image_size`` (H, W) holds, without predicting."""
-    from cellstack.inference.ensemble import Ensemble, _view_bytes
+    from cellstack.inference.ensemble import Ensemble, view_bytes
     from cellstack.inference.sources import load_source
 
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
@@ -211,7 +211,7 @@ def dry_run(
         return src.model.plan(image_size)
     mb = 2**20
     weights = sum(p.numel() * p.element_size() for p in src.model.parameters())
-    view = _view_bytes(src.model, image_size)
+    view = view_bytes(src.model, image_size)
     return (
         f"one model ({src.cfg.model.arch}, {src.cfg.model.backbone.name}), one "
         f"{image_size[1]}x{image_size[0]} image: weights {weights / mb:.0f} MB, features "

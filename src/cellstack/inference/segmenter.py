@@ -158,7 +158,7 @@ class Segmenter:
         from cellstack import distributed
 
         self.source = source
-        self.scale = _scale(source, diameter, scale)
+        self.scale = resize_factor(source, diameter, scale)
         p = source.cfg.predict
         self.batch_size = batch_size or p.batch_size
         if self.batch_size < 1:
@@ -192,7 +192,7 @@ class Segmenter:
         from cellstack.inference.sources import POSTPROCESS_KEYS, load_source
 
         # Every argument is checked before the (possibly large) model loads.
-        _scale(None, diameter, scale)
+        resize_factor(None, diameter, scale)
         src = load_source(path, tuple(overrides), allow_unfinished=allow_unfinished)
         thresholds = None
         if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
@@ -306,8 +306,10 @@ class Segmenter:
         )
 
 
-def _scale(source: Source | None, diameter: float | None, scale: float | None) -> float:
-    """The resize factor for ``diameter`` or ``scale`` (checked; 1 when neither)."""
+def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
+    """The resize factor for ``diameter`` or ``scale``, checked (1 when neither).
+
+    ``source`` None checks the arguments only (before a model is loaded)."""
     if diameter is not None and scale is not None:
         raise CellstackError("give diameter or scale, not both")
     for name, value in (("diameter", diameter), ("scale", scale)):
