@@ -80,14 +80,12 @@ class _Views:
         self.kept: dict[tuple[int, int], RoIFeatures] = {}
         self.kept_bytes = 0
         self.last: tuple[tuple[int, int], RoIFeatures] | None = None
-        self.computed = 0  # backbone passes, for plans and tests
 
     def raw(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Backbone + FPN features of a view (always computed)."""
         model = self.ensemble.models[key[0]]
         flip = self.ensemble.flips[key[1]]
         self.last = None  # let the previous view go before the next is computed
-        self.computed += 1
         flipped = ImageList(flip.maps(self.image_list.tensors), self.image_list.image_sizes)
         return model.features(flipped)
 

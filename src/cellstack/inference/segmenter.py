@@ -361,10 +361,5 @@ def _planes(
         raise CellstackError(f"{where}: axes {axes!r} do not match shape {array.shape}")
     if array.dtype.kind not in "biuf" and array.dtype.kind != "c":
         raise CellstackError(f"{where}: pixels of dtype {array.dtype} are not numbers")
-    from cellstack.errors import DataError
-
-    try:
-        planes, lead = select_planes(array, axes.upper(), spec, where)
-    except DataError as exc:
-        raise CellstackError(str(exc)) from None
+    planes, lead = select_planes(array, axes.upper(), spec, where)  # DataError: a CellstackError
     return gray_planes(planes, lead), lead
