@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class ConfigError(CellstackError):
 AUTO = "auto"
 #: The keys that accept ``auto``.
 AUTO_KEYS = (
+    "model.backbone.stem_stride",
     "model.rpn.anchor_scale",
     "model.roi.mask_pool",
     "data.crop_size",
@@ -51,7 +53,9 @@ class BackboneConfig:
         pretrained: load ImageNet weights through timm (needs network or ``pretrained_path``).
         pretrained_path: a local weights file for the encoder (.pth/.safetensors).
         stem_stride: stride of the encoder's first convolution; 1 doubles the feature
-            resolution without resizing the image (the original's trick for small cells).
+            resolution without resizing the image (the original's trick for small cells)
+            at about twice the cost of a step; ``auto``: 1 only when the training's
+            small objects need it.
         fpn_channels: FPN width.
         freeze_bn: keep batch-norm statistics and affine parameters fixed.
     """
@@ -59,7 +63,7 @@ class BackboneConfig:
     name: str = "resnet50"
     pretrained: bool = False
     pretrained_path: str | None = None
-    stem_stride: int = 1
+    stem_stride: int | str = 1
     fpn_channels: int = 256
     freeze_bn: bool = False
 
@@ -174,7 +178,9 @@ class DataConfig:
         crop_size: random square crops (images smaller than it are padded); ``auto``:
             about 8 median objects across.
         crop_sampling: "uniform" (random crops, re-drawn when they miss every cell) or
-            "cells" (a crop around a cell drawn uniformly among the image's cells).
+            "cells" (a crop around a cell drawn uniformly among the image's cells) or
+            "whole_cells" (a crop holding a whole cell, the image shrunk when the cell
+            is larger than the crop).
         fold: validate on this fold, train on the others; None trains on everything.
         folds: number of folds when ``folds.csv`` has to be made.
         splits: train only on records of these splits (a prepared LIVECell folder has
@@ -286,7 +292,7 @@ _CHOICES = {
     "model.arch": ("maskrcnn", "cascade", "htc"),
     "model.norm": ("batch", "group"),
     "predict.score_mode": ("class", "objectness"),
-    "data.crop_sampling": ("uniform", "cells"),
+    "data.crop_sampling": ("uniform", "cells", "whole_cells"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("linear", "cosine", "step", "constant"),
 }
@@ -447,6 +453,9 @@ class EnsembleConfig:
             number of views), a large value is faster.
         feature_dtype: how kept features are stored: float32, or float16 / bfloat16
             for half the memory (results then differ slightly).
+        weights_budget_mb: the most model weights loaded at once, in MB; runs are
+            read from their files when first needed and the least recently used is
+            dropped to make room (``.inf``, the default: every run stays loaded).
         postprocess: ``{default: {...}, per_type: {type: {...}}}`` thresholds.
     """
 
@@ -458,6 +467,7 @@ class EnsembleConfig:
     type_from: tuple[str, ...] = ()
     feature_cache_mb: float = 0.0
     feature_dtype: str = "float32"
+    weights_budget_mb: float = math.inf
     postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -469,6 +479,8 @@ class EnsembleConfig:
             )
         if not self.feature_cache_mb >= 0:
             raise ConfigError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        if not self.weights_budget_mb > 0:
+            raise ConfigError(f"weights_budget_mb must be > 0, got {self.weights_budget_mb}")
         if self.feature_dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(
                 f"feature_dtype must be float32, float16 or bfloat16, got {self.feature_dtype!r}"
@@ -521,7 +533,10 @@ def _validate(cfg: Config) -> None:
         if isinstance(node, str) and node != AUTO:  # the type check let any string in
             raise ConfigError(f"config key {key}: expected a number or 'auto', got {node!r}")
     checks = [
-        (cfg.model.backbone.stem_stride in (1, 2), "model.backbone.stem_stride must be 1 or 2"),
+        (
+            cfg.model.backbone.stem_stride in (1, 2, AUTO),
+            "model.backbone.stem_stride must be 1, 2 or auto",
+        ),
         (_number(cfg.data.crop_size) >= 32, "data.crop_size must be at least 32"),
         (0 <= cfg.train.ema < 1, "train.ema must be in [0, 1) (0 = off)"),
         (cfg.train.iterations >= 1, "train.iterations must be at least 1"),

@@ -29,6 +29,7 @@ def _discs(tmp_path, diameter: int, n_images: int = 2, shape=(200, 240)):
 
 
 AUTO = [
+    "model.backbone.stem_stride=auto",
     "model.rpn.anchor_scale=auto",
     "data.crop_size=auto",
     "predict.min_size=auto",
@@ -53,6 +54,8 @@ def test_derived_settings_follow_the_object_size(tmp_path):
     assert small.data.crop_size < large.data.crop_size
     assert small.predict.min_size < large.predict.min_size
     assert small.predict.max_detections > large.predict.max_detections
+    # 10 px nuclei need the finer stem (stride 2 levels); 60 px cells do not.
+    assert (small.model.backbone.stem_stride, large.model.backbone.stem_stride) == (1, 2)
     assert set(derived) == {k.split("=")[0] for k in AUTO}
     assert all(isinstance(v, (int, float)) for v in derived.values())
 

@@ -116,6 +116,34 @@ def test_cell_crops_always_hold_a_cell(tmp_path):
     assert with_cells["uniform"] < 20
 
 
+def test_whole_cell_crops_shrink_cells_larger_than_the_crop(tmp_path):
+    from cellstack.data.images import write_png
+    from cellstack.data.labels import write_label_tiff
+
+    # One 10 x 300 px cell (a long process) in a 400 px image, 64 px crops: "cells" only
+    # ever shows a 64 px piece of it, "whole_cells" the whole cell, shrunk to fit.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    labels = np.zeros((400, 400), np.int32)
+    labels[50:350, 100:110] = 1
+    write_label_tiff(tmp_path / "labels" / "a.tif", labels)
+    write_png(tmp_path / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
+    records = load_dataset(tmp_path)
+    augment = load_config(None, ["data.augment.rot90=0"]).data.augment
+    sides = {}
+    for mode in ("cells", "whole_cells"):
+        ds = TrainCrops(
+            records, ["cell"], crop_size=64, augment=augment, length=20, seed=0, crop_sampling=mode
+        )
+        boxes = torch.cat([ds[i][1]["boxes"] for i in range(len(ds))])
+        assert len(boxes) == 20  # the cell is in every crop
+        sides[mode] = torch.sort(boxes[:, 2:] - boxes[:, :2], dim=1).values  # short, long
+    # At full scale: 10 px wide (less when the crop's edge cuts it too), a piece long.
+    assert sides["cells"][:, 0].max() == 10 and (sides["cells"][:, 1] <= 64).all()
+    # Whole: the 300 px length fits in 64 px, so the width shrinks by as much.
+    assert (sides["whole_cells"][:, 1] >= 60).all() and (sides["whole_cells"][:, 0] <= 3).all()
+
+
 def test_derived_settings_and_stats_are_stored_in_the_run(small_data, tmp_path):
     overrides = [
         *FAST,

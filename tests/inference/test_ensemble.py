@@ -274,3 +274,75 @@ def test_type_from_runs_only_decide_the_type(base_run, tmp_path):
     (tmp_path / "bad.yaml").write_text("models: [a]\nfeature_dtype: float8\n")
     with pytest.raises(CellstackError, match="feature_dtype must be"):
         load_source(tmp_path / "bad.yaml")
+
+
+def _skeleton(model):
+    """A copy of ``model`` without weights (meta), and a loader that fills it."""
+    state = copy.deepcopy(model.state_dict())
+    empty = copy.deepcopy(model).to("meta")
+
+    def load(m):
+        m.load_state_dict(copy.deepcopy(state), assign=True)
+
+    return empty, load
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade", "htc"])
+def test_weight_budget_loads_models_when_needed_with_the_same_result(arch):
+    """Skeletons loaded on demand, at most the budget at once, merge exactly as loaded
+    models do; a budget of one model reads weights again on every stage change."""
+    from cellstack.inference.ensemble import weight_bytes
+
+    models = [_model(arch, seed=s) for s in range(3)]
+    flips = tuple(FLIPS.values())
+    img = _images()[:1]
+    one = weight_bytes(models[0]) / 2**20
+    with torch.no_grad():
+        expected = Ensemble(models, flips=flips).eval()(img)
+        for budget, most_loaded in ((one * 1.5, 1), (float("inf"), 3)):
+            skeletons, loaders = zip(*(_skeleton(m) for m in models), strict=True)
+            ens = Ensemble(skeletons, flips=flips, loaders=loaders, weights_budget_mb=budget)
+            ens = ens.eval().to("cpu")
+            assert ens.loads == 0 and all(p.is_meta for p in ens.models[0].parameters())
+            _same(ens(img), expected)
+            assert len(ens._loaded) == most_loaded
+            if most_loaded == 3:
+                assert ens.loads == 3  # each read once, then kept
+            else:
+                # Stage 1 reads 3 models; stages 2 and 3 each visit all 3 again.
+                assert ens.loads > 3
+            held = sum(weight_bytes(ens.models[i]) for i in ens._loaded) / 2**20
+            assert held <= max(budget, one)
+    with pytest.raises(CellstackError, match="need loaders"):
+        Ensemble([_skeleton(models[0])[0]])
+    with pytest.raises(CellstackError, match="weights_budget_mb must be > 0"):
+        Ensemble(models, weights_budget_mb=0)
+
+
+def test_weight_budget_in_an_ensemble_yaml(base_run, tmp_path, capsys):
+    """`weights_budget_mb` makes runs skeletons until needed: predictions match the
+    eager ensemble, and the dry run reads no weights and states the budget."""
+    import shutil
+
+    from cellstack.cli import main
+    from cellstack.inference.ensemble import weight_bytes
+    from cellstack.inference.sources import load_source
+
+    for name in ("a", "b"):
+        shutil.copytree(base_run, tmp_path / name)
+    common = "models: [a, b]\nflips: [none, h]\ntype_settings: none\n"
+    (tmp_path / "eager.yaml").write_text(common)
+    every = ("predict.box_score_thresh=0",)  # a tiny model's detections, however weak
+    eager = load_source(tmp_path / "eager.yaml", every).model
+    one = weight_bytes(eager.models[0]) / 2**20
+    (tmp_path / "lazy.yaml").write_text(f"{common}weights_budget_mb: {one * 1.2}\n")
+    lazy = load_source(tmp_path / "lazy.yaml", every).model
+    assert lazy.loads == 0 and all(p.is_meta for m in lazy.models for p in m.parameters())
+    with torch.no_grad():
+        _same(lazy(_images()), eager(_images()))
+    assert lazy.loads > 2 and len(lazy._loaded) == 1
+    assert main(["predict", str(tmp_path / "lazy.yaml"), "--dry-run"]) == 0
+    assert "at most" in capsys.readouterr().out
+    (tmp_path / "bad.yaml").write_text("models: [a]\nweights_budget_mb: -1\n")
+    with pytest.raises(CellstackError, match="weights_budget_mb must be > 0"):
+        load_source(tmp_path / "bad.yaml")

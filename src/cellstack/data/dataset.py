@@ -109,7 +109,9 @@ class TrainCrops(Dataset):
         crop_sampling: "uniform": a uniformly random crop (re-drawn up to 10 times when
             it misses every cell of an image that has some); "cells": a crop around a
             cell drawn uniformly among the image's cells, so sparse images and rare
-            small cells are seen as often as dense sheets.
+            small cells are seen as often as dense sheets; "whole_cells": as "cells",
+            but the crop holds the chosen cell's whole box, the image shrunk first when
+            the cell is larger than the crop.
         length: number of samples (iterations x batch size).
         seed: the run's seed.
     """
@@ -164,29 +166,73 @@ class TrainCrops(Dataset):
         self, rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         c = self.crop_size
-        h, w = image.shape
-        if h < c or w < c:  # pad small images with their median grey, never reject them
-            ph, pw = max(c - h, 0), max(c - w, 0)
-            top, left = int(rng.integers(ph + 1)), int(rng.integers(pw + 1))
-            pad = ((top, ph - top), (left, pw - left))
-            image = np.pad(image, pad, constant_values=int(np.median(image)))
-            labels = np.pad(labels, pad)
-            h, w = image.shape
-        has_cells = labels.any()
-        if has_cells and self.crop_sampling == "cells":
+        chosen = None
+        if labels.any() and self.crop_sampling in ("cells", "whole_cells"):
             ids = np.unique(labels)
-            ys, xs = np.nonzero(labels == rng.choice(ids[ids > 0]))
-            k = int(rng.integers(len(ys)))
-            # Any crop that holds the chosen pixel, uniformly: the cell lands anywhere.
-            y = int(rng.integers(max(ys[k] - c + 1, 0), min(ys[k], h - c) + 1))
-            x = int(rng.integers(max(xs[k] - c + 1, 0), min(xs[k], w - c) + 1))
+            chosen = rng.choice(ids[ids > 0])
+            if self.crop_sampling == "whole_cells":
+                image, labels = _fit_cell(image, labels, chosen, c)
+        image, labels = _pad_to(rng, image, labels, c)
+        h, w = image.shape
+        if chosen is not None:
+            ys, xs = np.nonzero(labels == chosen)
+            if self.crop_sampling == "whole_cells":
+                # Any crop that holds the cell's whole box, uniformly.
+                y = int(rng.integers(max(ys.max() + 1 - c, 0), min(ys.min(), h - c) + 1))
+                x = int(rng.integers(max(xs.max() + 1 - c, 0), min(xs.min(), w - c) + 1))
+            else:
+                # Any crop that holds a random pixel of the cell: the cell lands anywhere.
+                k = int(rng.integers(len(ys)))
+                y = int(rng.integers(max(ys[k] - c + 1, 0), min(ys[k], h - c) + 1))
+                x = int(rng.integers(max(xs[k] - c + 1, 0), min(xs[k], w - c) + 1))
             return image[y : y + c, x : x + c], labels[y : y + c, x : x + c]
+        has_cells = labels.any()
         for _ in range(10):
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             crop = labels[y : y + c, x : x + c]
             if not has_cells or crop.any():
                 break
         return image[y : y + c, x : x + c], crop
+
+
+def _pad_to(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad an image smaller than ``size`` on a side with its median grey (at a random
+    offset), so that small images are used, never rejected."""
+    h, w = image.shape
+    if h >= size and w >= size:
+        return image, labels
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    top, left = int(rng.integers(ph + 1)), int(rng.integers(pw + 1))
+    pad = ((top, ph - top), (left, pw - left))
+    return np.pad(image, pad, constant_values=int(np.median(image))), np.pad(labels, pad)
+
+
+def _fit_cell(
+    image: np.ndarray, labels: np.ndarray, cell: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink ``image`` uint8[H, W] and ``labels`` int32[H, W] so that the box of
+    instance ``cell`` fits a ``size`` square; unchanged when it already fits.
+
+    Large cells (long branched processes) would otherwise only ever be seen cut by the
+    crop's edges, so the model never learns their whole extent; shrinking keeps the step's
+    pixel count (and cost) fixed, where growing the crop would not.
+    """
+    import cv2
+
+    ys, xs = np.nonzero(labels == cell)
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    if side <= size:
+        return image, labels
+    factor = (size - 1) / side
+    h, w = image.shape
+    dsize = (max(1, int(w * factor)), max(1, int(h * factor)))
+    small = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
+    small_labels = cv2.resize(labels.astype(np.int32), dsize, interpolation=cv2.INTER_NEAREST)
+    if not (small_labels == cell).any():  # a thin cell can vanish when sampled sparsely
+        return image, labels
+    return small, small_labels
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:

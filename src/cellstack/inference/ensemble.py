@@ -21,6 +21,13 @@ them (the view a stage ends with is always reused by the next). So with the defa
 budget of 0, the peak holds the models' weights and about one view's features, however
 many views there are; a budget that holds every view runs each backbone once per view.
 
+**Weights.** Given ``loaders``, models may arrive as skeletons built on the ``meta``
+device (no weights) and are loaded when a stage first needs them. At most
+``weights_budget_mb`` of weights stay loaded: the least recently used model is dropped
+(back to ``meta``) before another is loaded, and read again from its file when needed.
+So an ensemble of dozens of fold runs fits in the memory of a few, at the price of
+reading files again; the default (no budget) keeps every model loaded once loaded.
+
 **Cell type.** When some cell type has its own settings or models, a first pass finds
 the image's type: the majority label of stages 1-2 run by the ``type_from`` models on
 the identity view only (the original used one Mask R-CNN for this); then stages 1-3 run
@@ -30,7 +37,8 @@ in the merge.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -83,7 +91,7 @@ class _Views:
 
     def raw(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Backbone + FPN features of a view (always computed)."""
-        model = self.ensemble.models[key[0]]
+        model = self.ensemble.member(key[0])
         flip = self.ensemble.flips[key[1]]
         self.last = None  # let the previous view go before the next is computed
         flipped = ImageList(flip.maps(self.image_list.tensors), self.image_list.image_sizes)
@@ -91,7 +99,7 @@ class _Views:
 
     def offer(self, key: tuple[int, int], raw: dict[str, torch.Tensor]) -> RoIFeatures:
         """The RoI features of freshly computed ``raw`` features, kept if they fit."""
-        model = self.ensemble.models[key[0]]
+        model = self.ensemble.member(key[0])
         feats = model.roi_heads.prepare(model.roi_levels(raw))
         size = sum(t.numel() * _itemsize(t, self.dtype) for t in _tensors(feats))
         if self.kept_bytes + size <= self.budget:
@@ -113,6 +121,15 @@ class _Views:
         if self.last is not None and self.last[0] in keys:
             keys = [self.last[0], *(k for k in keys if k != self.last[0])]
         return keys
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (also of a ``meta`` skeleton)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _is_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
 
 
 def view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
@@ -162,6 +179,11 @@ class Ensemble(nn.Module):
         feature_cache_mb: features of views kept between stages, in MB (0: only the
             view in hand; ``inf``: every view, the fastest and the largest).
         feature_dtype: store kept features as this dtype (e.g. ``torch.float16``).
+        loaders: per model, a function that loads its weights into it (with
+            ``assign=True``, so a ``meta`` skeleton works); None: the models are
+            loaded and stay so.
+        weights_budget_mb: with ``loaders``, the most weights kept loaded at once, in
+            MB (a model larger than it is still loaded, alone).
 
     Calling it on images (list of float[C, H, W] in [0, 1]) in eval mode returns, as a
     single :class:`CellDetector` does, one Instances per image with ``boxes``,
@@ -181,6 +203,8 @@ class Ensemble(nn.Module):
         type_from: Sequence[int] = (0,),
         feature_cache_mb: float = 0.0,
         feature_dtype: torch.dtype | None = None,
+        loaders: Sequence[Callable[[CellDetector], None]] | None = None,
+        weights_budget_mb: float = math.inf,
     ) -> None:
         super().__init__()
         if not models:
@@ -203,6 +227,18 @@ class Ensemble(nn.Module):
         )
         self.feature_cache_mb = float(feature_cache_mb)
         self.feature_dtype = feature_dtype
+        if loaders is not None and len(loaders) != len(models):
+            raise CellstackError(f"{len(loaders)} loaders for {len(models)} models")
+        if not weights_budget_mb > 0:
+            raise CellstackError(f"weights_budget_mb must be > 0, got {weights_budget_mb}")
+        self.loaders = list(loaders) if loaders is not None else None
+        self.weights_budget_mb = float(weights_budget_mb)
+        self.loads = 0  # weight loads so far (how often files were read)
+        # Loaded models, least recently used first; where loads go (follows .to()).
+        self._loaded = [i for i, m in enumerate(models) if not _is_meta(m)]
+        self._device = torch.device("cpu")
+        if self.loaders is None and len(self._loaded) < len(models):
+            raise CellstackError("models without weights (meta) need loaders")
         names = set(self.class_names)
         for key in (*self.type_settings, *self.type_models):
             if key not in names:
@@ -218,6 +254,33 @@ class Ensemble(nn.Module):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.models[0].class_names
+
+    def member(self, index: int) -> CellDetector:
+        """Model ``index``, its weights loaded (others dropped to stay in the budget)."""
+        model = self.models[index]
+        if index in self._loaded:
+            self._loaded.remove(index)
+            self._loaded.append(index)
+            return model
+        budget = self.weights_budget_mb * 2**20
+        need = weight_bytes(model)
+        while (
+            self._loaded and sum(weight_bytes(self.models[i]) for i in self._loaded) + need > budget
+        ):
+            self.models[self._loaded.pop(0)].to("meta")
+        self.loaders[index](model)
+        self.loads += 1
+        model.to(self._device).eval()
+        self._loaded.append(index)
+        return model
+
+    def _apply(self, fn, recurse: bool = True):
+        # Models without weights (meta) cannot move: only loaded ones do, and the
+        # device is remembered for those loaded later.
+        self._device = fn(torch.empty(0, device=self._device)).device
+        for i in self._loaded:
+            self.models[i]._apply(fn, recurse)
+        return self
 
     @property
     def typed(self) -> bool:
@@ -248,7 +311,7 @@ class Ensemble(nn.Module):
         head's chunk come on top.
         """
         mb = 2**20
-        weights = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self.models]
+        weights = [weight_bytes(m) for m in self.models]
         view = [view_bytes(m, image_size) for m in self.models]
         dtype = self.feature_dtype or torch.float32
         lines = [
@@ -280,9 +343,18 @@ class Ensemble(nn.Module):
                 f"({kept / mb:.0f} MB)"
             )
         total_w = sum(weights)
-        lines.append(f"  weights: {total_w / mb:.0f} MB ({len(self.models)} models loaded)")
+        if self.loaders is None or total_w <= self.weights_budget_mb * mb:
+            held_w = total_w
+            lines.append(f"  weights: {total_w / mb:.0f} MB ({len(self.models)} models loaded)")
+        else:
+            held_w = max(self.weights_budget_mb * mb, max(weights))
+            lines.append(
+                f"  weights: {total_w / mb:.0f} MB in {len(self.models)} models, at most "
+                f"{held_w / mb:.0f} MB loaded at once (weights_budget_mb; the least recently "
+                "used model is dropped and read from its file again when needed)"
+            )
         lines.append(
-            f"  estimated peak: {(total_w + worst) / mb:.0f} MB (weights + features held; "
+            f"  estimated peak: {(held_w + worst) / mb:.0f} MB (weights + features held; "
             "backbone activations of the view being computed come on top)"
         )
         return "\n".join(lines)
@@ -335,7 +407,7 @@ class Ensemble(nn.Module):
         objectness = deltas = anchors = None
         for key in views.first_last(rpn_keys):
             raw = views.raw(key)
-            model = self.models[key[0]]
+            model = self.member(key[0])
             out = self.flips[key[1]].rpn(model.rpn_outputs(raw))
             if anchors is None:
                 anchors = model.level_anchors(views.image_list, raw)
@@ -347,12 +419,14 @@ class Ensemble(nn.Module):
             del raw, out
         n = len(rpn_keys)
         mean = RPNOutputs([o / n for o in objectness], [d / n for d in deltas])
-        coder = self.models[models[0]].rpn.box_coder
+        coder = self.models[models[0]].rpn.box_coder  # holds no weights
         (proposals,) = select_proposals(mean, anchors, coder, [window], settings.proposals)
         probs = boxes = None
-        for key in views.first_last(keys):
+        # Stages alternate direction, so each starts with the models the last one ended
+        # with (still loaded within the weight budget).
+        for key in views.first_last(list(reversed(keys))):
             flip = self.flips[key[1]]
-            (pred,) = self.models[key[0]].roi_heads.predict_boxes(
+            (pred,) = self.member(key[0]).roi_heads.predict_boxes(
                 views.roi(key), [flip.boxes(proposals, size)], [flip.window(window, size)]
             )
             unflipped = flip.boxes(pred.boxes, size)
@@ -372,9 +446,9 @@ class Ensemble(nn.Module):
         """Stage 3 over the views ``keys``: RoI mask probabilities float[N, M, M],
         averaged."""
         total = None
-        for key in views.first_last(list(reversed(keys))):
+        for key in views.first_last(keys):
             flip = self.flips[key[1]]
-            heads = self.models[key[0]].roi_heads
+            heads = self.member(key[0]).roi_heads
             (m,) = heads.predict_masks(views.roi(key), [flip.boxes(boxes, size)], [labels])
             m = flip.maps(m)
             total = m if total is None else total + m

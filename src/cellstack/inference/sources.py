@@ -14,6 +14,8 @@ An ensemble YAML lists runs (paths relative to the YAML) and how to merge them::
                                 # the first model); used when types have own settings
     feature_cache_mb: 0         # features kept between stages (0: memory stays flat)
     feature_dtype: float32      # or float16 / bfloat16 for kept features
+    weights_budget_mb: .inf     # weights loaded at once; a number loads runs when
+                                # needed and drops the least recently used
     postprocess:                # optional thresholds (default and per_type)
       default: {score_thresh: 0.3}
       per_type: {astro: {convex_refill: true}}
@@ -25,6 +27,7 @@ folder), as written by ``cellstack tune``, takes precedence over ``postprocess``
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -130,16 +133,34 @@ def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
     return Thresholds(params_from(cfg.predict))
 
 
-def _load_run(run: Path, overrides: tuple[str, ...], allow_unfinished: bool = False):
+def _load_run(
+    run: Path, overrides: tuple[str, ...], allow_unfinished: bool = False, lazy: bool = False
+):
+    """``(model, config)`` of a run folder; ``lazy``: the model is a skeleton on the
+    ``meta`` device (no weights read) and :func:`_weights_loader` fills it later."""
     from cellstack.modeling.build import build_model
     from cellstack.modeling.files import load_run, load_weights
 
-    cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished)
+    cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
+    if lazy:
+        with torch.device("meta"):
+            return build_model(cfg.model, class_names, cfg.predict).eval(), cfg
     model = build_model(cfg.model, class_names, cfg.predict)
     load_weights(model, state, run)
     return model.eval(), cfg
+
+
+def _weights_loader(run: Path, allow_unfinished: bool):
+    """A function that reads ``run``'s weights into its model (see ``Ensemble``)."""
+    from cellstack.modeling.files import load_run, load_weights
+
+    def load(model: torch.nn.Module) -> None:
+        _, _, state = load_run(run, allow_unfinished=allow_unfinished)
+        load_weights(model, state, run, assign=True)
+
+    return load
 
 
 def read_thresholds(path: Path) -> Thresholds:
@@ -196,7 +217,9 @@ def _load_ensemble(
             if full not in resolved:
                 resolved.append(full)
             type_from.append(resolved.index(full))
-    loaded = [_load_run(r, overrides, allow_unfinished) for r in resolved]
+    # With a weight budget, runs are skeletons until a stage needs them.
+    lazy = math.isfinite(spec.weights_budget_mb)
+    loaded = [_load_run(r, overrides, allow_unfinished, lazy) for r in resolved]
     models = [m for m, _ in loaded]
     cfg = loaded[0][1]
     names = models[0].class_names
@@ -233,6 +256,8 @@ def _load_ensemble(
         feature_dtype=None
         if spec.feature_dtype == "float32"
         else getattr(torch, spec.feature_dtype),
+        loaders=[_weights_loader(r, allow_unfinished) for r in resolved] if lazy else None,
+        weights_budget_mb=spec.weights_budget_mb,
     ).eval()
     thresholds = Thresholds(params_from(cfg.predict))
     if post:

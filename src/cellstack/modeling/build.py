@@ -28,6 +28,7 @@ def build_model(
         raise CellstackError("a model needs at least one class (cell type)")
     predict = predict or PredictConfig()
     for key, value in (
+        ("model.backbone.stem_stride", cfg.backbone.stem_stride),
         ("model.rpn.anchor_scale", cfg.rpn.anchor_scale),
         ("model.roi.mask_pool", cfg.roi.mask_pool),
         ("predict.max_detections", predict.max_detections),

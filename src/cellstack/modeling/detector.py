@@ -67,8 +67,6 @@ class CellDetector(nn.Module):
         self.class_names = tuple(class_names)
         self.proposal_params = proposal_params or ProposalParams()
         self.box_params = box_params or BoxParams()
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
 
     def class_specific_keys(self) -> set[str]:
         """State-dict keys whose meaning depends on the classes: every box head's class
@@ -103,12 +101,17 @@ class CellDetector(nn.Module):
         h = max(s[0] for s in sizes)
         w = max(s[1] for s in sizes)
         h, w = -(-h // d) * d, -(-w // d) * d
-        batch = images[0].new_zeros((len(images), 3, h, w))  # 0 after normalising = mean
+        # Constants, not buffers: every tensor a detector holds is in its state dict, so
+        # weights can be dropped and loaded again (an ensemble's weight budget).
+        device = images[0].device
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+        batch = images[0].new_zeros((len(images), 3, h, w), dtype=torch.float32)  # 0 = mean
         for i, img in enumerate(images):
-            img = img.to(self.pixel_mean.dtype)
+            img = img.float()
             if img.shape[0] == 1:
                 img = img.expand(3, -1, -1)
-            batch[i, :, : img.shape[1], : img.shape[2]] = (img - self.pixel_mean) / self.pixel_std
+            batch[i, :, : img.shape[1], : img.shape[2]] = (img - mean) / std
         return ImageList(batch, sizes)
 
     def features(self, images: ImageList) -> dict[str, torch.Tensor]:

@@ -45,12 +45,13 @@ def save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def load(path: Path) -> dict:
+def load(path: Path, *, mmap: bool = False) -> dict:
     """Load a checkpoint written by cellstack, with a clear error when it is not one.
 
     Only tensors and plain values (dicts, lists, strings, numbers) are accepted
     (``weights_only=True``): a file that needs any other Python object to load could
-    run code, and is refused without running it.
+    run code, and is refused without running it. ``mmap``: map the tensors from the
+    file instead of reading them (cheap when only the config and names are needed).
     """
     import pickle
 
@@ -58,7 +59,7 @@ def load(path: Path) -> dict:
     if not path.is_file():
         raise CellstackError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "global" in line), "")
@@ -76,8 +77,10 @@ def load(path: Path) -> dict:
     return state
 
 
-def load_run(run: str | Path, *, allow_unfinished: bool = False) -> tuple[Config, list[str], dict]:
-    """``(config, class_names, model_state)`` of a run folder.
+def load_run(
+    run: str | Path, *, allow_unfinished: bool = False, mmap: bool = False
+) -> tuple[Config, list[str], dict]:
+    """``(config, class_names, model_state)`` of a run folder (``mmap``: see :func:`load`).
 
     A finished run's ``model.pt`` is used. A run that has only ``checkpoint.pt``
     (training was stopped or is still going) is refused unless ``allow_unfinished``,
@@ -90,10 +93,10 @@ def load_run(run: str | Path, *, allow_unfinished: bool = False) -> tuple[Config
         raise CellstackError(f"{run}: run folder not found")
     if (run / FINAL).is_file():
         path = run / FINAL
-        ckpt = load(path)
+        ckpt = load(path, mmap=mmap)
     elif (run / CHECKPOINT).is_file():
         path = run / CHECKPOINT
-        ckpt = load(path)
+        ckpt = load(path, mmap=mmap)
         progress = f"iteration {ckpt.get('iteration', '?')}"
         total = (ckpt.get("config") or {}).get("train", {}).get("iterations")
         progress += f" of {total}" if total else ""
@@ -121,11 +124,13 @@ def load_run(run: str | Path, *, allow_unfinished: bool = False) -> tuple[Config
     return cfg, list(names), ckpt["model"]
 
 
-def load_weights(model: torch.nn.Module, state: dict, where: Path) -> None:
-    """``model.load_state_dict(state)`` with a one-line error when they do not fit
-    (e.g. a run whose class names were edited so they no longer match its weights)."""
+def load_weights(model: torch.nn.Module, state: dict, where: Path, *, assign: bool = False) -> None:
+    """``model.load_state_dict(state, assign=assign)`` with a one-line error when they do
+    not fit (e.g. a run whose class names were edited so they no longer match its
+    weights). ``assign``: take ``state``'s tensors as the parameters (needed by a model
+    built on the ``meta`` device, which holds no values to copy into)."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
