@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -77,7 +78,8 @@ def child(k: int, policy: str, device: str) -> dict:
         weights = one * k * 2**20
         (work / "ens.yaml").write_text(
             f"models: [{', '.join(f'run{i}' for i in range(k))}]\n"
-            f"flips: [{', '.join(flips)}]\nweights_budget_mb: {one * 1.05}\n"
+            f"flips: [{', '.join(FLIPS)}]\ntype_settings: none\n"
+            f"weights_budget_mb: {one * 1.05}\n"
         )
         ens = load_source(work / "ens.yaml").model.to(device)
     else:
@@ -107,6 +109,8 @@ def child(k: int, policy: str, device: str) -> dict:
     }
     if device.startswith("cuda"):
         row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if policy == "files":
+        shutil.rmtree(work)
     return row
 
 
@@ -195,7 +199,10 @@ def original_plan(budget_mb: float | None) -> str:
     if budget_mb is not None:
         spec["weights_budget_mb"] = budget_mb
     ens.write_text(yaml.safe_dump(spec))
-    return dry_run(ens)
+    try:
+        return dry_run(ens)
+    finally:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,8 @@ class PredictConfig:
             (``convex_refill``: refill each mask's contours as convex polygons, the
             original's "corrupt astro" trick, matching coarse polygon annotations).
         batch_size, tile_size, tile_overlap: how images go through the model.
+        amp: on CUDA, run the backbone and FPN in float16 autocast (the heads and
+            everything after them stay float32); ignored on other devices.
     """
 
     rpn_nms_iou: float = 0.7
@@ -264,6 +266,7 @@ class PredictConfig:
     batch_size: int = 2
     tile_size: int = 1024
     tile_overlap: int = 128
+    amp: bool = True
 
 
 @dataclass(frozen=True)

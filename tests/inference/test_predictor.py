@@ -145,3 +145,22 @@ def test_ensemble_yaml_predict_and_tune_cli(tmp_path, capsys):
     ens.write_text("models: [../a]\nmodel: [../b]\n")
     assert main(["predict", str(ens), str(data), "--out", str(tmp_path / "x")]) == 2
     assert "unknown config key model" in capsys.readouterr().err
+
+
+def test_amp_is_set_on_cuda_only_and_reaches_every_ensemble_member():
+    import torch
+
+    from cellstack.config import load_config
+    from cellstack.inference.ensemble import Ensemble
+    from cellstack.inference.postprocess import PostprocessParams
+    from cellstack.inference.predictor import Predictor
+    from cellstack.modeling.build import build_model
+    from tests.modeling.conftest import TINY
+
+    cfg = load_config(None, TINY)
+    models = [build_model(cfg.model, ["a"], cfg.predict) for _ in range(2)]
+    Predictor(Ensemble(models), PostprocessParams(), device="cpu", amp=True)
+    assert all(m.feature_autocast is None for m in models)  # ignored off CUDA
+    if torch.cuda.is_available():
+        Predictor(Ensemble(models), PostprocessParams(), device="cuda", amp=True)
+        assert all(m.feature_autocast == torch.float16 for m in models)

@@ -83,3 +83,33 @@ def test_bad_inputs(tiny_cfg):
     model = build_model(tiny_cfg.model, ["cell"]).eval()
     with pytest.raises(CellstackError, match="C = 1 or 3"):
         model([torch.rand(2, 30, 30)])
+
+
+def test_feature_autocast_runs_the_backbone_in_low_precision_and_returns_float32():
+    """The dtype handling of inference AMP (float16 on CUDA), checked on CPU with
+    bfloat16: features come back float32, the heads and outputs stay float32, and the
+    detections are near the float32 ones."""
+    cfg = load_config(None, [*TINY, "predict.box_score_thresh=0", "predict.max_detections=50"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ["a", "b"], cfg.predict).eval()
+    img, _ = two_cells()
+    seen = []
+    hook = model.backbone.fpn.register_forward_hook(
+        lambda m, i, o: seen.append(next(iter(o.values())).dtype)
+    )
+    with torch.no_grad():
+        (full,) = model([img])
+        feats = model.features(model.preprocess([img]))
+        model.feature_autocast = torch.bfloat16
+        low_feats = model.features(model.preprocess([img]))
+        (low,) = model([img])
+    hook.remove()
+    assert seen[:2] == [torch.float32, torch.float32] and seen[2] == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in low_feats.values())
+    for k in feats:
+        assert torch.allclose(feats[k], low_feats[k], atol=0.1, rtol=0.05)
+    assert low.boxes.dtype == low.scores.dtype == low.roi_masks.dtype == torch.float32
+    assert len(low) > 0 and abs(len(low) - len(full)) <= 0.2 * len(full)
+    # Training ignores it (the trainer has its own autocast).
+    model.train()
+    assert next(iter(model.features(model.preprocess([img])).values())).dtype == torch.float32

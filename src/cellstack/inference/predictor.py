@@ -51,6 +51,9 @@ class Predictor:
         device: where the model runs.
         tile_size, tile_overlap: tiling of large images (pixels).
         batch_size: images (or tiles) per forward pass.
+        scale: resize factor applied to images before the model (masks map back).
+        amp: on CUDA, the backbone and FPN of every detector (an ensemble's too) run
+            under float16 autocast; the heads and post-processing stay float32.
     """
 
     def __init__(
@@ -63,12 +66,17 @@ class Predictor:
         tile_overlap: int = 128,
         batch_size: int = 2,
         scale: float = 1.0,
+        amp: bool = False,
     ) -> None:
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
         self.scale = scale
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        dtype = torch.float16 if amp and self.device.type == "cuda" else None
+        for module in self.model.modules():
+            if isinstance(module, CellDetector):
+                module.feature_autocast = dtype
         self.thresholds = params if isinstance(params, Thresholds) else Thresholds(params)
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap

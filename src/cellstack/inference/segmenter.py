@@ -171,6 +171,7 @@ class Segmenter:
             tile_overlap=p.tile_overlap,
             batch_size=self.batch_size,
             scale=self.scale,
+            amp=p.amp,
         )
 
     @classmethod

@@ -67,6 +67,9 @@ class CellDetector(nn.Module):
         self.class_names = tuple(class_names)
         self.proposal_params = proposal_params or ProposalParams()
         self.box_params = box_params or BoxParams()
+        #: Autocast dtype of the backbone at inference (None: float32); the predictor
+        #: sets it from ``predict.amp`` and the device.
+        self.feature_autocast: torch.dtype | None = None
 
     def class_specific_keys(self) -> set[str]:
         """State-dict keys whose meaning depends on the classes: every box head's class
@@ -115,7 +118,15 @@ class CellDetector(nn.Module):
         return ImageList(batch, sizes)
 
     def features(self, images: ImageList) -> dict[str, torch.Tensor]:
-        return self.backbone(images.tensors)
+        """FPN levels float32[B, C, H / s, W / s]. In eval mode with
+        ``feature_autocast`` set (a dtype, e.g. float16 on CUDA), the backbone and FPN
+        run under autocast and their outputs come back as float32 for the heads."""
+        if self.training or self.feature_autocast is None:
+            return self.backbone(images.tensors)
+        device = images.tensors.device.type
+        with torch.autocast(device, dtype=self.feature_autocast):
+            feats = self.backbone(images.tensors)
+        return {k: v.float() for k, v in feats.items()}
 
     def roi_levels(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The FPN levels in order, finest first, for the RoI heads."""
