@@ -24,6 +24,7 @@ from pathlib import Path
 
 # The demo config as it was before this ablation (the baseline every lever is added to).
 BASELINE = (
+    "model.backbone.stem_stride=1",
     "model.norm=batch",
     "predict.score_mode=class",
     "train.ema=0",
@@ -55,6 +56,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "lr_2e-3": ("train.lr=0.002",),
     "no_loss_decay": ("train.loss_decay=false",),
     "batch4_crop128": ("train.batch_size=4", "data.crop_size=128"),
+    "stem_auto": ("model.backbone.stem_stride=auto",),
+    "whole_cells": ("data.crop_sampling=whole_cells",),
 }
 
 
