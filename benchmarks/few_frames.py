@@ -6,7 +6,7 @@ one look (``sheet`` by default) at that size, the config trained on ``--train`` 
 from random weights, scored on ``--test`` other frames beside the Otsu baseline.
 
     python benchmarks/few_frames.py [--config configs/demo.yaml] [--cell-types sheet]
-        [--variant NAME key=value ...] ...
+        [--set key=value ...] [--variant NAME key=value ...] ...
 
 Each ``--variant NAME overrides...`` adds a row; ``default`` (no overrides) is always
 first. Prints a table (score, AP, AP50, training seconds) and writes JSON (default
@@ -39,6 +39,9 @@ def main() -> None:
         default=[],
         metavar="NAME [KEY=VALUE ...]",
         help="a named set of config overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every row"
     )
     parser.add_argument("--work", type=Path, help="keep data and runs here (default: temp)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/few_frames.json"))
@@ -79,7 +82,7 @@ def main() -> None:
     rows_out = {"otsu": {**evaluate(test, otsu, progress=False).to_dict(), "seconds": 0.0}}
     variants = [["default"], *args.variant]
     for name, *overrides in variants:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, [*args.set, *overrides])
         run = work / f"run_{name}"
         t0 = time.perf_counter()
         train(cfg, data / "few_train.csv", run, progress=False)
