@@ -87,18 +87,23 @@ def test_ema_averages_and_resumes_exactly(small_data, tmp_path):
     )
 
 
-def test_cell_crops_always_hold_a_cell(tmp_path):
+def _one_cell(folder, rows: slice, cols: slice):
+    """Records of one 400 px image holding one bright cell at ``[rows, cols]``."""
     from cellstack.data.images import write_png
     from cellstack.data.labels import write_label_tiff
 
-    # One 6 px cell in a 400 px image: a uniform 32 px crop rarely holds it.
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
     labels = np.zeros((400, 400), np.int32)
-    labels[300:306, 50:56] = 1
-    write_label_tiff(tmp_path / "labels" / "a.tif", labels)
-    write_png(tmp_path / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
-    records = load_dataset(tmp_path)
+    labels[rows, cols] = 1
+    write_label_tiff(folder / "labels" / "a.tif", labels)
+    write_png(folder / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
+    return load_dataset(folder)
+
+
+def test_cell_crops_always_hold_a_cell(tmp_path):
+    # One 6 px cell in a 400 px image: a uniform 32 px crop rarely holds it.
+    records = _one_cell(tmp_path, slice(300, 306), slice(50, 56))
     augment = load_config(None).data.augment
     with_cells = {}
     for mode in ("uniform", "cells"):
@@ -117,18 +122,9 @@ def test_cell_crops_always_hold_a_cell(tmp_path):
 
 
 def test_whole_cell_crops_shrink_cells_larger_than_the_crop(tmp_path):
-    from cellstack.data.images import write_png
-    from cellstack.data.labels import write_label_tiff
-
     # One 10 x 300 px cell (a long process) in a 400 px image, 64 px crops: "cells" only
     # ever shows a 64 px piece of it, "whole_cells" the whole cell, shrunk to fit.
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    labels = np.zeros((400, 400), np.int32)
-    labels[50:350, 100:110] = 1
-    write_label_tiff(tmp_path / "labels" / "a.tif", labels)
-    write_png(tmp_path / "images" / "a.png", np.where(labels > 0, 200, 80).astype(np.uint8))
-    records = load_dataset(tmp_path)
+    records = _one_cell(tmp_path, slice(50, 350), slice(100, 110))
     augment = load_config(None, ["data.augment.rot90=0"]).data.augment
     sides = {}
     for mode in ("cells", "whole_cells"):
