@@ -167,7 +167,8 @@ class TrainCrops(Dataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         c = self.crop_size
         chosen = None
-        if labels.any() and self.crop_sampling in ("cells", "whole_cells"):
+        has_cells = labels.any()
+        if has_cells and self.crop_sampling in ("cells", "whole_cells"):
             ids = np.unique(labels)
             chosen = rng.choice(ids[ids > 0])
             if self.crop_sampling == "whole_cells":
@@ -186,7 +187,6 @@ class TrainCrops(Dataset):
                 y = int(rng.integers(max(ys[k] - c + 1, 0), min(ys[k], h - c) + 1))
                 x = int(rng.integers(max(xs[k] - c + 1, 0), min(xs[k], w - c) + 1))
             return image[y : y + c, x : x + c], labels[y : y + c, x : x + c]
-        has_cells = labels.any()
         for _ in range(10):
             y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             crop = labels[y : y + c, x : x + c]

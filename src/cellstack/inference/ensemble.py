@@ -234,6 +234,7 @@ class Ensemble(nn.Module):
         self.loaders = list(loaders) if loaders is not None else None
         self.weights_budget_mb = float(weights_budget_mb)
         self.loads = 0  # weight loads so far (how often files were read)
+        self._weight_bytes = [weight_bytes(m) for m in models]  # per model, meta or not
         # Loaded models, least recently used first; where loads go (follows .to()).
         self._loaded = [i for i, m in enumerate(models) if not _is_meta(m)]
         self._device = torch.device("cpu")
@@ -263,10 +264,8 @@ class Ensemble(nn.Module):
             self._loaded.append(index)
             return model
         budget = self.weights_budget_mb * 2**20
-        need = weight_bytes(model)
-        while (
-            self._loaded and sum(weight_bytes(self.models[i]) for i in self._loaded) + need > budget
-        ):
+        sizes = self._weight_bytes
+        while self._loaded and sum(sizes[i] for i in self._loaded) + sizes[index] > budget:
             self.models[self._loaded.pop(0)].to("meta")
         self.loaders[index](model)
         self.loads += 1
@@ -311,7 +310,7 @@ class Ensemble(nn.Module):
         head's chunk come on top.
         """
         mb = 2**20
-        weights = [weight_bytes(m) for m in self.models]
+        weights = self._weight_bytes
         view = [view_bytes(m, image_size) for m in self.models]
         dtype = self.feature_dtype or torch.float32
         lines = [

@@ -203,14 +203,14 @@ def dry_run(
 ) -> str:
     """``predict --dry-run``: load a run, CV folder or ensemble and describe what
     predicting one image of ``image_size`` (H, W) holds, without predicting."""
-    from cellstack.inference.ensemble import Ensemble, view_bytes
+    from cellstack.inference.ensemble import Ensemble, view_bytes, weight_bytes
     from cellstack.inference.sources import load_source
 
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
     if isinstance(src.model, Ensemble):
         return src.model.plan(image_size)
     mb = 2**20
-    weights = sum(p.numel() * p.element_size() for p in src.model.parameters())
+    weights = weight_bytes(src.model)
     view = view_bytes(src.model, image_size)
     return (
         f"one model ({src.cfg.model.arch}, {src.cfg.model.backbone.name}), one "
