@@ -24,6 +24,8 @@ from typing import IO
 from cellstack.errors import CellstackError
 
 PARTIAL = ".partial"
+#: The lock file :func:`output_lock` holds in an output folder.
+LOCK = ".cellstack.lock"
 
 
 def _default_mode() -> int:
@@ -107,12 +109,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # Data on disk before the rename, whoever wrote it: a crash after the rename
+        # must not leave a complete-looking empty file.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _disk_full(exc):
+            raise CellstackError(f"{path}: cannot write, no space left on the device") from None
         raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A full disk, as the OS reports it or as a library's writer wraps it."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeError) and "No space left" in str(exc)
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, what: str = "cellstack") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block.
+
+    A second process that asks for the same folder meanwhile is refused at once with a
+    one-line error, instead of both writing mixed outputs that look complete. The lock
+    is the kernel's (``flock``), so a killed process never leaves a stale lock behind.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CellstackError(
+                f"{folder}: another {what} is writing into this folder; wait for it to "
+                "finish or choose another output folder"
+            ) from None
+        locked = True
+        yield
+    finally:
+        if locked:  # still ours: no one else can hold it while we do
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -127,8 +179,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         open_kwargs.setdefault("encoding", "utf-8")
     with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:

@@ -111,7 +111,8 @@ def test_overwrite_leaves_no_old_results_beside_new(cli, run, images, tmp_path):
     kept = sorted(images.glob("*.png"))[0]
     sorted(images.glob("*.png"))[1].unlink()
     assert cli("predict", run, images, "--out", out, "--overwrite").code == 0
-    assert sorted(p.name for p in (out / "labels").iterdir()) == [kept.stem + ".tif"]
+    # The old run's files are gone; the user's file in labels/ is not predict's to delete.
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [kept.stem + ".tif", "stale.png"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == [kept.stem + ".png"]
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / ".submission.csv.abc.partial.csv").exists()

@@ -278,18 +278,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     """Convert any image from :func:`read_image` to uint8[H, W].
 
-    Colour is averaged over its first three channels (alpha ignored). 8-bit images,
-    gray or colour, keep their values (colour rounded after averaging). Every other
-    dtype is rescaled by its 0.5 and 99.5 percentiles, so dim 16-bit microscopy becomes
-    visible; NaN and infinite pixels are left out of the percentiles and become 0.
+    One rule for every dtype, so the same pixels give the same cells whether they are
+    stored as uint8, uint16 or float (0-1 or 0-255): colour is averaged over its first
+    three channels (alpha ignored), then the plane is rescaled so that its 0.5 and 99.5
+    percentiles map to 0 and 255 (as Cellpose and StarDist normalise). Dim 16-bit
+    microscopy becomes visible and an 8-bit image with a narrow range is stretched the
+    same way. NaN and infinite pixels are left out of the percentiles and become 0; a
+    constant plane becomes 0.
     """
     img = np.asarray(image)
-    was_uint8 = img.dtype == np.uint8
     if img.ndim == 3:
         img = img[..., :3].astype(np.float32).mean(axis=-1)
-    if was_uint8:
-        return np.round(img).astype(np.uint8) if img.dtype != np.uint8 else img
-    img = img.astype(np.float32)
+    # float64 and rounding: uint8 v, uint16 257*v and float v/255 give the same bytes.
+    img = img.astype(np.float64)
     finite = np.isfinite(img)
     if not finite.any():
         return np.zeros(img.shape, dtype=np.uint8)
@@ -297,7 +298,7 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     img = np.where(finite, img, lo)
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)
-    return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return np.clip(np.round((img - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

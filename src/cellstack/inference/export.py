@@ -21,9 +21,12 @@ from cellstack.inference.overlay import outline_overlay
 if TYPE_CHECKING:
     from cellstack.inference.segmenter import Result
 
-#: What predict writes into its output folder; with --overwrite exactly these are
-#: replaced, anything else there is left alone.
+#: What predict writes into its output folder (files, and folders of per-image files).
 OUTPUTS = ("submission.csv", "results.json", "labels", "overlays", "objects", "rois")
+#: Every file a predict run writes is listed here (one path per line, relative to the
+#: output folder) *before* it is written, so ``--overwrite`` deletes exactly those files
+#: and never a folder or a file of the user's; it also marks a prediction folder.
+MANIFEST = "cellstack-outputs.txt"
 
 
 class PredictionWriter:
@@ -65,19 +68,27 @@ class PredictionWriter:
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
 
+    def _target(self, *parts: str) -> Path:
+        """``out/parts...`` (checked to stay inside), listed in the manifest first."""
+        path = child(self.out, *parts)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / MANIFEST, "a", encoding="utf-8") as f:
+            f.write("/".join(parts) + "\n")
+        return path
+
     def add(self, image_id: str, result: Result) -> None:
         """Write one image's result (see the class docstring)."""
         lead = result.lead
         write_label_tiff(
-            child(self.out, "labels", f"{image_id}.tif"),
+            self._target("labels", f"{image_id}.tif"),
             result.labels,
             dtype=self.label_dtype,
             axes=f"{lead}YX",
             where=image_id,
         )
-        self._write_table(child(self.out, "objects", f"{image_id}.csv"), result.table)
+        self._write_table(self._target("objects", f"{image_id}.csv"), result.table)
         if self.save_rois:
-            self._write_rois(child(self.out, "rois", f"{image_id}.zip"), result)
+            self._write_rois(self._target("rois", f"{image_id}.zip"), result)
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
         offset = 0  # label ids run on across the planes of a stack
@@ -89,7 +100,7 @@ class PredictionWriter:
                 classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
                 write_png(
-                    child(self.out, "overlays", f"{image_id}{suffix}.png"),
+                    self._target("overlays", f"{image_id}{suffix}.png"),
                     outline_overlay(result.image.reshape(-1, h, w)[k], local, classes),
                 )
             if not lead:
@@ -162,5 +173,47 @@ class PredictionWriter:
         return out
 
     def close(self) -> None:
-        write_submission(self.out / "submission.csv", self.submission)
-        write_json(self.out / "results.json", self.coco)
+        write_submission(self._target("submission.csv"), self.submission)
+        write_json(self._target("results.json"), self.coco)
+
+
+def remove_outputs(out: Path) -> int:
+    """Delete the files an earlier predict run listed in ``out``'s manifest (and the
+    manifest); folders it leaves empty go too. Nothing else is touched. Returns the
+    number of files deleted.
+
+    Raises:
+        CellstackError: ``out`` holds predict's output names but no manifest (written
+            by something else, or by a cellstack before 0.2): nothing is deleted.
+    """
+    from cellstack.errors import CellstackError
+
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        found = [name for name in OUTPUTS if (out / name).exists()]
+        if found:
+            raise CellstackError(
+                f"{out}: holds {found[0]} but no {MANIFEST} listing what predict wrote, so "
+                "--overwrite cannot tell its files from yours; choose another --out"
+            )
+        return 0
+    n = 0
+    folders = set()
+    for line in dict.fromkeys(manifest.read_text(encoding="utf-8").splitlines()):
+        parts = [p for p in line.split("/") if p]
+        if not parts:
+            continue
+        try:
+            target = child(out, *parts)
+        except CellstackError:
+            continue  # a listed path that leaves the folder is never followed
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+            n += 1
+        if len(parts) > 1:
+            folders.add(target.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    manifest.unlink()
+    return n

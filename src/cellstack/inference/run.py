@@ -75,14 +75,15 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     """Make ``out`` ready for a predict run, before any model loads.
 
     Refused: ``out`` is a file, holds one of the input images (an overlay could
-    overwrite it), or is not empty and ``overwrite`` is off. With ``overwrite`` the
-    outputs of an earlier predict (:data:`~cellstack.inference.export.OUTPUTS`) are
-    removed first, so old label images never sit beside new ones; ``submission.csv``
-    and ``results.json`` are written last, so a killed run leaves no file that says it finished.
+    overwrite it), or is not empty and ``overwrite`` is off. With ``overwrite`` exactly
+    the files an earlier predict listed in its manifest
+    (:data:`~cellstack.inference.export.MANIFEST`) are removed first, so old label
+    images never sit beside new ones and nothing of the user's is touched;
+    ``submission.csv`` and ``results.json`` are written last, so a killed run leaves no
+    file that says it finished. The caller holds :func:`~cellstack.fileio.output_lock`.
     """
-    import shutil
-
-    from cellstack.fileio import remove_partials
+    from cellstack.fileio import LOCK, remove_partials
+    from cellstack.inference.export import remove_outputs
 
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
@@ -92,18 +93,15 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
             raise CellstackError(
                 f"--out {out} holds the input image {p}; choose an output folder outside the inputs"
             )
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             raise CellstackError(
                 f"{out}: folder is not empty; pass --overwrite to replace earlier predictions "
                 "there, or choose another --out"
             )
+        remove_outputs(out)
         for name in OUTPUTS:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
+            remove_partials(out / name)
         remove_partials(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -148,10 +146,12 @@ def predict_folder(
     ``spec``: channels and axes of stacks (:class:`~cellstack.data.images.PlaneSpec`);
     Z-stacks and time series are segmented plane by plane.
     """
+    import contextlib
     import time
 
     from cellstack import distributed
     from cellstack.data.images import plane_layout
+    from cellstack.fileio import output_lock
     from cellstack.inference.export import PredictionWriter
     from cellstack.inference.segmenter import Segmenter, resize_factor
 
@@ -166,30 +166,37 @@ def predict_folder(
     todo = find_images(images)
     for _, path in todo:
         plane_layout(path, spec)
-    if distributed.launched().rank == 0:
-        prepare_output(out, [path for _, path in todo], overwrite)
-    seg = Segmenter.load(
-        source,
-        device=device,
-        diameter=diameter,
-        scale=scale,
-        overrides=overrides,
-        allow_unfinished=allow_unfinished,
-    )
-    world = distributed.setup(seg.device)
-    writer = PredictionWriter(
-        out, seg.class_names, overlays=overlays, save_rois=save_rois, label_dtype=label_dtype
-    )
-    mine = distributed.shard(todo, world)
-    t0 = time.perf_counter()
-    results = seg.iter_many([path for _, path in mine], spec=spec, progress=progress and world.main)
-    for (image_id, _), result in zip(mine, results, strict=True):
-        writer.add(image_id, result)
-    parts = distributed.gather((writer.submission, writer.coco), world)
-    merged = writer.merged(parts, [image_id for image_id, _ in todo])
-    if world.main:
-        merged.close()
-    distributed.barrier(world)
+    main_process = distributed.launched().rank == 0
+    if out.exists() and not out.is_dir():
+        raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
+    lock = output_lock(out, "cellstack predict") if main_process else contextlib.nullcontext()
+    with lock:
+        if main_process:
+            prepare_output(out, [path for _, path in todo], overwrite)
+        seg = Segmenter.load(
+            source,
+            device=device,
+            diameter=diameter,
+            scale=scale,
+            overrides=overrides,
+            allow_unfinished=allow_unfinished,
+        )
+        world = distributed.setup(seg.device)
+        writer = PredictionWriter(
+            out, seg.class_names, overlays=overlays, save_rois=save_rois, label_dtype=label_dtype
+        )
+        mine = distributed.shard(todo, world)
+        t0 = time.perf_counter()
+        results = seg.iter_many(
+            [path for _, path in mine], spec=spec, progress=progress and world.main
+        )
+        for (image_id, _), result in zip(mine, results, strict=True):
+            writer.add(image_id, result)
+        parts = distributed.gather((writer.submission, writer.coco), world)
+        merged = writer.merged(parts, [image_id for image_id, _ in todo])
+        if world.main:
+            merged.close()
+        distributed.barrier(world)
     n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
 

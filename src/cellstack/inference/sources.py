@@ -87,10 +87,13 @@ def load_source(
     ``allow_unfinished``: a run without ``model.pt`` predicts with its latest
     checkpoint (with a warning) instead of being refused.
     """
-    path = Path(path)
+    from cellstack.modeling.builtin import builtin_names, resolve_run
+
+    path = resolve_run(path)
     if not path.exists():
         raise CellstackError(
-            f"{path}: run folder not found (expected a run folder, CV folder or ensemble YAML)"
+            f"{path}: run folder not found (expected a run folder, CV folder, ensemble YAML "
+            f"or a built-in model: {', '.join(builtin_names()) or 'none installed'})"
         )
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_ensemble(path, overrides, allow_unfinished)
@@ -146,8 +149,10 @@ def _load_run(
         cfg = config_from_dict(config_to_dict(cfg), overrides)
     if lazy:
         with torch.device("meta"):
-            return build_model(cfg.model, class_names, cfg.predict).eval(), cfg
-    model = build_model(cfg.model, class_names, cfg.predict)
+            return build_model(
+                cfg.model, class_names, cfg.predict, encoder_weights=False
+            ).eval(), cfg
+    model = build_model(cfg.model, class_names, cfg.predict, encoder_weights=False)
     load_weights(model, state, run)
     return model.eval(), cfg
 
@@ -209,11 +214,11 @@ def _load_ensemble(
         Thresholds.from_dict(post, f"{path}: postprocess")
     tpath = base / THRESHOLDS
     tuned = read_thresholds(tpath) if tpath.is_file() else None
-    resolved = [run for r in spec.models for run in _runs_of(base / r, allow_unfinished)]
+    resolved = [run for r in spec.models for run in _runs_of(r, base, allow_unfinished)]
     merged = len(resolved)  # runs in `models`; type_from may add runs that only type
     type_from = []
     for r in spec.type_from or spec.models[:1]:
-        for full in _runs_of(base / r, allow_unfinished):
+        for full in _runs_of(r, base, allow_unfinished):
             if full not in resolved:
                 resolved.append(full)
             type_from.append(resolved.index(full))
@@ -237,7 +242,7 @@ def _load_ensemble(
     for cell_type, subset in spec.type_models.items():
         idx = []
         for r in subset:
-            for full in _runs_of(base / r, allow_unfinished):
+            for full in _runs_of(r, base, allow_unfinished):
                 if full not in resolved[:merged]:
                     raise CellstackError(
                         f"{path}: type_models.{cell_type}: {r} is not one of 'models'"
@@ -268,8 +273,12 @@ def _load_ensemble(
     return Source(ensemble, names, cfg, thresholds, tpath, trained_diameter(resolved[0]))
 
 
-def _runs_of(path: Path, allow_unfinished: bool) -> list[Path]:
-    """A run folder itself, or every fold run of a CV folder (resolved paths)."""
+def _runs_of(spec: str, base: Path, allow_unfinished: bool) -> list[Path]:
+    """The run ``spec`` (relative to ``base``, or a built-in's name) itself, or every
+    fold run of a CV folder (resolved paths)."""
+    from cellstack.modeling.builtin import resolve_run
+
+    path = resolve_run(spec, base)
     cv = CVFolder.find(path)
     return cv.runs(allow_unfinished=allow_unfinished) if cv else [path.resolve()]
 

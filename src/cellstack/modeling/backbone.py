@@ -39,6 +39,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _create_encoder(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
     import timm
 
+    from cellstack.modeling.imagenet import PACKAGED, load_packaged
+
+    if pretrained and pretrained_path is None and name in PACKAGED:
+        # Offline: the weights come from an installed package, not from the hub.
+        encoder = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
+        load_packaged(encoder, name)
+        return encoder
     kwargs = {"features_only": True, "out_indices": (1, 2, 3, 4)}
     if pretrained_path is not None:
         path = Path(pretrained_path)
@@ -75,17 +82,23 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def batch_to_group_norm(module: nn.Module, name: str) -> nn.Module:
     """``module`` with every ``nn.BatchNorm2d`` replaced by :func:`group_norm`, keeping
     its affine weights (so ImageNet weights still initialise the scales and shifts).
+    timm's ``BatchNormAct2d`` (EfficientNets) becomes GroupNorm followed by the same
+    dropout and activation.
 
     Raises:
-        CellstackError: the encoder uses another normalisation layer (e.g. timm's
-            BatchNormAct2d in EfficientNets), which cannot be swapped faithfully.
+        CellstackError: the encoder uses another normalisation layer, which cannot be
+            swapped faithfully.
     """
+    from timm.layers import BatchNormAct2d
+
     for child_name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if type(child) in (nn.BatchNorm2d, BatchNormAct2d):
             gn = group_norm(child.num_features)
             with torch.no_grad():
                 gn.weight.copy_(child.weight)
                 gn.bias.copy_(child.bias)
+            if type(child) is BatchNormAct2d:
+                gn = nn.Sequential(gn, child.drop, child.act)
             setattr(module, child_name, gn)
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
             raise CellstackError(

@@ -19,9 +19,18 @@ from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 
 def build_model(
-    cfg: ModelConfig, class_names: Sequence[str], predict: PredictConfig | None = None
+    cfg: ModelConfig,
+    class_names: Sequence[str],
+    predict: PredictConfig | None = None,
+    *,
+    encoder_weights: bool = True,
 ) -> CellDetector:
-    """A detector for ``class_names`` (cell types, in label order) with random heads."""
+    """A detector for ``class_names`` (cell types, in label order) with random heads.
+
+    ``encoder_weights=False`` builds the encoder with random weights whatever
+    ``model.backbone.pretrained`` says: for a caller that loads trained weights next
+    (a run being loaded for prediction needs neither network nor weight package).
+    """
     from cellstack.config import AUTO
 
     if not class_names:
@@ -41,8 +50,8 @@ def build_model(
     bb = cfg.backbone
     backbone = TimmFPN(
         bb.name,
-        pretrained=bb.pretrained,
-        pretrained_path=bb.pretrained_path,
+        pretrained=bb.pretrained and encoder_weights,
+        pretrained_path=bb.pretrained_path if encoder_weights else None,
         stem_stride=bb.stem_stride,
         out_channels=bb.fpn_channels,
         freeze_bn=bb.freeze_bn,

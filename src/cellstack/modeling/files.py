@@ -80,18 +80,27 @@ def load(path: Path, *, mmap: bool = False) -> dict:
 def load_run(
     run: str | Path, *, allow_unfinished: bool = False, mmap: bool = False
 ) -> tuple[Config, list[str], dict]:
-    """``(config, class_names, model_state)`` of a run folder (``mmap``: see :func:`load`).
+    """``(config, class_names, model_state)`` of a run folder or a built-in model
+    (``mmap``: see :func:`load`; ``run`` resolves by
+    :func:`~cellstack.modeling.builtin.resolve_run`).
 
     A finished run's ``model.pt`` is used. A run that has only ``checkpoint.pt``
     (training was stopped or is still going) is refused unless ``allow_unfinished``,
-    and then used with a warning that says how far it got.
+    and then used with a warning that says how far it got. A built-in's weights come
+    from its safetensors file, its config and names from its json.
     """
     import sys
 
-    run = Path(run)
+    from cellstack.modeling.builtin import is_builtin_folder, read_builtin, resolve_run
+
+    run = resolve_run(run, quiet=True)
     if not run.is_dir():
         raise CellstackError(f"{run}: run folder not found")
-    if (run / FINAL).is_file():
+    if is_builtin_folder(run):
+        path = run
+        ckpt, weights = read_builtin(run)
+        ckpt["model"] = weights
+    elif (run / FINAL).is_file():
         path = run / FINAL
         ckpt = load(path, mmap=mmap)
     elif (run / CHECKPOINT).is_file():
