@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import realdata  # noqa: E402
+import realdata
 
 
 def subset(train: Path, n: int | None, work: Path) -> Path:

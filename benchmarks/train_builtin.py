@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import realdata  # noqa: E402
+import realdata
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = [
@@ -257,6 +257,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
     """MODEL_CARD.md and LICENSES.md beside the weights."""
     stats = state.get("data_stats") or {}
     cfg = state["config"]
+    bb, mask = cfg["model"]["backbone"], cfg["model"]["roi"]["mask_pool"]
     size_mb = (dest / "model.safetensors").stat().st_size / 2**20
     lines = [
         f"# Built-in model `{name}`",
@@ -273,11 +274,9 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
         "",
         "## Architecture and weights",
         "",
-        f"- {cfg['model']['arch']} on `{cfg['model']['backbone']['name']}` + FPN "
-        f"({cfg['model']['backbone']['fpn_channels']} channels), stem stride "
-        f"{cfg['model']['backbone']['stem_stride']}, anchor scale {cfg['model']['rpn']['anchor_scale']}, "
-        f"{2 * cfg['model']['roi']['mask_pool']}x{2 * cfg['model']['roi']['mask_pool']} masks; "
-        f"encoder from ImageNet, BatchNorm frozen.",
+        f"- {cfg['model']['arch']} on `{bb['name']}` + FPN ({bb['fpn_channels']} channels), "
+        f"stem stride {bb['stem_stride']}, anchor scale {cfg['model']['rpn']['anchor_scale']}, "
+        f"{2 * mask}x{2 * mask} masks; encoder from ImageNet, BatchNorm frozen.",
         f"- `model.safetensors`: {scores['weights_dtype']}, {size_mb:.1f} MB (no pickle).",
         "",
         "## Training",
@@ -304,7 +303,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
         )
     lines += [
         "",
-        f"Float32 vs float16 weights: "
+        "Float32 vs float16 weights: "
         + "; ".join(
             f"{k} {v['float32']['score']:.4f} vs {v['float16']['score']:.4f}"
             for k, v in scores["sets"].items()
