@@ -17,6 +17,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ AUTO_KEYS = (
     "predict.min_size",
     "predict.max_detections",
 )
+
+
+def unresolved(cfg: Config) -> list[str]:
+    """The keys of :data:`AUTO_KEYS` still ``auto`` in ``cfg`` (derived only when
+    training starts, so a trained run has none)."""
+    out = []
+    for key in AUTO_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if node == AUTO:
+            out.append(key)
+    return out
 
 
 @dataclass(frozen=True)
@@ -528,6 +542,45 @@ def _number(value: Any) -> float:
     return 1e9 if value == AUTO else value
 
 
+#: Settings that are probabilities, IoUs or fractions: numbers in [0, 1].
+_UNIT_NAMES = ("iou", "thresh", "fraction", "momentum")
+
+
+def _numbers(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every number and number tuple in a config section."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{_key_of(f)}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key)
+        elif isinstance(value, int | float | tuple) and not isinstance(value, bool):
+            yield key, value
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every number finite and non-negative; probabilities, IoUs and fractions in
+    [0, 1]; number lists non-empty. One line naming the full key."""
+    for section in ("model", "data", "train", "predict"):
+        for key, value in _numbers(getattr(cfg, section), section):
+            values = value if isinstance(value, tuple) else (value,)
+            if isinstance(value, tuple) and not all(isinstance(v, int | float) for v in value):
+                continue  # names (flip_paste_types, splits)
+            if isinstance(value, tuple) and not value and key != "data.splits":
+                raise ConfigError(f"config key {key}: needs at least one value")
+            for v in values:
+                if not math.isfinite(v):
+                    raise ConfigError(f"config key {key}: must be a finite number, got {v}")
+                if v < 0:
+                    raise ConfigError(f"config key {key}: must be >= 0, got {v}")
+                unit = key.startswith("data.augment.") or any(
+                    n in key.rsplit(".", 1)[-1] for n in _UNIT_NAMES
+                )
+                if unit and v > 1:
+                    raise ConfigError(f"config key {key}: must be in [0, 1], got {v}")
+    if min(cfg.model.rpn.aspect_ratios) <= 0:
+        raise ConfigError("config key model.rpn.aspect_ratios: ratios must be positive")
+
+
 def _validate(cfg: Config) -> None:
     for key in AUTO_KEYS:
         node: Any = cfg
@@ -571,6 +624,7 @@ def _validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_ranges(cfg)
     if cfg.data.fold is not None and cfg.data.val_split is not None:
         raise ConfigError("data.fold and data.val_split both choose validation; set one")
     if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:

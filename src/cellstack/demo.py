@@ -26,6 +26,29 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("cellstack") / "configs" / DEMO_CONFIG))
 
 
+#: Marks a folder the demo made: only such a folder (or an empty one) is written into.
+MARKER = ".cellstack-demo"
+
+
+def claim_output(out: Path) -> None:
+    """Make ``out`` the demo's folder, before anything is written or deleted.
+
+    Refused: a file, or a non-empty folder the demo did not create (its ``run/`` could
+    be a user's trained model, its ``data/train.csv`` a user's annotations).
+    """
+    from cellstack.errors import CellstackError
+
+    if out.exists() and not out.is_dir():
+        raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise CellstackError(
+            f"{out}: folder is not empty and was not made by cellstack demo; choose another "
+            "--out (the demo replaces what it wrote there before)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by cellstack demo; it may replace this folder's contents\n")
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What the demo measured and where it wrote things."""
@@ -66,6 +89,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out)
+    claim_output(out)
     say = print if progress else (lambda *a, **k: None)
     data = out / "data"
     say(f"[1/5] synthesizing {n_images} images into {data}")

@@ -12,3 +12,8 @@ class CellstackError(ValueError):
 
 class DataError(CellstackError):
     """Unreadable or inconsistent data: a corrupt image, a malformed CSV row or RLE."""
+
+
+class ArgumentTypeError(CellstackError, TypeError):
+    """A Python API argument of the wrong type (both a ``TypeError`` and, like every
+    cellstack error, a one-line message the CLI can print)."""

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.data.records import ImageRecord
-from cellstack.errors import CellstackError
-from cellstack.fileio import atomic_write
+from cellstack.errors import CellstackError, DataError
+from cellstack.fileio import atomic_write, open_text
 
 
 def grouped_stratified_folds(
@@ -74,9 +74,27 @@ def write_folds_csv(
 
 
 def read_folds_csv(path: str | Path) -> dict[str, int]:
-    """``{image_id: fold}`` from a ``folds.csv``."""
-    with open(path, newline="") as f:
-        return {row["id"]: int(row["fold"]) for row in csv.DictReader(f)}
+    """``{image_id: fold}`` from a ``folds.csv`` (columns ``id,fold``; folds are
+    integers >= 0, each id once).
+
+    Raises:
+        DataError: a missing column, a fold that is not such an integer, an id twice.
+    """
+    out: dict[str, int] = {}
+    with open_text(path, "folds file") as f:
+        reader = csv.DictReader(f)
+        if not {"id", "fold"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: needs columns id,fold")
+        for row_no, row in enumerate(reader, start=1):
+            image_id, text = (row["id"] or "").strip(), (row["fold"] or "").strip()
+            if not text.isdigit():
+                raise DataError(
+                    f"{path} row {row_no} (id {image_id}): fold {text!r} is not an integer >= 0"
+                )
+            if image_id in out:
+                raise DataError(f"{path} row {row_no}: id {image_id!r} is listed twice")
+            out[image_id] = int(text)
+    return out
 
 
 def folds_beside(data: str | Path) -> Path:

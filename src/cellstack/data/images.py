@@ -106,6 +106,21 @@ class PlaneSpec:
     t_axis: int | None = None
     c_axis: int | None = None
 
+    def __post_init__(self) -> None:
+        given = {
+            k: v
+            for k, v in (("z", self.z_axis), ("t", self.t_axis), ("c", self.c_axis))
+            if v is not None
+        }
+        seen: dict[int, str] = {}
+        for name, index in given.items():
+            if index in seen:  # one axis cannot be two things; never pick one silently
+                raise DataError(
+                    f"--{seen[index]}-axis {index} and --{name}-axis {index} name the same "
+                    "axis; give each axis one meaning"
+                )
+            seen[index] = name
+
 
 #: The axes cellstack knows, in tifffile's letters: time, depth, channel, colour samples.
 KNOWN_AXES = "TZCSYX"

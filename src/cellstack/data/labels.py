@@ -107,7 +107,13 @@ def read_cell_types(path: Path) -> dict[str, str]:
         reader = csv.DictReader(f)
         if not {"id", "cell_type"} <= set(reader.fieldnames or []):
             raise DataError(f"{path}: needs columns id,cell_type")
-        return {row["id"].strip(): row["cell_type"].strip() for row in reader}
+        out: dict[str, str] = {}
+        for row_no, row in enumerate(reader, start=1):
+            image_id = (row["id"] or "").strip()
+            if image_id in out:
+                raise DataError(f"{path} row {row_no}: id {image_id!r} is listed twice")
+            out[image_id] = (row["cell_type"] or "").strip()
+        return out
 
 
 def read_label_dir(root: str | Path, *, require_labels: bool = True) -> list[ImageRecord]:
@@ -121,7 +127,15 @@ def read_label_dir(root: str | Path, *, require_labels: bool = True) -> list[Ima
     if labels_dir is None:
         raise DataError(f"{root}: no images/ folder and no Cellpose *_masks files")
     image_dir = root / "images" if (root / "images").is_dir() else root
-    images = [p for p in list_images(image_dir) if not is_mask_name(p.stem)]
+    listed = list_images(image_dir)
+    images = [p for p in listed if not is_mask_name(p.stem)]
+    if image_dir != labels_dir:  # images/ beside labels/: a *_masks file there is misplaced
+        stray = next((p for p in listed if is_mask_name(p.stem)), None)
+        if stray is not None:
+            raise DataError(
+                f"{stray}: a mask file among the images; move it to {labels_dir} (or rename "
+                "it if it is an image)"
+            )
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     types_csv = root / "cell_types.csv"

@@ -51,6 +51,12 @@ def parse_runs(
         raise DataError(f"{where}: non-numeric RLE token {bad[:30]!r}") from None
     if len(values) % 2:
         raise DataError(f"{where}: RLE has an odd number of values ({len(values)})")
+    n_pixels = int(shape[0]) * int(shape[1])
+    if values.max() > n_pixels:  # before any sum: start + length could wrap around int64
+        raise DataError(
+            f"{where}: RLE value {int(values.max())} is past the {shape[1]}x{shape[0]} image "
+            f"({n_pixels} pixels)"
+        )
     starts = values[0::2] - 1
     lengths = values[1::2]
     if starts.min() < 0:
@@ -60,7 +66,6 @@ def parse_runs(
     ends = starts + lengths
     if len(starts) > 1 and np.any(starts[1:] < ends[:-1]):
         raise DataError(f"{where}: RLE runs are unsorted or overlap")
-    n_pixels = int(shape[0]) * int(shape[1])
     if ends[-1] > n_pixels:
         raise DataError(
             f"{where}: RLE run ends at pixel {int(ends[-1])}, past the {shape[1]}x{shape[0]} "

@@ -89,6 +89,8 @@ def read_train_csv(
                 if on_bad_row is None:
                     raise
                 on_bad_row(row_no, image_id, str(exc))
+        if reader.line_num <= 1:
+            raise DataError(f"{csv_path}: has a header but no rows (no annotated image)")
     return [
         ImageRecord(
             image_id=image_id,

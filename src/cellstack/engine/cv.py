@@ -79,6 +79,7 @@ def run_cv(
 ) -> CVResult:
     """Train every fold, predict its held-out images, score them (module docstring)."""
     from cellstack.data.splits import assign_folds, cv_records
+    from cellstack.data.stats import derive, measure
     from cellstack.engine.trainer import train
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source
@@ -88,12 +89,21 @@ def run_cv(
     cv = CVFolder(out)
     if (out / files.FINAL).is_file() or (out / files.CHECKPOINT).is_file():
         raise CellstackError(f"{out} is a training run folder; choose another --out for CV")
+    records, class_names = cv_records(data, cfg)
+    # Every `auto` is resolved once, from all the CV's training data, so that the folds
+    # agree (anchors, sizes, thresholds) and their models can be merged.
+    stats = measure(records)
+    cfg, derived = derive(cfg, stats)
+    if derived and distributed.current().main:
+        print(
+            f"from {stats.objects} objects of the CV's {stats.images} images (median diameter "
+            f"{stats.diameter_median:.0f} px): " + ", ".join(f"{k}={v}" for k, v in derived.items())
+        )
     if cv.config_path.is_file():
         _check_same_config(cv, cfg)
     cv.write_source(data)  # before anything else is written: it marks the folder as CV's
     if not cv.config_path.is_file():
         save_config(cfg, cv.config_path)
-    records, class_names = cv_records(data, cfg)
     if cv.folds_path.is_file():
         fold_of = read_folds_csv(cv.folds_path)
     else:

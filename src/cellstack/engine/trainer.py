@@ -125,6 +125,17 @@ def train(
     state = None
     if resume:
         state = files.load(run / files.CHECKPOINT)
+        missing = [
+            k
+            for k in ("config", "model", "optimizer", "scheduler", "rng", "iteration")
+            if k not in state
+        ]
+        if missing:
+            raise CellstackError(
+                f"{run / files.CHECKPOINT}: not a training checkpoint (no {missing[0]!r}; a "
+                f"copy of {files.FINAL}?), so it cannot be resumed; start a new run with "
+                f"init.from={run}"
+            )
         from cellstack.config import config_from_dict
 
         cfg = config_from_dict(state["config"])

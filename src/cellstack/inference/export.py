@@ -67,10 +67,21 @@ class PredictionWriter:
         self.label_dtype = label_dtype
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
+        self._written: dict[str, str] = {}  # relative path -> the image it was written for
 
-    def _target(self, *parts: str) -> Path:
-        """``out/parts...`` (checked to stay inside), listed in the manifest first."""
+    def _target(self, *parts: str, image_id: str = "") -> Path:
+        """``out/parts...`` (checked to stay inside), listed in the manifest first.
+        A path this run already wrote for another image is refused, never replaced."""
+        from cellstack.errors import CellstackError
+
         path = child(self.out, *parts)
+        key = "/".join(parts)
+        if key in self._written and self._written[key] != image_id:
+            raise CellstackError(
+                f"{self.out / key}: written for image {self._written[key]!r} and again for "
+                f"{image_id!r} (e.g. a stack a.tif beside a 2-D a_z0.png); rename one input"
+            )
+        self._written[key] = image_id
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / MANIFEST, "a", encoding="utf-8") as f:
             f.write("/".join(parts) + "\n")
@@ -80,15 +91,17 @@ class PredictionWriter:
         """Write one image's result (see the class docstring)."""
         lead = result.lead
         write_label_tiff(
-            self._target("labels", f"{image_id}.tif"),
+            self._target("labels", f"{image_id}.tif", image_id=image_id),
             result.labels,
             dtype=self.label_dtype,
             axes=f"{lead}YX",
             where=image_id,
         )
-        self._write_table(self._target("objects", f"{image_id}.csv"), result.table)
+        self._write_table(
+            self._target("objects", f"{image_id}.csv", image_id=image_id), result.table
+        )
         if self.save_rois:
-            self._write_rois(self._target("rois", f"{image_id}.zip"), result)
+            self._write_rois(self._target("rois", f"{image_id}.zip", image_id=image_id), result)
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
         offset = 0  # label ids run on across the planes of a stack
@@ -100,7 +113,7 @@ class PredictionWriter:
                 classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
                 write_png(
-                    self._target("overlays", f"{image_id}{suffix}.png"),
+                    self._target("overlays", f"{image_id}{suffix}.png", image_id=image_id),
                     outline_overlay(result.image.reshape(-1, h, w)[k], local, classes),
                 )
             if not lead:
@@ -154,7 +167,8 @@ class PredictionWriter:
             if not contours:
                 continue
             points = max(contours, key=len).reshape(-1, 2) + np.array([x0, y0])
-            where = {a: int(table[a][n]) + 1 for a in result.lead.lower()}  # ImageJ: 1-based
+            # 0-based plane indices: roifile stores them 1-based, as Fiji expects.
+            where = {a: int(table[a][n]) for a in result.lead.lower()}
             rois.append(roifile.ImagejRoi.frompoints(points, name=str(int(label)), **where))
         with atomic_path(path) as tmp:
             roifile.roiwrite(tmp, rois, mode="w")

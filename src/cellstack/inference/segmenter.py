@@ -18,6 +18,7 @@ and the run's tuned thresholds. ``cellstack predict`` is a loop over
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 
 from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
-from cellstack.errors import CellstackError
+from cellstack.data.records import check_image_size
+from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.postprocess import Thresholds, pixels_to_labels
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.sources import Source
@@ -160,9 +162,9 @@ class Segmenter:
         self.source = source
         self.scale = resize_factor(source, diameter, scale)
         p = source.cfg.predict
-        self.batch_size = batch_size or p.batch_size
-        if self.batch_size < 1:
-            raise CellstackError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.batch_size = p.batch_size if batch_size is None else batch_size
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise CellstackError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         self.predictor = Predictor(
             source.model,
             thresholds or source.thresholds,
@@ -193,6 +195,18 @@ class Segmenter:
         from cellstack.inference.sources import POSTPROCESS_KEYS, load_source
 
         # Every argument is checked before the (possibly large) model loads.
+        if not isinstance(path, str | Path):
+            raise ArgumentTypeError(
+                f"path must be a run folder, CV folder, ensemble YAML or built-in model name "
+                f"(str or Path), got {type(path).__name__}"
+            )
+        if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+            raise ArgumentTypeError(
+                "overrides must be a list of 'section.key=value' strings, e.g. "
+                f"['predict.score_thresh=0.4'], got {overrides!r}"
+            )
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise CellstackError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         resize_factor(None, diameter, scale)
         src = load_source(path, tuple(overrides), allow_unfinished=allow_unfinished)
         thresholds = None
@@ -264,6 +278,9 @@ class Segmenter:
         with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
             for n, item in enumerate(items):
                 image, lead = _planes(item, axes, spec, f"image {n}")
+                if self.scale != 1:  # what the model will see must fit too
+                    h, w = (round(d * self.scale) for d in image.shape[-2:])
+                    check_image_size(h, w, f"image {n} resized by {self.scale:.4g}")
                 pending.append((image, lead))
                 queued += int(np.prod(image.shape[: len(lead)]))
                 if queued >= self.batch_size or n == len(items) - 1:
@@ -307,6 +324,11 @@ class Segmenter:
         )
 
 
+#: The resize factors ``diameter``/``scale`` may give: beyond them an image becomes a few
+#: pixels or far more than memory holds, never a meaningful request.
+MAX_RESIZE = (1 / 16, 16.0)
+
+
 def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
     """The resize factor for ``diameter`` or ``scale``, checked (1 when neither).
 
@@ -314,18 +336,32 @@ def resize_factor(source: Source | None, diameter: float | None, scale: float | 
     if diameter is not None and scale is not None:
         raise CellstackError("give diameter or scale, not both")
     for name, value in (("diameter", diameter), ("scale", scale)):
-        if value is not None and not (isinstance(value, int | float) and value > 0):
-            raise CellstackError(f"{name} must be a positive number, got {value!r}")
+        if value is not None and not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            raise CellstackError(f"{name} must be a positive finite number, got {value!r}")
     if diameter is None:
-        return float(scale or 1.0)
-    if source is None:
+        factor = float(scale or 1.0)
+    elif source is None:
         return 1.0
-    if source.diameter is None:
+    elif source.diameter is None:
         raise CellstackError(
             "this run did not record its training objects' diameter (data_stats.json); "
             "give scale instead of diameter"
         )
-    return source.diameter / diameter
+    else:
+        factor = source.diameter / diameter
+    lo, hi = MAX_RESIZE
+    if not lo <= factor <= hi:
+        given = f"diameter {diameter:g} gives" if diameter is not None else "scale"
+        raise CellstackError(
+            f"{given} a resize factor of {factor:.4g}, outside {lo:g}..{hi:g}; "
+            "check the value (diameter is the cells' size in pixels)"
+        )
+    return factor
 
 
 def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneSpec:
@@ -334,19 +370,47 @@ def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneS
     spec = spec or PlaneSpec()
     if channel is None:
         return spec
-    chosen = (channel,) if isinstance(channel, int | np.integer) else tuple(channel)
-    if not chosen or not all(isinstance(c, int | np.integer) for c in chosen):
-        raise CellstackError(f"channel must be an index or a list of indices, got {channel!r}")
+    if _is_int(channel):
+        chosen = (channel,)
+    elif isinstance(channel, list | tuple) and channel and all(_is_int(c) for c in channel):
+        chosen = tuple(channel)
+    else:
+        raise ArgumentTypeError(
+            f"channel must be a channel index (int >= 0) or a list of them, got {channel!r}"
+        )
+    if min(chosen) < 0:
+        raise CellstackError(f"channel indices must be >= 0, got {channel!r}")
     return replace(spec, channel=tuple(int(c) for c in chosen))
+
+
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool (``True`` is an int to Python, never a count)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 def _planes(
     item: np.ndarray | str | Path, axes: str | None, spec: PlaneSpec, where: str
 ) -> tuple[np.ndarray, str]:
     """uint8 planes ``[*lead, H, W]`` and their lead axes, from a file or an array."""
+    if axes is not None and not isinstance(axes, str):
+        raise ArgumentTypeError(f"axes must be a string such as 'ZYX', got {axes!r}")
     if isinstance(item, str | Path):
+        if axes is not None:
+            raise CellstackError(
+                f"{where}: axes= applies to arrays; a file is read by its own axes (name an "
+                "axis the file lacks with spec=PlaneSpec(z_axis=...), or --z-axis)"
+            )
         return read_planes(item, spec)
+    if not isinstance(item, np.ndarray) and not hasattr(item, "__array__"):
+        raise ArgumentTypeError(
+            f"{where}: expected a numpy array or an image file path, got {type(item).__name__}"
+        )
     array = np.asarray(item)
+    if array.dtype == bool:
+        raise CellstackError(
+            f"{where}: a bool array is a mask, not an image; pass the image's pixels "
+            "(e.g. image.astype(np.uint8) * 255 if it really is binary)"
+        )
     if axes is None:
         if array.ndim == 2:
             axes = "YX"
@@ -363,4 +427,5 @@ def _planes(
     if array.dtype.kind not in "biuf" and array.dtype.kind != "c":
         raise CellstackError(f"{where}: pixels of dtype {array.dtype} are not numbers")
     planes, lead = select_planes(array, axes.upper(), spec, where)  # DataError: a CellstackError
+    check_image_size(planes.shape[len(lead)], planes.shape[len(lead) + 1], where)
     return gray_planes(planes, lead), lead

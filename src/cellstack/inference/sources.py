@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cellstack.config import Config, config_from_dict, config_to_dict
+from cellstack.config import Config, config_from_dict, config_to_dict, unresolved
 from cellstack.errors import CellstackError
 from cellstack.inference.cvfolder import CVFolder
 from cellstack.inference.postprocess import PostprocessParams, Thresholds
@@ -147,6 +147,12 @@ def _load_run(
     cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
+        left = unresolved(cfg)
+        if left:
+            raise CellstackError(
+                f"{left[0]}=auto: 'auto' is derived from the training data when training "
+                "starts; give a number to predict with"
+            )
     if lazy:
         with torch.device("meta"):
             return build_model(
@@ -172,7 +178,13 @@ def read_thresholds(path: Path) -> Thresholds:
     """A ``thresholds.yaml``, type-checked key by key before any model runs."""
     from cellstack.config import load_yaml
 
-    return Thresholds.from_dict(load_yaml(path, "thresholds file"), str(path))
+    data = load_yaml(path, "thresholds file")
+    if not data:  # an empty file would silently put library defaults in the run's place
+        raise CellstackError(
+            f"{path}: empty thresholds file; delete it to use the run's own settings, or "
+            "run cellstack tune to write it again"
+        )
+    return Thresholds.from_dict(data, str(path))
 
 
 def write_thresholds(path: Path, thresholds: Thresholds, comment: str = "") -> None:

@@ -63,9 +63,14 @@ def load(path: Path, *, mmap: bool = False) -> dict:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "global" in line), "")
+        if not detail:  # not a pickle of foreign objects: damaged bytes
+            raise CellstackError(
+                f"{path}: cannot read checkpoint, the file is corrupt or truncated "
+                f"({first[0][:80] if first else 'unpickling failed'})"
+            ) from None
         raise CellstackError(
             f"{path}: refused, the file holds Python objects other than tensors and plain "
-            f"values, which could run code when loaded ({detail.strip() or 'unsupported'}); "
+            f"values, which could run code when loaded ({detail.strip()}); "
             "cellstack loads only its own checkpoints"
         ) from None
     except Exception as exc:
@@ -121,6 +126,10 @@ def load_run(
     for key in ("config", "class_names", "model"):
         if key not in ckpt:
             raise CellstackError(f"{path}: not a cellstack checkpoint (no {key!r})")
+    if isinstance(ckpt["model"], dict):
+        bad = next((k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise CellstackError(f"{path}: weight {str(bad)[:80]!r} is not a tensor")
     names = ckpt["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CellstackError(f"{path}: class_names must be a non-empty list of names")
