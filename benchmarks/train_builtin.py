@@ -50,7 +50,7 @@ RECIPES = {
     },
     "cells": {
         "config": "configs/demo.yaml",
-        "overrides": [*ARCH, "train.iterations=1200", "train.eval_every=0"],
+        "overrides": [*ARCH, "train.iterations=700", "train.eval_every=0"],
         "class": "cell",
         "description": "whole cells in phase contrast (synthetic neuronal looks)",
     },

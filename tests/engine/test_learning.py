@@ -170,22 +170,55 @@ def test_auto_thresholds_are_written_and_used(small_data, tmp_path):
     assert load_source(tmp_path / "r").thresholds.default.score_thresh == tuned["score_thresh"]
 
 
-def test_rpn_recall_rises_with_training():
-    torch.manual_seed(0)
-    cfg = load_config(None, [*TINY, "model.rpn.anchor_scale=4"])
-    model = build_model(cfg.model, ["a", "b"])
-    img, target = two_cells()
-    before = proposal_recall(model, [img], [target["boxes"]], ious=(0.7,), top_n=10)[0.7]
-    optim = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(40):
-        losses = model([img], [target])
-        loss = losses["rpn_cls"] + losses["rpn_box"]
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-    after = proposal_recall(model, [img], [target["boxes"]], ious=(0.7,), top_n=10)[0.7]
-    assert before < 1.0 and after == 1.0
+def _many_cells(seed: int, h: int = 64, w: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image with 8 non-overlapping bright squares of 10-18 px, and their boxes."""
+    rng = np.random.default_rng(seed)
+    img = torch.full((1, h, w), 0.3)
+    boxes = []
+    for row in range(2):
+        for col in range(4):
+            side = int(rng.integers(10, 19))
+            y = row * 32 + int(rng.integers(0, 32 - side))
+            x = col * 24 + int(rng.integers(0, 24 - side))
+            img[:, y : y + side, x : x + side] = float(rng.uniform(0.6, 0.9))
+            boxes.append([x, y, x + side, y + side])
+    return img, torch.tensor(boxes, dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_rpn_learns_cells_by_a_wide_margin():
+    """An effect with margin, not an exact outcome: over three seeds and 8 cells each,
+    40 steps cut the RPN loss by more than half and lift recall at IoU 0.5 well above
+    where random weights start. Floating-point kernels (AVX2, AVX-512, ARM) decide the
+    exact curve, never this."""
+    before, after, drops = [], [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        cfg = load_config(None, [*TINY, "model.rpn.anchor_scale=4"])
+        model = build_model(cfg.model, ["cell"])
+        img, boxes = _many_cells(seed)
+        target = {
+            "boxes": boxes,
+            "labels": torch.zeros(len(boxes), dtype=torch.int64),
+            "masks": torch.zeros(len(boxes), *img.shape[1:], dtype=torch.uint8),
+        }
+        for k, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            target["masks"][k, y0:y1, x0:x1] = 1
+        before.append(proposal_recall(model, [img], [boxes], ious=(0.5,), top_n=50)[0.5])
+        optim = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        model.train()
+        losses = []
+        for _ in range(40):
+            out = model([img], [target])
+            loss = out["rpn_cls"] + out["rpn_box"]
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses.append(float(loss))
+        drops.append(np.mean(losses[-5:]) / np.mean(losses[:5]))
+        after.append(proposal_recall(model, [img], [boxes], ious=(0.5,), top_n=50)[0.5])
+    assert np.mean(drops) < 0.5, drops
+    assert np.mean(after) >= 0.5 and np.mean(after) > np.mean(before) + 0.2, (before, after)
 
 
 def test_diameter_maps_masks_back_to_the_input_size(small_data, tmp_path):
