@@ -100,3 +100,33 @@ def test_convex_refill_keeps_convex_masks_and_changes_concave_ones():
     # cv2.fillConvexPoly on a non-convex contour: the original's "corrupt astro" output,
     # which mimics the broken official astro annotations, not a clean fill.
     assert not np.array_equal(filled, pix[0]) and 0 < len(filled) < 16 * 16
+
+
+def test_tune_scores_what_predict_applies_with_tied_scores():
+    """Tied scores between overlapping detections: mask NMS keeps whichever comes first,
+    so tune and predict must order them alike (a stable sort, detection order), and tune
+    must score with the metric's own code."""
+    truth = np.zeros(SIZE, np.int32)
+    boxes, scores = [], []
+    for i, (y, x) in enumerate([(5, 5), (5, 40), (35, 10), (40, 60), (20, 25)]):
+        truth[y : y + 10, x : x + 10] = i + 1
+        # The poor (shifted) box is listed first, with the same score as the good one.
+        boxes += [[x + 4, y + 3, x + 14, y + 13], [x, y, x + 10, y + 10]]
+        scores += [0.6, 0.6]
+    n = len(boxes)
+    raw = Instances(
+        SIZE,
+        boxes=torch.tensor(boxes, dtype=torch.float32),
+        scores=torch.tensor(scores),
+        labels=torch.zeros(n, dtype=torch.int64),
+        roi_masks=torch.ones(n, 28, 28) * 0.9,
+    )
+    grid = TuneGrid(mask_nms_iou=(0.05, 0.5), min_size=(0,), score_thresh=(0.5,))
+    fast = score_grid(raw, sparse_from_labels(truth), grid)
+    for (mt, nms, ms, st), value in fast.items():
+        cells = postprocess(raw, PostprocessParams(mt, st, nms, ms))
+        slow = score_image(truth, pixels_to_sparse(cells.pixels, SIZE), shape=SIZE).score
+        assert value == slow, (nms, value, slow)
+    # With the strict NMS the first of each tie (the shifted box) survives, every time.
+    strict = postprocess(raw, PostprocessParams(0.45, 0.5, 0.05, 0))
+    np.testing.assert_array_equal(strict.boxes[:, 0], np.array(boxes)[0::2, 0])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellstack.evaluation.matching import as_sparse, count_matches, overlaps
+from cellstack.evaluation.matching import Overlaps, as_sparse, count_matches, overlaps
 
 #: The competition's IoU thresholds, float64[10]: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -66,8 +66,14 @@ def score_image(
     """
     t = as_sparse(truth, shape)
     p = as_sparse(pred, shape)
+    return score_overlaps(overlaps(t, p), thresholds)
+
+
+def score_overlaps(ov: Overlaps, thresholds: np.ndarray = IOU_THRESHOLDS) -> ImageScore:
+    """Score one image from its truth/prediction :class:`Overlaps` (for callers that
+    score many subsets of one prediction, like ``tune``, without recomputing them)."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    tp = count_matches(overlaps(t, p), thresholds)
-    fp = p.shape[0] - tp
-    fn = t.shape[0] - tp
+    tp = count_matches(ov, thresholds)
+    fp = ov.n_pred - tp
+    fn = ov.n_truth - tp
     return ImageScore(float(_precision(tp, fp, fn).mean()), tp, fp, fn, thresholds)

@@ -284,6 +284,13 @@ def remove_overlaps(pixels: list[np.ndarray], image_size: tuple[int, int]) -> li
     return out
 
 
+def confidence_order(scores: torch.Tensor) -> np.ndarray:
+    """Indices that sort detections by decreasing score, ties kept in detection order
+    (a stable sort): the one order both ``postprocess`` and ``tune`` apply, so tied
+    scores can never give tune a different mask-NMS result than predict."""
+    return np.argsort(-scores.detach().float().cpu().numpy(), kind="stable")
+
+
 def postprocess(inst: Instances, params: PostprocessParams) -> Instances:
     """Detections with ``boxes, scores, labels, roi_masks`` -> non-overlapping cells
     (see the module docstring).
@@ -293,8 +300,7 @@ def postprocess(inst: Instances, params: PostprocessParams) -> Instances:
         ``pixels`` (list of int64 flat pixel indices), no ``roi_masks``.
     """
     size = inst.image_size
-    order = torch.argsort(inst.scores.detach().float().cpu(), descending=True)
-    inst = inst[order]
+    inst = inst[confidence_order(inst.scores)]
     inst = inst[inst.scores.detach().cpu() >= params.score_thresh]
     pixels = paste_masks(inst.roi_masks.detach(), inst.boxes.detach(), size, params.mask_thresh)
     result = Instances(

@@ -29,11 +29,12 @@ import numpy as np
 
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
-from cellstack.evaluation.matching import Overlaps, count_matches, overlaps
-from cellstack.evaluation.metric import IOU_THRESHOLDS
+from cellstack.evaluation.matching import Overlaps, overlaps
+from cellstack.evaluation.metric import score_overlaps
 from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
+    confidence_order,
     convex_refill,
     majority_type,
     nms_from_overlaps,
@@ -112,8 +113,7 @@ def score_grid(
         ``{(mask_thresh, mask_nms_iou, min_size, score_thresh): score}``.
     """
     size = raw.image_size
-    order = np.argsort(-raw.scores.float().numpy(), kind="stable")
-    raw = raw[order]
+    raw = raw[confidence_order(raw.scores)]
     scores = raw.scores.float().numpy()
     raw = raw[scores >= min(grid.score_thresh)]
     scores = scores[scores >= min(grid.score_thresh)]
@@ -139,10 +139,7 @@ def score_grid(
                     k = int((final_scores >= st).sum())  # a prefix: scores are sorted
                     keep = ov.pred_idx < k
                     sub = Overlaps(n_truth, k, ov.truth_idx[keep], ov.pred_idx[keep], ov.iou[keep])
-                    tp = count_matches(sub, IOU_THRESHOLDS)
-                    denom = tp + (k - tp) + (n_truth - tp)
-                    prec = np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
-                    out[(mt, nms, min_size, st)] = float(prec.mean())
+                    out[(mt, nms, min_size, st)] = score_overlaps(sub).score
     return out
 
 
