@@ -29,6 +29,44 @@ OUTPUTS = ("submission.csv", "results.json", "labels", "overlays", "objects", "r
 MANIFEST = "cellstack-outputs.txt"
 
 
+def plane_suffix(position: dict[str, int]) -> str:
+    """The overlay name suffix of one plane of a stack (``_z3``, ``_t1_z0``; ``""``
+    for a 2-D image)."""
+    return "".join(f"_{a}{int(i)}" for a, i in position.items())
+
+
+def output_stems(image_id: str, lead: str, lead_shape: tuple[int, ...]) -> list[str]:
+    """Every file stem predict writes for an image: its id, and one overlay per plane."""
+    planes = [
+        dict(zip(lead.lower(), np.unravel_index(k, lead_shape), strict=True))
+        for k in range(int(np.prod(lead_shape)))
+    ]
+    return list(dict.fromkeys([image_id, *(image_id + plane_suffix(p) for p in planes)]))
+
+
+def check_unique_outputs(layouts: Sequence[tuple[str, str, tuple[int, ...]]]) -> None:
+    """Refuse inputs whose outputs would share a name, before anything is written.
+
+    Args:
+        layouts: ``(image_id, lead_axes, lead_shape)`` of every image.
+
+    Raises:
+        CellstackError: e.g. a stack ``a.tif`` (overlay ``a_z0.png``) beside ``a_z0.png``.
+    """
+    from cellstack.errors import CellstackError
+
+    owner: dict[str, str] = {}
+    for image_id, lead, lead_shape in layouts:
+        for stem in output_stems(image_id, lead, lead_shape):
+            if stem in owner and owner[stem] != image_id:
+                raise CellstackError(
+                    f"images {owner[stem]!r} and {image_id!r} would both write outputs "
+                    f"named {stem!r} (a stack's plane overlays are ID_z0, ID_z1, ...); "
+                    "rename one input"
+                )
+            owner[stem] = image_id
+
+
 class PredictionWriter:
     """Collects per-image results and writes them under ``out``.
 
@@ -109,7 +147,7 @@ class PredictionWriter:
             position = dict(zip(lead.lower(), np.unravel_index(k, lead_shape), strict=True))
             labels = result.labels.reshape(-1, h, w)[k]
             if self.overlays:
-                suffix = "".join(f"_{a}{int(i)}" for a, i in position.items())
+                suffix = plane_suffix(position)
                 classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
                 write_png(

@@ -152,7 +152,7 @@ def predict_folder(
     from cellstack import distributed
     from cellstack.data.images import plane_layout
     from cellstack.fileio import output_lock
-    from cellstack.inference.export import PredictionWriter
+    from cellstack.inference.export import PredictionWriter, check_unique_outputs
     from cellstack.inference.segmenter import Segmenter, resize_factor
 
     # Every argument and every image header is checked before --overwrite clears
@@ -164,8 +164,8 @@ def predict_folder(
     out = Path(out)
     distributed.pick_device(device, distributed.launched().local_rank)
     todo = find_images(images)
-    for _, path in todo:
-        plane_layout(path, spec)
+    layouts = [(image_id, *plane_layout(path, spec)[:2]) for image_id, path in todo]
+    check_unique_outputs(layouts)
     main_process = distributed.launched().rank == 0
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
@@ -210,9 +210,11 @@ def dry_run(
 ) -> str:
     """``predict --dry-run``: load a run, CV folder or ensemble and describe what
     predicting one image of ``image_size`` (H, W) holds, without predicting."""
+    from cellstack.data.records import check_image_size
     from cellstack.inference.ensemble import Ensemble, view_bytes, weight_bytes
     from cellstack.inference.sources import load_source
 
+    check_image_size(image_size[0], image_size[1], "--dry-run-size")
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
     if isinstance(src.model, Ensemble):
         return src.model.plan(image_size)
