@@ -206,6 +206,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from cellstack.modeling.builtin import CARD, META, builtin_names, models_root
+
+    names = builtin_names()
+    if args.name is not None:
+        if args.name not in names:
+            raise CellstackError(
+                f"no built-in model {args.name!r} (built-in: {', '.join(names) or 'none'})"
+            )
+        print((models_root() / args.name / CARD).read_text(encoding="utf-8"), end="")
+        return 0
+    if not names:
+        print("no built-in models in this install")
+        return 0
+    print(f"built-in models (in {models_root()}); `cellstack models NAME` shows a card:")
+    for name in names:
+        folder = models_root() / name
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        card = (folder / CARD).read_text(encoding="utf-8").splitlines()
+        summary = next((line for line in card[1:] if line.strip()), "")
+        stats = meta.get("data_stats") or {}
+        mb = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+        print(
+            f"  {name:<8} {summary} Trained objects' median diameter "
+            f"{stats.get('diameter_median', float('nan')):.0f} px; {mb:.1f} MB."
+        )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cellstack.demo import run_demo
 
@@ -434,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_tune, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
+        "models",
+        help="list the built-in models (or show one's model card)",
+        usage="cellstack models [NAME]",
+    )
+    p.add_argument("name", nargs="?", help="a built-in model: print its model card")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser(
         "demo",

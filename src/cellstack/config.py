@@ -40,6 +40,7 @@ AUTO_KEYS = (
     "model.rpn.anchor_scale",
     "model.roi.mask_pool",
     "data.crop_size",
+    "data.scale",
     "predict.min_size",
     "predict.max_detections",
 )
@@ -195,6 +196,11 @@ class DataConfig:
             "cells" (a crop around a cell drawn uniformly among the image's cells) or
             "whole_cells" (a crop holding a whole cell, the image shrunk when the cell
             is larger than the crop).
+        scale: every training image (and its masks) is resized by this factor before
+            cropping, and the run predicts with the same factor by default: the model
+            sees objects at the size it learnt. ``auto``: with ``init.from``, the factor
+            that brings these objects to the size the pretrained model trained on
+            (median diameters); 1 otherwise.
         fold: validate on this fold, train on the others; None trains on everything.
         folds: number of folds when ``folds.csv`` has to be made.
         splits: train only on records of these splits (a prepared LIVECell folder has
@@ -205,6 +211,7 @@ class DataConfig:
 
     crop_size: int | str = 256
     crop_sampling: str = "uniform"
+    scale: float | str = 1.0
     fold: int | None = None
     folds: int = 5
     splits: tuple[str, ...] = ()
@@ -594,6 +601,10 @@ def _validate(cfg: Config) -> None:
             "model.backbone.stem_stride must be 1, 2 or auto",
         ),
         (_number(cfg.data.crop_size) >= 32, "data.crop_size must be at least 32"),
+        (
+            cfg.data.scale == AUTO or 1 / 16 <= cfg.data.scale <= 16,
+            "data.scale must be in 1/16..16 or auto",
+        ),
         (0 <= cfg.train.ema < 1, "train.ema must be in [0, 1) (0 = off)"),
         (cfg.train.iterations >= 1, "train.iterations must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),

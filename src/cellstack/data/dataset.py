@@ -98,6 +98,20 @@ def _augmenter(cfg: AugmentConfig):
     return A.Compose(steps)
 
 
+def rescale_sample(
+    image: np.ndarray, labels: np.ndarray, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8[H, W] image and int[H, W] labels resized by ``factor`` (area averaging
+    when shrinking, bilinear when growing; labels by nearest neighbour)."""
+    import cv2
+
+    h, w = (max(1, round(d * factor)) for d in image.shape[:2])
+    inter = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    image = cv2.resize(image, (w, h), interpolation=inter)
+    labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+    return image, labels
+
+
 class TrainCrops(Dataset):
     """Random augmented crops; item ``i`` is sample ``i`` of the run (see module docstring).
 
@@ -113,6 +127,7 @@ class TrainCrops(Dataset):
             but the crop holds the chosen cell's whole box, the image shrunk first when
             the cell is larger than the crop.
         length: number of samples (iterations x batch size).
+        scale: resize every image and its labels by this factor first (``data.scale``).
         seed: the run's seed.
     """
 
@@ -126,9 +141,11 @@ class TrainCrops(Dataset):
         length: int,
         seed: int,
         crop_sampling: str = "uniform",
+        scale: float = 1.0,
     ) -> None:
         if not records:
             raise DataError("no training images")
+        self.scale = float(scale)
         self.crop_sampling = crop_sampling
         self.records = list(records)
         self.class_index = {name: i for i, name in enumerate(class_names)}
@@ -145,6 +162,8 @@ class TrainCrops(Dataset):
         rng = np.random.default_rng((self.seed, int(index)))
         record = self.records[int(rng.integers(len(self.records)))]
         image, labels = load_sample(record)
+        if self.scale != 1:
+            image, labels = rescale_sample(image, labels, self.scale)
         image, labels = self._crop(rng, image, labels)
         if self._transform is None:  # built lazily: once per worker process
             self._transform = _augmenter(self.augment)

@@ -49,6 +49,24 @@ class ObjectStats:
     max_objects_per_megapixel: float
     max_image_side: int
 
+    def scaled(self, factor: float) -> ObjectStats:
+        """The statistics of the same objects with images resized by ``factor``."""
+        from dataclasses import replace
+
+        f = float(factor)
+        return replace(
+            self,
+            diameter_p5=self.diameter_p5 * f,
+            diameter_median=self.diameter_median * f,
+            diameter_p95=self.diameter_p95 * f,
+            box_p5=self.box_p5 * f,
+            box_median=self.box_median * f,
+            box_p95=self.box_p95 * f,
+            area_p1=self.area_p1 * f * f,
+            max_objects_per_megapixel=self.max_objects_per_megapixel / (f * f),
+            max_image_side=int(round(self.max_image_side * f)),
+        )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -156,6 +174,7 @@ def derive(cfg: Config, stats: ObjectStats) -> tuple[Config, dict[str, object]]:
         ("predict", "min_size"): lambda: int(stats.area_p1 // 2),
         ("predict", "max_detections"): lambda: max(100, 2 * stats.max_objects_per_image),
         ("model", "roi", "mask_pool"): lambda: 14 if stats.box_median <= 64 else 28,
+        ("data", "scale"): lambda: 1.0,  # no pretrained run to match (see inherit_sizes)
     }
     for path, rule in rules.items():
         node = data
@@ -164,3 +183,41 @@ def derive(cfg: Config, stats: ObjectStats) -> tuple[Config, dict[str, object]]:
         if node[path[-1]] == AUTO:
             node[path[-1]] = derived[".".join(path)] = rule()
     return config_from_dict(data), derived
+
+
+#: What a finetuned run keeps of the run it starts from, when the config says ``auto``:
+#: the weights were learnt at these sizes (anchors, crops, mask resolution, strides).
+INHERITED = (
+    "model.backbone.stem_stride",
+    "model.rpn.anchor_scale",
+    "model.roi.mask_pool",
+    "data.crop_size",
+)
+
+
+def inherit_sizes(
+    cfg: Config, stats: ObjectStats, source: Config, source_stats: dict | None
+) -> tuple[Config, dict[str, object]]:
+    """``cfg`` for finetuning from a run trained with ``source`` on objects described by
+    ``source_stats`` (its ``data_stats.json``): every ``auto`` of :data:`INHERITED`
+    takes the source's value, and ``data.scale: auto`` becomes the factor that brings
+    these objects' median diameter to the source's (within 1/16..16), so the
+    pretrained model sees objects at the size it learnt instead of re-deriving sizes
+    for them. Returns the config and ``{dotted key: value}`` of what it set.
+    """
+    from cellstack.config import config_from_dict, config_to_dict
+
+    data = config_to_dict(cfg)
+    src = config_to_dict(source)
+    out: dict[str, object] = {}
+    for key in INHERITED:
+        *path, last = key.split(".")
+        node, src_node = data, src
+        for part in path:
+            node, src_node = node[part], src_node[part]
+        if node[last] == AUTO and src_node[last] != AUTO:
+            node[last] = out[key] = src_node[last]
+    if cfg.data.scale == AUTO and source_stats and source_stats.get("diameter_median"):
+        factor = float(source_stats["diameter_median"]) / stats.diameter_median
+        data["data"]["scale"] = out["data.scale"] = round(float(np.clip(factor, 1 / 16, 16)), 3)
+    return config_from_dict(data), out

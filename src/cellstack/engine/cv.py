@@ -79,8 +79,7 @@ def run_cv(
 ) -> CVResult:
     """Train every fold, predict its held-out images, score them (module docstring)."""
     from cellstack.data.splits import assign_folds, cv_records
-    from cellstack.data.stats import derive, measure
-    from cellstack.engine.trainer import train
+    from cellstack.engine.trainer import resolve_auto, train
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source
 
@@ -92,13 +91,7 @@ def run_cv(
     records, class_names = cv_records(data, cfg)
     # Every `auto` is resolved once, from all the CV's training data, so that the folds
     # agree (anchors, sizes, thresholds) and their models can be merged.
-    stats = measure(records)
-    cfg, derived = derive(cfg, stats)
-    if derived and distributed.current().main:
-        print(
-            f"from {stats.objects} objects of the CV's {stats.images} images (median diameter "
-            f"{stats.diameter_median:.0f} px): " + ", ".join(f"{k}={v}" for k, v in derived.items())
-        )
+    cfg, _ = resolve_auto(cfg, records, say=print if distributed.current().main else None)
     if cv.config_path.is_file():
         _check_same_config(cv, cfg)
     cv.write_source(data)  # before anything else is written: it marks the folder as CV's

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from cellstack import distributed
-from cellstack.config import Config, save_config
+from cellstack.config import AUTO, Config, save_config
 from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
 from cellstack.data.splits import class_names_of, split_records
-from cellstack.data.stats import derive, measure
+from cellstack.data.stats import ObjectStats, derive, inherit_sizes, measure
 from cellstack.engine import checkpoint as ckpt
 from cellstack.engine.hooks import CheckpointHook, EMAHook, HookBase, LogHook, ValidationHook
 from cellstack.engine.runlog import RunLog, plot_log
@@ -91,6 +91,40 @@ def validate(
     model.train()
     scores = [s for part in distributed.gather(scores, world) for s in part]
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def resolve_auto(
+    cfg: Config, records: Sequence[ImageRecord], *, say: Callable[[str], object] | None = None
+) -> tuple[Config, ObjectStats]:
+    """``cfg`` with every ``auto`` resolved from the training ``records`` (once per
+    workflow: ``train`` and ``cv`` call this), and the objects' statistics as the model
+    sees them (after ``data.scale``).
+
+    With ``init.from``, the sizes the pretrained run learnt are kept
+    (:func:`~cellstack.data.stats.inherit_sizes`); the rest is derived from the data
+    (:func:`~cellstack.data.stats.derive`). ``say`` reports what was set.
+    """
+    stats = measure(records)
+    if cfg.init.from_run:
+        source_cfg, _, _ = files.load_run(cfg.init.from_run, mmap=True)
+        cfg, inherited = inherit_sizes(
+            cfg, stats, source_cfg, files.run_data_stats(cfg.init.from_run)
+        )
+        if inherited and say:
+            say(f"from init.from={cfg.init.from_run}: " + _settings(inherited))
+    if cfg.data.scale not in (AUTO, 1):
+        stats = stats.scaled(cfg.data.scale)  # sizes as the model sees them
+    cfg, derived = derive(cfg, stats)
+    if derived and say:
+        say(
+            f"from {stats.objects} training objects (median diameter "
+            f"{stats.diameter_median:.0f} px): " + _settings(derived)
+        )
+    return cfg, stats
+
+
+def _settings(values: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def train(
@@ -163,15 +197,8 @@ def train(
     if state is not None:  # the stored config is already resolved
         data_stats = state.get("data_stats")
     else:
-        stats = measure(train_records)
+        cfg, stats = resolve_auto(cfg, train_records, say=print if world.main else None)
         data_stats = stats.to_dict()
-        cfg, derived = derive(cfg, stats)
-        if derived and world.main:
-            print(
-                f"from {stats.objects} training objects (median diameter "
-                f"{stats.diameter_median:.0f} px): "
-                + ", ".join(f"{k}={v}" for k, v in derived.items())
-            )
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
         remove_partials(run)  # what a killed write left behind
@@ -282,6 +309,7 @@ def train(
         length=t.iterations * t.batch_size,
         seed=t.seed,
         crop_sampling=cfg.data.crop_sampling,
+        scale=cfg.data.scale,
     )
     # Iteration i uses samples [i*B, (i+1)*B); this rank takes its slice of them.
     first = world.rank * per_rank

@@ -343,8 +343,12 @@ def resize_factor(source: Source | None, diameter: float | None, scale: float | 
             and value > 0
         ):
             raise CellstackError(f"{name} must be a positive finite number, got {value!r}")
-    if diameter is None:
-        factor = float(scale or 1.0)
+    if diameter is None and scale is None:
+        # A run trained with data.scale predicts at that scale unless told otherwise.
+        trained = getattr(getattr(source, "cfg", None), "data", None)
+        factor = float(trained.scale) if trained is not None and trained.scale != "auto" else 1.0
+    elif diameter is None:
+        factor = float(scale)
     elif source is None:
         return 1.0
     elif source.diameter is None:

@@ -240,6 +240,7 @@ def run_tune(
     from cellstack.inference.cvfolder import CVFolder
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source, write_thresholds
+    from cellstack.modeling.builtin import models_root
 
     cv = CVFolder.find(source_path)
     if cv is not None:
@@ -247,6 +248,14 @@ def run_tune(
     if data is None:
         raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
     src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
+    if src.thresholds_path is not None and src.thresholds_path.parent.resolve().is_relative_to(
+        models_root().resolve()
+    ):
+        raise CellstackError(
+            f"{source_path} is a built-in model, which tune does not change; finetune it "
+            f"(cellstack train DATA --config configs/finetune.yaml init.from={source_path}) "
+            "and tune that run, or pass predict.* thresholds to predict"
+        )
     records = _fold_records(load_dataset(data), data, fold)
     raws = raw_predictions(src, records, device=device, progress=progress)
     result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)

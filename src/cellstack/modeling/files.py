@@ -176,3 +176,18 @@ def final_state(
     if data_stats is not None:
         state["data_stats"] = data_stats
     return state
+
+
+def run_data_stats(run: str | Path) -> dict | None:
+    """The training objects' statistics a run (or built-in model) recorded in its
+    ``data_stats.json``; None when it has none."""
+    import json
+
+    from cellstack.modeling.builtin import resolve_run
+
+    path = resolve_run(run, quiet=True) / "data_stats.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
