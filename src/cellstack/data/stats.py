@@ -64,7 +64,7 @@ class ObjectStats:
             box_p95=self.box_p95 * f,
             area_p1=self.area_p1 * f * f,
             max_objects_per_megapixel=self.max_objects_per_megapixel / (f * f),
-            max_image_side=int(round(self.max_image_side * f)),
+            max_image_side=round(self.max_image_side * f),
         )
 
     def to_dict(self) -> dict:
