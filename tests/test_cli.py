@@ -85,9 +85,12 @@ def test_demo_runs_end_to_end(tmp_path):
         tmp_path / "demo",
         n_images=8,
         overrides=("train.iterations=2", "train.eval_every=100", "predict.max_detections=100"),
+        finetune_overrides=("train.iterations=2",),
         progress=False,
     )
-    assert set(result.scores) == {"otsu", "model"}
+    expected = {"otsu", "model", "cells zero-shot", "cells finetuned"}
+    expected |= {"otsu (real nuclei)", "nuclei (real nuclei)"}
+    assert set(result.scores) == expected
     assert all(0.0 <= s["score"] <= 1.0 for s in result.scores.values())
     overlays = list((tmp_path / "demo" / "overlays").glob("*.png"))
     assert overlays and (tmp_path / "demo" / "model" / "submission.csv").is_file()

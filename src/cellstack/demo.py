@@ -3,11 +3,15 @@
 1. synthesise a small phase-contrast dataset (Sartorius layout);
 2. hold out one fold of samples (grouped by ``sample_id``) as the test set: training
    never sees it, not even for validation or threshold tuning;
-3. train a small Mask R-CNN (``configs/demo.yaml``) on the other folds (its
-   thresholds are then tuned on those training images, as on a user's data);
-4. predict the held-out images, and segment them with an Otsu baseline too;
-5. score both with the competition metric and COCO AP, print the table, write
-   side-by-side overlays (truth | Otsu | model).
+3. train a small Mask R-CNN (``configs/demo.yaml``) from scratch on the other folds
+   (its thresholds are then tuned on those training images, as on a user's data);
+4. predict the held-out images with it, with the built-in ``cells`` model as it is
+   (zero-shot), and with ``cells`` finetuned on the same training images
+   (``configs/finetune.yaml``); segment them with an Otsu baseline too;
+5. segment two real fluorescent nuclei images shipped as sample data (mnfinder's test
+   split, MIT) with the built-in ``nuclei`` model and with Otsu;
+6. score everything with the competition metric and COCO AP, print the tables, write
+   side-by-side overlays (truth | Otsu | models).
 """
 
 from __future__ import annotations
@@ -24,6 +28,25 @@ DEMO_CONFIG = "demo.yaml"
 def demo_config_path() -> Path:
     """The packaged demo config (also shipped as ``configs/demo.yaml``)."""
     return Path(str(resources.files("cellstack") / "configs" / DEMO_CONFIG))
+
+
+def finetune_config_path() -> Path:
+    """The packaged finetuning config (also shipped as ``configs/finetune.yaml``)."""
+    return Path(str(resources.files("cellstack") / "configs" / "finetune.yaml"))
+
+
+def sample_path(name: str) -> Path:
+    """A sample label folder shipped with the package (``samples/nuclei``: two real
+    mnfinder test images, MIT)."""
+    return Path(str(resources.files("cellstack") / "samples" / name))
+
+
+def fresh(folder: Path) -> None:
+    """Remove a folder the demo wrote before (only ever inside the demo's own folder)."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
 
 
 #: Marks a folder the demo made: only such a folder (or an empty one) is written into.
@@ -66,11 +89,14 @@ def run_demo(
     overrides: tuple[str, ...] = (),
     progress: bool = True,
     cell_types: tuple[str, ...] | None = None,
+    finetune_overrides: tuple[str, ...] = ("train.iterations=150",),
 ) -> DemoResult:
-    """Run the demo into ``out`` and return the scores of the model and of Otsu.
+    """Run the demo into ``out`` and return the scores of every method.
 
     ``cell_types``: synthetic cell types (default the three phase-contrast ones; see
-    :mod:`cellstack.data.synthetic` for the relief and fluorescence types)."""
+    :mod:`cellstack.data.synthetic` for the relief and fluorescence types).
+    ``finetune_overrides``: for finetuning the built-in ``cells`` (``configs/
+    finetune.yaml``)."""
     from tqdm import tqdm
 
     from cellstack.config import load_config
@@ -86,6 +112,7 @@ def run_demo(
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.overlay import outline_overlay, side_by_side
     from cellstack.inference.run import predict_folder
+    from cellstack.modeling.builtin import builtin_names
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -108,26 +135,44 @@ def run_demo(
     write_train_csv(data / "demo_train.csv", rows)
 
     say(
-        f"[2/5] training {cfg.model.arch} ({cfg.model.backbone.name}) for "
+        f"[2/6] training {cfg.model.arch} ({cfg.model.backbone.name}) from scratch for "
         f"{cfg.train.iterations} iterations on {len(records) - len(held_out)} images"
     )
-    run = out / "run"
-    if run.exists():
-        import shutil
+    fresh(out / "run")  # a demo starts afresh
+    train(cfg, data / "demo_train.csv", out / "run", progress=progress)
 
-        shutil.rmtree(run)  # a demo starts afresh
-    train(cfg, data / "demo_train.csv", run, progress=progress)
-
-    say(f"[3/5] predicting {len(held_out)} held-out images")
     held_dir = out / "held_out"
     for rec in held_out:  # the predictor reads a folder of images
         (held_dir / rec.image_path.name).parent.mkdir(parents=True, exist_ok=True)
         target = held_dir / rec.image_path.name
         if not target.exists():
             target.symlink_to(rec.image_path.resolve())
-    predict_folder(run, held_dir, out / "model", device="cpu", progress=progress, overwrite=True)
+    say(f"[3/6] predicting {len(held_out)} held-out images: scratch model, built-in cells")
+    predict_folder(
+        out / "run", held_dir, out / "model", device="cpu", progress=progress, overwrite=True
+    )
+    builtins = builtin_names()
+    if "cells" in builtins:
+        predict_folder(
+            "cells", held_dir, out / "cells", device="cpu", progress=progress, overwrite=True
+        )
+        ft_cfg = load_config(finetune_config_path(), [*finetune_overrides, "init.from=cells"])
+        say(
+            f"[4/6] finetuning the built-in cells model for {ft_cfg.train.iterations} "
+            "iterations on the same training images"
+        )
+        fresh(out / "finetuned")
+        train(ft_cfg, data / "demo_train.csv", out / "finetuned", progress=progress)
+        predict_folder(
+            out / "finetuned",
+            held_dir,
+            out / "cells_finetuned",
+            device="cpu",
+            progress=progress,
+            overwrite=True,
+        )
 
-    say("[4/5] Otsu baseline")
+    say("[5/6] Otsu baseline")
     otsu, otsu_rles = {}, {}
     for rec in tqdm(held_out, desc="otsu", unit="img", disable=not progress):
         image, _ = load_sample(rec)
@@ -137,25 +182,63 @@ def run_demo(
         write_label_tiff(out / "otsu" / "labels" / f"{rec.image_id}.tif", labels)
     write_submission(out / "otsu" / "submission.csv", otsu_rles)
 
-    say("[5/5] scoring")
-    from cellstack.data.layouts import load_predictions
+    say("[6/6] scoring")
+    from cellstack.data.layouts import load_dataset, load_predictions
 
-    model_preds = load_predictions(out / "model" / "submission.csv", held_out)
-    reports = {"otsu": evaluate(held_out, otsu), "model": evaluate(held_out, model_preds)}
+    methods = {"otsu": None, "model": "model"}
+    if "cells" in builtins:
+        methods.update({"cells zero-shot": "cells", "cells finetuned": "cells_finetuned"})
+    reports = {"otsu": evaluate(held_out, otsu)}
+    for name, folder in methods.items():
+        if folder is not None:
+            preds = load_predictions(out / folder / "submission.csv", held_out)
+            reports[name] = evaluate(held_out, preds)
     for name, report in reports.items():
-        report.write_json(out / name / "scores.json")
+        report.write_json(out / (methods[name] or "otsu") / "scores.json")
     from cellstack.data.labels import read_label_image
 
     for rec in held_out:
         image, truth = load_sample(rec)
         panels = [outline_overlay(image, truth)]
-        for name in ("otsu", "model"):
-            panels.append(
-                outline_overlay(
-                    image, read_label_image(out / name / "labels" / f"{rec.image_id}.tif")
-                )
-            )
+        for folder in ("otsu", *(f for f in methods.values() if f)):
+            labels = read_label_image(out / folder / "labels" / f"{rec.image_id}.tif")
+            panels.append(outline_overlay(image, labels))
         write_png(out / "overlays" / f"{rec.image_id}.png", side_by_side(*panels))
+
+    real = {}
+    if "nuclei" in builtins:  # real data: two mnfinder test images the model never saw
+        samples = sample_path("nuclei")
+        sample_records = load_dataset(samples)
+        predict_folder(
+            "nuclei",
+            samples / "images",
+            out / "nuclei",
+            device="cpu",
+            progress=progress,
+            overwrite=True,
+        )
+        nuclei_preds = load_predictions(out / "nuclei" / "labels", sample_records)
+        otsu_nuclei = {
+            r.image_id: sparse_from_labels(otsu_instances(load_sample(r)[0]))
+            for r in sample_records
+        }
+        real = {
+            "otsu": evaluate(sample_records, otsu_nuclei),
+            "nuclei": evaluate(sample_records, nuclei_preds),
+        }
+        real["nuclei"].write_json(out / "nuclei" / "scores.json")
+        for rec in sample_records:
+            image, truth = load_sample(rec)
+            pred = read_label_image(out / "nuclei" / "labels" / f"{rec.image_id}.tif")
+            otsu_labels = otsu_instances(image)
+            write_png(
+                out / "overlays" / f"nuclei_{rec.image_id}.png",
+                side_by_side(
+                    outline_overlay(image, truth),
+                    outline_overlay(image, otsu_labels),
+                    outline_overlay(image, pred),
+                ),
+            )
 
     seconds = time.perf_counter() - t0
     scores = {
@@ -165,12 +248,18 @@ def run_demo(
     types = sorted(reports["model"].per_cell_type)
     split = "fold 0 of 4, grouped by sample, never seen in training"
     say(f"\nheld-out synthetic images: {len(held_out)} ({split})")
-    say(f"{'method':<8}{'score':>8}{'AP':>8}{'AP50':>8}" + "".join(f"{t:>9}" for t in types))
-    for name, s in scores.items():
+    say(f"{'method':<17}{'score':>8}{'AP':>8}{'AP50':>8}" + "".join(f"{t:>9}" for t in types))
+    for name, sc in scores.items():
         say(
-            f"{name:<8}{s['score']:>8.4f}{s['ap']:>8.4f}{s['ap50']:>8.4f}"
-            + "".join(f"{s.get(t, float('nan')):>9.4f}" for t in types)
+            f"{name:<17}{sc['score']:>8.4f}{sc['ap']:>8.4f}{sc['ap50']:>8.4f}"
+            + "".join(f"{sc.get(t, float('nan')):>9.4f}" for t in types)
         )
-    say(f"overlays (truth | otsu | model): {out / 'overlays'}")
-    say(f"training curves: {run / 'training.png'}; total time {seconds / 60:.1f} min")
+    if real:
+        say("\nreal fluorescent nuclei (2 mnfinder test images, never seen in training)")
+        for name, r in real.items():
+            scores[f"{name} (real nuclei)"] = {"score": r.score, "ap": r.ap, "ap50": r.ap50}
+            say(f"{name:<17}{r.score:>8.4f}{r.ap:>8.4f}{r.ap50:>8.4f}")
+    columns = " | ".join(["truth", "otsu", *(f for f in methods.values() if f)])
+    say(f"overlays ({columns}): {out / 'overlays'}")
+    say(f"training curves: {out / 'run' / 'training.png'}; total time {seconds / 60:.1f} min")
     return DemoResult(out, scores, seconds)

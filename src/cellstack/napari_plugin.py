@@ -206,7 +206,9 @@ def make_widget():
     from cellstack.modeling.builtin import builtin_names
 
     folder_choice = "run folder / ensemble YAML below"
-    image = ComboBox(label="image", choices=_image_choices(Image))
+    # Choices from a callable: napari resets a docked widget's choices whenever its
+    # layers change, so the list follows the viewer.
+    image = ComboBox(label="image", choices=lambda _w: _image_choices(Image), nullable=True)
     model = ComboBox(label="model", choices=[*builtin_names(), folder_choice])
     path = FileEdit(label="run / ensemble", mode="r", filter="*.yaml *.yml", value="")
     folder = FileEdit(label="or run folder", mode="d", value="")
@@ -226,9 +228,7 @@ def make_widget():
         return napari.current_viewer()
 
     def refresh(*_):
-        image.choices = _image_choices(Image)
-
-    widget.native.showEvent = lambda e, f=refresh: (f(), None)[1]
+        image.reset_choices()
 
     def chosen_model() -> str:
         if model.value != folder_choice:
@@ -248,6 +248,7 @@ def make_widget():
 
         from cellstack.errors import CellstackError
 
+        refresh()
         v = viewer()
         layer = v.layers[image.value] if v and image.value in v.layers else None
         spec = chosen_model()
