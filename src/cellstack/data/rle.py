@@ -52,7 +52,7 @@ def parse_runs(
     if len(values) % 2:
         raise DataError(f"{where}: RLE has an odd number of values ({len(values)})")
     n_pixels = int(shape[0]) * int(shape[1])
-    if values.max() > n_pixels:  # before any sum: start + length could wrap around int64
+    if values.max() >= 2**62:  # before any sum: start + length could wrap around int64
         raise DataError(
             f"{where}: RLE value {int(values.max())} is past the {shape[1]}x{shape[0]} image "
             f"({n_pixels} pixels)"
