@@ -8,6 +8,8 @@ resize: torchvision's transform is told min_size=520, max_size=704), keeping at 
 - ``cellstack s2``: ours at the same feature resolution (``stem_stride: 2``).
 - ``cellstack s1``: ours as configured for the real data (``stem_stride: 1``: the
   encoder runs at twice the resolution, the original's accuracy trick; more compute).
+- ``builtin NAME``: each built-in model, end to end through ``Segmenter`` (reading
+  aside: normalisation, model, post-processing, label image) on a 512x512 image.
 
 Each model runs in its own process (so its peak RSS is its own) with the same number of
 threads. ``s/image`` is the model call; torchvision's includes pasting its masks into the
@@ -37,6 +39,8 @@ def _worker(kind: str, n: int, detections: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if kind.startswith("builtin "):
+        return _builtin(kind.split()[1], n)
     rng = np.random.default_rng(0)
     images = [torch.from_numpy(rng.random((1, H, W), dtype=np.float32)) for _ in range(n + 1)]
     post = None
@@ -86,6 +90,47 @@ def _worker(kind: str, n: int, detections: int, threads: int) -> dict:
     }
 
 
+def _builtin(name: str, n: int) -> dict:
+    """A built-in model end to end (``Segmenter`` call: normalisation, model,
+    post-processing, label image) on a 512x512 image of its kind: a real nuclei sample
+    for ``nuclei``, a synthetic phase-contrast crop for the others."""
+    import resource
+    import tempfile
+    import time
+
+    import numpy as np
+    import torch
+
+    from cellstack.data.images import read_image
+    from cellstack.demo import sample_path
+    from cellstack.inference.segmenter import Segmenter
+
+    if name == "nuclei":
+        image = read_image(sample_path("nuclei") / "images" / "hff_dapi_s17.tif")
+    else:
+        from cellstack.data.synthetic import synthesize
+
+        folder = Path(tempfile.mkdtemp())
+        synthesize(folder, 1, seed=3, shape=(512, 512), cell_types=("shsy5y",), progress=False)
+        image = read_image(next((folder / "train").glob("*.png")))
+    seg = Segmenter.load(name, device="cpu")
+    times, counts = [], []
+    with torch.inference_mode():
+        for k in range(n + 1):
+            t0 = time.perf_counter()
+            result = seg(image)
+            if k:
+                times.append(time.perf_counter() - t0)
+                counts.append(len(result))
+    return {
+        "s_per_image": float(np.mean(times)),
+        "postprocess_s_per_image": None,
+        "detections": float(np.mean(counts)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "image": f"{image.shape[1]}x{image.shape[0]}, end to end",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=5)
@@ -98,7 +143,11 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.n_images, args.detections, args.threads)))
         return
     results = {}
-    for kind in ("torchvision v2", "cellstack s2", "cellstack s1"):
+    from cellstack.modeling.builtin import builtin_names
+
+    kinds = ["torchvision v2", "cellstack s2", "cellstack s1"]
+    kinds += [f"builtin {name}" for name in builtin_names()]
+    for kind in kinds:
         out = subprocess.run(
             [
                 sys.executable,
