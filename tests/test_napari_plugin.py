@@ -38,9 +38,17 @@ def test_reader_opens_prediction_folders_only(base_run, base_data, tmp_path):
     marker = out / napari_plugin.MARKER
     reader = napari_plugin.get_reader([str(marker)])
     layers = reader(str(marker))
-    expected = [f"{p.stem} cells (pred)" for p in sorted(images.glob("*.png"))]
+    # Each prediction beside its input image (inputs.json says where it was).
+    expected = [
+        name
+        for p in sorted(images.glob("*.png"))
+        for name in (f"{p.stem} (pred)", f"{p.stem} cells (pred)")
+    ]
     assert [kw["name"] for _, kw, _ in layers] == expected
-    labels, kwargs, kind = layers[0]
+    assert [kind for _, _, kind in layers] == ["image", "labels"] * (len(expected) // 2)
+    image, _, _ = layers[0]
+    labels, kwargs, kind = layers[1]
+    assert image.shape == labels.shape
     assert kind == "labels" and labels.dtype == np.int32
     np.testing.assert_array_equal(kwargs["features"]["index"], np.unique(labels)[1:])
     assert kwargs["features"]["score"].dtype.kind == "f"

@@ -152,9 +152,10 @@ def test_the_reader_opens_predictions_and_never_plain_images(viewer, base_run, b
     viewer.open(str(png), plugin=None)  # napari's own reader, no dialog, no cellstack
     assert [layer.name for layer in viewer.layers] == [png.stem]
     layers = viewer.open(str(out / "cellstack-outputs.txt"), plugin=None)
-    names = [layer.name for layer in layers]
+    names = [layer.name for layer in layers if layer.__class__.__name__ == "Labels"]
     assert names == [f"{p.stem} cells (pred)" for p in sorted(images.glob("*.png"))]
-    assert all(layer.__class__.__name__ == "Labels" for layer in layers)
+    shown = [layer.name for layer in layers if layer.__class__.__name__ == "Image"]
+    assert shown == [f"{p.stem} (pred)" for p in sorted(images.glob("*.png"))]
 
 
 def test_model_loading_after_the_viewer_has_opengl_does_not_crash(display, base_run, base_data):

@@ -334,16 +334,27 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 
 def read_predictions(path: str | Path) -> list[LayerData]:
-    """One Labels layer per image of a ``cellstack predict`` folder (given as the folder
-    or its marker), with the features of its ``objects/{id}.csv``."""
+    """The layers of a ``cellstack predict`` folder (given as the folder or its marker):
+    per image, the input image where ``inputs.json`` says where it is and it still
+    exists, then a Labels layer with the features of its ``objects/{id}.csv``."""
+    import json
+
     import tifffile
 
-    from cellstack.fileio import open_text
+    from cellstack.data.images import read_image
+    from cellstack.fileio import open_text, read_text
 
     folder = Path(path)
     folder = folder.parent if folder.name == MARKER else folder
+    inputs = {}
+    if (folder / "inputs.json").is_file():
+        inputs = json.loads(read_text(folder / "inputs.json", "inputs file"))
     layers = []
     for tif in sorted((folder / "labels").glob("*.tif")):
+        source = Path(inputs.get(tif.stem, ""))
+        if inputs.get(tif.stem) and source.is_file():
+            image = read_image(source)
+            layers.append((image, {"name": f"{tif.stem} ({folder.name})"}, "image"))
         labels = tifffile.imread(tif)
         features: dict[str, np.ndarray] = {}
         table = folder / "objects" / f"{tif.stem}.csv"

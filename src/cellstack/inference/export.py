@@ -22,11 +22,21 @@ if TYPE_CHECKING:
     from cellstack.inference.segmenter import Result
 
 #: What predict writes into its output folder (files, and folders of per-image files).
-OUTPUTS = ("submission.csv", "results.json", "labels", "overlays", "objects", "rois")
+OUTPUTS = (
+    "submission.csv",
+    "results.json",
+    "inputs.json",
+    "labels",
+    "overlays",
+    "objects",
+    "rois",
+)
 #: Every file a predict run writes is listed here (one path per line, relative to the
 #: output folder) *before* it is written, so ``--overwrite`` deletes exactly those files
 #: and never a folder or a file of the user's; it also marks a prediction folder.
 MANIFEST = "cellstack-outputs.txt"
+#: ``{image id: absolute path of the input image}`` of a predict run.
+INPUTS = "inputs.json"
 
 
 def plane_suffix(position: dict[str, int]) -> str:
@@ -224,7 +234,11 @@ class PredictionWriter:
         out.coco = sorted(coco, key=lambda e: rank.get(e["image_id"], len(rank)))  # stable
         return out
 
-    def close(self) -> None:
+    def close(self, inputs: dict[str, Path] | None = None) -> None:
+        """Write the summaries; ``inputs`` (``{image id: input file}``) also goes to
+        ``inputs.json``, so viewers can open each prediction beside its image."""
+        if inputs is not None:
+            write_json(self._target(INPUTS), {k: str(Path(v).resolve()) for k, v in inputs.items()})
         write_submission(self._target("submission.csv"), self.submission)
         write_json(self._target("results.json"), self.coco)
 

@@ -195,7 +195,7 @@ def predict_folder(
         parts = distributed.gather((writer.submission, writer.coco), world)
         merged = writer.merged(parts, [image_id for image_id, _ in todo])
         if world.main:
-            merged.close()
+            merged.close(inputs=dict(todo))
         distributed.barrier(world)
     n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
