@@ -37,12 +37,20 @@ def test_group_norm_replaces_every_batch_norm():
     assert torch.allclose(feats_one["0"][0], feats_two["0"][0], atol=1e-5)
 
 
-def test_group_norm_refuses_other_norm_layers():
-    from cellstack.errors import CellstackError
+def test_group_norm_swaps_batchnormact_and_refuses_other_norm_layers():
+    from timm.layers import BatchNormAct2d
 
+    from cellstack.errors import CellstackError
+    from cellstack.modeling.backbone import batch_to_group_norm
+
+    # EfficientNets' BatchNormAct2d becomes GroupNorm + the same activation.
     cfg = load_config(None, [*TINY, "model.norm=group", "model.backbone.name=efficientnet_b0"])
+    model = build_model(cfg.model, ["a"])
+    assert not any(isinstance(m, BatchNormAct2d) for m in model.modules())
+    # Any other batch-norm flavour cannot be swapped faithfully: refused.
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.SyncBatchNorm(4))
     with pytest.raises(CellstackError, match="cannot be replaced by GroupNorm"):
-        build_model(cfg.model, ["a"])
+        batch_to_group_norm(other, "custom")
 
 
 def test_objectness_score_sums_the_cell_types():
