@@ -483,7 +483,9 @@ def tune_run_thresholds(
     from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
     from cellstack.inference.tune import TuneGrid, tune_thresholds
 
-    records = records[:AUTO_TUNE_IMAGES]
+    if len(records) > AUTO_TUNE_IMAGES:  # spread over the pool: its order is by name,
+        step = len(records) / AUTO_TUNE_IMAGES  # and a name prefix can be one cell type
+        records = [records[int(k * step)] for k in range(AUTO_TUNE_IMAGES)]
     current = Thresholds(params_from(cfg.predict))
     area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
     grid = TuneGrid(
