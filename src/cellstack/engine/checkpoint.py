@@ -41,6 +41,7 @@ class InitReport:
     mismatched: tuple[str, ...]  # same name, other shape (another backbone or width)
     new: tuple[str, ...]  # not in the run (e.g. cascade stages 2-3 from a Mask R-CNN)
     source_classes: tuple[str, ...]
+    seeded: tuple[str, ...] = ()  # class layers copied from a one-class run's class
 
     def summary(self) -> str:
         def by_part(keys: tuple[str, ...]) -> str:
@@ -56,6 +57,12 @@ class InitReport:
                 f"  re-initialised {len(layers)} class layer(s) (the run's classes "
                 f"{', '.join(self.source_classes)} differ): {', '.join(layers)}"
             )
+        if self.seeded:
+            layers = sorted({k.rsplit(".", 1)[0] for k in self.seeded})
+            lines.append(
+                f"  {len(layers)} class layer(s) start from the run's one class "
+                f"{self.source_classes[0]!r} for every class: {', '.join(layers)}"
+            )
         if self.mismatched:
             lines.append(
                 f"  not loaded, shape differs: {len(self.mismatched)} ({by_part(self.mismatched)}),"
@@ -67,6 +74,30 @@ class InitReport:
                 f"({by_part(self.new)})"
             )
         return "\n".join(lines)
+
+
+def _seed_classes(key: str, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """A class layer for ``C`` classes from a one-class run's: each class starts as the
+    run's class (its logits, box deltas, mask logits), so a finetuned model begins by
+    finding cells as the pretrained one did and learns only what tells the types apart.
+    Foreground logits are lowered by ``log C`` so that P(background) stays the run's.
+    None when the shapes are not the expected ones."""
+    import math
+
+    layer = key.rsplit(".", 2)[-2]
+    c = target.shape[0] - 1 if layer == "cls_score" else target.shape[0]
+    if layer == "cls_score" and source.shape[0] == 2:
+        out = torch.cat([source[:1], source[1:].expand(c, *source.shape[1:])])
+        if key.endswith("bias"):
+            out = out.clone()
+            out[1:] -= math.log(c)
+        return out.contiguous()
+    if layer == "bbox_pred" and source.shape[0] == 8 and target.shape[0] % 4 == 0:
+        n = target.shape[0] // 4
+        return torch.cat([source[:4], *[source[4:8]] * (n - 1)]).contiguous()
+    if layer == "logits" and source.shape[0] == 1:
+        return source.expand(c, *source.shape[1:]).contiguous()
+    return None
 
 
 def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
@@ -102,8 +133,14 @@ def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
             f"init.from={run}: no weight of that run fits this model (another backbone or "
             "architecture?)"
         )
-    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    seeded = {}
+    if len(source_classes) == 1 and reinit:  # a generalist's one class seeds every class
+        seeded = {k: _seed_classes(k, state[k], target[k]) for k in reinit}
+        seeded = {k: v for k, v in seeded.items() if v is not None}
+        reinit = [k for k in reinit if k not in seeded]
+    model.load_state_dict({**{k: state[k] for k in loaded}, **seeded}, strict=False)
     return InitReport(
+        seeded=tuple(seeded),
         run=run,
         loaded=tuple(loaded),
         reinitialised=tuple(reinit),
