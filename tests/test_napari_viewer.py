@@ -117,6 +117,23 @@ def test_the_widget_segments_grey_rgb_and_stack_layers(viewer, qtbot, errors, ba
     # A second run with the same settings is added beside the first, not over it.
     _segment(qtbot, widget, "grey", str(run))
     assert sum(k.startswith("grey cells [") for k in (lyr.name for lyr in viewer.layers)) == 2
+    # The built-in nuclei model from the drop-down, on a real sample image: the picture.
+    from cellstack.demo import sample_path
+    from cellstack.modeling.builtin import builtin_names
+
+    if "nuclei" in builtin_names():
+        for layer in viewer.layers:
+            layer.visible = False
+        sample = read_image(sample_path("nuclei") / "images" / "hela_h2b.tif")
+        viewer.add_image(sample, name="hela_h2b")
+        widget[0].value = "hela_h2b"
+        widget[1].value = "nuclei"
+        widget[5].value = "cpu"
+        widget.start()
+        qtbot.waitUntil(lambda: widget.state["worker"] is None, timeout=120_000)
+        nuclei = viewer.layers["hela_h2b cells [nuclei]"]
+        assert len(nuclei.features) >= 5 and errors == []
+        viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     from cellstack.data.images import write_png
 
