@@ -14,6 +14,8 @@ from cellstack.modeling.backbone import TimmFPN
 from cellstack.modeling.imagenet import PACKAGED
 
 NAME = "tf_efficientnet_lite0"
+#: ImageNet weights asked for: read from the fake package on sys.path, never downloaded.
+FROM_PACKAGE = True
 
 
 def _fake_package(root, *, drop_last=False, bad_shape=False):
@@ -47,7 +49,7 @@ def test_tensors_map_in_order_with_a_strict_load(tmp_path, monkeypatch):
     state = _fake_package(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     _drop_cached(monkeypatch)
-    fpn = TimmFPN(NAME, pretrained=True, stem_stride=2, out_channels=16, freeze_bn=True)
+    fpn = TimmFPN(NAME, pretrained=FROM_PACKAGE, stem_stride=2, out_channels=16, freeze_bn=True)
     source = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
     encoder = [v for k, v in fpn.body.state_dict().items() if not k.endswith("num_batches_tracked")]
     assert len(encoder) < len(source)  # the encoder has no classifier head
@@ -66,7 +68,7 @@ def test_a_missing_package_is_one_line(monkeypatch):
         lambda n, *a: None if n == PACKAGED[NAME].module else real(n, *a),
     )
     with pytest.raises(CellstackError, match=r"pip install 'cellstack\[imagenet\]'"):
-        TimmFPN(NAME, pretrained=True, stem_stride=2, out_channels=16)
+        TimmFPN(NAME, pretrained=FROM_PACKAGE, stem_stride=2, out_channels=16)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,7 @@ def test_a_file_that_does_not_fit_is_refused(tmp_path, monkeypatch, kwargs, matc
     monkeypatch.syspath_prepend(str(tmp_path))
     _drop_cached(monkeypatch)
     with pytest.raises(CellstackError, match=match):
-        TimmFPN(NAME, pretrained=True, stem_stride=2, out_channels=16)
+        TimmFPN(NAME, pretrained=FROM_PACKAGE, stem_stride=2, out_channels=16)
 
 
 def test_group_norm_keeps_the_affine_weights_of_batchnormact(tmp_path, monkeypatch):
@@ -87,8 +89,8 @@ def test_group_norm_keeps_the_affine_weights_of_batchnormact(tmp_path, monkeypat
     _fake_package(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     _drop_cached(monkeypatch)
-    bn = TimmFPN(NAME, pretrained=True, stem_stride=2, out_channels=16)
-    gn = TimmFPN(NAME, pretrained=True, stem_stride=2, out_channels=16, norm="group")
+    bn = TimmFPN(NAME, pretrained=FROM_PACKAGE, stem_stride=2, out_channels=16)
+    gn = TimmFPN(NAME, pretrained=FROM_PACKAGE, stem_stride=2, out_channels=16, norm="group")
     assert not any(isinstance(m, BatchNormAct2d) for m in gn.body.modules())
     assert torch.equal(gn.body.bn1[0].weight, bn.body.bn1.weight)
     out = gn(torch.zeros(1, 3, 64, 64))
