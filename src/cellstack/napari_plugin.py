@@ -146,41 +146,18 @@ def iter_segment(
     """
     axes = check_inputs(data, str(model), diameter, name, rgb=rgb)
     seg = load_segmenter(str(model), device, diameter)
-    array = np.asarray(data)
-    lead_shape = array.shape[: len(axes) - 2] if not rgb else ()
-    planes = array.reshape(-1, *array.shape[len(lead_shape) :]) if lead_shape else [array]
-    n = len(planes)
-    yield 0, n
-    results = []
-    for k, plane in enumerate(planes):
-        results.append(seg(plane, axes="YXS" if rgb else "YX"))
-        yield k + 1, n
-    labels, table = _stack(results, lead_shape, axes)
-    # napari maps a label value to its features row through the "index" column.
-    features = {"index": table["label"], **table}
-    meta = {"cellstack_model": str(model), "class_names": list(seg.class_names)}
-    yield labels, {"name": f"{name} cells", "features": features, "metadata": meta}, "labels"
-
-
-def _stack(results, lead_shape: tuple[int, ...], axes: str) -> tuple[np.ndarray, dict]:
-    """One label array (ids running on across planes) and one table from the results
-    of single planes."""
-    if not lead_shape:
-        return results[0].labels, results[0].table
-    labels = np.zeros((len(results), *results[0].labels.shape), np.int32)
-    columns: dict[str, list] = {}
-    offset = 0
-    for k, r in enumerate(results):
-        labels[k] = np.where(r.labels > 0, r.labels + offset, 0)
-        for col, values in r.table.items():
-            columns.setdefault(col, []).append(values + offset if col == "label" else values)
-        for axis, index in zip(
-            axes[: len(lead_shape)].lower(), np.unravel_index(k, lead_shape), strict=True
-        ):
-            columns.setdefault(axis, []).append(np.full(len(r.table["label"]), index))
-        offset += len(r.table["label"])
-    table = {c: np.concatenate(v) for c, v in columns.items()}
-    return labels.reshape(*lead_shape, *labels.shape[1:]), table
+    for item in seg.iter_planes(np.asarray(data), axes=axes):
+        if isinstance(item, tuple):
+            yield item
+            continue
+        # napari maps a label value to its features row through the "index" column.
+        features = {"index": item.table["label"], **item.table}
+        meta = {"cellstack_model": str(model), "class_names": list(seg.class_names)}
+        yield (
+            item.labels,
+            {"name": f"{name} cells", "features": features, "metadata": meta},
+            "labels",
+        )
 
 
 def segment_layer(data: np.ndarray, model: str | Path, **kwargs) -> LayerData:

@@ -277,16 +277,43 @@ class Segmenter:
         queued = 0
         with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
             for n, item in enumerate(items):
-                image, lead = _planes(item, axes, spec, f"image {n}")
-                if self.scale != 1:  # what the model will see must fit too
-                    h, w = (round(d * self.scale) for d in image.shape[-2:])
-                    check_image_size(h, w, f"image {n} resized by {self.scale:.4g}")
+                image, lead = self._planes(item, axes, spec, f"image {n}")
                 pending.append((image, lead))
                 queued += int(np.prod(image.shape[: len(lead)]))
                 if queued >= self.batch_size or n == len(items) - 1:
                     yield from self._run(pending)
                     bar.update(len(pending))
                     pending, queued = [], 0
+
+    def iter_planes(
+        self,
+        image: np.ndarray | str | Path,
+        *,
+        axes: str | None = None,
+        channel: int | Sequence[int] | None = None,
+    ) -> Iterator[tuple[int, int] | Result]:
+        """Segment one image plane by plane, for a GUI that shows progress and can stop
+        between planes: yields ``(planes done, planes)`` before the first plane and
+        after each, then the :class:`Result` (the same as :meth:`__call__`'s)."""
+        planes, lead = self._planes(image, axes, _spec(None, channel), "image")
+        flat = planes.reshape(-1, *planes.shape[len(lead) :])
+        yield 0, len(flat)
+        cells: list[Instances] = []
+        for k, plane in enumerate(flat):
+            with torch.inference_mode():
+                cells.extend(self.predictor([plane]))
+            yield k + 1, len(flat)
+        yield self._result(planes, lead, cells)
+
+    def _planes(
+        self, item: np.ndarray | str | Path, axes: str | None, spec: PlaneSpec, where: str
+    ) -> tuple[np.ndarray, str]:
+        """:func:`_planes`, also checking that the planes fit once resized by ``scale``."""
+        image, lead = _planes(item, axes, spec, where)
+        if self.scale != 1:  # what the model will see must fit too
+            h, w = (round(d * self.scale) for d in image.shape[-2:])
+            check_image_size(h, w, f"{where} resized by {self.scale:.4g}")
+        return image, lead
 
     def _run(self, pending: list[tuple[np.ndarray, str]]) -> Iterator[Result]:
         """The results of some images, their planes predicted as one batch."""
