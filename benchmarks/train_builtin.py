@@ -208,21 +208,21 @@ def main() -> None:
     train_dir, sets = datasets(args.name, work)
     run = work / "run"
     overrides = [*recipe["overrides"], *args.set]
-    t0 = time.perf_counter()
     if not (run / files.FINAL).is_file():
         resume = (run / files.CHECKPOINT).is_file()
         cfg = None if resume else load_config(ROOT / recipe["config"], overrides)
         train(cfg, train_dir, run, resume=resume, stop_after=args.chunk)
-    del t0
     if not (run / files.FINAL).is_file():
         print(f"stopped after a chunk; run the same command again to continue ({run})")
         return
+
+    import torch
 
     from cellstack.modeling.builtin import write_builtin
 
     state = files.load(run / files.FINAL)
     half = work / "half"
-    write_builtin(half, state, dtype=__import__("torch").float16)
+    write_builtin(half, state, dtype=torch.float16)
     for extra in ("thresholds.yaml", "data_stats.json"):
         if (run / extra).is_file():
             shutil.copy(run / extra, half / extra)
@@ -253,7 +253,7 @@ def main() -> None:
     if keep_half:
         shutil.copytree(half, dest)
     else:
-        write_builtin(dest, state, dtype=__import__("torch").float32)
+        write_builtin(dest, state, dtype=torch.float32)
         for extra in ("thresholds.yaml", "data_stats.json"):
             if (run / extra).is_file():
                 shutil.copy(run / extra, dest / extra)
