@@ -138,6 +138,13 @@ def test_cv_with_auto_settings_resolves_them_once_and_its_folds_agree(cli, data,
     assert cli("predict", out, data, "--out", tmp_path / "p", "--quiet").code == 0
 
 
+def test_cv_refuses_a_folds_csv_of_another_k_before_writing(cli, data, tmp_path):
+    assert cli("folds", data, "--k", "2").code == 0
+    out = tmp_path / "cv"
+    cli.fails("cv", data, "--folds", "3", "--out", out, match="pass --folds 2")
+    assert not out.exists() or not any(out.iterdir())
+
+
 # --- 3. stacks and ROIs ---------------------------------------------------------------
 
 

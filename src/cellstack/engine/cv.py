@@ -92,15 +92,26 @@ def run_cv(
     # Every `auto` is resolved once, from all the CV's training data, so that the folds
     # agree (anchors, sizes, thresholds) and their models can be merged.
     cfg, _ = resolve_auto(cfg, records, say=print if distributed.current().main else None)
+    made = not cv.folds_path.is_file()
+    if made:
+        fold_of = assign_folds(records, data, folds, cfg.train.seed)
+        found = sorted({fold_of[r.image_id] for r in records})
+        if found != list(range(folds)):
+            # folds.csv beside the data was made with another --k: training `folds` of
+            # its folds would leave images out of every fold's held-out set.
+            raise CellstackError(
+                f"{folds_beside(data)} splits the images into folds "
+                f"{', '.join(map(str, found))}: pass --folds {len(found)}, or remake it "
+                f"with `cellstack folds DATA --k {folds}`"
+            )
+    else:
+        fold_of = read_folds_csv(cv.folds_path)
     if cv.config_path.is_file():
         _check_same_config(cv, cfg)
     cv.write_source(data)  # before anything else is written: it marks the folder as CV's
     if not cv.config_path.is_file():
         save_config(cfg, cv.config_path)
-    if cv.folds_path.is_file():
-        fold_of = read_folds_csv(cv.folds_path)
-    else:
-        fold_of = assign_folds(records, data, folds, cfg.train.seed)
+    if made:
         write_folds_csv(cv.folds_path, records, fold_of)
 
     for k in range(folds):
