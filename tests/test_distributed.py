@@ -12,7 +12,7 @@ from cellstack import distributed
 from cellstack.config import load_config
 from cellstack.engine.trainer import train
 from cellstack.inference.run import predict_folder
-from tests.engine.test_trainer import FAST
+from tests.conftest import FAST
 
 # Sampling every anchor and every proposal (huge per-image sample sizes) takes the
 # samplers' randomness out, and frozen BN makes features independent of the batch, so

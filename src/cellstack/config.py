@@ -452,11 +452,14 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
 def build_typed(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     """Build the frozen dataclass ``cls`` from plain ``data`` with the same type checks
     as the config (an unknown key, ``min_size: big`` or ``convex_refill: "no"`` is a
-    :class:`ConfigError` naming ``source`` and the key, ``prefix.key``)."""
+    :class:`ConfigError` naming ``source`` and the key, ``prefix.key``) and the same
+    ranges (:func:`check_numbers`)."""
     try:
-        return _build(cls, data if data is not None else {}, prefix)
+        built = _build(cls, data if data is not None else {}, prefix)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    check_numbers(built, prefix, f"{source}: key")
+    return built
 
 
 @dataclass(frozen=True)
@@ -553,37 +556,45 @@ def _number(value: Any) -> float:
 _UNIT_NAMES = ("iou", "thresh", "fraction", "momentum")
 
 
-def _numbers(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` of every number and number tuple in a config section."""
+def _numbers(obj: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, value, default)`` of every number and tuple in a config section."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        key = f"{prefix}.{_key_of(f)}"
+        key = f"{prefix}.{_key_of(f)}" if prefix else _key_of(f)
         if dataclasses.is_dataclass(value):
             yield from _numbers(value, key)
         elif isinstance(value, int | float | tuple) and not isinstance(value, bool):
-            yield key, value
+            yield key, value, f.default
+
+
+def check_numbers(obj: Any, prefix: str, where: str = "config key") -> None:
+    """Every number of the dataclass ``obj`` finite (or infinite where its default is)
+    and non-negative; probabilities, IoUs and fractions in [0, 1]; number lists
+    non-empty unless their default is. One line naming ``where`` and the full key
+    (``prefix.key``)."""
+    for key, value, default in _numbers(obj, prefix):
+        values = value if isinstance(value, tuple) else (value,)
+        # A list may be empty, and a number infinite, where its default is.
+        if isinstance(value, tuple) and not value and default != ():
+            raise ConfigError(f"{where} {key}: needs at least one value")
+        if not all(isinstance(v, int | float) for v in values):
+            continue  # names (flip_paste_types, splits)
+        for v in values:
+            if not math.isfinite(v) and not (v == default == math.inf):
+                raise ConfigError(f"{where} {key}: must be a finite number, got {v}")
+            if v < 0:
+                raise ConfigError(f"{where} {key}: must be >= 0, got {v}")
+            unit = key.startswith("data.augment.") or any(
+                n in key.rsplit(".", 1)[-1] for n in _UNIT_NAMES
+            )
+            if unit and v > 1:
+                raise ConfigError(f"{where} {key}: must be in [0, 1], got {v}")
 
 
 def _check_ranges(cfg: Config) -> None:
-    """Every number finite and non-negative; probabilities, IoUs and fractions in
-    [0, 1]; number lists non-empty. One line naming the full key."""
+    """:func:`check_numbers` on every section, and aspect ratios > 0."""
     for section in ("model", "data", "train", "predict"):
-        for key, value in _numbers(getattr(cfg, section), section):
-            values = value if isinstance(value, tuple) else (value,)
-            if isinstance(value, tuple) and not all(isinstance(v, int | float) for v in value):
-                continue  # names (flip_paste_types, splits)
-            if isinstance(value, tuple) and not value and key != "data.splits":
-                raise ConfigError(f"config key {key}: needs at least one value")
-            for v in values:
-                if not math.isfinite(v):
-                    raise ConfigError(f"config key {key}: must be a finite number, got {v}")
-                if v < 0:
-                    raise ConfigError(f"config key {key}: must be >= 0, got {v}")
-                unit = key.startswith("data.augment.") or any(
-                    n in key.rsplit(".", 1)[-1] for n in _UNIT_NAMES
-                )
-                if unit and v > 1:
-                    raise ConfigError(f"config key {key}: must be in [0, 1], got {v}")
+        check_numbers(getattr(cfg, section), section)
     if min(cfg.model.rpn.aspect_ratios) <= 0:
         raise ConfigError("config key model.rpn.aspect_ratios: ratios must be positive")
 

@@ -100,8 +100,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for libraries that write by file name.
 
     The temporary name keeps ``path``'s suffix so format detection by extension works.
+
+    Raises:
+        CellstackError: ``path`` is a folder (named as the user gave it, before any
+            temporary file exists).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CellstackError(f"{path}: is a folder; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=f"{PARTIAL}{path.suffix}"

@@ -15,7 +15,7 @@ from cellstack.data.layouts import load_dataset, load_predictions
 from cellstack.evaluation.report import evaluate
 from cellstack.inference.cvfolder import CVFolder
 from cellstack.inference.sources import load_source
-from tests.engine.test_trainer import FAST
+from tests.conftest import FAST
 
 CV_ARGS = [
     *FAST,

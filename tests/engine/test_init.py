@@ -10,7 +10,7 @@ from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
 from cellstack.modeling.build import build_model
 from cellstack.modeling.files import load_run
-from tests.engine.test_trainer import FAST
+from tests.conftest import FAST
 
 SHORT = [*FAST, "train.iterations=2", "train.eval_every=100"]
 

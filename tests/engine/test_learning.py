@@ -15,7 +15,7 @@ from cellstack.modeling.build import build_model
 from cellstack.modeling.diagnostics import proposal_recall
 from cellstack.modeling.files import load_run
 from cellstack.modeling.heads.base import BoxParams, BoxPredictions, select_detections
-from tests.engine.conftest import FAST
+from tests.conftest import FAST
 from tests.modeling.conftest import TINY, two_cells
 
 

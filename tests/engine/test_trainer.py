@@ -10,7 +10,7 @@ from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
 from cellstack.engine.trainer import TrainingDiverged, train
 from cellstack.errors import CellstackError
 from cellstack.modeling.files import load_run
-from tests.engine.conftest import FAST
+from tests.conftest import FAST
 
 
 def _log(run):

@@ -63,7 +63,7 @@ def test_tiling_keeps_each_cell_once():
 
 @pytest.mark.slow
 def test_train_predict_evaluate_cli(tmp_path, capsys):
-    from tests.engine.test_trainer import FAST
+    from tests.conftest import FAST
 
     data = tmp_path / "data"
     main(["synth", str(data), "--n-images", "3", "--width", "96", "--height", "80", "--quiet"])
@@ -114,7 +114,7 @@ def test_train_predict_evaluate_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ensemble_yaml_predict_and_tune_cli(tmp_path, capsys):
-    from tests.engine.test_trainer import FAST
+    from tests.conftest import FAST
 
     data = tmp_path / "data"
     main(["synth", str(data), "--n-images", "4", "--width", "96", "--height", "80", "--quiet"])

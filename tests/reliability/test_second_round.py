@@ -428,3 +428,77 @@ def test_disk_full_names_the_file(tmp_path, monkeypatch):
             f.write("x")
     monkeypatch.setattr(os, "replace", real_replace)
     assert list(tmp_path.iterdir()) == []  # no partial left behind
+
+
+@pytest.mark.parametrize("command", ["folds", "evaluate"])
+def test_an_output_file_given_as_a_folder_names_that_folder(cli, data, tmp_path, command):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    if command == "folds":
+        res = cli.fails("folds", data, "--k", "2", "--out", folder, match=f"{folder}: is a folder")
+    else:
+        args = ("evaluate", data, data / "train.csv", "--json", folder, "--quiet")
+        res = cli.fails(*args, match=f"{folder}: is a folder")
+    assert ".partial" not in res.err and list(folder.iterdir()) == []
+
+
+def test_channel_of_an_rgb_png_is_its_colour_sample(cli, run, base_data, tmp_path):
+    from cellstack.data.images import read_image, write_png
+
+    gray = read_image(sorted((base_data / "train").glob("*.png"))[0])
+    rgb = np.stack([np.zeros_like(gray), gray, gray[::-1]], axis=-1)
+    for name, image in (("rgb", rgb), ("green", gray)):
+        (tmp_path / name).mkdir()
+        write_png(tmp_path / name / "a.png", image)
+    post = ["predict.score_thresh=0", "predict.min_size=0"]
+    args = ("predict", run, tmp_path / "rgb", "--out", tmp_path / "p1", "--channel", "1")
+    assert cli(*args, *post).code == 0
+    assert cli("predict", run, tmp_path / "green", "--out", tmp_path / "p2", *post).code == 0
+    one, two = (tifffile.imread(tmp_path / p / "labels" / "a.tif") for p in ("p1", "p2"))
+    assert one.max() > 0 and np.array_equal(one, two)  # channel 1 is the green sample
+
+
+def test_an_axis_option_on_a_2d_image_among_stacks_says_so(cli, run, base_data, tmp_path):
+    from cellstack.data.images import read_image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    plane = sorted((base_data / "train").glob("*.png"))[0]
+    shutil.copy(plane, folder / "flat.png")
+    tifffile.imwrite(folder / "stack.tif", np.stack([read_image(plane)] * 2))
+    cli.fails(
+        "predict",
+        run,
+        folder,
+        "--out",
+        tmp_path / "p",
+        "--z-axis",
+        "0",
+        match="flat.png: --z-axis 0 names this file's Y axis",
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ("{boxes: {nms_iou: 2.5}}", "type_settings.astro.boxes: key nms_iou: must be in [0, 1]"),
+        ("{proposals: {score_thresh: .nan}}", "key score_thresh: must be a finite number"),
+        ("{proposals: {pre_nms_top_n: -5}}", "key pre_nms_top_n: must be >= 0"),
+    ],
+)
+def test_ensemble_type_settings_are_range_checked(cli, run, images, tmp_path, settings, match):
+    spec = tmp_path / "ens.yaml"
+    spec.write_text(f"models: [{run}]\ntype_settings:\n  astro: {settings}\n")
+    cli.fails("predict", spec, images, "--out", tmp_path / "p", match=match)
+
+
+def test_float_label_ids_past_int32_stay_distinct(tmp_path):
+    from cellstack.data.labels import read_label_image
+
+    label = np.zeros((16, 16), np.float64)
+    label[:4, :4], label[8:, 8:], label[0, 15] = 3e9, 3e9 + 1, 7
+    tifffile.imwrite(tmp_path / "l.tif", label)
+    got = read_label_image(tmp_path / "l.tif")
+    assert got.dtype == np.int32 and got.min() == 0
+    assert len(np.unique(got)) == 4 and got[0, 0] != got[8, 8] and got[0, 15] > 0
+    assert (got == 0).sum() == (label == 0).sum()

@@ -64,13 +64,21 @@ def _open(path: Path, *, pixels: bool) -> tuple:
                     f"{path}: holds {frames} frames; cellstack reads one 2-D image per file"
                 )
             if not pixels:
-                return (im.size[1], im.size[0]), "YX"
+                # The same axes as _pil_pixels gives, without decoding the pixels.
+                if im.mode in _PIL_GRAY:
+                    return (im.size[1], im.size[0]), "YX"
+                return (im.size[1], im.size[0], 3), "YXS"
             return _pil_pixels(im)
     except DataError:
         raise
     except Exception as exc:  # PIL and tifffile raise many unrelated types on corrupt data
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {detail})") from None
+
+
+#: PIL modes read as one gray plane (``LA``: its alpha dropped); every other mode is
+#: read as RGB.
+_PIL_GRAY = ("I;16", "I;16B", "I;16L", "I", "F", "L", "LA")
 
 
 def _pil_pixels(im) -> tuple[np.ndarray, str]:
@@ -149,6 +157,14 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
             if not -len(shape) <= index < len(shape):
                 raise DataError(
                     f"{where}: --{letter.lower()}-axis {index} is out of range for {found}"
+                )
+            if names[index] in "YX":
+                # Typically a 2-D image in a folder of stacks: the option is meant for the
+                # stacks, and this file's own axes leave nothing for it to name.
+                raise DataError(
+                    f"{where}: --{letter.lower()}-axis {index} names this file's "
+                    f"{names[index]} axis ({found}); it has no axis for that option: "
+                    "predict such files without it (in a folder of their own)"
                 )
             names[index] = letter
     keep = tuple(i for i, (a, n) in enumerate(zip(names, shape, strict=True)) if n > 1 or a in "YX")

@@ -51,6 +51,12 @@ def read_label_image(
             f"{path}: label image is {label.shape[1]}x{label.shape[0]}, the image is "
             f"{expected_shape[1]}x{expected_shape[0]}"
         )
+    if label.size and label.max() > np.iinfo(np.int32).max:
+        # Ids only name objects: renumber them 1..n rather than let a cast wrap them
+        # (a float or 64-bit id past 2^31 would turn negative or merge with another).
+        ids, inverse = np.unique(label, return_inverse=True)
+        first = 0 if ids[0] == 0 else 1  # background stays 0
+        return (inverse.reshape(label.shape) + first).astype(np.int32)
     return label.astype(np.int32)
 
 
