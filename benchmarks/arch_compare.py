@@ -66,7 +66,7 @@ def main() -> None:
     from cellstack.data.sartorius import read_train_csv
     from cellstack.data.synthetic import synthesize
     from cellstack.demo import demo_config_path
-    from cellstack.distributed import pick_device
+    from cellstack.ddp import pick_device
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.run import predict_folder

@@ -1,8 +1,9 @@
-"""Imports run one way: data -> evaluation -> modeling -> inference -> engine -> cli.
+"""Imports run one way: data -> evaluation -> modeling -> inference -> engine ->
+distributed -> cli.
 
 Every ``import`` and ``from ... import`` in ``src/cellstack``, module-level or inside a
 function, is checked: a module may import its own layer, the layers before it and the
-foundation modules (errors, files, config, structures, processes), never a later layer.
+foundation modules (errors, fileio, config, structures, ddp), never a later layer.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 import cellstack
 
 PACKAGE = Path(cellstack.__file__).parent
-LAYERS = ("data", "evaluation", "modeling", "inference", "engine")
-FOUNDATION = ("errors", "fileio", "config", "structures", "distributed")
+LAYERS = ("data", "evaluation", "modeling", "inference", "engine", "distributed")
+FOUNDATION = ("errors", "fileio", "config", "structures", "ddp")
 #: The user-facing top: command line, demo, napari plugin and the package facade.
 TOP = ("cli", "demo", "napari_plugin", "__main__", "__init__")
 
 
 def rank(module: str) -> int:
-    """0 for the foundation, 1..5 for the layers, 6 for the top."""
+    """0 for the foundation, 1..6 for the layers, 7 for the top."""
     parts = module.split(".")
     name = parts[1] if len(parts) > 1 else "__init__"
     if name in FOUNDATION:
@@ -69,7 +70,7 @@ def test_every_import_runs_one_way():
                 against.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
     assert not against, (
         "imports against data -> evaluation -> modeling -> inference -> "
-        "engine -> cli:\n" + "\n".join(against)
+        "engine -> distributed -> cli:\n" + "\n".join(against)
     )
 
 
@@ -78,4 +79,5 @@ def test_the_checker_sees_imports_inside_functions():
     found = imports(PACKAGE / "inference" / "run.py")
     assert "cellstack.inference.segmenter" in {m for _, m in found}  # in predict_folder
     assert rank("cellstack.engine.trainer") > rank("cellstack.inference.run")
-    assert rank("cellstack.distributed") == 0
+    assert rank("cellstack.ddp") == 0
+    assert rank("cellstack.distributed.blocks") > rank("cellstack.inference.segmenter")

@@ -91,7 +91,7 @@ def _cmd_folds(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cellstack import distributed
+    from cellstack import ddp
     from cellstack.config import load_config
     from cellstack.engine.trainer import train
 
@@ -106,13 +106,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CellstackError("train needs --out RUN (or --resume RUN)")
         result = train(load_config(args.config, args.overrides), args.data, args.out)
     score = "" if result.val_score is None else f", validation score {result.val_score:.4f}"
-    if distributed.current().main:
+    if ddp.current().main:
         print(f"trained {result.iterations} iterations into {result.run}{score}")
     return 0
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from cellstack import distributed
+    from cellstack import ddp
     from cellstack.config import load_config
     from cellstack.engine.cv import run_cv
 
@@ -124,7 +124,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    if distributed.current().main:
+    if ddp.current().main:
         print(result.table())
         print(f"wrote {args.out / 'cv.md'}, cv.json, oof/submission.csv, ensemble.yaml")
     return 0
@@ -159,7 +159,7 @@ def _channels(text: str) -> tuple[int, ...]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cellstack import distributed
+    from cellstack import ddp
     from cellstack.data.images import PlaneSpec
     from cellstack.inference.run import predict_folder
 
@@ -178,10 +178,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.images is None or args.out is None:
         raise CellstackError("predict needs IMAGES and --out (or --dry-run)")
     spec = PlaneSpec(args.channel, args.z_axis, args.t_axis, args.c_axis)
-    summary = predict_folder(
-        args.run,
-        args.images,
-        args.out,
+    from cellstack.data.omezarr import is_zarr
+
+    if is_zarr(args.images) or args.block is not None:
+        return _predict_large(args)
+    common = dict(
         overrides=tuple(args.overrides),
         device=args.device,
         overwrite=args.overwrite,
@@ -192,17 +193,86 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         save_rois=args.save_rois,
         overlays=not args.no_overlays,
         label_dtype=args.label_dtype,
+        save_geojson=args.save_geojson,
+        save_ome_zarr=args.save_ome_zarr,
         progress=not args.quiet,
     )
-    if not distributed.current().main:
+    if args.workers is not None or args.scheduler is not None:
+        from cellstack.distributed.cluster import open_client
+        from cellstack.distributed.folders import predict_images
+
+        if args.device == "auto":
+            common["device"] = "cpu"  # a worker per GPU is asked for with --device cuda
+        with open_client(args.workers, args.scheduler) as client:
+            summary = predict_images(args.run, args.images, args.out, client=client, **common)
+    else:
+        summary = predict_folder(args.run, args.images, args.out, **common)
+    if not ddp.current().main:
         return 0
     written = ["submission.csv", "results.json", "labels/", "objects/"]
     written += ["overlays/"] * (not args.no_overlays) + ["rois/"] * args.save_rois
+    written += ["geojson/"] * args.save_geojson + ["ome-zarr/"] * args.save_ome_zarr
     print(
         f"predicted {summary.n_cells} cells in {summary.n_images} images "
         f"({summary.seconds / max(summary.n_images, 1):.2f} s/image) -> {summary.out} "
         f"({', '.join(written)})"
     )
+    return 0
+
+
+def _predict_large(args: argparse.Namespace) -> int:
+    """``predict SOURCE big.ome.zarr --out labels.ome.zarr``: block by block."""
+    from cellstack.distributed.blocks import segment
+    from cellstack.distributed.cluster import open_client
+    from cellstack.inference.segmenter import Segmenter
+
+    ignored = [
+        flag
+        for flag, on in (
+            ("--save-rois", args.save_rois),
+            ("--save-geojson", args.save_geojson),
+            ("--channel", args.channel is not None),
+            ("--z-axis", args.z_axis is not None),
+            ("--t-axis", args.t_axis is not None),
+            ("--c-axis", args.c_axis is not None),
+        )
+        if on
+    ]
+    if ignored:
+        raise CellstackError(
+            f"{args.images}: {ignored[0]} does not apply to a large image segmented in blocks "
+            "(it writes an OME-Zarr label image and objects.csv)"
+        )
+    device = "cpu" if args.device == "auto" and args.workers else args.device
+    seg = Segmenter.load(
+        args.run,
+        device=device,
+        diameter=args.diameter,
+        scale=args.scale,
+        overrides=tuple(args.overrides),
+        allow_unfinished=args.allow_unfinished,
+    )
+    with open_client(args.workers, args.scheduler) as client:
+        summary = segment(
+            seg,
+            args.images,
+            args.out,
+            block=args.block or 2048,
+            overlap=args.overlap,
+            client=client,
+            progress=not args.quiet,
+        )
+    print(
+        f"segmented {summary.cells} cells in {summary.blocks} blocks of {summary.block} px "
+        f"(overlap {summary.overlap} px, {summary.seconds:.1f} s) -> {summary.out} "
+        "(OME-Zarr labels, objects.csv, results.json)"
+    )
+    if summary.cut:
+        print(
+            f"warning: {summary.cut} cells touch a block's inner edge and may be cut; "
+            f"raise --overlap above {summary.overlap}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -426,6 +496,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write rois/{id}.zip, an ImageJ ROI set named by label id (Fiji)",
     )
+    p.add_argument(
+        "--save-geojson",
+        action="store_true",
+        help="also write geojson/{id}.geojson, one polygon per cell (QuPath detections)",
+    )
+    p.add_argument(
+        "--save-ome-zarr",
+        action="store_true",
+        help="also write ome-zarr/{id}.zarr, the label image as OME-Zarr (2-D images)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run on a local Dask cluster of N worker processes (one thread each)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster (e.g. tcp://host:8786, dask-jobqueue)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="segment one large image (zarr, OME-Zarr or TIFF) in blocks of PX "
+        "(default 2048 for zarr input) into an OME-Zarr label image --out",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="overlap of neighbouring blocks (default twice the largest trained cell)",
+    )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
     p.add_argument(
         "--label-dtype",
@@ -514,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if "torch" in sys.modules:  # under torchrun: leave the process group cleanly
-            from cellstack.distributed import teardown
+            from cellstack.ddp import teardown
 
             teardown()
 

@@ -258,9 +258,12 @@ def _unit(channel: np.ndarray) -> np.ndarray:
     return to_gray_uint8(channel.reshape(-1, channel.shape[-1])).reshape(channel.shape) / 255.0
 
 
-def read_planes(path: str | Path, spec: PlaneSpec = PlaneSpec()) -> tuple[np.ndarray, str]:
+def read_planes(
+    path: str | Path, spec: PlaneSpec = PlaneSpec(), limits: tuple[float, float] | None = None
+) -> tuple[np.ndarray, str]:
     """An image file as uint8 planes ``[*lead, H, W]`` and their lead axes (``""``,
-    ``"Z"``, ``"T"`` or ``"TZ"``), each plane scaled by :func:`to_gray_uint8` on its own.
+    ``"Z"``, ``"T"`` or ``"TZ"``), each plane scaled by :func:`to_gray_uint8` on its own
+    (or by the fixed intensity ``limits``).
 
     Axes come from the file (tifffile's ``series[0].axes``: ImageJ, OME and plain
     TIFF), overridden by ``spec``; see :class:`PlaneSpec`.
@@ -268,14 +271,18 @@ def read_planes(path: str | Path, spec: PlaneSpec = PlaneSpec()) -> tuple[np.nda
     path = Path(path)
     array, axes = _open(path, pixels=True)
     planes, lead = select_planes(array, axes, spec, path)
-    return gray_planes(planes, lead), lead
+    return gray_planes(planes, lead, limits), lead
 
 
-def gray_planes(planes: np.ndarray, lead: str) -> np.ndarray:
-    """uint8 ``[*lead, H, W]`` from ``[*lead, H, W(, S)]`` planes, one plane at a time."""
+def gray_planes(
+    planes: np.ndarray, lead: str, limits: tuple[float, float] | None = None
+) -> np.ndarray:
+    """uint8 ``[*lead, H, W]`` from ``[*lead, H, W(, S)]`` planes, one plane at a time
+    (:func:`to_gray_uint8`)."""
     n = len(lead)
     flat = planes.reshape(-1, *planes.shape[n:])
-    return np.stack([to_gray_uint8(p) for p in flat]).reshape(*planes.shape[:n], *flat.shape[1:3])
+    gray = [to_gray_uint8(p, limits) for p in flat]
+    return np.stack(gray).reshape(*planes.shape[:n], *flat.shape[1:3])
 
 
 def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
@@ -306,7 +313,23 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return plan.size
 
 
-def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+def intensity_limits(image: np.ndarray) -> tuple[float, float] | None:
+    """The 0.5 and 99.5 percentiles of ``image``'s finite pixels (colour averaged over
+    its first three channels), or None when it has none: the range
+    :func:`to_gray_uint8` maps to 0..255. Computed once on a sample of a large image,
+    they scale all of its blocks alike."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., :3].astype(np.float32).mean(axis=-1)
+    img = img.astype(np.float64)
+    finite = np.isfinite(img)
+    if not finite.any():
+        return None
+    lo, hi = np.percentile(img[finite], [0.5, 99.5])
+    return float(lo), float(hi)
+
+
+def to_gray_uint8(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
     """Convert any image from :func:`read_image` to uint8[H, W].
 
     One rule for every dtype, so the same pixels give the same cells whether they are
@@ -315,7 +338,8 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     percentiles map to 0 and 255 (as Cellpose and StarDist normalise). Dim 16-bit
     microscopy becomes visible and an 8-bit image with a narrow range is stretched the
     same way. NaN and infinite pixels are left out of the percentiles and become 0; a
-    constant plane becomes 0.
+    constant plane becomes 0. ``limits`` (lo, hi) replaces the plane's own percentiles
+    (:func:`intensity_limits` of a whole image, for its blocks).
     """
     img = np.asarray(image)
     if img.ndim == 3:
@@ -325,7 +349,7 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     finite = np.isfinite(img)
     if not finite.any():
         return np.zeros(img.shape, dtype=np.uint8)
-    lo, hi = np.percentile(img[finite], [0.5, 99.5])
+    lo, hi = np.percentile(img[finite], [0.5, 99.5]) if limits is None else limits
     img = np.where(finite, img, lo)
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)

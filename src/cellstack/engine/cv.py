@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cellstack import distributed
+from cellstack import ddp
 from cellstack.config import Config, config_from_dict, config_to_dict, save_config
 from cellstack.data.folds import folds_beside, read_folds_csv, write_folds_csv
 from cellstack.data.records import ImageRecord
@@ -91,7 +91,7 @@ def run_cv(
     records, class_names = cv_records(data, cfg)
     # Every `auto` is resolved once, from all the CV's training data, so that the folds
     # agree (anchors, sizes, thresholds) and their models can be merged.
-    cfg, _ = resolve_auto(cfg, records, say=print if distributed.current().main else None)
+    cfg, _ = resolve_auto(cfg, records, say=print if ddp.current().main else None)
     made = not cv.folds_path.is_file()
     if made:
         fold_of = assign_folds(records, data, folds, cfg.train.seed)
@@ -126,14 +126,14 @@ def run_cv(
             print(f"fold {k}: training {run}")
             _check_folds(data, cv)
             train(_fold_config(cfg, k, folds), data, run, progress=progress)
-        world = distributed.current()  # under torchrun, rank 0 predicts the OOF images
+        world = ddp.current()  # under torchrun, rank 0 predicts the OOF images
         if cv.oof_path(k).is_file() or not world.main:
-            distributed.barrier(world)
+            ddp.barrier(world)
             continue
         held_out = [r for r in records if fold_of[r.image_id] == k]
         raws = raw_predictions(load_source(run), held_out, device=device, progress=progress)
         cv.save_raw(k, [r.image_id for r in held_out], raws)
-        distributed.barrier(world)
+        ddp.barrier(world)
 
     with atomic_write(cv.ensemble_path) as f:
         f.write(

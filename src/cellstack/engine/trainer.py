@@ -8,7 +8,7 @@ and ``i``; RNG states are restored). A NaN/inf loss stops training with a messag
 names the last good checkpoint, which is left untouched.
 
 Under ``torchrun`` the same function trains with DDP (see
-:mod:`cellstack.distributed`): ``train.batch_size`` is the global batch, split
+:mod:`cellstack.ddp`): ``train.batch_size`` is the global batch, split
 evenly over the processes (rank ``r`` takes its slice of the very samples one process
 would take), gradients are averaged, rank 0 writes the run folder, and validation is
 sharded over the ranks.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellstack import distributed
+from cellstack import ddp
 from cellstack.config import AUTO, Config, save_config
 from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
@@ -65,7 +65,7 @@ def validate(
     records: list[ImageRecord],
     cfg: Config,
     device: torch.device,
-    world: distributed.World | None = None,
+    world: ddp.World | None = None,
 ) -> float:
     """Mean competition score of the model on annotated records (full images).
 
@@ -77,10 +77,10 @@ def validate(
     from cellstack.inference.segmenter import Segmenter
     from cellstack.inference.sources import Source
 
-    world = world or distributed.World()
+    world = world or ddp.World()
     predictor = Segmenter(Source.of_model(model, cfg), device=device).predictor
     scores = []
-    for rec in distributed.shard(records, world):
+    for rec in ddp.shard(records, world):
         image, _ = load_sample(rec)
         (pred,) = predictor([image])
         scores.append(
@@ -89,7 +89,7 @@ def validate(
             ).score
         )
     model.train()
-    scores = [s for part in distributed.gather(scores, world) for s in part]
+    scores = [s for part in ddp.gather(scores, world) for s in part]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -181,8 +181,8 @@ def train(
     elif run.exists() and not run.is_dir():
         raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
     t = cfg.train
-    device = distributed.pick_device(t.device, distributed.launched().local_rank)
-    world = distributed.setup(device)
+    device = ddp.pick_device(t.device, ddp.launched().local_rank)
+    world = ddp.setup(device)
     if t.batch_size % world.size:
         raise CellstackError(
             f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
@@ -298,7 +298,7 @@ def train(
         # Killed while the run was being finished: the last checkpoint holds it all.
         if world.main:
             finish(RunLog(run / "log.csv", start).rows)
-        distributed.barrier(world)
+        ddp.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
     dataset = TrainCrops(
@@ -353,7 +353,7 @@ def train(
         # One all-reduce gives every rank the same view: the logged means and the
         # NaN check (a rank that stopped alone would leave the others waiting).
         kinds = losses_by_kind(losses)
-        stats = distributed.mean(
+        stats = ddp.mean(
             torch.tensor([loss.item(), *[kinds.get(k, 0.0) for k in LOSS_NAMES]], device=device),
             world,
         ).tolist()
@@ -393,7 +393,7 @@ def train(
         hook.after_train(loop)
     if world.main:
         finish(log.rows)
-    distributed.barrier(world)  # no rank reports "done" before model.pt exists
+    ddp.barrier(world)  # no rank reports "done" before model.pt exists
     return TrainResult(run, t.iterations, loss_value, loop.val_score)
 
 
@@ -419,7 +419,7 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     device: torch.device
-    world: distributed.World
+    world: ddp.World
     total: int
     class_names: list[str]
     data_stats: dict | None
@@ -434,7 +434,7 @@ class Loop:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
-        rng = distributed.gather(ckpt.rng_state(), self.world)
+        rng = ddp.gather(ckpt.rng_state(), self.world)
         if self.world.main:
             files.save(
                 {
@@ -516,7 +516,7 @@ def tune_run_thresholds(
     )
 
 
-def _restore_rng(saved: dict | list, world: distributed.World, run: Path) -> None:
+def _restore_rng(saved: dict | list, world: ddp.World, run: Path) -> None:
     """Set this rank's RNG state from a checkpoint (one state per rank that wrote it)."""
     states = saved if isinstance(saved, list) else [saved]
     if len(states) != world.size and world.main:

@@ -30,6 +30,8 @@ OUTPUTS = (
     "overlays",
     "objects",
     "rois",
+    "geojson",
+    "ome-zarr",
 )
 #: Every file a predict run writes is listed here (one path per line, relative to the
 #: output folder) *before* it is written, so ``--overwrite`` deletes exactly those files
@@ -37,6 +39,8 @@ OUTPUTS = (
 MANIFEST = "cellstack-outputs.txt"
 #: ``{image id: absolute path of the input image}`` of a predict run.
 INPUTS = "inputs.json"
+#: Per-image summaries of a run on Dask workers (its resume points), until it ends.
+PARTS = ".cellstack-parts"
 
 
 def plane_suffix(position: dict[str, int]) -> str:
@@ -91,6 +95,13 @@ class PredictionWriter:
       polygon per cell named by its label id, with its plane position in stacks.
     - ``overlays/{id}.png`` (``overlays``): outlines coloured by cell type; one
       ``{id}_z{k}.png`` per plane of a stack.
+    - ``geojson/{id}.geojson`` (``save_geojson``): a GeoJSON FeatureCollection that
+      QuPath imports as detections: one polygon per cell (pixel-edge outline, x/y in
+      pixels with pixel (0, 0) covering [0, 1)), ``classification`` = cell type,
+      ``measurements`` = score and area; a stack's planes as ``plane`` properties.
+    - ``ome-zarr/{id}.zarr`` (``save_ome_zarr``, 2-D images): the label image as NGFF
+      (:func:`~cellstack.data.omezarr.write_label_zarr`), for napari-ome-zarr and
+      Fiji; listed in the manifest as a folder (``ome-zarr/{id}.zarr/``).
 
     At :meth:`close`: ``submission.csv`` (Kaggle RLE rows, 2-D images) and
     ``results.json`` (COCO results: RLE masks, scores, ``category_id`` = class index + 1,
@@ -105,6 +116,8 @@ class PredictionWriter:
         overlays: bool = True,
         save_rois: bool = False,
         label_dtype: str = "int32",
+        save_geojson: bool = False,
+        save_ome_zarr: bool = False,
     ):
         if label_dtype not in LABEL_DTYPES:
             raise ValueError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
@@ -112,12 +125,14 @@ class PredictionWriter:
         self.class_names = list(class_names)
         self.overlays = overlays
         self.save_rois = save_rois
+        self.save_geojson = save_geojson
+        self.save_ome_zarr = save_ome_zarr
         self.label_dtype = label_dtype
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
         self._written: dict[str, str] = {}  # relative path -> the image it was written for
 
-    def _target(self, *parts: str, image_id: str = "") -> Path:
+    def target(self, *parts: str, image_id: str = "") -> Path:
         """``out/parts...`` (checked to stay inside), listed in the manifest first.
         A path this run already wrote for another image is refused, never replaced."""
         from cellstack.errors import CellstackError
@@ -139,17 +154,22 @@ class PredictionWriter:
         """Write one image's result (see the class docstring)."""
         lead = result.lead
         write_label_tiff(
-            self._target("labels", f"{image_id}.tif", image_id=image_id),
+            self.target("labels", f"{image_id}.tif", image_id=image_id),
             result.labels,
             dtype=self.label_dtype,
             axes=f"{lead}YX",
             where=image_id,
         )
         self._write_table(
-            self._target("objects", f"{image_id}.csv", image_id=image_id), result.table
+            self.target("objects", f"{image_id}.csv", image_id=image_id), result.table
         )
         if self.save_rois:
-            self._write_rois(self._target("rois", f"{image_id}.zip", image_id=image_id), result)
+            self._write_rois(self.target("rois", f"{image_id}.zip", image_id=image_id), result)
+        if self.save_geojson:
+            path = self.target("geojson", f"{image_id}.geojson", image_id=image_id)
+            write_json(path, geojson_of(result))
+        if self.save_ome_zarr and not lead:
+            self._write_zarr(image_id, result.labels)
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
         offset = 0  # label ids run on across the planes of a stack
@@ -161,7 +181,7 @@ class PredictionWriter:
                 classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
                 write_png(
-                    self._target("overlays", f"{image_id}{suffix}.png", image_id=image_id),
+                    self.target("overlays", f"{image_id}{suffix}.png", image_id=image_id),
                     outline_overlay(result.image.reshape(-1, h, w)[k], local, classes),
                 )
             if not lead:
@@ -221,6 +241,42 @@ class PredictionWriter:
         with atomic_path(path) as tmp:
             roifile.roiwrite(tmp, rois, mode="w")
 
+    def _write_zarr(self, image_id: str, labels: np.ndarray) -> None:
+        """``ome-zarr/{id}.zarr``, written beside under a temporary name and renamed."""
+        import shutil
+
+        from cellstack.data.omezarr import write_label_zarr
+
+        final = self.target("ome-zarr", f"{image_id}.zarr/", image_id=image_id)
+        tmp = final.with_name(f".{final.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_label_zarr(tmp, labels)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+
+    def save_part(self, image_id: str) -> None:
+        """Write this writer's summary rows of ``image_id`` to ``PARTS/{id}.json``: the
+        mark that the image's outputs are complete (a resumed run skips it)."""
+        coco = [e for e in self.coco if e["image_id"] == image_id]
+        part = {"submission": self.submission.get(image_id), "coco": coco}
+        write_json(self.target(PARTS, f"{image_id}.json", image_id=image_id), part)
+
+    @staticmethod
+    def done_parts(out: str | Path) -> set[str]:
+        """The image ids whose outputs an earlier run in ``out`` completed."""
+        folder = Path(out) / PARTS
+        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+    @staticmethod
+    def load_part(out: str | Path, image_id: str) -> tuple[dict[str, list[str]], list[dict]]:
+        """``(submission, coco)`` of one image, as :meth:`save_part` wrote it."""
+        import json
+
+        part = json.loads(child(Path(out), PARTS, f"{image_id}.json").read_text("utf-8"))
+        submission = {} if part["submission"] is None else {image_id: part["submission"]}
+        return submission, part["coco"]
+
     def merged(
         self, parts: Sequence[tuple[dict[str, list[str]], list[dict]]], order: Sequence[str]
     ) -> PredictionWriter:
@@ -238,9 +294,63 @@ class PredictionWriter:
         """Write the summaries; ``inputs`` (``{image id: input file}``) also goes to
         ``inputs.json``, so viewers can open each prediction beside its image."""
         if inputs is not None:
-            write_json(self._target(INPUTS), {k: str(Path(v).resolve()) for k, v in inputs.items()})
-        write_submission(self._target("submission.csv"), self.submission)
-        write_json(self._target("results.json"), self.coco)
+            write_json(self.target(INPUTS), {k: str(Path(v).resolve()) for k, v in inputs.items()})
+        write_submission(self.target("submission.csv"), self.submission)
+        write_json(self.target("results.json"), self.coco)
+
+
+def outline(mask: np.ndarray) -> list[list[float]]:
+    """The outer boundary of a 2-D bool mask as a closed polygon ``[[x, y], ...]`` in
+    pixel-edge coordinates (pixel (0, 0) covers [0, 1) x [0, 1)).
+
+    Traced on the mask upsampled 2x, so the polygon runs a quarter pixel inside the
+    pixel edges: every mask pixel's centre lies inside it and every other pixel's
+    centre outside (re-rasterising by pixel centres gives the mask back).
+    """
+    import cv2
+
+    up = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+    points = (points + 0.5) / 2  # sub-pixel centres -> original pixel units
+    ring = [[round(float(x), 3), round(float(y), 3)] for x, y in points]
+    return [*ring, ring[0]]
+
+
+def geojson_of(result: Result) -> dict:
+    """A GeoJSON FeatureCollection of a result's cells (QuPath detections)."""
+    table = result.table
+    flat = result.labels.reshape(-1, *result.labels.shape[-2:])
+    lead_shape = result.labels.shape[:-2]
+    features = []
+    for n, label in enumerate(table["label"]):
+        position = {a: int(table[a][n]) for a in result.lead.lower()}
+        plane = int(np.ravel_multi_index(list(position.values()), lead_shape)) if position else 0
+        y0, x0, y1, x1 = (int(table[c][n]) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
+        ring = outline(flat[plane, y0:y1, x0:x1] == label)
+        if len(ring) < 4:
+            continue
+        ring = [[x + x0, y + y0] for x, y in ring]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "detection",
+                    "name": str(int(label)),
+                    "classification": {"name": str(table["cell_type"][n])},
+                    "measurements": {
+                        "score": float(table["score"][n]),
+                        "area": float(table["area"][n]),
+                    },
+                    "label": int(label),
+                    **({"plane": position} if position else {}),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
 
 
 def remove_outputs(out: Path) -> int:
@@ -273,7 +383,12 @@ def remove_outputs(out: Path) -> int:
             target = child(out, *parts)
         except CellstackError:
             continue  # a listed path that leaves the folder is never followed
-        if target.is_file() or target.is_symlink():
+        if line.endswith("/") and target.is_dir() and not target.is_symlink():
+            import shutil
+
+            shutil.rmtree(target)  # a folder predict made whole (an OME-Zarr)
+            n += 1
+        elif target.is_file() or target.is_symlink():
             target.unlink()
             n += 1
         if len(parts) > 1:

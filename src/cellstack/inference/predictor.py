@@ -34,7 +34,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _core(start: int, tile: int, overlap: int, total: int) -> tuple[float, float]:
+def tile_core(start: int, tile: int, overlap: int, total: int) -> tuple[float, float]:
     """The half-open range of box centres that the tile starting at ``start`` keeps."""
     lo = 0.0 if start == 0 else start + overlap / 2
     hi = float(total) if start + tile >= total else start + tile - overlap / 2
@@ -155,8 +155,8 @@ class Predictor:
             boxes = inst.boxes + shift
             cx = (boxes[:, 0] + boxes[:, 2]) / 2
             cy = (boxes[:, 1] + boxes[:, 3]) / 2
-            x_lo, x_hi = _core(x, t, o, w)
-            y_lo, y_hi = _core(y, t, o, h)
+            x_lo, x_hi = tile_core(x, t, o, w)
+            y_lo, y_hi = tile_core(y, t, o, h)
             keep = (cx >= x_lo) & (cx < x_hi) & (cy >= y_lo) & (cy < y_hi)
             parts.append(Instances((h, w), **{**inst.fields, "boxes": boxes})[keep])
         return Instances.cat(parts)

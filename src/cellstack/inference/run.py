@@ -130,6 +130,8 @@ def predict_folder(
     save_rois: bool = False,
     overlays: bool = True,
     label_dtype: str = "int32",
+    save_geojson: bool = False,
+    save_ome_zarr: bool = False,
 ) -> PredictSummary:
     """Predict every image of ``images`` with a run's final model, a CV folder or an
     ensemble YAML (see :mod:`~cellstack.inference.sources`); write to ``out`` (see
@@ -144,12 +146,13 @@ def predict_folder(
     their cells have the size the model trained on (its stored median diameter) and
     the masks mapped back. ``scale`` gives the factor directly. Default: no rescaling.
     ``spec``: channels and axes of stacks (:class:`~cellstack.data.images.PlaneSpec`);
-    Z-stacks and time series are segmented plane by plane.
+    Z-stacks and time series are segmented plane by plane. ``save_geojson``,
+    ``save_ome_zarr``: also QuPath GeoJSON and OME-Zarr labels (see the writer).
     """
     import contextlib
     import time
 
-    from cellstack import distributed
+    from cellstack import ddp
     from cellstack.data.images import plane_layout
     from cellstack.fileio import output_lock
     from cellstack.inference.export import PredictionWriter, check_unique_outputs
@@ -162,11 +165,11 @@ def predict_folder(
         raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
     spec = spec or PlaneSpec()
     out = Path(out)
-    distributed.pick_device(device, distributed.launched().local_rank)
+    ddp.pick_device(device, ddp.launched().local_rank)
     todo = find_images(images)
     layouts = [(image_id, *plane_layout(path, spec)[:2]) for image_id, path in todo]
     check_unique_outputs(layouts)
-    main_process = distributed.launched().rank == 0
+    main_process = ddp.launched().rank == 0
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
     lock = output_lock(out, "cellstack predict") if main_process else contextlib.nullcontext()
@@ -181,22 +184,28 @@ def predict_folder(
             overrides=overrides,
             allow_unfinished=allow_unfinished,
         )
-        world = distributed.setup(seg.device)
+        world = ddp.setup(seg.device)
         writer = PredictionWriter(
-            out, seg.class_names, overlays=overlays, save_rois=save_rois, label_dtype=label_dtype
+            out,
+            seg.class_names,
+            overlays=overlays,
+            save_rois=save_rois,
+            label_dtype=label_dtype,
+            save_geojson=save_geojson,
+            save_ome_zarr=save_ome_zarr,
         )
-        mine = distributed.shard(todo, world)
+        mine = ddp.shard(todo, world)
         t0 = time.perf_counter()
         results = seg.iter_many(
             [path for _, path in mine], spec=spec, progress=progress and world.main
         )
         for (image_id, _), result in zip(mine, results, strict=True):
             writer.add(image_id, result)
-        parts = distributed.gather((writer.submission, writer.coco), world)
+        parts = ddp.gather((writer.submission, writer.coco), world)
         merged = writer.merged(parts, [image_id for image_id, _ in todo])
         if world.main:
             merged.close(inputs=dict(todo))
-        distributed.barrier(world)
+        ddp.barrier(world)
     n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
 

@@ -157,7 +157,7 @@ class Segmenter:
         thresholds: Thresholds | None = None,
         batch_size: int | None = None,
     ) -> None:
-        from cellstack import distributed
+        from cellstack import ddp
 
         self.source = source
         self.scale = resize_factor(source, diameter, scale)
@@ -168,7 +168,7 @@ class Segmenter:
         self.predictor = Predictor(
             source.model,
             thresholds or source.thresholds,
-            device=distributed.pick_device(device, distributed.launched().local_rank),
+            device=ddp.pick_device(device, ddp.launched().local_rank),
             tile_size=p.tile_size,
             tile_overlap=p.tile_overlap,
             batch_size=self.batch_size,
@@ -235,10 +235,18 @@ class Segmenter:
         *,
         axes: str | None = None,
         channel: int | Sequence[int] | None = None,
+        normalize: bool | tuple[float, float] = True,
     ) -> Result:
         """Segment one image: an array (2-D, 2-D + colour, or a stack with ``axes``,
-        e.g. ``"ZYX"``, ``"CYX"`` with ``channel=``) or an image file."""
-        (result,) = self.iter_many([image], axes=axes, channel=channel, progress=False)
+        e.g. ``"ZYX"``, ``"CYX"`` with ``channel=``) or an image file.
+
+        ``normalize``: True scales every plane by its own 0.5/99.5 percentiles (as the
+        model trained); ``(lo, hi)`` maps that intensity range to 0..255 for every plane
+        alike (the blocks of a large image, a time series of one brightness).
+        """
+        (result,) = self.iter_many(
+            [image], axes=axes, channel=channel, normalize=normalize, progress=False
+        )
         return result
 
     def segment_many(
@@ -259,6 +267,7 @@ class Segmenter:
         axes: str | None = None,
         channel: int | Sequence[int] | None = None,
         spec: PlaneSpec | None = None,
+        normalize: bool | tuple[float, float] = True,
         progress: bool = True,
     ) -> Iterator[Result]:
         """Segment images or files one after another, yielding each result as soon as
@@ -266,18 +275,20 @@ class Segmenter:
 
         Planes of consecutive images are batched together (``batch_size``). Files are
         read by their own axes (:func:`~cellstack.data.images.read_planes`); ``spec``
-        (or ``channel``) chooses channels and names axes the file does not.
+        (or ``channel``) chooses channels and names axes the file does not;
+        ``normalize`` as in :meth:`__call__`.
         """
         from tqdm import tqdm
 
         spec = _spec(spec, channel)
+        limits = _limits(normalize)
         items = list(items) if not isinstance(items, list) else items
         bar = tqdm(total=len(items), desc="segmenting", unit="img", disable=not progress)
         pending: list[tuple[np.ndarray, str]] = []  # images whose planes wait for a batch
         queued = 0
         with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
             for n, item in enumerate(items):
-                image, lead = self._planes(item, axes, spec, f"image {n}")
+                image, lead = self._planes(item, axes, spec, f"image {n}", limits)
                 pending.append((image, lead))
                 queued += int(np.prod(image.shape[: len(lead)]))
                 if queued >= self.batch_size or n == len(items) - 1:
@@ -306,10 +317,15 @@ class Segmenter:
         yield self._result(planes, lead, cells)
 
     def _planes(
-        self, item: np.ndarray | str | Path, axes: str | None, spec: PlaneSpec, where: str
+        self,
+        item: np.ndarray | str | Path,
+        axes: str | None,
+        spec: PlaneSpec,
+        where: str,
+        limits: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, str]:
         """:func:`_planes`, also checking that the planes fit once resized by ``scale``."""
-        image, lead = _planes(item, axes, spec, where)
+        image, lead = _planes(item, axes, spec, where, limits)
         if self.scale != 1:  # what the model will see must fit too
             h, w = (round(d * self.scale) for d in image.shape[-2:])
             check_image_size(h, w, f"{where} resized by {self.scale:.4g}")
@@ -419,8 +435,29 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
+def _limits(normalize: object) -> tuple[float, float] | None:
+    """None (each plane's own percentiles) for True, else the checked ``(lo, hi)``."""
+    if normalize is True:
+        return None
+    ok = (
+        isinstance(normalize, tuple | list)
+        and len(normalize) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in normalize)
+        and all(math.isfinite(v) for v in normalize)
+    )
+    if not ok:
+        raise ArgumentTypeError(
+            f"normalize must be True or a (lo, hi) intensity range, got {normalize!r}"
+        )
+    return float(normalize[0]), float(normalize[1])
+
+
 def _planes(
-    item: np.ndarray | str | Path, axes: str | None, spec: PlaneSpec, where: str
+    item: np.ndarray | str | Path,
+    axes: str | None,
+    spec: PlaneSpec,
+    where: str,
+    limits: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, str]:
     """uint8 planes ``[*lead, H, W]`` and their lead axes, from a file or an array."""
     if axes is not None and not isinstance(axes, str):
@@ -431,7 +468,7 @@ def _planes(
                 f"{where}: axes= applies to arrays; a file is read by its own axes (name an "
                 "axis the file lacks with spec=PlaneSpec(z_axis=...), or --z-axis)"
             )
-        return read_planes(item, spec)
+        return read_planes(item, spec, limits)
     if not isinstance(item, np.ndarray) and not hasattr(item, "__array__"):
         raise ArgumentTypeError(
             f"{where}: expected a numpy array or an image file path, got {type(item).__name__}"
@@ -459,4 +496,4 @@ def _planes(
         raise CellstackError(f"{where}: pixels of dtype {array.dtype} are not numbers")
     planes, lead = select_planes(array, axes.upper(), spec, where)  # DataError: a CellstackError
     check_image_size(planes.shape[len(lead)], planes.shape[len(lead) + 1], where)
-    return gray_planes(planes, lead), lead
+    return gray_planes(planes, lead, limits), lead

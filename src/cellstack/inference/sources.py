@@ -58,6 +58,8 @@ class Source:
             model in memory).
         diameter: median diameter (px) of the objects the (first) run trained on, from
             its ``data_stats.json``; None for runs that did not record it.
+        largest: the 95th percentile of those objects' longer box side (px), or None:
+            what a block overlap must hold (:mod:`cellstack.distributed.blocks`).
     """
 
     model: torch.nn.Module
@@ -66,6 +68,7 @@ class Source:
     thresholds: Thresholds
     thresholds_path: Path | None
     diameter: float | None = None
+    largest: float | None = None
 
     @classmethod
     def of_model(
@@ -112,18 +115,23 @@ def load_source(
         cfg,
         folder_thresholds(path, cfg),
         path / THRESHOLDS,
-        trained_diameter(path),
+        **trained_sizes(path),
     )
 
 
-def trained_diameter(run: Path) -> float | None:
-    """The median object diameter a run trained on (its ``data_stats.json``)."""
-    import json
+def trained_sizes(run: Path) -> dict[str, float | None]:
+    """``diameter`` (median) and ``largest`` (95th percentile of the longer box side)
+    of the objects a run trained on, in pixels, from its ``data_stats.json``
+    (:func:`~cellstack.modeling.files.run_data_stats`); None where not recorded."""
+    from cellstack.modeling.files import run_data_stats
 
-    try:
-        return float(json.loads((run / "data_stats.json").read_text())["diameter_median"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    stats = run_data_stats(run) or {}
+
+    def number(key: str) -> float | None:
+        value = stats.get(key)
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    return {"diameter": number("diameter_median"), "largest": number("box_p95")}
 
 
 def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
@@ -282,7 +290,7 @@ def _load_ensemble(
         thresholds = Thresholds.from_dict({**post, "default": default}, f"{path}: postprocess")
     if tuned is not None:
         thresholds = tuned
-    return Source(ensemble, names, cfg, thresholds, tpath, trained_diameter(resolved[0]))
+    return Source(ensemble, names, cfg, thresholds, tpath, **trained_sizes(resolved[0]))
 
 
 def _runs_of(spec: str, base: Path, allow_unfinished: bool) -> list[Path]:

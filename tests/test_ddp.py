@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cellstack import distributed
+from cellstack import ddp
 from cellstack.config import load_config
 from cellstack.engine.trainer import train
 from cellstack.inference.run import predict_folder
@@ -42,10 +42,10 @@ def _losses(run):
 
 
 def test_single_process_world():
-    world = distributed.current()
+    world = ddp.current()
     assert (world.rank, world.size, world.main) == (0, 1, True)
-    assert distributed.shard(list(range(5)), distributed.World(1, 2)) == [1, 3]
-    assert distributed.gather("x", world) == ["x"]
+    assert ddp.shard(list(range(5)), ddp.World(1, 2)) == [1, 3]
+    assert ddp.gather("x", world) == ["x"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,71 @@
+"""Outputs other tools read: QuPath GeoJSON and OME-Zarr labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import cellstack
+from cellstack.cli import main
+from cellstack.inference.export import outline
+
+SAMPLES = Path(cellstack.__file__).parent / "samples" / "nuclei"
+
+
+def rasterise(ring: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
+    """bool[H, W]: the pixels whose centre lies inside the polygon (QuPath's rule)."""
+    from matplotlib.path import Path as Polygon
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = np.column_stack([xx.ravel() + 0.5, yy.ravel() + 0.5])
+    return Polygon(np.asarray(ring)).contains_points(centres).reshape(shape)
+
+
+def test_outline_rasterises_back_to_the_mask():
+    mask = np.zeros((20, 24), bool)
+    mask[3:9, 4:15] = True
+    mask[9:15, 6:10] = True  # an L: concave corners too
+    ring = outline(mask)
+    assert ring[0] == ring[-1]
+    assert np.array_equal(rasterise(ring, mask.shape), mask)
+
+
+def test_geojson_of_nuclei_rasterises_to_the_label_image(tmp_path):
+    out = tmp_path / "p"
+    args = ["predict", "nuclei", str(SAMPLES / "images" / "hela_h2b.tif"), "--out", str(out)]
+    assert main([*args, "--save-geojson", "--save-ome-zarr", "--quiet"]) == 0
+    labels = tifffile.imread(out / "labels" / "hela_h2b.tif")
+    collection = json.loads((out / "geojson" / "hela_h2b.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert len(features) == labels.max() >= 10
+    ious = []
+    for feature in features:
+        props = feature["properties"]
+        assert props["objectType"] == "detection" and props["classification"]["name"]
+        assert set(props["measurements"]) == {"score", "area"}
+        cell = labels == props["label"]
+        drawn = rasterise(feature["geometry"]["coordinates"][0], labels.shape)
+        ious.append((cell & drawn).sum() / (cell | drawn).sum())
+    assert min(ious) >= 0.95, sorted(ious)[:5]
+    # The same labels as OME-Zarr, and --overwrite removes that folder with the rest.
+    from cellstack.data.omezarr import open_labels
+
+    zarr_out = out / "ome-zarr" / "hela_h2b.zarr"
+    assert np.array_equal(open_labels(zarr_out, "r")[:], labels)
+    mine = out / "ome-zarr" / "notes.txt"
+    mine.write_text("mine")
+    assert main([*args, "--overwrite", "--quiet"]) == 0
+    assert not zarr_out.exists() and mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_outline_of_tiny_masks(n):
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = bool(n)
+    ring = outline(mask)
+    assert (ring == []) if not n else np.array_equal(rasterise(ring, mask.shape), mask)
