@@ -24,7 +24,12 @@ ROOT = Path(__file__).parents[1]
 
 #: The README sections whose ``bash`` blocks are commands a user types, in the order a
 #: user runs them (the built-in models' block uses the data the command line makes).
-SECTIONS = ("## Command line", "## Built-in models", "## Training workflow")
+SECTIONS = (
+    "## Command line",
+    "## Built-in models",
+    "## Large images and many machines",
+    "## Training workflow",
+)
 
 #: Commands run elsewhere, with the test that runs them (too long or too wide here).
 ELSEWHERE = {
@@ -49,6 +54,9 @@ TOKENS = {
     "OUT_40": ["preds_builtin_40"],
     "DATA": ["data/synth"],
     "RUN": ["runs/finetuned"],
+    "--workers 4": ["--workers", "2"],
+    "--block 2048": ["--block", "256"],
+    "plate/": ["path/to/images"],
 }
 
 #: Overrides appended per subcommand so that training takes seconds (a tiny model on
@@ -117,6 +125,14 @@ def _scratch(root: Path, synth_dir: Path) -> None:
     shutil.move(kaggle / "livecell", root / "data" / "LIVECell_dataset_2021")
     shutil.copytree(kaggle / "train", kaggle / "test")
     (root / "data" / "hck_fix").mkdir()
+    # A small slide (OME-Zarr) and mosaic (TIFF) for the large-image commands.
+    import zarr
+
+    mosaic = np.tile(plane, (3, 3))[:600, :600]
+    tifffile.imwrite(root / "mosaic.tif", mosaic, tile=(256, 256))
+    slide = zarr.open_group(str(root / "slide.ome.zarr"), mode="w", zarr_format=2)
+    slide.attrs["multiscales"] = [{"axes": ["y", "x"], "datasets": [{"path": "0"}]}]
+    slide.create_array("0", shape=mosaic.shape, chunks=(256, 256), dtype="uint8")[:] = mosaic
     # The three runs configs/ensemble_example.yaml lists (README "Models and ensembles").
     for arch in ("cascade", "htc", "maskrcnn"):
         args = ["train", str(synth_dir), "--out", str(root / "runs" / arch), *TINY_TRAIN]
@@ -125,9 +141,23 @@ def _scratch(root: Path, synth_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_every_readme_command_runs(synth_dir, tmp_path, monkeypatch, capsys):
+    from distributed import LocalCluster
+
     _scratch(tmp_path, synth_dir)
     monkeypatch.chdir(tmp_path)
     ran, covered = [], []
+    # The README's scheduler address stands for a cluster the user runs: one runs here.
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    TOKENS["tcp://10.0.0.5:8786"] = [cluster.scheduler_address]
+    try:
+        _run_all(ran, covered, capsys)
+    finally:
+        cluster.close()
+        del TOKENS["tcp://10.0.0.5:8786"]
+    _check_outputs(tmp_path, ran, covered)
+
+
+def _run_all(ran: list, covered: list, capsys) -> None:
     for command in readme_commands():
         if command.startswith(("make ", ".venv/bin/")):
             continue  # make targets and benchmarks: `make test` and benchmarks/ themselves
@@ -143,6 +173,9 @@ def test_every_readme_command_runs(synth_dir, tmp_path, monkeypatch, capsys):
             continue
         assert code == 0, f"`{command}` exited {code}: {captured.err[-2000:]}"
         ran.append(command)
+
+
+def _check_outputs(tmp_path: Path, ran: list, covered: list) -> None:
     assert len(ran) >= 25 and len(covered) == len(ELSEWHERE), (ran, covered)
     # What the commands promise to write is there.
     assert (tmp_path / "report.json").is_file()
@@ -154,3 +187,9 @@ def test_every_readme_command_runs(synth_dir, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "preds_stacks" / "rois").iterdir()) == ["s.zip"]
     assert (tmp_path / "preds_builtin" / "submission.csv").is_file()
     assert (tmp_path / "submission" / "submission.csv").is_file()
+    assert (tmp_path / "slide_labels.ome.zarr" / "cells" / "0").is_dir()
+    assert (tmp_path / "mosaic_labels.ome.zarr" / "objects.csv").is_file()
+    assert (
+        sorted(p.suffix for p in (tmp_path / "plate_qupath" / "geojson").iterdir())
+        == [".geojson"] * 2
+    )
