@@ -65,8 +65,8 @@ def main() -> None:
     from cellstack.data.layouts import load_predictions
     from cellstack.data.sartorius import read_train_csv
     from cellstack.data.synthetic import synthesize
-    from cellstack.demo import demo_config_path
     from cellstack.ddp import pick_device
+    from cellstack.demo import demo_config_path
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.run import predict_folder
