@@ -10,7 +10,8 @@ from the 11th-place solution of Kaggle's Sartorius Cell Instance Segmentation.
     seg = cellstack.Segmenter.load("runs/r18")   # a run, a CV folder or an ensemble YAML
     result = seg(image)                          # labels, instances, table
 
-``Segmenter`` and ``Result`` load on first use, so ``import cellstack`` stays light.
+``Segmenter``, ``Result`` and ``matching`` (tp/fp/fn, precision, recall, f1 of two
+segmentations) load on first use, so ``import cellstack`` stays light.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cellstack.inference.segmenter import Result, Segmenter
 
 __version__ = "0.1.0"
-__all__ = ["CellstackError", "Instances", "Result", "Segmenter", "__version__"]
+__all__ = ["CellstackError", "Instances", "Result", "Segmenter", "__version__", "matching"]
 
 
 def __getattr__(name: str):
@@ -32,4 +33,13 @@ def __getattr__(name: str):
         from cellstack.inference import segmenter
 
         return getattr(segmenter, name)
+    if name == "matching":
+        from cellstack.evaluation.matching import matching
+
+        return matching
     raise AttributeError(f"module 'cellstack' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones included (tab completion sees them)."""
+    return sorted({*globals(), *__all__})

@@ -100,11 +100,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CellstackError(
                 "--resume continues a run as it was configured; drop --config and overrides"
             )
-        result = train(load_config(None), args.data, args.resume, resume=True)
+        result = train(
+            load_config(None), args.data, args.resume, resume=True, progress=not args.quiet
+        )
     else:
         if args.out is None:
             raise CellstackError("train needs --out RUN (or --resume RUN)")
-        result = train(load_config(args.config, args.overrides), args.data, args.out)
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, args.data, args.out, progress=not args.quiet)
     score = "" if result.val_score is None else f", validation score {result.val_score:.4f}"
     if ddp.current().main:
         print(f"trained {result.iterations} iterations into {result.run}{score}")
@@ -314,6 +317,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``, the same option on every subcommand that shows progress."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellstack",
@@ -335,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default), sheet (dense, oblique light), nuclei (fluorescent)",
     )
     p.add_argument("--livecell", action="store_true", help="also write a LIVECell-style COCO json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser(
@@ -355,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("source", type=Path, help="the LIVECell folder (searched recursively)")
     q.add_argument("--out", type=Path, required=True, help="prepared folder to write")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(q)
     q = prep.add_parser("sartorius", help="Sartorius: train.csv + train/*.png")
     q.add_argument("source", type=Path, help="the competition folder (with train.csv)")
     q.add_argument("--out", type=Path, default=None, help="default: SOURCE/prepared")
@@ -370,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of {id}.png whose red channel marks the true foreground; training "
         "masks are cut to it (validation keeps the raw masks)",
     )
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(q)
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("evaluate", help="score predictions with the competition metric and COCO AP")
@@ -379,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pred", type=Path, help="submission.csv or a folder of label images")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("folds", help="k-fold split grouped by sample_id, stratified by cell type")
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in)")
     p.add_argument("--out", type=Path, default=None, help="run folder to create")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_train, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
@@ -416,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="CV folder (created or continued)")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--device", default="auto", help="device for OOF prediction (default auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_cv, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
@@ -541,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("int32", "uint32", "uint16"),
         help="dtype of labels/{id}.tif (default int32, which napari opens as Labels)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
@@ -571,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use checkpoint.pt of a run whose training has not finished",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_tune, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(

@@ -109,6 +109,7 @@ def run_demo(
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
+    from cellstack.fileio import open_text
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.overlay import outline_overlay, side_by_side
     from cellstack.inference.run import predict_folder
@@ -130,7 +131,7 @@ def run_demo(
     held_out = [r for r in records if folds[r.image_id] == 0]
     # The training images' rows only: a train.csv of its own beside train/.
     held_ids = {r.image_id for r in held_out}
-    with open(data / "train.csv", newline="") as f:
+    with open_text(data / "train.csv", "train.csv") as f:
         rows = [row for row in csv.DictReader(f) if row["id"] not in held_ids]
     write_train_csv(data / "demo_train.csv", rows)
 

@@ -2,7 +2,8 @@
 
 Borrowed from detectron2's idea: a set of N instances of one image, every field an
 array (numpy or torch) or list with leading dimension N. Indexing applies to every
-field at once, so ``inst[inst.scores > 0.5]`` keeps boxes, masks and labels in step.
+field at once, so ``inst[inst.scores > 0.5]`` keeps boxes, scores, labels and masks in
+step.
 Instances are immutable: :meth:`Instances.replace` and indexing return new objects.
 
 Field conventions used across cellstack:
@@ -11,9 +12,11 @@ Field conventions used across cellstack:
   coordinates (a pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``).
 - ``scores``: float32[N] in [0, 1].
 - ``labels``: int64[N], index into the run's class names (cell types).
-- ``masks``: bool[N, H, W] full-image masks.
-- ``roi_masks``: float32[N, M, M] mask probabilities on the box's M x M grid, kept
-  until the final paste so that ensembles can average them.
+- ``roi_masks``: float32[N, M, M] mask probabilities on the box's M x M grid (M = 2 x
+  ``model.roi.mask_pool``), kept until the final paste so that ensembles can average
+  them.
+- ``pixels``: after post-processing, a list of N int64 arrays, each the flat indices
+  (``row * W + col``) of one cell's pixels in the image; cells never share a pixel.
 """
 
 from __future__ import annotations

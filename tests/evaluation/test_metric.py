@@ -125,3 +125,21 @@ def test_size_mismatch_is_an_error():
         as_sparse(np.zeros((4, 5), np.int32), (5, 5))
     with pytest.raises(ValueError, match="pixels"):
         as_sparse(sp.csr_matrix((1, 20), dtype=bool), (5, 5))
+
+
+def test_matching_counts_objects_like_stardist():
+    import cellstack
+
+    truth = np.zeros((20, 20), np.int32)
+    truth[0:5, 0:5], truth[10:15, 10:15], truth[0:4, 15:19] = 1, 2, 3
+    pred = np.zeros_like(truth)
+    pred[0:5, 0:5] = 7  # exact
+    pred[10:15, 10:14] = 8  # IoU 0.8
+    pred[17:19, 0:3] = 9  # nothing there
+    m = cellstack.matching(truth, pred, thresh=0.5)
+    assert (m.tp, m.fp, m.fn, m.n_true, m.n_pred) == (2, 1, 1, 3, 3)
+    assert m.precision == m.recall == m.f1 == 2 / 3 and m.accuracy == 0.5
+    assert cellstack.matching(truth, pred, thresh=0.85).tp == 1
+    empty = np.zeros_like(truth)
+    assert cellstack.matching(empty, empty).f1 == 1.0
+    assert "matching" in dir(cellstack)

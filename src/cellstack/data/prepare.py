@@ -184,7 +184,7 @@ def _cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
         return None
     problems = []
     if (out / PROBLEMS).is_file():
-        with open(out / PROBLEMS, newline="") as f:
+        with open_text(out / PROBLEMS, "problems.csv") as f:
             problems = [Problem(r["where"], r["image_id"], r["reason"]) for r in csv.DictReader(f)]
     return PrepareReport(
         out=out,
@@ -297,7 +297,7 @@ def _previous_mask_files(out: Path) -> list[Path]:
         return []
     files = []
     try:
-        with open(out / RECORDS, encoding="utf-8", newline="") as f:
+        with open_text(out / RECORDS, "records.csv") as f:
             for row in csv.DictReader(f):
                 for key in ("masks", "train_masks"):
                     rel = row.get(key) or ""

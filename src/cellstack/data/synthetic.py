@@ -446,11 +446,13 @@ def synthesize(
 
     if n_images < 1:
         raise CellstackError(f"--n-images must be at least 1, got {n_images}")
-    if min(shape) < 16 or shape[0] * shape[1] > 2**26:
+    from cellstack.data.records import check_image_size
+
+    if min(shape) < 16:
         raise CellstackError(
-            f"image size {shape[1]}x{shape[0]}: width and height must be at least 16 and "
-            "the image at most 2**26 pixels"
+            f"image size {shape[1]}x{shape[0]}: width and height must be at least 16"
         )
+    check_image_size(shape[0], shape[1], "synth --width/--height")  # the one size limit
     if not cell_types:
         raise CellstackError(f"no cell types given; choose from {', '.join(ALL_TYPES)}")
     unknown = [t for t in cell_types if t not in ALL_TYPES]

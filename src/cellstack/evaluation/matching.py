@@ -12,6 +12,7 @@ number of annotated pixels, not with N * M * P as with one dense mask per object
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -109,3 +110,54 @@ def count_matches(ov: Overlaps, thresholds: np.ndarray) -> np.ndarray:
         )
         tp[k] = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
     return tp
+
+
+class Matching(NamedTuple):
+    """Object-level agreement at one IoU threshold (stardist's ``matching`` fields).
+
+    Attributes:
+        thresh: the IoU a pair must exceed to match.
+        tp, fp, fn: matched truths, unmatched predictions, unmatched truths.
+        precision: tp / (tp + fp); recall: tp / (tp + fn); f1: their harmonic mean;
+            accuracy: tp / (tp + fp + fn), the competition metric's term. Each 0 when
+            its denominator is (nothing to count), except 1 when both sides are empty.
+        n_true, n_pred: object counts.
+    """
+
+    thresh: float
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    accuracy: float
+    n_true: int
+    n_pred: int
+
+
+def matching(y_true: object, y_pred: object, thresh: float = 0.5) -> Matching:
+    """How the objects of two segmentations of one image match (one to one, IoU >
+    ``thresh``), as Cellpose's and StarDist's users know it.
+
+    Args:
+        y_true, y_pred: label images int[H, W], mask stacks bool[N, H, W] or sparse
+            masks (:func:`as_sparse`), over the same pixels.
+        thresh: IoU threshold in [0, 1).
+    """
+    if not 0 <= thresh < 1:
+        raise ValueError(f"thresh must be in [0, 1), got {thresh}")
+    truth = as_sparse(y_true)
+    pred = as_sparse(y_pred)
+    tp = int(count_matches(overlaps(truth, pred), np.array([thresh]))[0])
+    n_true, n_pred = truth.shape[0], pred.shape[0]
+    fp, fn = n_pred - tp, n_true - tp
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float(n_true == n_pred == 0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    return Matching(
+        float(thresh), tp, fp, fn, precision, recall, f1, ratio(tp, tp + fp + fn), n_true, n_pred
+    )

@@ -5,8 +5,9 @@ is repeated to three channels), at their native size: no resize, only zero-mean 
 to a multiple of the largest stride. Predictions come out as one
 :class:`~cellstack.structures.Instances` per image with ``boxes`` (float32[N, 4] xyxy,
 image pixels), ``scores``, ``labels`` (int64 class index into ``class_names``) and
-``roi_masks`` (float32[N, 28, 28] mask probabilities on each box's grid, not pasted:
-the predictor pastes after any ensembling).
+``roi_masks`` (float32[N, M, M] mask probabilities on each box's grid, M = 2 x
+``model.roi.mask_pool``: 28 x 28 with the default pool of 14, 56 x 56 with 28; not
+pasted: the predictor pastes after any ensembling).
 """
 
 from __future__ import annotations
