@@ -188,3 +188,20 @@ def test_segmenter_arguments_are_checked_before_the_model_loads(tmp_path):
         Segmenter.load(tmp_path / "nowhere", diameter=20, scale=2)
     with pytest.raises(CellstackError, match="positive"):
         Segmenter.load(tmp_path / "nowhere", diameter=-1)
+
+
+def test_fixed_normalisation_scales_every_image_alike(seg, plane):
+    from cellstack.data.images import intensity_limits
+
+    dim = (plane.astype(np.uint16) * 40).astype(np.uint16)  # 16-bit, as a camera writes
+    limits = intensity_limits(dim)
+    # Half of it alone would be stretched by its own percentiles; with the whole
+    # image's limits it looks as it does inside the whole image.
+    half = dim[:, : dim.shape[1] // 2]
+    own = seg(half).image
+    fixed = seg(half, normalize=limits).image
+    whole = seg(dim).image[:, : dim.shape[1] // 2]
+    assert np.array_equal(fixed, whole) and not np.array_equal(own, whole)
+    for bad in ((1, 2, 3), "x", (0, float("nan")), False):
+        with pytest.raises(TypeError, match="normalize must be True or a"):
+            seg(plane, normalize=bad)

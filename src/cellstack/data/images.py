@@ -313,20 +313,29 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return plan.size
 
 
-def intensity_limits(image: np.ndarray) -> tuple[float, float] | None:
-    """The 0.5 and 99.5 percentiles of ``image``'s finite pixels (colour averaged over
-    its first three channels), or None when it has none: the range
-    :func:`to_gray_uint8` maps to 0..255. Computed once on a sample of a large image,
-    they scale all of its blocks alike."""
+def _gray64(image: np.ndarray) -> np.ndarray:
+    """float64[H, W]: colour averaged over its first three channels (alpha ignored).
+    float64 and, later, rounding: uint8 v, uint16 257*v and float v/255 give the same
+    bytes."""
     img = np.asarray(image)
     if img.ndim == 3:
         img = img[..., :3].astype(np.float32).mean(axis=-1)
-    img = img.astype(np.float64)
-    finite = np.isfinite(img)
+    return img.astype(np.float64)
+
+
+def _percentiles(gray: np.ndarray, finite: np.ndarray) -> tuple[float, float] | None:
     if not finite.any():
         return None
-    lo, hi = np.percentile(img[finite], [0.5, 99.5])
+    lo, hi = np.percentile(gray[finite], [0.5, 99.5])
     return float(lo), float(hi)
+
+
+def intensity_limits(image: np.ndarray) -> tuple[float, float] | None:
+    """The 0.5 and 99.5 percentiles of ``image``'s finite pixels (colour averaged), or
+    None when it has none: the range :func:`to_gray_uint8` maps to 0..255. Computed
+    once on a sample of a large image, they scale all of its blocks alike."""
+    gray = _gray64(image)
+    return _percentiles(gray, np.isfinite(gray))
 
 
 def to_gray_uint8(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
@@ -341,15 +350,11 @@ def to_gray_uint8(image: np.ndarray, limits: tuple[float, float] | None = None) 
     constant plane becomes 0. ``limits`` (lo, hi) replaces the plane's own percentiles
     (:func:`intensity_limits` of a whole image, for its blocks).
     """
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = img[..., :3].astype(np.float32).mean(axis=-1)
-    # float64 and rounding: uint8 v, uint16 257*v and float v/255 give the same bytes.
-    img = img.astype(np.float64)
+    img = _gray64(image)
     finite = np.isfinite(img)
     if not finite.any():
         return np.zeros(img.shape, dtype=np.uint8)
-    lo, hi = np.percentile(img[finite], [0.5, 99.5]) if limits is None else limits
+    lo, hi = _percentiles(img, finite) if limits is None else limits
     img = np.where(finite, img, lo)
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)
