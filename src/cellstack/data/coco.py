@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.data import rle
-from cellstack.data.records import ImageRecord, check_image_size
+from cellstack.data.records import ImageRecord, check_id, check_image_size
 from cellstack.errors import CellstackError, DataError
-from cellstack.fileio import atomic_write, check_name, read_text
+from cellstack.fileio import atomic_write, read_text
 
 
 def _mask_utils():
@@ -138,10 +138,7 @@ def read_coco_instances(
             raise DataError(f"{json_path} images[{n}]: bad or missing {exc}") from None
         where = f"{json_path} image {name}"
         check_image_size(h, w, where)
-        try:
-            check_name(Path(name).stem, where)
-        except CellstackError as exc:
-            raise DataError(str(exc)) from None
+        check_id(Path(name).stem, where)
         anns = anns_by_image.get(img["id"], [])
         masks = [
             segmentation_to_mask(a["segmentation"], h, w, where=f"{where} annotation {a['id']}")

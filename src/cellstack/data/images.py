@@ -383,8 +383,7 @@ def list_images(folder: str | Path) -> list[Path]:
     Their stems become image ids (and output file names), so each must be a usable
     name and unique: ``X.png`` beside ``X.tif`` is an error, not a silent overwrite.
     """
-    from cellstack.errors import CellstackError
-    from cellstack.fileio import check_name
+    from cellstack.data.records import check_id
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -394,10 +393,7 @@ def list_images(folder: str | Path) -> list[Path]:
     )
     seen: dict[str, Path] = {}
     for p in found:
-        try:
-            check_name(p.stem, str(folder))
-        except CellstackError as exc:
-            raise DataError(str(exc)) from None
+        check_id(p.stem, str(folder))
         if p.stem in seen:
             raise DataError(
                 f"{folder}: {seen[p.stem].name} and {p.name} share the id {p.stem!r}; "

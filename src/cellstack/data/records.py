@@ -9,7 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellstack.data import rle
-from cellstack.errors import DataError
+from cellstack.errors import CellstackError, DataError
+from cellstack.fileio import check_name
 
 # 2**28 pixels (16384 x 16384): larger frames are refused before anything is allocated
 # for them; a whole-slide image needs tiling by the user.
@@ -24,6 +25,15 @@ def check_image_size(height: int, width: int, where: str) -> None:
         raise DataError(
             f"{where}: image size {width}x{height} is over the limit of {MAX_PIXELS} pixels"
         )
+
+
+def check_id(name: str, where: str) -> str:
+    """:func:`~cellstack.fileio.check_name` for ids read from data: ``name``, or its
+    refusal as a :class:`DataError` naming ``where`` (the file, row or image)."""
+    try:
+        return check_name(name, where)
+    except CellstackError as exc:
+        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)

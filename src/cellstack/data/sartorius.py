@@ -13,10 +13,10 @@ import csv
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cellstack.data.records import ImageRecord, check_image_size
+from cellstack.data.records import ImageRecord, check_id, check_image_size
 from cellstack.data.rle import parse_runs
-from cellstack.errors import CellstackError, DataError
-from cellstack.fileio import atomic_write, check_name, open_text
+from cellstack.errors import DataError
+from cellstack.fileio import atomic_write, open_text
 
 TRAIN_COLUMNS = (
     "id",
@@ -109,10 +109,7 @@ def _add_row(by_id: dict[str, dict], row: dict, image_id: str, where: str, valid
     """Check one train.csv row and add its annotation to its image's entry."""
     if not image_id:
         raise DataError(f"{where}: empty id")
-    try:
-        check_name(image_id, where)
-    except CellstackError as exc:
-        raise DataError(str(exc)) from None
+    check_id(image_id, where)
     width = _int_field(row, "width", where)
     height = _int_field(row, "height", where)
     check_image_size(height, width, where)

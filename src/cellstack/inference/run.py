@@ -25,16 +25,13 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     Accepts a folder of images, a folder with ``images/`` (label layout), a Sartorius
     folder (``train.csv`` + ``train/``, or a ``test/`` folder) or one image file.
     """
-    from cellstack.fileio import check_name
+    from cellstack.data.records import check_id
 
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
-        try:
-            return [(check_name(path.stem, str(path)), path)]
-        except CellstackError as exc:
-            raise DataError(str(exc)) from None
+        return [(check_id(path.stem, str(path)), path)]
     if not path.is_dir():
         raise DataError(f"{path}: not found")
     if (path / "train.csv").is_file():
