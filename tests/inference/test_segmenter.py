@@ -205,3 +205,12 @@ def test_fixed_normalisation_scales_every_image_alike(seg, plane):
     for bad in ((1, 2, 3), "x", (0, float("nan")), False):
         with pytest.raises(TypeError, match="normalize must be True or a"):
             seg(plane, normalize=bad)
+
+
+def test_raw_and_instances_take_the_planes_the_model_sees(seg, plane):
+    result = seg(plane)
+    (cells,) = seg.instances([result.image])
+    assert len(cells) == len(result) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(cells.pixels, result.instances.pixels))
+    (raw,) = seg.raw([result.image])
+    assert raw.has("roi_masks") and len(raw) >= len(cells)

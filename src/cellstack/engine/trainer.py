@@ -78,11 +78,11 @@ def validate(
     from cellstack.inference.sources import Source
 
     world = world or ddp.World()
-    predictor = Segmenter(Source.of_model(model, cfg), device=device).predictor
+    seg = Segmenter(Source.of_model(model, cfg), device=device)
     scores = []
     for rec in ddp.shard(records, world):
         image, _ = load_sample(rec)
-        (pred,) = predictor([image])
+        (pred,) = seg.instances([image])
         scores.append(
             score_image(
                 rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape), shape=rec.shape

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images
 from cellstack.data.labels import LABEL_DTYPES
 from cellstack.errors import CellstackError, DataError
@@ -59,12 +57,11 @@ def raw_predictions(
     from cellstack.data.dataset import load_sample
     from cellstack.inference.segmenter import Segmenter
 
-    predictor = Segmenter(src, device=device).predictor
+    seg = Segmenter(src, device=device)
     raws = []
-    with torch.inference_mode():
-        for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
-            image, _ = load_sample(rec)
-            raws.extend(predictor.raw([image]))
+    for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
+        image, _ = load_sample(rec)
+        raws.extend(seg.raw([image]))
     return raws
 
 

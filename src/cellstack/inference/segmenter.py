@@ -316,6 +316,20 @@ class Segmenter:
             yield k + 1, len(flat)
         yield self._result(planes, lead, cells)
 
+    def raw(self, planes: Sequence[np.ndarray]) -> list[Instances]:
+        """Model detections before post-processing (``boxes``, ``scores``, ``labels``,
+        ``roi_masks``) of uint8[H, W] planes as the model sees them (already scaled, as
+        :func:`~cellstack.data.dataset.load_sample` gives them, not resized): what
+        ``tune`` searches and ``cv`` stores."""
+        with torch.inference_mode():
+            return self.predictor.raw(list(planes))
+
+    def instances(self, planes: Sequence[np.ndarray]) -> list[Instances]:
+        """The post-processed cells (``pixels``, ``scores``, ``labels``) of uint8[H, W]
+        planes as the model sees them, at this segmenter's thresholds and scale."""
+        with torch.inference_mode():
+            return self.predictor(list(planes))
+
     def _planes(
         self,
         item: np.ndarray | str | Path,
