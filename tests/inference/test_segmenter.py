@@ -214,3 +214,22 @@ def test_raw_and_instances_take_the_planes_the_model_sees(seg, plane):
     assert all(np.array_equal(a, b) for a, b in zip(cells.pixels, result.instances.pixels))
     (raw,) = seg.raw([result.image])
     assert raw.has("roi_masks") and len(raw) >= len(cells)
+
+
+def test_settings_per_call_apply_to_that_call_only(seg, plane):
+    from cellstack.errors import CellstackError
+
+    every = seg(plane)
+    strict = seg(plane, score_thresh=0.99)
+    assert len(strict) < len(every) and len(seg(plane)) == len(every)
+    assert all(s >= 0.99 for s in strict.table["score"])
+    assert len(seg(plane, min_size=plane.size + 1)) == 0  # no mask is larger than that
+    half = seg(plane, scale=0.5)
+    assert half.labels.shape == every.labels.shape  # masks mapped back to the input
+    assert seg.with_settings() is seg and seg.scale == 1
+    with pytest.raises(TypeError, match="score_thresh must be a number"):
+        seg(plane, score_thresh="0.5")
+    with pytest.raises(TypeError, match="min_size must be an integer"):
+        seg(plane, min_size=2.5)
+    with pytest.raises(CellstackError, match="score_thresh out of range"):
+        seg(plane, score_thresh=1.5)

@@ -21,7 +21,7 @@ bool[N, H, W] stack of a 2000 x 2000 image with 2000 cells would need 8 GB.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -80,6 +80,15 @@ class Thresholds:
     def for_labels(self, labels: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
         """The params of the image's type: the majority of ``labels`` int[N]."""
         return self.per_type.get(majority_type(labels, class_names), self.default)
+
+    def with_values(self, **values: float) -> Thresholds:
+        """These thresholds with ``values`` (``score_thresh=0.5``, ...) set for the
+        default and every cell type alike; ranges checked as everywhere."""
+
+        def set_(p: PostprocessParams) -> PostprocessParams:
+            return replace(p, **values)
+
+        return Thresholds(set_(self.default), {k: set_(v) for k, v in self.per_type.items()})
 
     def to_dict(self) -> dict:
         return {

@@ -236,6 +236,11 @@ class Segmenter:
         axes: str | None = None,
         channel: int | Sequence[int] | None = None,
         normalize: bool | tuple[float, float] = True,
+        diameter: float | None = None,
+        scale: float | None = None,
+        score_thresh: float | None = None,
+        mask_thresh: float | None = None,
+        min_size: int | None = None,
     ) -> Result:
         """Segment one image: an array (2-D, 2-D + colour, or a stack with ``axes``,
         e.g. ``"ZYX"``, ``"CYX"`` with ``channel=``) or an image file.
@@ -243,11 +248,63 @@ class Segmenter:
         ``normalize``: True scales every plane by its own 0.5/99.5 percentiles (as the
         model trained); ``(lo, hi)`` maps that intensity range to 0..255 for every plane
         alike (the blocks of a large image, a time series of one brightness).
+        ``diameter``/``scale`` and ``score_thresh``, ``mask_thresh``, ``min_size`` (px)
+        apply to this call only (:meth:`with_settings`), as in Cellpose's ``eval``.
         """
-        (result,) = self.iter_many(
+        seg = self.with_settings(
+            diameter=diameter,
+            scale=scale,
+            score_thresh=score_thresh,
+            mask_thresh=mask_thresh,
+            min_size=min_size,
+        )
+        (result,) = seg.iter_many(
             [image], axes=axes, channel=channel, normalize=normalize, progress=False
         )
         return result
+
+    def with_settings(
+        self,
+        *,
+        diameter: float | None = None,
+        scale: float | None = None,
+        score_thresh: float | None = None,
+        mask_thresh: float | None = None,
+        min_size: int | None = None,
+    ) -> Segmenter:
+        """A segmenter sharing this one's model with other settings (this one when all
+        are None): ``diameter`` or ``scale`` as in :meth:`load`; the thresholds for
+        every cell type alike.
+
+        Raises:
+            ArgumentTypeError: a threshold that is not a number (or ``min_size`` not an
+                integer); CellstackError: one out of its range.
+        """
+        import copy
+
+        values = {
+            k: v
+            for k, v in (
+                ("score_thresh", score_thresh),
+                ("mask_thresh", mask_thresh),
+                ("min_size", min_size),
+            )
+            if v is not None
+        }
+        if diameter is None and scale is None and not values:
+            return self
+        for key, value in values.items():
+            number = _is_int(value) if key == "min_size" else _is_number(value)
+            if not number:
+                kind = "an integer" if key == "min_size" else "a number"
+                raise ArgumentTypeError(f"{key} must be {kind}, got {value!r}")
+        out = copy.copy(self)
+        out.predictor = copy.copy(self.predictor)
+        if diameter is not None or scale is not None:
+            out.scale = out.predictor.scale = resize_factor(self.source, diameter, scale)
+        if values:
+            out.predictor.thresholds = self.predictor.thresholds.with_values(**values)
+        return out
 
     def segment_many(
         self,
@@ -442,6 +499,12 @@ def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneS
     if min(chosen) < 0:
         raise CellstackError(f"channel indices must be >= 0, got {channel!r}")
     return replace(spec, channel=tuple(int(c) for c in chosen))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def _is_int(value: object) -> bool:
