@@ -171,9 +171,9 @@ def score_oof(
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.postprocess import pixels_to_labels, pixels_to_sparse, postprocess
-    from cellstack.inference.sources import folder_thresholds
+    from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
 
-    thresholds = folder_thresholds(out, cfg)
+    thresholds = resolve_thresholds(cfg, tuned=out / THRESHOLDS)
     raws = CVFolder(out).load_oof()
     preds, confidences, submission = {}, {}, {}
     for rec in records:

@@ -191,8 +191,7 @@ class Segmenter:
         """Load a run folder, a CV folder or an ensemble YAML (see
         :mod:`~cellstack.inference.sources`). ``overrides``: dotted config settings
         (``predict.score_thresh=0.4``), which beat the run's tuned thresholds."""
-        from cellstack.inference.postprocess import params_from
-        from cellstack.inference.sources import POSTPROCESS_KEYS, load_source
+        from cellstack.inference.sources import load_source
 
         # Every argument is checked before the (possibly large) model loads.
         if not isinstance(path, str | Path):
@@ -208,18 +207,10 @@ class Segmenter:
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise CellstackError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         resize_factor(None, diameter, scale)
+        # The source's thresholds follow the one rule (sources.resolve_thresholds):
+        # post-processing overrides beat the run's tuned thresholds.
         src = load_source(path, tuple(overrides), allow_unfinished=allow_unfinished)
-        thresholds = None
-        if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
-            thresholds = Thresholds(params_from(src.cfg.predict))
-        return cls(
-            src,
-            device=device,
-            diameter=diameter,
-            scale=scale,
-            thresholds=thresholds,
-            batch_size=batch_size,
-        )
+        return cls(src, device=device, diameter=diameter, scale=scale, batch_size=batch_size)
 
     @property
     def class_names(self) -> tuple[str, ...]:

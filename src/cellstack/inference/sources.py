@@ -28,6 +28,7 @@ folder), as written by ``cellstack tune``, takes precedence over ``postprocess``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -76,9 +77,7 @@ class Source:
     ) -> Source:
         """A model in memory (e.g. being trained), with its config's thresholds unless
         ``thresholds`` are given; it has no folder to write thresholds to."""
-        from cellstack.inference.postprocess import params_from
-
-        thresholds = thresholds or Thresholds(params_from(cfg.predict))
+        thresholds = thresholds or resolve_thresholds(cfg)
         return cls(model, tuple(model.class_names), cfg, thresholds, None)
 
 
@@ -113,7 +112,7 @@ def load_source(
         model,
         model.class_names,
         cfg,
-        folder_thresholds(path, cfg),
+        resolve_thresholds(cfg, overrides, tuned=path / THRESHOLDS),
         path / THRESHOLDS,
         **trained_sizes(path),
     )
@@ -134,14 +133,40 @@ def trained_sizes(run: Path) -> dict[str, float | None]:
     return {"diameter": number("diameter_median"), "largest": number("box_p95")}
 
 
-def folder_thresholds(folder: Path, cfg: Config) -> Thresholds:
-    """A run's or CV's thresholds: its ``thresholds.yaml`` (``cellstack tune``) when
-    present, else the post-processing of its config."""
+def resolve_thresholds(
+    cfg: Config,
+    overrides: Sequence[str] = (),
+    *,
+    post: dict | None = None,
+    post_source: str = "postprocess",
+    tuned: Path | Thresholds | None = None,
+) -> Thresholds:
+    """The post-processing thresholds that apply: the one place that decides it, for
+    runs, CV folders, ensembles, ``predict``, ``tune`` and the trainer.
+
+    In order, each beating the one before:
+
+    1. the config's ``predict`` section (``cfg``, overrides already applied);
+    2. an ensemble YAML's ``postprocess`` (``post``: its ``default`` on top of the
+       config's, and its ``per_type``);
+    3. ``tuned``: ``thresholds.yaml`` (``cellstack tune``), or its path (used when the
+       file exists);
+    4. ``overrides`` that set a post-processing key (``predict.score_thresh=0.4``): the
+       config's values, overrides included, for every type, and nothing of 2 or 3.
+    """
     from cellstack.inference.postprocess import params_from
 
-    if (folder / THRESHOLDS).is_file():
-        return read_thresholds(folder / THRESHOLDS)
-    return Thresholds(params_from(cfg.predict))
+    base = Thresholds(params_from(cfg.predict))
+    if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
+        return base
+    if isinstance(tuned, Path):
+        tuned = read_thresholds(tuned) if tuned.is_file() else None
+    if tuned is not None:
+        return tuned
+    if post:
+        default = {**base.to_dict()["default"], **(post.get("default") or {})}
+        return Thresholds.from_dict({**post, "default": default}, post_source)
+    return base
 
 
 def _load_run(
@@ -212,7 +237,6 @@ def _load_ensemble(
     """The ensemble of the YAML at ``path``, or of ``data`` (its contents) when given."""
     from cellstack.config import EnsembleConfig, build_typed, load_yaml
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.postprocess import params_from
     from cellstack.inference.tta import parse_flips
 
     if data is None:
@@ -284,12 +308,9 @@ def _load_ensemble(
         loaders=[_weights_loader(r, allow_unfinished) for r in resolved] if lazy else None,
         weights_budget_mb=spec.weights_budget_mb,
     ).eval()
-    thresholds = Thresholds(params_from(cfg.predict))
-    if post:
-        default = {**thresholds.to_dict()["default"], **(post.get("default") or {})}
-        thresholds = Thresholds.from_dict({**post, "default": default}, f"{path}: postprocess")
-    if tuned is not None:
-        thresholds = tuned
+    thresholds = resolve_thresholds(
+        cfg, overrides, post=post, post_source=f"{path}: postprocess", tuned=tuned
+    )
     return Source(ensemble, names, cfg, thresholds, tpath, **trained_sizes(resolved[0]))
 
 

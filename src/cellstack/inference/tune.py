@@ -290,8 +290,7 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     from cellstack.config import config_from_dict, config_to_dict
     from cellstack.data.folds import read_folds_csv
     from cellstack.data.splits import cv_records
-    from cellstack.inference.postprocess import params_from
-    from cellstack.inference.sources import THRESHOLDS, folder_thresholds, write_thresholds
+    from cellstack.inference.sources import THRESHOLDS, resolve_thresholds, write_thresholds
 
     data = Path(data) if data is not None else cv.data_path()
     cfg = config_from_dict(config_to_dict(cv.config()), overrides)
@@ -303,8 +302,9 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
         records = [r for r in records if fold_of.get(r.image_id) == fold]
     if not records:
         raise CellstackError(f"{cv.path}: no OOF prediction matches an image of {data}")
-    # Thresholds given on the command line are the starting point, as in predict.
-    current = Thresholds(params_from(cfg.predict)) if overrides else folder_thresholds(cv.path, cfg)
+    # The starting point is what predict would apply (thresholds given on the command
+    # line beat thresholds.yaml).
+    current = resolve_thresholds(cfg, overrides, tuned=cv.path / THRESHOLDS)
     result = tune_thresholds(
         [raws[r.image_id] for r in records], records, class_names, current, grid, progress
     )
