@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from cellstack.errors import CellstackError
-from cellstack.fileio import atomic_write
+from cellstack.fileio import atomic_write, read_text
 
 
 class ConfigError(CellstackError):
@@ -433,7 +433,6 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
     """Parse a user's YAML file (UTF-8), with one-line errors naming it."""
-    from cellstack.fileio import read_text
 
     path = Path(path)
     try:

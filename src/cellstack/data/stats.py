@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cellstack.config import AUTO, Config
+from cellstack.config import AUTO, Config, config_from_dict, config_to_dict
 from cellstack.data.records import ImageRecord
 from cellstack.errors import DataError
 
@@ -51,7 +51,6 @@ class ObjectStats:
 
     def scaled(self, factor: float) -> ObjectStats:
         """The statistics of the same objects with images resized by ``factor``."""
-        from dataclasses import replace
 
         f = float(factor)
         return replace(
@@ -152,7 +151,6 @@ def derive(cfg: Config, stats: ObjectStats) -> tuple[Config, dict[str, object]]:
     - ``model.roi.mask_pool``: 14 (28 x 28 masks, the original) when the median object
       is at most 64 px; 28 (56 x 56) for larger, often branched cells.
     """
-    from cellstack.config import config_from_dict, config_to_dict
 
     data = config_to_dict(cfg)
     derived: dict[str, object] = {}
@@ -205,7 +203,6 @@ def inherit_sizes(
     pretrained model sees objects at the size it learnt instead of re-deriving sizes
     for them. Returns the config and ``{dotted key: value}`` of what it set.
     """
-    from cellstack.config import config_from_dict, config_to_dict
 
     data = config_to_dict(cfg)
     src = config_to_dict(source)

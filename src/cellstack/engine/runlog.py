@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.engine.schedule import LOSS_NAMES
-from cellstack.fileio import atomic_write
+from cellstack.fileio import atomic_path, atomic_write
 
 LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
 
@@ -65,8 +65,6 @@ def plot_log(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cellstack.fileio import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for k, name in enumerate(("loss", *LOSS_NAMES)):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cellstack import ddp
-from cellstack.config import AUTO, Config, save_config
+from cellstack.config import AUTO, Config, config_from_dict, save_config
 from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
@@ -170,7 +170,6 @@ def train(
                 f"copy of {files.FINAL}?), so it cannot be resumed; start a new run with "
                 f"init.from={run}"
             )
-        from cellstack.config import config_from_dict
 
         cfg = config_from_dict(state["config"])
     elif (run / files.CHECKPOINT).is_file() or (run / files.FINAL).is_file():
@@ -477,7 +476,6 @@ def tune_run_thresholds(
     percentile of their areas). Per-type thresholds are kept only when every predicted
     type has at least 4 images; otherwise one default serves all.
     """
-    from cellstack.data.stats import ObjectStats
     from cellstack.inference.postprocess import Thresholds, params_from
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from cellstack.config import PredictConfig
+from cellstack.config import ConfigError, PredictConfig, build_typed
 from cellstack.structures import Instances
 
 
@@ -43,7 +43,6 @@ class PostprocessParams:
     convex_refill: bool = False
 
     def __post_init__(self) -> None:
-        from cellstack.config import ConfigError
 
         for name, ok in (
             ("mask_thresh", 0 < self.mask_thresh < 1),
@@ -100,7 +99,6 @@ class Thresholds:
     def from_dict(cls, data: dict, source: str = "thresholds") -> Thresholds:
         """Inverse of :meth:`to_dict`, type-checked as the config is: an unknown key
         or a bad value is a one-line error naming ``source`` and the key."""
-        from cellstack.config import ConfigError, build_typed
 
         if data is None:
             data = {}

@@ -6,10 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images
+from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images, plane_layout
 from cellstack.data.labels import LABEL_DTYPES
 from cellstack.errors import CellstackError, DataError
-from cellstack.inference.export import OUTPUTS
+from cellstack.inference.export import (
+    OUTPUTS,
+    PredictionWriter,
+    check_unique_outputs,
+    remove_outputs,
+)
 
 if TYPE_CHECKING:
     from cellstack.data.records import ImageRecord
@@ -77,7 +82,6 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     file that says it finished. The caller holds :func:`~cellstack.fileio.output_lock`.
     """
     from cellstack.fileio import LOCK, remove_partials
-    from cellstack.inference.export import remove_outputs
 
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
@@ -147,9 +151,7 @@ def predict_folder(
     import time
 
     from cellstack import ddp
-    from cellstack.data.images import plane_layout
     from cellstack.fileio import output_lock
-    from cellstack.inference.export import PredictionWriter, check_unique_outputs
     from cellstack.inference.segmenter import Segmenter, resize_factor
 
     # Every argument and every image header is checked before --overwrite clears

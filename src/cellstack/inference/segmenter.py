@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from cellstack.data.records import check_image_size
 from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.postprocess import Thresholds, pixels_to_labels
 from cellstack.inference.predictor import Predictor
-from cellstack.inference.sources import Source
+from cellstack.inference.sources import Source, load_source
 from cellstack.structures import Instances
 
 #: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
@@ -191,7 +191,6 @@ class Segmenter:
         """Load a run folder, a CV folder or an ensemble YAML (see
         :mod:`~cellstack.inference.sources`). ``overrides``: dotted config settings
         (``predict.score_thresh=0.4``), which beat the run's tuned thresholds."""
-        from cellstack.inference.sources import load_source
 
         # Every argument is checked before the (possibly large) model loads.
         if not isinstance(path, str | Path):
@@ -474,7 +473,6 @@ def resize_factor(source: Source | None, diameter: float | None, scale: float | 
 
 
 def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneSpec:
-    from dataclasses import replace
 
     spec = spec or PlaneSpec()
     if channel is None:

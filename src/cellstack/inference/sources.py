@@ -34,10 +34,18 @@ from pathlib import Path
 
 import torch
 
-from cellstack.config import Config, config_from_dict, config_to_dict, unresolved
+from cellstack.config import (
+    Config,
+    EnsembleConfig,
+    build_typed,
+    config_from_dict,
+    config_to_dict,
+    load_yaml,
+    unresolved,
+)
 from cellstack.errors import CellstackError
 from cellstack.inference.cvfolder import CVFolder
-from cellstack.inference.postprocess import PostprocessParams, Thresholds
+from cellstack.inference.postprocess import PostprocessParams, Thresholds, params_from
 
 THRESHOLDS = "thresholds.yaml"
 #: Config keys that set post-processing: given as overrides, they beat thresholds.yaml.
@@ -154,7 +162,6 @@ def resolve_thresholds(
     4. ``overrides`` that set a post-processing key (``predict.score_thresh=0.4``): the
        config's values, overrides included, for every type, and nothing of 2 or 3.
     """
-    from cellstack.inference.postprocess import params_from
 
     base = Thresholds(params_from(cfg.predict))
     if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
@@ -209,7 +216,6 @@ def _weights_loader(run: Path, allow_unfinished: bool):
 
 def read_thresholds(path: Path) -> Thresholds:
     """A ``thresholds.yaml``, type-checked key by key before any model runs."""
-    from cellstack.config import load_yaml
 
     data = load_yaml(path, "thresholds file")
     if not data:  # an empty file would silently put library defaults in the run's place
@@ -235,7 +241,6 @@ def _load_ensemble(
     path: Path, overrides: tuple[str, ...], allow_unfinished: bool, data: dict | None = None
 ) -> Source:
     """The ensemble of the YAML at ``path``, or of ``data`` (its contents) when given."""
-    from cellstack.config import EnsembleConfig, build_typed, load_yaml
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
     from cellstack.inference.tta import parse_flips
 
@@ -325,7 +330,6 @@ def _runs_of(spec: str, base: Path, allow_unfinished: bool) -> list[Path]:
 
 
 def _stage_settings(data: dict, model, where: str):
-    from cellstack.config import build_typed
     from cellstack.inference.ensemble import StageSettings
 
     out = StageSettings(model.proposal_params, model.box_params)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-from cellstack.config import ModelConfig, PredictConfig
+from cellstack.config import AUTO, ModelConfig, PredictConfig
 from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import CentredAnchorGenerator, ProposalParams
 from cellstack.modeling.backbone import TimmFPN
@@ -31,7 +31,6 @@ def build_model(
     ``model.backbone.pretrained`` says: for a caller that loads trained weights next
     (a run being loaded for prediction needs neither network nor weight package).
     """
-    from cellstack.config import AUTO
 
     if not class_names:
         raise CellstackError("a model needs at least one class (cell type)")
