@@ -263,6 +263,7 @@ def _predict_large(args: argparse.Namespace) -> int:
             block=args.block or 2048,
             overlap=args.overlap,
             client=client,
+            overwrite=args.overwrite,
             progress=not args.quiet,
         )
     print(

@@ -248,3 +248,6 @@ def test_the_cli_segments_a_zarr_into_ome_zarr_labels(base_run, synthetic_mosaic
     assert open_labels(out, "r").shape == (700, 900)
     assert main([*args, "--save-rois"]) == 2
     assert "--save-rois does not apply" in capsys.readouterr().err
+    assert main([*args, "--overlap", "32", "--quiet"]) == 2  # finished: not replaced
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overlap", "32", "--quiet", "--overwrite"]) == 0

@@ -211,7 +211,8 @@ def test_raw_and_instances_take_the_planes_the_model_sees(seg, plane):
     result = seg(plane)
     (cells,) = seg.instances([result.image])
     assert len(cells) == len(result) > 0
-    assert all(np.array_equal(a, b) for a, b in zip(cells.pixels, result.instances.pixels))
+    pairs = zip(cells.pixels, result.instances.pixels, strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
     (raw,) = seg.raw([result.image])
     assert raw.has("roi_masks") and len(raw) >= len(cells)
 

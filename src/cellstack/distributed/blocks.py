@@ -415,6 +415,7 @@ def segment(
     block: int = 2048,
     overlap: int | None = None,
     client: Any = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> BlockSummary:
     """Segment a large 2-D image block by block into an OME-Zarr label image.
@@ -429,6 +430,8 @@ def segment(
             :func:`default_overlap`).
         client: a ``dask.distributed.Client``; None runs the blocks in this process,
             one after another, with the same files and result.
+        overwrite: replace a finished result of this function at ``out`` (a folder
+            holding anything else is refused).
         progress: a progress bar over blocks.
 
     Returns:
@@ -444,6 +447,10 @@ def segment(
     grid = block_grid(lazy.shape, block, overlap)
     limits = intensity_limits(lazy.sample())
     work = out / WORK
+    if overwrite and _is_finished_result(out):
+        import shutil
+
+        shutil.rmtree(out)
     _prepare(out, work, lazy.shape, block, overlap)
     run = _Runner(client, segmenter)
 
@@ -516,11 +523,23 @@ def _prepare(out: Path, work: Path, shape, block: int, overlap: int) -> None:
             )
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CellstackError(f"{out}: exists and is not empty; choose another --out")
+        finished = _is_finished_result(out)
+        raise CellstackError(
+            f"{out}: exists and is not empty; "
+            + ("pass --overwrite to replace it, or " if finished else "")
+            + "choose another --out"
+        )
     create_labels(out, shape, block)
     work.mkdir(parents=True)
     with atomic_write(marker) as f:
         json.dump(job, f)
+
+
+def _is_finished_result(out: Path) -> bool:
+    """``out`` is exactly what :func:`segment` leaves: the label group, objects.csv and
+    results.json, nothing else."""
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    return names == {".zattrs", ".zgroup", "cells", "objects.csv", "results.json"}
 
 
 def _regions(shape: tuple[int, int], chunk: int) -> list[tuple[int, int, int, int]]:
