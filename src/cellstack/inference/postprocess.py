@@ -21,7 +21,7 @@ bool[N, H, W] stack of a 2000 x 2000 image with 2000 cells would need 8 GB.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,13 +34,15 @@ from cellstack.structures import Instances
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    """Thresholds of :func:`postprocess` (see the module docstring)."""
+    """Thresholds of :func:`postprocess` (see the module docstring): the
+    post-processing keys of the ``predict`` config section, with its defaults (the
+    config defines them once; :func:`params_from` copies them by name)."""
 
-    mask_thresh: float = 0.45
-    score_thresh: float = 0.3
-    mask_nms_iou: float = 0.1
-    min_size: int = 0
-    convex_refill: bool = False
+    mask_thresh: float = PredictConfig.mask_thresh
+    score_thresh: float = PredictConfig.score_thresh
+    mask_nms_iou: float = PredictConfig.mask_nms_iou
+    min_size: int = PredictConfig.min_size
+    convex_refill: bool = PredictConfig.convex_refill
 
     def __post_init__(self) -> None:
 
@@ -354,7 +356,5 @@ def rescale_instances(inst: Instances, image_size: tuple[int, int]) -> Instances
 
 
 def params_from(cfg: PredictConfig) -> PostprocessParams:
-    """The post-processing part of a predict config."""
-    return PostprocessParams(
-        cfg.mask_thresh, cfg.score_thresh, cfg.mask_nms_iou, cfg.min_size, cfg.convex_refill
-    )
+    """The post-processing part of a predict config (its keys of the same names)."""
+    return PostprocessParams(**{f.name: getattr(cfg, f.name) for f in fields(PostprocessParams)})
