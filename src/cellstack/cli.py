@@ -323,14 +323,8 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cellstack",
-        description="Instance segmentation of cells in microscopy images.",
-    )
-    parser.add_argument("--version", action="version", version=f"cellstack {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    """``cellstack synth``."""
     p = sub.add_parser("synth", help="write a synthetic phase-contrast dataset (Sartorius layout)")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--n-images", type=int, default=12, help="number of images (default 12)")
@@ -347,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    """``cellstack prepare``."""
     p = sub.add_parser(
         "prepare",
         help="check a dataset once and cache its masks (LIVECell or Sartorius)",
@@ -382,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(q)
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``cellstack evaluate``."""
     p = sub.add_parser("evaluate", help="score predictions with the competition metric and COCO AP")
     p.add_argument(
         "truth", type=Path, help="train.csv / Sartorius folder / label-image folder / COCO json"
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_folds(sub: argparse._SubParsersAction) -> None:
+    """``cellstack folds``."""
     p = sub.add_parser("folds", help="k-fold split grouped by sample_id, stratified by cell type")
     p.add_argument("data", type=Path, help="a dataset in any supported layout")
     p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
@@ -398,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output csv (default DATA/folds.csv)")
     p.set_defaults(func=_cmd_folds)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``cellstack train``."""
     p = sub.add_parser(
         "train", help="train a detector (cellstack train DATA --config CFG --out RUN)"
     )
@@ -408,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_train, overrides=[], takes_overrides=True)
 
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    """``cellstack cv``."""
     p = sub.add_parser(
         "cv",
         help="k-fold training with out-of-fold predictions and a CV table",
@@ -429,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_cv, overrides=[], takes_overrides=True)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """``cellstack predict``."""
     p = sub.add_parser(
         "predict",
         help="segment images with a trained run or an ensemble",
@@ -554,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    """``cellstack tune``."""
     p = sub.add_parser(
         "tune",
         help="search post-processing thresholds per cell type on annotated images",
@@ -584,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_tune, overrides=[], takes_overrides=True)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    """``cellstack models``."""
     p = sub.add_parser(
         "models",
         help="list the built-in models (or show one's model card)",
@@ -592,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a built-in model: print its model card")
     p.set_defaults(func=_cmd_models)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """``cellstack demo``."""
     p = sub.add_parser(
         "demo",
         help="synthesize data, train a small model on CPU, predict, score, write overlays",
@@ -603,6 +624,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=32, help="synthetic images (default 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_demo, overrides=[], takes_overrides=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellstack",
+        description="Instance segmentation of cells in microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellstack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_synth(sub)
+    _add_prepare(sub)
+    _add_evaluate(sub)
+    _add_folds(sub)
+    _add_train(sub)
+    _add_cv(sub)
+    _add_predict(sub)
+    _add_tune(sub)
+    _add_models(sub)
+    _add_demo(sub)
     return parser
 
 
