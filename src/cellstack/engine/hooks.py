@@ -18,6 +18,7 @@ from ``state_dict`` and gets it back from ``load_state_dict``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,12 @@ class EMAHook(HookBase):
         self.ema.load_state_dict(state)
 
 
+def averaged(ema: EMAHook | None, model: torch.nn.Module):
+    """A context in which ``model`` holds the weights that are scored and saved: the
+    EMA's when there is one (restored on exit), else the model's own."""
+    return ema.ema.applied(model) if ema is not None else contextlib.nullcontext()
+
+
 class ValidationHook(HookBase):
     """Scores the model (its EMA when there is one) on the validation records every
     ``every`` iterations and at the end; sets ``loop.val_score`` and adds it to the
@@ -85,10 +92,7 @@ class ValidationHook(HookBase):
             return
         from cellstack.engine.trainer import validate
 
-        if self.ema is not None:
-            with self.ema.ema.applied(loop.model):
-                score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
-        else:
+        with averaged(self.ema, loop.model):
             score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
         loop.net.train()
         loop.val_score = score

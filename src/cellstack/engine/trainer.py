@@ -16,7 +16,6 @@ sharded over the ranks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -34,7 +33,14 @@ from cellstack.data.records import ImageRecord
 from cellstack.data.splits import class_names_of, split_records
 from cellstack.data.stats import ObjectStats, derive, inherit_sizes, measure
 from cellstack.engine import checkpoint as ckpt
-from cellstack.engine.hooks import CheckpointHook, EMAHook, HookBase, LogHook, ValidationHook
+from cellstack.engine.hooks import (
+    CheckpointHook,
+    EMAHook,
+    HookBase,
+    LogHook,
+    ValidationHook,
+    averaged,
+)
 from cellstack.engine.runlog import RunLog, plot_log
 from cellstack.engine.schedule import (
     LOSS_NAMES,
@@ -268,7 +274,7 @@ def train(
         """Plot, tune thresholds, then write model.pt: last, as it says "finished".
         Both use the EMA weights when averaging."""
         plot_log(rows, run / "training.png")
-        with ema.ema.applied(model) if ema is not None else contextlib.nullcontext():
+        with averaged(ema, model):
             if t.auto_thresholds:
                 pool = val_records or train_records
                 tune_run_thresholds(
