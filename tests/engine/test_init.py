@@ -5,7 +5,7 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
-from cellstack.engine.checkpoint import init_from_run
+from cellstack.engine.init_from import init_from_run
 from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
 from cellstack.modeling.build import build_model

@@ -7,7 +7,7 @@ import math
 import torch
 
 from cellstack.config import load_config
-from cellstack.engine.checkpoint import init_from_run
+from cellstack.engine.init_from import init_from_run
 from cellstack.modeling import files
 from cellstack.modeling.build import build_model
 from tests.modeling.conftest import TINY

@@ -32,7 +32,7 @@ from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
 from cellstack.data.splits import class_names_of, split_records
 from cellstack.data.stats import ObjectStats, derive, inherit_sizes, measure
-from cellstack.engine import checkpoint as ckpt
+from cellstack.engine import rng
 from cellstack.engine.hooks import (
     CheckpointHook,
     EMAHook,
@@ -41,6 +41,7 @@ from cellstack.engine.hooks import (
     ValidationHook,
     averaged,
 )
+from cellstack.engine.init_from import init_from_run
 from cellstack.engine.runlog import RunLog, plot_log
 from cellstack.engine.schedule import (
     LOSS_NAMES,
@@ -217,7 +218,7 @@ def train(
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, class_names, cfg.predict)
     if state is None and cfg.init.from_run:
-        report = ckpt.init_from_run(model, cfg.init.from_run)
+        report = init_from_run(model, cfg.init.from_run)
         if world.main:
             print(report.summary())
     model = model.to(device)
@@ -439,7 +440,7 @@ class Loop:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
-        rng = ddp.gather(ckpt.rng_state(), self.world)
+        rng_states = ddp.gather(rng.rng_state(), self.world)
         if self.world.main:
             files.save(
                 {
@@ -450,7 +451,7 @@ class Loop:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(),
-                    "rng": rng,
+                    "rng": rng_states,
                     "iteration": self.iteration,
                 },
                 self.run / files.CHECKPOINT,
@@ -528,4 +529,4 @@ def _restore_rng(saved: dict | list, world: ddp.World, run: Path) -> None:
             f"note: {run} was checkpointed by {len(states)} process(es), resuming with "
             f"{world.size}: training continues, but not bit-exactly"
         )
-    ckpt.set_rng_state(states[min(world.rank, len(states) - 1)])
+    rng.set_rng_state(states[min(world.rank, len(states) - 1)])

@@ -1,6 +1,7 @@
-"""Training state: RNG states for exact resumption, and ``init.from`` (a new model
-started from a trained run's weights). The model files themselves (``model.pt``,
-``checkpoint.pt``) are read and written by :mod:`cellstack.modeling.files`.
+"""``init.from``: a new model started from a trained run's weights (where names and
+shapes match; class layers seeded from a one-class run). The model files themselves
+(``model.pt``, ``checkpoint.pt``) are read and written by :mod:`cellstack.modeling.files`,
+the RNG state of a checkpoint by :mod:`cellstack.engine.rng`.
 """
 
 from __future__ import annotations
@@ -8,27 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from cellstack.errors import CellstackError
 from cellstack.modeling.files import load_run
-
-
-def rng_state() -> dict[str, Any]:
-    # Only torch's generators: our data sampling draws from per-sample generators
-    # seeded by (seed, index), so numpy's and Python's global states are never used.
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass(frozen=True)
