@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cellstack import ddp
-from cellstack.config import AUTO, Config, config_from_dict, save_config
+from cellstack.config import AUTO, Config, TrainConfig, config_from_dict, save_config
 from cellstack.data.folds import write_folds_csv
 from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
@@ -163,29 +163,7 @@ def train(
     from cellstack.modeling.build import build_model
 
     data, run = Path(data), Path(run)
-    state = None
-    if resume:
-        state = files.load(run / files.CHECKPOINT)
-        missing = [
-            k
-            for k in ("config", "model", "optimizer", "scheduler", "rng", "iteration")
-            if k not in state
-        ]
-        if missing:
-            raise CellstackError(
-                f"{run / files.CHECKPOINT}: not a training checkpoint (no {missing[0]!r}; a "
-                f"copy of {files.FINAL}?), so it cannot be resumed; start a new run with "
-                f"init.from={run}"
-            )
-
-        cfg = config_from_dict(state["config"])
-    elif (run / files.CHECKPOINT).is_file() or (run / files.FINAL).is_file():
-        raise CellstackError(
-            f"{run} already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )
-    elif run.exists() and not run.is_dir():
-        raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
+    cfg, state = _open_run(run, cfg, resume)
     t = cfg.train
     device = ddp.pick_device(t.device, ddp.launched().local_rank)
     world = ddp.setup(device)
@@ -221,30 +199,8 @@ def train(
         report = init_from_run(model, cfg.init.from_run)
         if world.main:
             print(report.summary())
-    model = model.to(device)
-    net: torch.nn.Module = model
-    if world.size > 1:
-        if device.type == "cuda" and not cfg.model.backbone.freeze_bn:
-            # Per-process BN statistics over a batch of 1-2 crops would be noise.
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = torch.nn.parallel.DistributedDataParallel(
-            net,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            # Every parameter takes part in every loss (a mask head without positive RoIs
-            # adds a zero-weighted term), so DDP need not search the graph for unused ones.
-            find_unused_parameters=False,
-        )
-        model = net.module
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-        )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(t.schedule, t.iterations, t.warmup_fraction)
-    )
+    model, net = _parallel(model.to(device), device, world, cfg)
+    optimizer, scheduler = _optimizer(model, t)
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loop = Loop(
@@ -380,7 +336,7 @@ def train(
         scaler.scale(loss).backward()
         if t.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], t.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -519,6 +475,70 @@ def tune_run_thresholds(
         f"thresholds tuned on {summary} (score_thresh {chosen.default.score_thresh}, "
         f"mask_thresh {chosen.default.mask_thresh}) -> {run / THRESHOLDS}"
     )
+
+
+def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None]:
+    """``(config, checkpoint state)`` to train with: the run's own checkpoint and config
+    with ``resume``, else ``cfg`` and None for a new run (refused where a run is)."""
+    if resume:
+        state = files.load(run / files.CHECKPOINT)
+        missing = [
+            k
+            for k in ("config", "model", "optimizer", "scheduler", "rng", "iteration")
+            if k not in state
+        ]
+        if missing:
+            raise CellstackError(
+                f"{run / files.CHECKPOINT}: not a training checkpoint (no {missing[0]!r}; a "
+                f"copy of {files.FINAL}?), so it cannot be resumed; start a new run with "
+                f"init.from={run}"
+            )
+        return config_from_dict(state["config"]), state
+    if (run / files.CHECKPOINT).is_file() or (run / files.FINAL).is_file():
+        raise CellstackError(
+            f"{run} already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    if run.exists() and not run.is_dir():
+        raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
+    return cfg, None
+
+
+def _parallel(
+    model: torch.nn.Module, device: torch.device, world: ddp.World, cfg: Config
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model, net)``: the model, and what the loop calls (DDP-wrapped under torchrun)."""
+    net: torch.nn.Module = model
+    if world.size > 1:
+        if device.type == "cuda" and not cfg.model.backbone.freeze_bn:
+            # Per-process BN statistics over a batch of 1-2 crops would be noise.
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Every parameter takes part in every loss (a mask head without positive RoIs
+            # adds a zero-weighted term), so DDP need not search the graph for unused ones.
+            find_unused_parameters=False,
+        )
+        model = net.module
+    return model, net
+
+
+def _optimizer(
+    model: torch.nn.Module, t: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer over the trainable parameters and its LR schedule (``train``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(t.schedule, t.iterations, t.warmup_fraction)
+    )
+    return optimizer, scheduler
 
 
 def _restore_rng(saved: dict | list, world: ddp.World, run: Path) -> None:
