@@ -96,7 +96,8 @@ class PredictionWriter:
     - ``overlays/{id}.png`` (``overlays``): outlines coloured by cell type; one
       ``{id}_z{k}.png`` per plane of a stack.
     - ``geojson/{id}.geojson`` (``save_geojson``): a GeoJSON FeatureCollection that
-      QuPath imports as detections: one polygon per cell (pixel-edge outline, x/y in
+      QuPath imports as detections: one polygon per cell (a MultiPolygon for a cell
+      that overlap removal split; pixel-edge outlines, x/y in
       pixels with pixel (0, 0) covering [0, 1)), ``classification`` = cell type,
       ``measurements`` = score and area; a stack's planes as ``plane`` properties.
     - ``ome-zarr/{id}.zarr`` (``save_ome_zarr``, 2-D images): the label image as NGFF
@@ -299,24 +300,26 @@ class PredictionWriter:
         write_json(self.target("results.json"), self.coco)
 
 
-def outline(mask: np.ndarray) -> list[list[float]]:
-    """The outer boundary of a 2-D bool mask as a closed polygon ``[[x, y], ...]`` in
-    pixel-edge coordinates (pixel (0, 0) covers [0, 1) x [0, 1)).
+def outlines(mask: np.ndarray) -> list[list[list[float]]]:
+    """The outer boundary of each connected part of a 2-D bool mask, largest first, as
+    closed polygons ``[[x, y], ...]`` in pixel-edge coordinates (pixel (0, 0) covers
+    [0, 1) x [0, 1)).
 
-    Traced on the mask upsampled 2x, so the polygon runs a quarter pixel inside the
-    pixel edges: every mask pixel's centre lies inside it and every other pixel's
-    centre outside (re-rasterising by pixel centres gives the mask back).
+    Traced on the mask upsampled 2x, so a polygon runs a quarter pixel inside the pixel
+    edges: every mask pixel's centre lies inside it and every other pixel's centre
+    outside (re-rasterising by pixel centres gives the mask back; holes are filled).
     """
     import cv2
 
     up = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return []
-    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
-    points = (points + 0.5) / 2  # sub-pixel centres -> original pixel units
-    ring = [[round(float(x), 3), round(float(y), 3)] for x, y in points]
-    return [*ring, ring[0]]
+    rings = []
+    for contour in sorted(contours, key=cv2.contourArea, reverse=True):
+        points = (contour.reshape(-1, 2).astype(np.float64) + 0.5) / 2  # -> pixel units
+        ring = [[round(float(x), 3), round(float(y), 3)] for x, y in points]
+        if len(ring) >= 3:
+            rings.append([*ring, ring[0]])
+    return rings
 
 
 def geojson_of(result: Result) -> dict:
@@ -329,14 +332,22 @@ def geojson_of(result: Result) -> dict:
         position = {a: int(table[a][n]) for a in result.lead.lower()}
         plane = int(np.ravel_multi_index(list(position.values()), lead_shape)) if position else 0
         y0, x0, y1, x1 = (int(table[c][n]) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
-        ring = outline(flat[plane, y0:y1, x0:x1] == label)
-        if len(ring) < 4:
+        rings = [
+            [[x + x0, y + y0] for x, y in ring]
+            for ring in outlines(flat[plane, y0:y1, x0:x1] == label)
+        ]
+        if not rings:
             continue
-        ring = [[x + x0, y + y0] for x, y in ring]
+        # One polygon, or one per part of a cell that overlap removal split.
+        geometry = (
+            {"type": "Polygon", "coordinates": [rings[0]]}
+            if len(rings) == 1
+            else {"type": "MultiPolygon", "coordinates": [[r] for r in rings]}
+        )
         features.append(
             {
                 "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "geometry": geometry,
                 "properties": {
                     "objectType": "detection",
                     "name": str(int(label)),
