@@ -107,14 +107,17 @@ def test_blocks_agree_with_the_whole_image_and_cut_no_cell(tmp_path):
     image = mosaic(tile)
     seg = cellstack.Segmenter.load("nuclei", device="cpu")
     whole = seg(image).labels
-    summary = segment(seg, image, tmp_path / "l.ome.zarr", block=512, progress=False)
+    # 768 px blocks, a 1536 px image: cells on every kind of block face and corner.
+    summary = segment(seg, image, tmp_path / "l.ome.zarr", block=768, progress=False)
     blocks = open_labels(tmp_path / "l.ome.zarr", "r")[:]
     assert summary.cut == 0  # no cell touches a block face it was seen through
     agreement = score_image(whole, blocks)
     n = len(np.unique(whole)) - 1
     assert n > 80 and abs(summary.cells - n) <= 0.03 * n
     assert agreement.tp[0] >= 0.97 * n  # the same cells (IoU >= 0.5), one for one
-    assert agreement.score >= 0.90  # masks differ at high IoU: a window's context
+    # 0.970 measured (1.000 with 1024 px blocks, the predictor's own tile; 0.946 with 512:
+    # smaller windows give the masks another context at IoU 0.9-0.95).
+    assert agreement.score >= 0.95
     # ... and the blocks are no worse against the truth than the whole image.
     labels = tifffile.imread(SAMPLES / "labels" / "hela_h2b.tif").astype(np.int64)
     tile_of = np.kron(np.arange(9).reshape(3, 3), np.ones((512, 512), np.int64))
