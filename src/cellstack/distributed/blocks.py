@@ -46,6 +46,7 @@ import numpy as np
 
 from cellstack.data.images import intensity_limits
 from cellstack.data.omezarr import LazyImage, create_labels, open_labels, open_lazy
+from cellstack.distributed.cluster import limit_threads
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_path, atomic_write
 from cellstack.inference.predictor import tile_core, tile_starts
@@ -327,7 +328,7 @@ def _block_file(work: Path, blk: Block) -> Path:
 
 def _segment_task(segmenter, image, blk: Block, shape, limits, work: str) -> tuple[int, int]:
     """Pass 1 on a worker: segment ``blk`` and store its owned cells; ``(n, cut)``."""
-    _limit_threads()
+    limit_threads()
     path = _block_file(Path(work), blk)
     if path.is_file():  # done by an earlier, interrupted run (written atomically)
         with np.load(path) as done:
@@ -367,7 +368,7 @@ def _dedup_task(_, blk: Block, near: Sequence[Block], work: str) -> int:
 
 def _write_task(out: str, region, parts: Sequence[tuple[Block, int]], work: str) -> int:
     """Pass 2 on a worker: compose one output chunk from the blocks over it."""
-    _limit_threads()
+    limit_threads()
     loaded = []
     for blk, offset in parts:
         with np.load(_block_file(Path(work), blk)) as f:
@@ -378,20 +379,6 @@ def _write_task(out: str, region, parts: Sequence[tuple[Block, int]], work: str)
     labels = compose(region, loaded)
     open_labels(out)[y0:y1, x0:x1] = labels
     return int((labels > 0).sum())
-
-
-def _limit_threads() -> None:
-    """One torch thread per Dask worker thread: workers share the machine's cores."""
-    import torch
-
-    try:
-        from distributed import get_worker
-
-        threads = get_worker().state.nthreads
-    except (ImportError, ValueError):
-        return  # not on a worker: the process's own setting stands
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,17 @@ def open_client(
     )
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+def limit_threads() -> None:
+    """One torch thread per Dask worker thread: workers share the machine's cores."""
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return  # not on a worker: the process's own setting stands
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

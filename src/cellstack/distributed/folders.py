@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cellstack.data.images import PlaneSpec, plane_layout
-from cellstack.data.labels import LABEL_DTYPES
+from cellstack.data.images import PlaneSpec
+from cellstack.distributed.cluster import limit_threads
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, output_lock
-from cellstack.inference.export import PARTS, PredictionWriter, check_unique_outputs
-from cellstack.inference.run import PredictSummary, find_images, prepare_output
-from cellstack.inference.segmenter import Segmenter, resize_factor
+from cellstack.inference.export import PARTS, PredictionWriter
+from cellstack.inference.run import PredictSummary, check_predict_inputs, prepare_output
+from cellstack.inference.segmenter import Segmenter
 
 #: The job a parts folder belongs to (source and images): a resumed run must match it.
 JOB = "job.json"
@@ -38,9 +38,7 @@ def _image_task(
     segmenter: Segmenter, image_id: str, path: str, out: str, options: dict, spec: PlaneSpec
 ) -> int:
     """On a worker: predict one image, write its outputs and its done mark; its cells."""
-    from cellstack.distributed.blocks import _limit_threads
-
-    _limit_threads()
+    limit_threads()
     writer = PredictionWriter(out, segmenter.class_names, **options)
     (result,) = segmenter.iter_many([path], spec=spec, progress=False)
     writer.add(image_id, result)
@@ -77,13 +75,9 @@ def predict_images(
     from distributed import as_completed
     from tqdm import tqdm
 
-    resize_factor(None, diameter, scale)
-    if label_dtype not in LABEL_DTYPES:
-        raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
     spec = spec or PlaneSpec()
+    todo = check_predict_inputs(images, spec, diameter, scale, label_dtype)
     out = Path(out)
-    todo = find_images(images)
-    check_unique_outputs([(i, *plane_layout(p, spec)[:2]) for i, p in todo])
     job = {"source": str(source), "images": [i for i, _ in todo]}
     options = {
         "overlays": overlays,

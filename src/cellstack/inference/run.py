@@ -104,6 +104,26 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_predict_inputs(
+    images: str | Path,
+    spec: PlaneSpec,
+    diameter: float | None,
+    scale: float | None,
+    label_dtype: str,
+) -> list[tuple[str, Path]]:
+    """``(id, path)`` of the images to predict, after every argument and every image
+    header is checked: before ``--overwrite`` clears anything and before the model
+    loads, a stack, a corrupt header or colliding output names fail at once."""
+    from cellstack.inference.segmenter import resize_factor
+
+    resize_factor(None, diameter, scale)
+    if label_dtype not in LABEL_DTYPES:
+        raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
+    todo = find_images(images)
+    check_unique_outputs([(i, *plane_layout(p, spec)[:2]) for i, p in todo])
+    return todo
+
+
 @dataclass(frozen=True)
 class PredictSummary:
     out: Path
@@ -152,19 +172,12 @@ def predict_folder(
 
     from cellstack import ddp
     from cellstack.fileio import output_lock
-    from cellstack.inference.segmenter import Segmenter, resize_factor
+    from cellstack.inference.segmenter import Segmenter
 
-    # Every argument and every image header is checked before --overwrite clears
-    # anything and before the model loads: a stack or a corrupt header fails at once.
-    resize_factor(None, diameter, scale)
-    if label_dtype not in LABEL_DTYPES:
-        raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
     spec = spec or PlaneSpec()
+    todo = check_predict_inputs(images, spec, diameter, scale, label_dtype)
     out = Path(out)
     ddp.pick_device(device, ddp.launched().local_rank)
-    todo = find_images(images)
-    layouts = [(image_id, *plane_layout(path, spec)[:2]) for image_id, path in todo]
-    check_unique_outputs(layouts)
     main_process = ddp.launched().rank == 0
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
