@@ -9,7 +9,8 @@ from random weights, scored on ``--test`` other frames beside the Otsu baseline.
         [--set key=value ...] [--variant NAME key=value ...] ...
 
 Each ``--variant NAME overrides...`` adds a row; ``default`` (no overrides) is always
-first. Prints a table (score, AP, AP50, training seconds) and writes JSON (default
+first. Prints a table (score, AP, AP50, how box-shaped the masks are, training
+seconds) and writes JSON (default
 benchmarks/results/few_frames.json).
 """
 
@@ -18,9 +19,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mask_quality
+import realdata
 
 
 def main() -> None:
@@ -44,8 +53,13 @@ def main() -> None:
         "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every row"
     )
     parser.add_argument("--work", type=Path, help="keep data and runs here (default: temp)")
+    parser.add_argument(
+        "--figure", type=Path, help="write the first scored frame: truth, then each row's cells"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/few_frames.json"))
     args = parser.parse_args()
+
+    import tifffile
 
     from cellstack.config import load_config
     from cellstack.data.dataset import load_sample
@@ -83,6 +97,8 @@ def main() -> None:
     variants = [["default"], *args.variant]
     for name, *overrides in variants:
         cfg = load_config(args.config, [*args.set, *overrides])
+        if cfg.model.backbone.pretrained:
+            realdata.use_imagenet_package()  # ImageNet weights from the benchmark cache
         run = work / f"run_{name}"
         t0 = time.perf_counter()
         train(cfg, data / "few_train.csv", run, progress=False)
@@ -92,18 +108,39 @@ def main() -> None:
         )
         preds = load_predictions(work / f"pred_{name}" / "submission.csv", test)
         report = evaluate(test, preds, progress=False).to_dict()
-        rows_out[name] = {**report, "seconds": seconds, "overrides": overrides}
-        print(f"{name}: score {report['score']:.4f} ({seconds:.0f} s)", flush=True)
+        shapes = mask_quality.summarise(
+            [
+                mask_quality.image_stats(
+                    load_sample(r)[1],
+                    tifffile.imread(work / f"pred_{name}" / "labels" / f"{r.image_id}.tif"),
+                )
+                for r in test
+            ]
+        )
+        rows_out[name] = {**report, "masks": shapes, "seconds": seconds, "overrides": overrides}
+        print(
+            f"{name}: score {report['score']:.4f} ({seconds:.0f} s), box edge "
+            f"{shapes['box_edge_pred']:.3f} (truth {shapes['box_edge_truth']:.3f}), "
+            f"foreground recall {shapes['fg_recall']:.3f}",
+            flush=True,
+        )
 
     print(
         f"\n{args.train} training / {args.test} scored frames of {args.width}x{args.height}, "
         f"{args.cell_types}, config {args.config}"
     )
-    print("| method | score | AP | AP50 | training s |")
-    print("|---|---|---|---|---|")
+    print("| method | score | AP | AP50 | box edge (truth) | foreground recall | training s |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows_out.items():
+        m = r.get("masks")
+        shape = (
+            f"{m['box_edge_pred']:.3f} ({m['box_edge_truth']:.3f}) | {m['fg_recall']:.3f}"
+            if m
+            else "- | -"
+        )
         print(
-            f"| {name} | {r['score']:.4f} | {r['ap']:.4f} | {r['ap50']:.4f} | {r['seconds']:.0f} |"
+            f"| {name} | {r['score']:.4f} | {r['ap']:.4f} | {r['ap50']:.4f} | {shape} "
+            f"| {r['seconds']:.0f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -113,6 +150,19 @@ def main() -> None:
         )
     )
     print(f"wrote {args.out}")
+    if args.figure:
+        from cellstack.data.images import write_png
+        from cellstack.inference.overlay import outline_overlay
+
+        image, truth = load_sample(test[0])[:2]
+        panels = [outline_overlay(image, truth)]
+        for name in rows_out:
+            if name != "otsu":
+                pred = tifffile.imread(work / f"pred_{name}" / "labels" / f"{test[0].image_id}.tif")
+                panels.append(outline_overlay(image, pred))
+        gap = np.full((4, image.shape[1], 3), 255, np.uint8)
+        write_png(args.figure, np.concatenate([p for panel in panels for p in (panel, gap)][:-1]))
+        print(f"wrote {args.figure}: truth, then {', '.join(n for n in rows_out if n != 'otsu')}")
 
 
 if __name__ == "__main__":

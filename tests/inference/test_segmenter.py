@@ -234,3 +234,24 @@ def test_settings_per_call_apply_to_that_call_only(seg, plane):
         seg(plane, min_size=2.5)
     with pytest.raises(CellstackError, match="score_thresh out of range"):
         seg(plane, score_thresh=1.5)
+
+
+def test_optimize_thresholds_returns_a_segmenter_that_scores_what_it_promised(seg, base_data):
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.sartorius import read_train_csv
+    from cellstack.evaluation.metric import score_image
+
+    samples = [load_sample(r) for r in read_train_csv(base_data / "train.csv")]
+    images = [image for image, _ in samples]
+    truths = [labels for _, labels in samples]
+    tuned, result = seg.optimize_thresholds(images, truths)
+    assert result.after >= result.before
+    assert tuned.predictor.thresholds == result.thresholds
+    assert tuned.source is seg.source  # the model is shared, this segmenter unchanged
+    # What it promises is what predicting with it gives: the mean metric on these images.
+    scores = [score_image(t, tuned(im).labels).score for im, t in zip(images, truths, strict=True)]
+    assert np.mean(scores) == pytest.approx(result.after, abs=1e-9)
+    with pytest.raises(CellstackError, match="one label image per image, got 4 images and 3"):
+        seg.optimize_thresholds(images, truths[:3])
+    with pytest.raises(CellstackError, match=r"labels\[1\]: an integer label image of shape"):
+        seg.optimize_thresholds(images[:2], [truths[0], truths[1][:5]])

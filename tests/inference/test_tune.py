@@ -130,3 +130,31 @@ def test_tune_scores_what_predict_applies_with_tied_scores():
     # With the strict NMS the first of each tie (the shifted box) survives, every time.
     strict = postprocess(raw, PostprocessParams(0.45, 0.5, 0.05, 0))
     np.testing.assert_array_equal(strict.boxes[:, 0], np.array(boxes)[0::2, 0])
+
+
+def test_a_run_trained_at_a_scale_is_tuned_on_its_images_at_that_scale(base_run, base_data):
+    """``data.scale`` (what finetuning from a built-in sets): tuning must see the images
+    as prediction resizes them, and the truth at the same pixels."""
+    from dataclasses import replace
+
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.sartorius import read_train_csv
+    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.sources import load_source
+    from cellstack.inference.tune import truth_at
+
+    src = load_source(base_run, ("predict.score_thresh=0",))
+    src = replace(src, cfg=replace(src.cfg, data=replace(src.cfg.data, scale=0.5)))
+    records = read_train_csv(base_data / "train.csv")
+    raws = raw_predictions(src, records, device="cpu", progress=False)
+    for raw, rec in zip(raws, records, strict=True):
+        h, w = (round(d * 0.5) for d in rec.shape)
+        assert raw.image_size == (h, w) and len(raw) > 0
+        truth = truth_at(rec, raw.image_size)
+        assert truth.shape == (len(rec.rles), h * w)
+        # Nearest-neighbour halving keeps about a quarter of each cell's pixels.
+        full = load_sample(rec)[1]
+        assert abs(truth.sum() - (full > 0).sum() / 4) < 0.1 * (full > 0).sum() / 4
+        assert truth_at(rec, rec.shape).shape == (len(rec.rles), rec.shape[0] * rec.shape[1])
+    result = tune_thresholds(raws, records, src.class_names, src.thresholds, progress=False)
+    assert result.after >= result.before

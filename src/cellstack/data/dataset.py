@@ -98,18 +98,36 @@ def _augmenter(cfg: AugmentConfig):
     return A.Compose(steps)
 
 
+def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """uint8[H, W] image resized by ``factor`` to ``max(1, round(d * factor))`` pixels
+    per side (area averaging when shrinking, bilinear when growing): the one resize rule
+    of training (``data.scale``) and prediction (``--diameter``/``--scale``)."""
+    import cv2
+
+    if factor == 1:
+        return image
+    h, w = (max(1, round(d * factor)) for d in image.shape[:2])
+    inter = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=inter)
+
+
 def rescale_sample(
     image: np.ndarray, labels: np.ndarray, factor: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8[H, W] image and int[H, W] labels resized by ``factor`` (area averaging
-    when shrinking, bilinear when growing; labels by nearest neighbour)."""
+    """uint8[H, W] image and int[H, W] labels resized by ``factor``
+    (:func:`rescale_image`, :func:`resize_labels`)."""
+    image = rescale_image(image, factor)
+    return image, resize_labels(labels, image.shape[:2])
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int[H, W] labels resized to ``shape`` (h, w) by nearest neighbour: int32[h, w]."""
     import cv2
 
-    h, w = (max(1, round(d * factor)) for d in image.shape[:2])
-    inter = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    image = cv2.resize(image, (w, h), interpolation=inter)
-    labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
-    return image, labels
+    labels = labels.astype(np.int32)
+    if labels.shape == tuple(shape):
+        return labels
+    return cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 class TrainCrops(Dataset):

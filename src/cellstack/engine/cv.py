@@ -170,7 +170,12 @@ def score_oof(
     from cellstack.data import rle
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.postprocess import pixels_to_labels, pixels_to_sparse, postprocess
+    from cellstack.inference.postprocess import (
+        pixels_to_labels,
+        pixels_to_sparse,
+        postprocess,
+        rescale_instances,
+    )
     from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
 
     thresholds = resolve_thresholds(cfg, tuned=out / THRESHOLDS)
@@ -179,6 +184,8 @@ def score_oof(
     for rec in records:
         raw = raws[rec.image_id]
         cells = postprocess(raw, thresholds.for_labels(raw.labels.numpy(), class_names))
+        if cells.image_size != rec.shape:  # made at the run's data.scale: as predict maps back
+            cells = rescale_instances(cells, rec.shape)
         preds[rec.image_id] = pixels_to_sparse(cells.pixels, rec.shape)
         confidences[rec.image_id] = list(cells.scores)
         labels = pixels_to_labels(cells.pixels, rec.shape)

@@ -434,9 +434,8 @@ def tune_run_thresholds(
     images when ``on_validation``, else the training images) and write
     ``thresholds.yaml``.
 
-    The grid spans confidences 0.05..0.90, three mask thresholds and NMS levels, and
-    minimum sizes relative to the training objects (0, and 1/2 and 1x the 1st
-    percentile of their areas). Per-type thresholds are kept only when every predicted
+    The grid is every tuning's (:meth:`TuneGrid.for_objects`, minimum sizes relative to
+    the training objects). Per-type thresholds are kept only when every predicted
     type has at least 4 images; otherwise one default serves all.
     """
     from cellstack.inference.postprocess import Thresholds, params_from
@@ -449,12 +448,7 @@ def tune_run_thresholds(
         records = [records[int(k * step)] for k in range(AUTO_TUNE_IMAGES)]
     current = Thresholds(params_from(cfg.predict))
     area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
-    grid = TuneGrid(
-        mask_thresh=(0.35, 0.45, 0.55),
-        mask_nms_iou=(0.1, 0.2, 0.3),
-        min_size=tuple(sorted({0, int(area // 2), int(area)})),
-        score_thresh=tuple(np.round(np.arange(0.05, 0.901, 0.05), 2).tolist()),
-    )
+    grid = TuneGrid.for_objects(area)
     src = Source.of_model(model, cfg, current)
     raws = raw_predictions(src, records, device=device, progress=False)
     result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from cellstack.data.dataset import rescale_image
 from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
@@ -102,23 +103,10 @@ class Predictor:
         """Post-processed, non-overlapping cells (see :func:`postprocess`), with the
         thresholds of each image's cell type."""
         names = self.model.class_names
-        if self.scale != 1.0:
-            # Cells of the size the model learnt: resize in, post-process there (min_size
-            # is in the training scale), then map every mask back to the input's pixels.
-            import cv2
-
-            sizes = [im.shape for im in images]
-            images = [
-                cv2.resize(
-                    im,
-                    (
-                        max(round(im.shape[1] * self.scale), 1),
-                        max(round(im.shape[0] * self.scale), 1),
-                    ),
-                    interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR,
-                )
-                for im in images
-            ]
+        # Cells of the size the model learnt: resize in, post-process there (min_size is
+        # in the training scale), then map every mask back to the input's pixels.
+        sizes = [im.shape for im in images]
+        images = self.resized(images)
         results = [
             postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names))
             for inst in self.raw(images)
@@ -126,6 +114,11 @@ class Predictor:
         if self.scale != 1.0:
             results = [rescale_instances(r, s) for r, s in zip(results, sizes, strict=True)]
         return results
+
+    def resized(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8[H, W] images resized by ``scale``, as the model sees them
+        (:func:`~cellstack.data.dataset.rescale_image`)."""
+        return [rescale_image(im, self.scale) for im in images]
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[Instances]:
         results = []

@@ -56,7 +56,11 @@ def raw_predictions(
     src: Source, records: list[ImageRecord], *, device: str = "auto", progress: bool = True
 ) -> list[Instances]:
     """Raw detections (:meth:`Predictor.raw`) of a loaded source on annotated records,
-    one image at a time: what ``tune`` searches and ``cv`` stores as OOF predictions."""
+    one image at a time: what ``tune`` searches and ``cv`` stores as OOF predictions.
+
+    Each image is resized as prediction resizes it (a run trained with ``data.scale``
+    sees its images at that scale), so the detections are in that image's pixels and
+    ``image_size``; :func:`~cellstack.inference.tune.truth_at` brings the truth there."""
     from tqdm import tqdm
 
     from cellstack.data.dataset import load_sample
@@ -66,7 +70,7 @@ def raw_predictions(
     raws = []
     for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
         image, _ = load_sample(rec)
-        raws.extend(seg.raw([image]))
+        raws.extend(seg.raw(seg.predictor.resized([image])))
     return raws
 
 

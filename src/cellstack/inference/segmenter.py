@@ -18,6 +18,7 @@ and the run's tuned thresholds. ``cellstack predict`` is a loop over
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -26,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cellstack.data.dataset import rescale_sample
 from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
+from cellstack.data.labels import sparse_from_labels
 from cellstack.data.records import check_image_size
 from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.postprocess import Thresholds, pixels_to_labels
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.sources import Source, load_source
+from cellstack.inference.tune import TuneGrid, TuneResult, tune_thresholds
 from cellstack.structures import Instances
 
 #: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
@@ -270,8 +274,6 @@ class Segmenter:
             ArgumentTypeError: a threshold that is not a number (or ``min_size`` not an
                 integer); CellstackError: one out of its range.
         """
-        import copy
-
         values = {
             k: v
             for k, v in (
@@ -376,6 +378,64 @@ class Segmenter:
         planes as the model sees them, at this segmenter's thresholds and scale."""
         with torch.inference_mode():
             return self.predictor(list(planes))
+
+    def optimize_thresholds(
+        self,
+        images: Sequence[np.ndarray | str | Path],
+        labels: Sequence[np.ndarray],
+        *,
+        channel: int | Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> tuple[Segmenter, TuneResult]:
+        """The post-processing thresholds that score best on annotated images (stardist's
+        name): the model runs once per image, then every combination of
+        :meth:`~cellstack.inference.tune.TuneGrid.for_objects` (confidence, mask
+        threshold, mask NMS, minimum size) is scored from the raw detections, per
+        predicted cell type, as ``cellstack tune`` does.
+
+        Args:
+            images: 2-D images or image files, as :meth:`__call__` takes them.
+            labels: int[H, W] label images of the same sizes, 0 = background.
+
+        Returns:
+            ``(segmenter, result)``: a segmenter sharing this one's model with the tuned
+            thresholds, and the search (``result.before`` / ``result.after``: mean
+            competition score at the current and the tuned thresholds; ``table()``).
+            Nothing is written: save them with ``cellstack tune`` on a run folder.
+        """
+        images, labels = list(images), list(labels)
+        if not images or len(images) != len(labels):
+            raise CellstackError(
+                f"optimize_thresholds needs one label image per image, got {len(images)} "
+                f"images and {len(labels)} label images"
+            )
+        planes, truths = [], []
+        for k, (image, label) in enumerate(zip(images, labels, strict=True)):
+            plane, lead = self._planes(image, None, _spec(None, channel), f"image {k}")
+            label = np.asarray(label)
+            if lead:
+                raise CellstackError(f"image {k}: a {lead}YX stack; pass its 2-D planes")
+            if label.shape != plane.shape or label.dtype.kind not in "iub":
+                raise CellstackError(
+                    f"labels[{k}]: an integer label image of shape {plane.shape} expected, "
+                    f"got {label.dtype} {label.shape}"
+                )
+            plane, label = rescale_sample(plane, label, self.scale)  # as the model sees it
+            planes.append(plane)
+            truths.append(sparse_from_labels(label.astype(np.int64)))
+        raws = [raw for plane in planes for raw in self.raw([plane])]
+        result = tune_thresholds(
+            raws,
+            truths,
+            self.class_names,
+            self.predictor.thresholds,
+            TuneGrid.for_objects(self.source.area_p1),
+            progress=progress,
+        )
+        out = copy.copy(self)
+        out.predictor = copy.copy(self.predictor)
+        out.predictor.thresholds = result.thresholds
+        return out, result
 
     def _planes(
         self,

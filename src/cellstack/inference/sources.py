@@ -69,6 +69,9 @@ class Source:
             its ``data_stats.json``; None for runs that did not record it.
         largest: the 95th percentile of those objects' longer box side (px), or None:
             what a block overlap must hold (:mod:`cellstack.distributed.blocks`).
+        area_p1: the first percentile of those objects' areas (px), or None: where the
+            minimum sizes tuning searches start (:meth:`~cellstack.inference.tune.
+            TuneGrid.for_objects`).
     """
 
     model: torch.nn.Module
@@ -78,6 +81,7 @@ class Source:
     thresholds_path: Path | None
     diameter: float | None = None
     largest: float | None = None
+    area_p1: float | None = None
 
     @classmethod
     def of_model(
@@ -127,8 +131,9 @@ def load_source(
 
 
 def trained_sizes(run: Path) -> dict[str, float | None]:
-    """``diameter`` (median) and ``largest`` (95th percentile of the longer box side)
-    of the objects a run trained on, in pixels, from its ``data_stats.json``
+    """``diameter`` (median), ``largest`` (95th percentile of the longer box side) and
+    ``area_p1`` (first percentile of the areas) of the objects a run trained on, in
+    pixels, from its ``data_stats.json``
     (:func:`~cellstack.modeling.files.run_data_stats`); None where not recorded."""
     from cellstack.modeling.files import run_data_stats
 
@@ -138,7 +143,11 @@ def trained_sizes(run: Path) -> dict[str, float | None]:
         value = stats.get(key)
         return float(value) if isinstance(value, int | float) and value > 0 else None
 
-    return {"diameter": number("diameter_median"), "largest": number("box_p95")}
+    return {
+        "diameter": number("diameter_median"),
+        "largest": number("box_p95"),
+        "area_p1": number("area_p1"),
+    }
 
 
 def resolve_thresholds(

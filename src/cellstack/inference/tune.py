@@ -22,10 +22,12 @@ never lowers the score on the data it ran on.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
@@ -48,12 +50,28 @@ from cellstack.structures import Instances
 
 @dataclass(frozen=True)
 class TuneGrid:
-    """Values searched (the original's grid by default)."""
+    """Values searched. Every tuning (``cellstack tune``, a CV folder's, the thresholds
+    a run chooses after training, :meth:`Segmenter.optimize_thresholds`) searches
+    :meth:`for_objects`: confidences 0.05..0.90, three mask thresholds and NMS levels,
+    and minimum sizes relative to the objects the model trained on. A grid built by hand
+    searches the fields given and these defaults for the rest (one mask threshold)."""
 
     mask_thresh: tuple[float, ...] = (0.45,)
-    mask_nms_iou: tuple[float, ...] = (0.05, 0.1, 0.15)
-    min_size: tuple[int, ...] = (0, 50, 75, 100, 150)
-    score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.2, 0.801, 0.05), 2).tolist())
+    mask_nms_iou: tuple[float, ...] = (0.1, 0.2, 0.3)
+    min_size: tuple[int, ...] = (0,)
+    score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.901, 0.05), 2).tolist())
+
+    @classmethod
+    def for_objects(cls, area_p1: float | None) -> TuneGrid:
+        """The grid, with minimum sizes relative to the data: 0, 1/2 and 1x ``area_p1``
+        (px), the first percentile of the training objects' areas. Where that is
+        unknown (a run that did not record it), the original solution's 0, 50, 75, 100
+        and 150 px; 0 is always searched, so a size rule never costs on its data."""
+        if area_p1 and area_p1 > 0:
+            sizes = {0, int(area_p1 // 2), int(area_p1)}
+        else:
+            sizes = {0, 50, 75, 100, 150}
+        return cls(mask_thresh=(0.35, 0.45, 0.55), min_size=tuple(sorted(sizes)))
 
     def including(self, p: PostprocessParams) -> TuneGrid:
         """This grid plus the values of ``p``."""
@@ -145,16 +163,25 @@ def score_grid(
 
 def tune_thresholds(
     raws: list[Instances],
-    records: list[ImageRecord],
-    class_names: tuple[str, ...],
+    records: Sequence[ImageRecord | sp.csr_matrix],
+    class_names: Sequence[str],
     current: Thresholds,
     grid: TuneGrid | None = None,
     progress: bool = True,
 ) -> TuneResult:
-    """Search the grid per predicted cell type (see the module docstring)."""
+    """Search the grid per predicted cell type (see the module docstring).
+
+    Args:
+        raws: raw detections per image (:meth:`Segmenter.raw`).
+        records: the annotated images, or their truth masks as sparse bool[N, H*W]
+            (:func:`~cellstack.data.labels.sparse_from_labels`), in the same order.
+        class_names: the model's cell types; current: the thresholds to start from
+            (always part of the grid); grid: default :meth:`TuneGrid.for_objects` with
+            the training objects' sizes unknown.
+    """
     from tqdm import tqdm
 
-    grid = grid or TuneGrid()
+    grid = grid or TuneGrid.for_objects(None)
     for p in (current.default, *current.per_type.values()):
         grid = grid.including(p)
     groups: dict[str, list[dict[tuple, float]]] = defaultdict(list)
@@ -164,7 +191,8 @@ def tune_thresholds(
     ):
         cell_type = majority_type(raw.labels, class_names)
         base = current.per_type.get(cell_type, current.default)
-        scores = score_grid(raw, rec.sparse_masks(), grid, convex=base.convex_refill)
+        truth = truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec
+        scores = score_grid(raw, truth, grid, convex=base.convex_refill)
         groups["all"].append(scores)
         if cell_type is not None:
             groups[cell_type].append(scores)
@@ -218,6 +246,18 @@ def tune_thresholds(
     return TuneResult(tuned, result_groups, float(np.mean(before)), float(np.mean(after)))
 
 
+def truth_at(rec: ImageRecord, size: tuple[int, int]) -> sp.csr_matrix:
+    """A record's truth masks, sparse bool[N, h*w], at ``size`` (h, w): the pixels of
+    raw detections made at the model's scale (nearest neighbour, as training resizes
+    labels); its own masks when the sizes agree."""
+    from cellstack.data.dataset import load_sample, resize_labels
+    from cellstack.data.labels import sparse_from_labels
+
+    if tuple(size) == tuple(rec.shape):
+        return rec.sparse_masks()
+    return sparse_from_labels(resize_labels(load_sample(rec)[1], size))
+
+
 def run_tune(
     source_path,
     data,
@@ -258,6 +298,7 @@ def run_tune(
         )
     records = _fold_records(load_dataset(data), data, fold)
     raws = raw_predictions(src, records, device=device, progress=progress)
+    grid = grid or TuneGrid.for_objects(src.area_p1)
     result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)
     write_thresholds(
         src.thresholds_path,
@@ -290,7 +331,12 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     from cellstack.config import config_from_dict, config_to_dict
     from cellstack.data.folds import read_folds_csv
     from cellstack.data.splits import cv_records
-    from cellstack.inference.sources import THRESHOLDS, resolve_thresholds, write_thresholds
+    from cellstack.inference.sources import (
+        THRESHOLDS,
+        resolve_thresholds,
+        trained_sizes,
+        write_thresholds,
+    )
 
     data = Path(data) if data is not None else cv.data_path()
     cfg = config_from_dict(config_to_dict(cv.config()), overrides)
@@ -305,6 +351,7 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     # The starting point is what predict would apply (thresholds given on the command
     # line beat thresholds.yaml).
     current = resolve_thresholds(cfg, overrides, tuned=cv.path / THRESHOLDS)
+    grid = grid or TuneGrid.for_objects(trained_sizes(cv.fold_run(0))["area_p1"])
     result = tune_thresholds(
         [raws[r.image_id] for r in records], records, class_names, current, grid, progress
     )
