@@ -254,22 +254,3 @@ def test_diameter_maps_masks_back_to_the_input_size(small_data, tmp_path):
         b = read_label_image(tmp_path / "s" / "labels" / f"{p.stem}.tif")
         assert a.shape == b.shape == shape
         assert np.array_equal(a, b)
-
-
-def test_rescale_instances_keeps_masks_disjoint_and_boxes_scaled():
-    from cellstack.inference.postprocess import rescale_instances
-    from cellstack.structures import Instances
-
-    inst = Instances(
-        (10, 10),
-        boxes=np.array([[0, 0, 4, 4], [4, 4, 10, 10]], np.float32),
-        scores=np.array([0.9, 0.8], np.float32),
-        labels=np.array([0, 1]),
-        pixels=[np.array([0, 1, 10, 11]), np.array([55, 56, 65, 66])],
-    )
-    big = rescale_instances(inst, (20, 20))
-    assert [len(p) for p in big.pixels] == [16, 16]
-    assert big.boxes[1].tolist() == [8, 8, 20, 20]
-    assert len(np.intersect1d(big.pixels[0], big.pixels[1])) == 0
-    small = rescale_instances(inst, (2, 2))  # both cells shrink to at most one pixel
-    assert all(len(p) <= 1 for p in small.pixels)

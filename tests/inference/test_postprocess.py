@@ -101,3 +101,42 @@ def test_postprocess_order_and_thresholds():
     assert len(out.pixels[0]) == 100
     empty = postprocess(inst[np.zeros(4, bool)], PostprocessParams())
     assert len(empty) == 0
+
+
+def test_cells_decided_at_the_model_scale_are_pasted_at_the_image_pixels():
+    """A model that saw the image at half size: its masks are pasted again at full
+    resolution (smooth disks, not 2x2 blocks), disjoint, with boxes scaled."""
+    from cellstack.inference.postprocess import PostprocessParams, postprocess
+
+    m = 28
+    yy, xx = np.mgrid[:m, :m]
+    disk = torch.tensor(((yy - 13.5) ** 2 + (xx - 13.5) ** 2 < 13.5**2).astype(np.float32))
+    half = Instances(
+        (20, 20),
+        boxes=torch.tensor([[2.0, 2, 12, 12], [8, 8, 18, 18]]),
+        scores=torch.tensor([0.9, 0.8]),
+        labels=torch.tensor([0, 0]),
+        roi_masks=torch.stack([disk, disk]),
+    )
+    params = PostprocessParams(mask_thresh=0.5, score_thresh=0.1, mask_nms_iou=0.9, min_size=0)
+    small = postprocess(half, params)
+    full = postprocess(half, params, (40, 40))
+    assert full.image_size == (40, 40) and len(full) == len(small) == 2
+    np.testing.assert_allclose(full.boxes, small.boxes * 2)
+    assert len(np.intersect1d(full.pixels[0], full.pixels[1])) == 0
+    # The first cell against its disk drawn at full resolution (box 4..24, the disk's
+    # radius 13.5 of 28 mask cells): the re-pasted mask is closer than the half-size
+    # mask with every pixel doubled.
+    yy, xx = np.mgrid[:40, :40] + 0.5
+    truth = (yy - 14) ** 2 + (xx - 14) ** 2 < (20 * 13.5 / 28) ** 2
+    pasted = np.zeros(1600, bool)
+    pasted[full.pixels[0]] = True
+    blocks = np.zeros(400, bool)
+    blocks[small.pixels[0]] = True
+    blocks = np.kron(blocks.reshape(20, 20), np.ones((2, 2), bool))
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
+    assert iou(pasted.reshape(40, 40), truth) > iou(blocks, truth)
+    assert postprocess(half, params, (20, 20)).pixels[0].tolist() == small.pixels[0].tolist()

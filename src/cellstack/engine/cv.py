@@ -174,7 +174,6 @@ def score_oof(
         pixels_to_labels,
         pixels_to_sparse,
         postprocess,
-        rescale_instances,
     )
     from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
 
@@ -183,9 +182,9 @@ def score_oof(
     preds, confidences, submission = {}, {}, {}
     for rec in records:
         raw = raws[rec.image_id]
-        cells = postprocess(raw, thresholds.for_labels(raw.labels.numpy(), class_names))
-        if cells.image_size != rec.shape:  # made at the run's data.scale: as predict maps back
-            cells = rescale_instances(cells, rec.shape)
+        # Made at the run's data.scale: mapped to the image's pixels as predict maps them.
+        params = thresholds.for_labels(raw.labels.numpy(), class_names)
+        cells = postprocess(raw, params, rec.shape)
         preds[rec.image_id] = pixels_to_sparse(cells.pixels, rec.shape)
         confidences[rec.image_id] = list(cells.scores)
         labels = pixels_to_labels(cells.pixels, rec.shape)

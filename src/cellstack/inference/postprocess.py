@@ -300,9 +300,21 @@ def confidence_order(scores: torch.Tensor) -> np.ndarray:
     return np.argsort(-scores.detach().float().cpu().numpy(), kind="stable")
 
 
-def postprocess(inst: Instances, params: PostprocessParams) -> Instances:
+def postprocess(
+    inst: Instances, params: PostprocessParams, out_size: tuple[int, int] | None = None
+) -> Instances:
     """Detections with ``boxes, scores, labels, roi_masks`` -> non-overlapping cells
     (see the module docstring).
+
+    Args:
+        inst: raw detections of an image of ``inst.image_size`` (the model's pixels).
+        params: the thresholds; ``min_size`` counts the model's pixels.
+        out_size: ``(H, W)`` of the image the cells are for, when the model saw it
+            resized (``--diameter``, ``data.scale``): which detections survive is decided
+            at the model's scale as above, then each survivor's mask probabilities are
+            pasted again at full resolution (boxes scaled) before overlap removal, so the
+            outlines are as smooth as the mask head made them, not the blocks of a
+            low-resolution label image resized.
 
     Returns:
         Instances sorted by decreasing score with ``boxes, scores, labels`` (numpy) and
@@ -318,41 +330,24 @@ def postprocess(inst: Instances, params: PostprocessParams) -> Instances:
         scores=inst.scores.detach().float().cpu().numpy(),
         labels=inst.labels.detach().cpu().numpy(),
         pixels=pixels,
+        index=np.arange(len(inst)),
     )
     result = result[mask_nms(result.pixels, size, params.mask_nms_iou)]
     sizes = np.array([len(p) for p in result.pixels])
     result = result[(sizes > 0) & (sizes >= params.min_size)]
+    if out_size is not None and tuple(out_size) != tuple(size):
+        sy, sx = out_size[0] / size[0], out_size[1] / size[1]
+        boxes = result.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+        keep = torch.as_tensor(result.index, dtype=torch.int64)
+        pixels = paste_masks(
+            inst.roi_masks.detach()[keep], torch.from_numpy(boxes), out_size, params.mask_thresh
+        )
+        result = Instances(tuple(out_size), **{**result.fields, "boxes": boxes, "pixels": pixels})
+        size = tuple(out_size)
     if params.convex_refill:
         result = result.replace(pixels=convex_refill(result.pixels, size))
-    result = result.replace(pixels=remove_overlaps(result.pixels, size))
+    result = result.replace(pixels=remove_overlaps(result.pixels, size), index=None)
     return result[np.array([len(p) > 0 for p in result.pixels], dtype=bool)]
-
-
-def rescale_instances(inst: Instances, image_size: tuple[int, int]) -> Instances:
-    """Post-processed instances (with ``pixels``) mapped onto an image of another size.
-
-    Masks are resampled by nearest neighbour through the label image (so they stay
-    disjoint), boxes are scaled by the size ratio; an instance that vanishes (a cell of
-    one pixel mapped onto a smaller image) is dropped.
-
-    Args:
-        inst: instances of an image of ``inst.image_size``.
-        image_size: ``(H, W)`` of the target image.
-    """
-    import cv2
-
-    h, w = image_size
-    labels = pixels_to_labels(inst.pixels, inst.image_size)
-    back = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST).ravel()
-    idx = np.flatnonzero(back)
-    ids = back[idx]
-    order = np.argsort(ids, kind="stable")
-    counts = np.bincount(ids, minlength=len(inst) + 1)[1:]
-    pixels = np.split(idx[order].astype(np.int64), np.cumsum(counts)[:-1])
-    sy, sx = h / inst.image_size[0], w / inst.image_size[1]
-    boxes = np.asarray(inst.boxes, dtype=np.float32) * np.array([sx, sy, sx, sy], np.float32)
-    out = Instances(image_size, **{**inst.fields, "boxes": boxes, "pixels": pixels})
-    return out[counts > 0]
 
 
 def params_from(cfg: PredictConfig) -> PostprocessParams:

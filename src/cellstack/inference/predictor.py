@@ -19,7 +19,6 @@ from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
     postprocess,
-    rescale_instances,
 )
 from cellstack.modeling.detector import CellDetector
 from cellstack.structures import Instances
@@ -103,17 +102,13 @@ class Predictor:
         """Post-processed, non-overlapping cells (see :func:`postprocess`), with the
         thresholds of each image's cell type."""
         names = self.model.class_names
-        # Cells of the size the model learnt: resize in, post-process there (min_size is
-        # in the training scale), then map every mask back to the input's pixels.
+        # Cells of the size the model learnt: resize in, decide there (min_size is in the
+        # training scale), then paste the survivors' masks at the input's pixels.
         sizes = [im.shape for im in images]
-        images = self.resized(images)
-        results = [
-            postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names))
-            for inst in self.raw(images)
+        return [
+            postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names), size)
+            for inst, size in zip(self.raw(self.resized(images)), sizes, strict=True)
         ]
-        if self.scale != 1.0:
-            results = [rescale_instances(r, s) for r, s in zip(results, sizes, strict=True)]
-        return results
 
     def resized(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8[H, W] images resized by ``scale``, as the model sees them
