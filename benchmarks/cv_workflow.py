@@ -47,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cellstack.config import load_config
-    from cellstack.data.prepare import prepare_livecell, prepare_sartorius
+    from cellstack.data.livecell import prepare_livecell
+    from cellstack.data.prepare import prepare_sartorius
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.cv import rescore, run_cv
     from cellstack.engine.trainer import train

@@ -90,7 +90,7 @@ def label_sets(names: list[str], work: Path) -> dict[str, Path]:
     folders = {}
     if {"sheet", "phase"} & set(names):
         _, sets = train_builtin.datasets("cells", work / "cells")
-        folders["sheet"] = sets["synthetic sheet (look never seen)"]
+        folders["sheet"] = sets["synthetic oblique-light sheet (held out)"]
         folders["phase"] = sets["synthetic phase contrast (held out)"]
     if "mnfinder" in names:
         _, sets = train_builtin.datasets("nuclei", work / "nuclei")

@@ -9,11 +9,16 @@ import scipy.sparse as sp
 from cellstack.cli import main
 from cellstack.config import load_config
 from cellstack.data import rle
-from cellstack.data.coco import livecell_cell_type, livecell_sample_id, read_coco_instances
 from cellstack.data.images import write_png
 from cellstack.data.layouts import load_dataset
+from cellstack.data.livecell import (
+    livecell_cell_type,
+    livecell_sample_id,
+    prepare_livecell,
+    read_coco_instances,
+)
 from cellstack.data.maskcache import load_masks, save_masks, sparse_to_labels
-from cellstack.data.prepare import prepare_livecell, prepare_sartorius
+from cellstack.data.prepare import prepare_sartorius
 from cellstack.data.sartorius import read_train_csv, write_train_csv
 from cellstack.data.splits import split_records
 from cellstack.errors import DataError

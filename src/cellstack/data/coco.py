@@ -1,23 +1,16 @@
-"""COCO json: LIVECell annotations (polygons) in, COCO results (RLE masks) out.
-
-LIVECell ships ``livecell_coco_{train,val,test}.json`` (COCO instance annotations with
-polygon segmentations) beside ``.tif`` images. Its cell type is per image; we take it
-from the category of the image's annotations (the per-cell-line json files use one
-category per file) or from the file-name prefix (``A172_Phase_...``).
+"""COCO json: segmentations (polygons, RLE) decoded, COCO results (RLE masks) and
+instance files written. Reading LIVECell's instance files is :mod:`cellstack.data.
+livecell`'s.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from cellstack.data import rle
-from cellstack.data.records import ImageRecord, check_id, check_image_size
 from cellstack.errors import CellstackError, DataError
 from cellstack.fileio import atomic_write, read_text
 
@@ -40,17 +33,6 @@ def coded_segmentation(segmentation, height: int, width: int) -> dict | None:
     return segmentation
 
 
-def segmentation_to_mask(segmentation, height: int, width: int, *, where: str) -> np.ndarray:
-    """Rasterise a COCO segmentation (polygons or RLE) to bool[H, W]."""
-    try:
-        coded = coded_segmentation(segmentation, height, width)
-        if coded is None:
-            return np.zeros((height, width), dtype=bool)
-        return _mask_utils().decode(coded).astype(bool)
-    except Exception as exc:
-        raise DataError(f"{where}: bad segmentation ({type(exc).__name__}: {exc})") from None
-
-
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     """Outer contours of bool[H, W] as COCO polygons ``[x0, y0, x1, y1, ...]``.
 
@@ -67,99 +49,6 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
             c = np.array([[[x, y]], [[x + 1, y]], [[x, y + 1]]])
         polys.append(c.reshape(-1).astype(float).tolist())
     return polys
-
-
-_LIVECELL_NAME = re.compile(r"^(?P<well>.+)_\d+d\d+h\d+m_\d+$")
-
-
-def image_identity(img: dict, anns: list[dict], categories: dict) -> tuple[str, str]:
-    """``(cell_type, sample_id)`` of a COCO image entry: the one rule that reading a
-    COCO file and preparing LIVECell share.
-
-    The cell type is the image's most common annotation category, lower-cased, unless
-    that is a generic ``cell`` (LIVECell's all-lines json), then the file-name prefix
-    (``A172_...`` -> ``a172``). The sample (the group folds keep together) is the
-    entry's ``sample_id`` when it has one, else the LIVECell well
-    (:func:`livecell_sample_id`).
-    """
-    votes = Counter(categories.get(a.get("category_id")) for a in anns)
-    category = votes.most_common(1)[0][0] if votes else None
-    name = Path(str(img["file_name"])).name
-    sample = img.get("sample_id")
-    return livecell_cell_type(name, category), str(sample) if sample else livecell_sample_id(name)
-
-
-def livecell_cell_type(file_name: str, category: str | None) -> str:
-    """A LIVECell image's cell line: its annotations' category, unless that is the
-    generic ``cell`` of the all-lines json, then the file-name prefix (``A172_...``)."""
-    if category and category.lower() not in ("cell", "cells"):
-        return category.lower()
-    return Path(file_name).name.split("_")[0].lower()
-
-
-def livecell_sample_id(file_name: str) -> str:
-    """The well of a LIVECell image (its name without time point and crop)."""
-    stem = Path(file_name).stem
-    m = _LIVECELL_NAME.match(stem)
-    return m.group("well") if m else stem
-
-
-def read_coco_instances(
-    json_path: str | Path, images_dir: str | Path | None = None
-) -> list[ImageRecord]:
-    """Read a COCO instance json (LIVECell) into records with Kaggle RLE masks.
-
-    Args:
-        json_path: the annotation file.
-        images_dir: where the images' ``file_name`` live; default: the json's folder,
-            then its ``images/`` subfolder.
-    """
-    json_path = Path(json_path)
-    data = read_json(json_path)
-    if not isinstance(data, dict):
-        raise DataError(f"{json_path}: not a COCO instance file (not a json object)")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DataError(f"{json_path}: not a COCO instance file (no {key!r})")
-    try:
-        categories = {c["id"]: c["name"] for c in data["categories"]}
-        anns_by_image: dict[int, list[dict]] = {}
-        for ann in data["annotations"]:
-            anns_by_image.setdefault(ann["image_id"], []).append(ann)
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{json_path}: a category or annotation lacks {exc}") from None
-    base = Path(images_dir) if images_dir is not None else json_path.parent
-    records = []
-    for n, img in enumerate(data["images"]):
-        try:
-            h, w, name = int(img["height"]), int(img["width"]), str(img["file_name"])
-            img["id"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{json_path} images[{n}]: bad or missing {exc}") from None
-        where = f"{json_path} image {name}"
-        check_image_size(h, w, where)
-        check_id(Path(name).stem, where)
-        anns = anns_by_image.get(img["id"], [])
-        masks = [
-            segmentation_to_mask(a["segmentation"], h, w, where=f"{where} annotation {a['id']}")
-            for a in anns
-        ]
-        cell_type, sample_id = image_identity(img, anns, categories)
-        path = base / img["file_name"]
-        if not path.exists() and (base / "images" / img["file_name"]).exists():
-            path = base / "images" / img["file_name"]
-        records.append(
-            ImageRecord(
-                image_id=Path(img["file_name"]).stem,
-                image_path=path,
-                height=h,
-                width=w,
-                cell_type=cell_type,
-                sample_id=sample_id,
-                rles=tuple(rle.encode(m) for m in masks if m.any()),
-            )
-        )
-    return records
 
 
 def encode_coco_rle(mask: np.ndarray) -> dict:

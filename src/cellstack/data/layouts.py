@@ -37,7 +37,7 @@ LAYOUT_HELP = (
 
 def load_dataset(path: str | Path) -> list[ImageRecord]:
     """Load annotated images from any supported layout (see module docstring)."""
-    from cellstack.data.coco import read_coco_instances
+    from cellstack.data.livecell import read_coco_instances
     from cellstack.data.prepare import is_prepared, read_prepared
     from cellstack.data.sartorius import read_train_csv
 

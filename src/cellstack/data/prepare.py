@@ -24,7 +24,7 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +55,8 @@ RECORD_COLUMNS = (
     "masks",
     "train_masks",
 )
-LIVECELL_SPLITS = ("train", "val", "test")
 
 
-# LIVECell's file names: {cell line}_Phase_{well}_{position}_{time}_{crop}.tif; the
-# images of one well over time share a sample (fold groups must not split them).
 @dataclass(frozen=True)
 class Problem:
     """A part of the source that was left out.
@@ -166,7 +163,7 @@ def read_prepared(path: str | Path) -> list[ImageRecord]:
 # ------------------------------------------------------------------ caching
 
 
-def _fingerprint(files: Iterable[Path], options: dict) -> str:
+def fingerprint_of(files: Iterable[Path], options: dict) -> str:
     """Hash of the sources' names, sizes and modification times, and the options."""
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for p in sorted(set(files)):
@@ -175,7 +172,7 @@ def _fingerprint(files: Iterable[Path], options: dict) -> str:
     return h.hexdigest()
 
 
-def _cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
+def cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
     try:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -197,7 +194,7 @@ def _cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
     )
 
 
-class _Writer:
+class Writer:
     """Writes masks and rows; ``finish`` writes records, problems and the manifest last."""
 
     def __init__(self, out: Path, fingerprint: str, source: str) -> None:
@@ -320,7 +317,7 @@ def check_out_folder(out: Path) -> None:
             )
 
 
-def _check_image(rec: ImageRecord, writer: _Writer) -> bool:
+def check_image(rec: ImageRecord, writer: Writer) -> bool:
     """Whether the image exists, decodes fully, and has the annotated size (else a
     problem): a truncated file is caught here, not in the middle of training."""
     from cellstack.data.images import read_image
@@ -363,10 +360,13 @@ def fill_holes(masks: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
         fy, fx = np.nonzero(ndimage.binary_fill_holes(crop))
         rows.append(np.full(len(fy), i))
         cols.append((fy + y0) * w + fx + x0)
-    return _csr(rows, cols, masks.shape)
+    return sparse_rows(rows, cols, masks.shape)
 
 
-def _csr(rows: list[np.ndarray], cols: list[np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
+def sparse_rows(
+    rows: list[np.ndarray], cols: list[np.ndarray], shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """Sparse bool masks of ``shape`` from per-mask row and column index arrays."""
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     out = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=shape)
@@ -429,14 +429,14 @@ def prepare_sartorius(
         sources += list_images(images_dir)
     if corrected is not None:
         sources += list_images(corrected)
-    fingerprint = _fingerprint(sources, options)
+    fingerprint = fingerprint_of(sources, options)
     check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    cached = _cached_report(out, fingerprint)
+    cached = cached_report(out, fingerprint)
     if cached is not None:
         return cached
 
-    writer = _Writer(out, fingerprint, str(csv_path))
+    writer = Writer(out, fingerprint, str(csv_path))
 
     def bad_row(row_no: int, image_id: str, message: str) -> None:
         reason = message.split(": ", 1)[-1]
@@ -444,7 +444,7 @@ def prepare_sartorius(
 
     records = read_train_csv(csv_path, on_bad_row=bad_row)
     for rec in tqdm(records, desc="preparing", unit="img", disable=not progress):
-        if not _check_image(rec, writer):
+        if not check_image(rec, writer):
             continue
         masks = rec.sparse_masks()
         clean = fill_holes(masks, rec.shape) if holes else None
@@ -460,134 +460,4 @@ def prepare_sartorius(
             cut = cut.tocsr().astype(bool)
             clean = cut[np.diff(cut.indptr) > 0]  # instances outside the foreground go
         writer.add(rec, masks, clean)
-    return writer.finish(options)
-
-
-# ------------------------------------------------------------------ LIVECell
-
-
-def _segmentation_pixels(segmentation, height: int, width: int) -> np.ndarray:
-    """Flat row-major indices int64[K] of a COCO segmentation (polygons or RLE)."""
-    from pycocotools import mask as mu
-
-    from cellstack.data.coco import coded_segmentation
-
-    coded = coded_segmentation(segmentation, height, width)
-    if coded is None:
-        return np.zeros(0, dtype=np.int64)
-    x, y, w, h = (int(v) for v in mu.toBbox(coded))
-    # Only the box is scanned: the full-image scan would dominate for small cells.
-    crop = mu.decode(coded)[y : y + h + 1, x : x + w + 1]
-    ys, xs = np.nonzero(crop)
-    return np.sort((ys + y).astype(np.int64) * width + xs + x)
-
-
-def find_livecell_files(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """``({split: json}, {image file name: path})`` found anywhere under ``root``."""
-    jsons = {}
-    for split in LIVECELL_SPLITS:
-        found = sorted(root.rglob(f"livecell_coco_{split}.json"))
-        if found:
-            jsons[split] = found[0]
-    if not jsons:
-        raise DataError(
-            f"{root}: no livecell_coco_{{train,val,test}}.json found (expected the "
-            "LIVECell_dataset_2021 folder)"
-        )
-    images: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in (".tif", ".tiff", ".png") and p.is_file():
-            images.setdefault(p.name, p)
-    return jsons, images
-
-
-def prepare_livecell(
-    root: str | Path,
-    out: str | Path,
-    *,
-    splits: Sequence[str] = LIVECELL_SPLITS,
-    progress: bool = True,
-) -> PrepareReport:
-    """Prepare LIVECell (``livecell_coco_{train,val,test}.json`` + tif images).
-
-    Every cell line is kept; an image's class is its cell line (lower-case, e.g.
-    ``a172``, ``shsy5y``) and its ``split`` the json it came from, so a config can
-    train on some splits and validate on another (``data.splits``, ``data.val_split``).
-    Bad annotations and missing images are listed in ``problems.csv`` and left out.
-    """
-    from tqdm import tqdm
-
-    root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise DataError(f"{root}: LIVECell folder not found")
-    jsons, images = find_livecell_files(root)
-    jsons = {s: p for s, p in jsons.items() if s in splits}
-    options = {"splits": sorted(jsons)}
-    fingerprint = _fingerprint([*jsons.values(), *images.values()], options)
-    check_out_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cached = _cached_report(out, fingerprint)
-    if cached is not None:
-        return cached
-
-    writer = _Writer(out, fingerprint, str(root))
-    for split, json_path in jsons.items():
-        from cellstack.data.coco import image_identity, read_json
-
-        coco = read_json(json_path)
-        try:
-            categories = {c["id"]: c["name"] for c in coco["categories"]}
-            entries, annotations = coco["images"], coco["annotations"]
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{json_path}: not a COCO instance file ({exc})") from None
-        by_image: dict[int, list[dict]] = {}
-        for ann in annotations:
-            by_image.setdefault(ann.get("image_id"), []).append(ann)
-        for n, img in enumerate(
-            tqdm(entries, desc=f"preparing {split}", unit="img", disable=not progress)
-        ):
-            try:
-                name = Path(str(img["file_name"])).name
-                image_id = Path(name).stem
-                entry_id = img["id"]
-                height, width = int(img["height"]), int(img["width"])
-                check_image_size(height, width, name)
-            except (KeyError, TypeError, ValueError, DataError) as exc:
-                reason = (
-                    str(exc).split(": ", 1)[-1]
-                    if isinstance(exc, DataError)
-                    else (f"bad or missing {exc}")
-                )
-                writer.problems.append(Problem(f"{json_path} images[{n}]", "", reason))
-                continue
-            anns = by_image.get(entry_id, [])
-            cell_type, sample_id = image_identity(img, anns, categories)
-            if name not in images:
-                where = f"{json_path} image {entry_id}"
-                writer.problems.append(Problem(where, image_id, f"image file {name} not found"))
-                continue
-            rec = ImageRecord(
-                image_id=image_id,
-                image_path=images[name],
-                height=height,
-                width=width,
-                cell_type=cell_type,
-                sample_id=sample_id,
-            )
-            if not _check_image(rec, writer):
-                continue
-            rows, cols = [], []
-            for ann in anns:
-                try:
-                    pixels = _segmentation_pixels(ann["segmentation"], rec.height, rec.width)
-                except Exception as exc:  # pycocotools raises bare TypeErrors etc.
-                    where = f"{json_path} annotation {ann.get('id')}"
-                    reason = f"bad segmentation ({type(exc).__name__}: {exc})"
-                    writer.problems.append(Problem(where, image_id, reason))
-                    continue
-                if len(pixels):
-                    rows.append(np.full(len(pixels), len(rows)))
-                    cols.append(pixels)
-            masks = _csr(rows, cols, (len(rows), rec.height * rec.width))
-            writer.add(rec, masks, split=split)
     return writer.finish(options)

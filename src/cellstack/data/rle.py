@@ -114,6 +114,17 @@ def encode(mask: np.ndarray) -> str:
     return _format_runs(starts, lengths)
 
 
+def encode_pixels(pixels: np.ndarray) -> str:
+    """Encode a mask given as ascending flat row-major pixel indices int[K]."""
+    pixels = np.asarray(pixels, dtype=np.int64)
+    if len(pixels) == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(pixels) != 1) + 1
+    starts = pixels[np.concatenate(([0], breaks))]
+    ends = pixels[np.concatenate((breaks - 1, [len(pixels) - 1]))]
+    return _format_runs(starts, ends - starts + 1)
+
+
 def grouped_runs(group: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of flat pixel indices ``idx`` sorted by ``(group, idx)`` (e.g. instance, pixel).
 

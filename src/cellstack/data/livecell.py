@@ -1,0 +1,295 @@
+"""LIVECell: its COCO instance files read, by ``cellstack prepare`` and as data.
+
+LIVECell ships ``livecell_coco_{train,val,test}.json`` (COCO instance annotations with
+polygon segmentations) beside ``.tif`` images. Its cell type is per image; we take it
+from the category of the image's annotations (the per-cell-line json files use one
+category per file) or from the file-name prefix (``A172_Phase_...``).
+
+One reader of the json (:func:`read_instances_json`), one decoder of a segmentation
+(:func:`segmentation_pixels`, which scans only the object's box) and one rule for
+finding an image file by name (:func:`image_files`) serve both
+:func:`read_coco_instances` (a json given as data: strict, the first bad entry is the
+error) and :func:`prepare_livecell` (a dataset folder: lenient, bad entries are listed
+in ``problems.csv`` and left out).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellstack.data import rle
+from cellstack.data.coco import coded_segmentation, read_json
+from cellstack.data.prepare import (
+    PrepareReport,
+    Problem,
+    Writer,
+    cached_report,
+    check_image,
+    check_out_folder,
+    fingerprint_of,
+    sparse_rows,
+)
+from cellstack.data.records import ImageRecord, check_id, check_image_size
+from cellstack.errors import DataError
+
+LIVECELL_SPLITS = ("train", "val", "test")
+#: Image file suffixes LIVECell folders hold.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+# LIVECell's file names: {cell line}_Phase_{well}_{position}_{time}_{crop}.tif; the
+# images of one well over time share a sample (fold groups must not split them).
+_LIVECELL_NAME = re.compile(r"^(?P<well>.+)_\d+d\d+h\d+m_\d+$")
+
+
+def image_identity(img: dict, anns: list[dict], categories: dict) -> tuple[str, str]:
+    """``(cell_type, sample_id)`` of a COCO image entry: the one rule that reading a
+    COCO file and preparing LIVECell share.
+
+    The cell type is the image's most common annotation category, lower-cased, unless
+    that is a generic ``cell`` (LIVECell's all-lines json), then the file-name prefix
+    (``A172_...`` -> ``a172``). The sample (the group folds keep together) is the
+    entry's ``sample_id`` when it has one, else the LIVECell well
+    (:func:`livecell_sample_id`).
+    """
+    votes = Counter(categories.get(a.get("category_id")) for a in anns)
+    category = votes.most_common(1)[0][0] if votes else None
+    name = Path(str(img["file_name"])).name
+    sample = img.get("sample_id")
+    return livecell_cell_type(name, category), str(sample) if sample else livecell_sample_id(name)
+
+
+def livecell_cell_type(file_name: str, category: str | None) -> str:
+    """A LIVECell image's cell line: its annotations' category, unless that is the
+    generic ``cell`` of the all-lines json, then the file-name prefix (``A172_...``)."""
+    if category and category.lower() not in ("cell", "cells"):
+        return category.lower()
+    return Path(file_name).name.split("_")[0].lower()
+
+
+def livecell_sample_id(file_name: str) -> str:
+    """The well of a LIVECell image (its name without time point and crop)."""
+    stem = Path(file_name).stem
+    m = _LIVECELL_NAME.match(stem)
+    return m.group("well") if m else stem
+
+
+@dataclass(frozen=True)
+class InstancesJson:
+    """A COCO instance file, checked for its structure.
+
+    Attributes:
+        path: the file.
+        images: its ``images`` entries, in order.
+        categories: ``{category id: name}``.
+        annotations: ``{image id: [annotation, ...]}``.
+    """
+
+    path: Path
+    images: list
+    categories: dict
+    annotations: dict
+
+
+def read_instances_json(path: str | Path) -> InstancesJson:
+    """Read a COCO instance file; a file that is not one is a one-line DataError."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a COCO instance file (not a json object)")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(f"{path}: not a COCO instance file (no {key!r})")
+    try:
+        categories = {c["id"]: c["name"] for c in data["categories"]}
+        by_image: dict = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: a category or annotation lacks {exc}") from None
+    if not isinstance(data["images"], list):
+        raise DataError(f"{path}: not a COCO instance file ('images' is not a list)")
+    return InstancesJson(path, data["images"], categories, by_image)
+
+
+def image_entry(img: object, where: str) -> tuple[str, object, int, int]:
+    """``(file name, id, height, width)`` of an ``images`` entry, checked.
+
+    Raises:
+        DataError: ``where: bad or missing KEY`` or an image-size / name problem.
+    """
+    try:
+        name = Path(str(img["file_name"])).name
+        entry_id = img["id"]
+        height, width = int(img["height"]), int(img["width"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{where}: bad or missing {exc}") from None
+    check_image_size(height, width, f"{where} ({name})")
+    check_id(Path(name).stem, f"{where} ({name})")
+    return name, entry_id, height, width
+
+
+def segmentation_pixels(segmentation, height: int, width: int, *, where: str) -> np.ndarray:
+    """Flat row-major indices int64[K] (ascending) of a COCO segmentation (polygons or
+    RLE) in a ``height`` x ``width`` image. Only the object's box is scanned: a
+    whole-image scan would dominate for small cells."""
+    from pycocotools import mask as mu
+
+    if segmentation is None:
+        raise DataError(f"{where}: bad segmentation (none given)")
+    try:
+        coded = coded_segmentation(segmentation, height, width)
+        if coded is None:
+            return np.zeros(0, dtype=np.int64)
+        x, y, w, h = (int(v) for v in mu.toBbox(coded))
+        crop = mu.decode(coded)[y : y + h + 1, x : x + w + 1]
+    except Exception as exc:  # pycocotools raises bare TypeErrors etc.
+        raise DataError(f"{where}: bad segmentation ({type(exc).__name__}: {exc})") from None
+    ys, xs = np.nonzero(crop)
+    return np.sort((ys + y).astype(np.int64) * width + xs + x)
+
+
+def image_files(root: Path) -> dict[str, Path]:
+    """``{file name: path}`` of every image file under ``root`` (the first by sorted
+    path where two share a name): how an entry's ``file_name`` is found."""
+    found: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.setdefault(p.name, p)
+    return found
+
+
+def read_coco_instances(
+    json_path: str | Path, images_dir: str | Path | None = None
+) -> list[ImageRecord]:
+    """Read a COCO instance json (LIVECell) into records with Kaggle RLE masks.
+
+    Args:
+        json_path: the annotation file.
+        images_dir: where the images' ``file_name`` are found, in any subfolder
+            (:func:`image_files`); default: the json's folder.
+    """
+    coco = read_instances_json(json_path)
+    base = Path(images_dir) if images_dir is not None else coco.path.parent
+    files = image_files(base)
+    records = []
+    for n, img in enumerate(coco.images):
+        name, entry_id, h, w = image_entry(img, f"{coco.path} images[{n}]")
+        where = f"{coco.path} image {name}"
+        anns = coco.annotations.get(entry_id, [])
+        cell_type, sample_id = image_identity(img, anns, coco.categories)
+        rles = []
+        for a in anns:
+            pixels = segmentation_pixels(
+                a.get("segmentation"), h, w, where=f"{where} annotation {a.get('id')}"
+            )
+            if len(pixels):
+                rles.append(rle.encode_pixels(pixels))
+        records.append(
+            ImageRecord(
+                image_id=Path(name).stem,
+                image_path=files.get(name, base / str(img["file_name"])),
+                height=h,
+                width=w,
+                cell_type=cell_type,
+                sample_id=sample_id,
+                rles=tuple(rles),
+            )
+        )
+    return records
+
+
+def find_livecell_files(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``({split: json}, {image file name: path})`` found anywhere under ``root``."""
+    jsons = {}
+    for split in LIVECELL_SPLITS:
+        found = sorted(root.rglob(f"livecell_coco_{split}.json"))
+        if found:
+            jsons[split] = found[0]
+    if not jsons:
+        raise DataError(
+            f"{root}: no livecell_coco_{{train,val,test}}.json found (expected the "
+            "LIVECell_dataset_2021 folder)"
+        )
+    return jsons, image_files(root)
+
+
+def prepare_livecell(
+    root: str | Path,
+    out: str | Path,
+    *,
+    splits: Sequence[str] = LIVECELL_SPLITS,
+    progress: bool = True,
+) -> PrepareReport:
+    """Prepare LIVECell (``livecell_coco_{train,val,test}.json`` + tif images).
+
+    Every cell line is kept; an image's class is its cell line (lower-case, e.g.
+    ``a172``, ``shsy5y``) and its ``split`` the json it came from, so a config can
+    train on some splits and validate on another (``data.splits``, ``data.val_split``).
+    Bad annotations and missing images are listed in ``problems.csv`` and left out.
+    """
+    from tqdm import tqdm
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise DataError(f"{root}: LIVECell folder not found")
+    jsons, images = find_livecell_files(root)
+    jsons = {s: p for s, p in jsons.items() if s in splits}
+    options = {"splits": sorted(jsons)}
+    fingerprint = fingerprint_of([*jsons.values(), *images.values()], options)
+    check_out_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cached = cached_report(out, fingerprint)
+    if cached is not None:
+        return cached
+
+    writer = Writer(out, fingerprint, str(root))
+    for split, json_path in jsons.items():
+        coco = read_instances_json(json_path)
+        for n, img in enumerate(
+            tqdm(coco.images, desc=f"preparing {split}", unit="img", disable=not progress)
+        ):
+            where = f"{json_path} images[{n}]"
+            try:
+                name, entry_id, height, width = image_entry(img, where)
+            except DataError as exc:
+                writer.problems.append(Problem(where, "", str(exc).split(": ", 1)[-1]))
+                continue
+            image_id = Path(name).stem
+            anns = coco.annotations.get(entry_id, [])
+            cell_type, sample_id = image_identity(img, anns, coco.categories)
+            if name not in images:
+                where = f"{json_path} image {entry_id}"
+                writer.problems.append(Problem(where, image_id, f"image file {name} not found"))
+                continue
+            rec = ImageRecord(
+                image_id=image_id,
+                image_path=images[name],
+                height=height,
+                width=width,
+                cell_type=cell_type,
+                sample_id=sample_id,
+            )
+            if not check_image(rec, writer):
+                continue
+            rows, cols = [], []
+            for ann in anns:
+                where = f"{json_path} annotation {ann.get('id')}"
+                try:
+                    pixels = segmentation_pixels(
+                        ann.get("segmentation"), rec.height, rec.width, where=where
+                    )
+                except DataError as exc:
+                    writer.problems.append(Problem(where, image_id, str(exc).split(": ", 1)[-1]))
+                    continue
+                if len(pixels):
+                    rows.append(np.full(len(pixels), len(rows)))
+                    cols.append(pixels)
+            masks = sparse_rows(rows, cols, (len(rows), rec.height * rec.width))
+            writer.add(rec, masks, split=split)
+    return writer.finish(options)
