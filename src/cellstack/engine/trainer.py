@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,10 +156,8 @@ def train(
         hooks: extra :class:`~cellstack.engine.hooks.HookBase` run after the built-in
             ones (EMA, validation, log, checkpoint), in the order given.
     """
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from cellstack.data.dataset import TrainCrops, collate
     from cellstack.modeling.build import build_model
 
     data, run = Path(data), Path(run)
@@ -172,7 +170,6 @@ def train(
             f"train.batch_size={t.batch_size} (the global batch) must be divisible by the "
             f"{world.size} processes"
         )
-    per_rank = t.batch_size // world.size
     records = load_dataset(data)
     train_records, val_records, folds = split_records(records, cfg, data)
     if cfg.data.val_images:
@@ -240,18 +237,10 @@ def train(
             weights = model.state_dict()
             files.save(files.final_state(weights, cfg, class_names, data_stats), run / files.FINAL)
 
-    start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        for hook in loop.hooks:
-            if hook.state_key:
-                hook.load_state_dict(state[hook.state_key])
-        _restore_rng(state["rng"], world, run)
-        start = int(state["iteration"])
+        start = loop.restore(state)
     else:
+        start = 0
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
     loop.iteration = loop.last_saved = start
     if start >= t.iterations:
@@ -263,31 +252,7 @@ def train(
         ddp.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
-    dataset = TrainCrops(
-        train_records,
-        class_names,
-        crop_size=cfg.data.crop_size,
-        augment=cfg.data.augment,
-        length=t.iterations * t.batch_size,
-        seed=t.seed,
-        crop_sampling=cfg.data.crop_sampling,
-        scale=cfg.data.scale,
-    )
-    # Iteration i uses samples [i*B, (i+1)*B); this rank takes its slice of them.
-    first = world.rank * per_rank
-    indices = [
-        i * t.batch_size + first + j for i in range(start, t.iterations) for j in range(per_rank)
-    ]
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=indices,
-        num_workers=t.num_workers,
-        collate_fn=collate,
-        # A private generator: the loader must not draw from the global RNG, whose state
-        # the checkpoint restores for the model's own sampling.
-        generator=torch.Generator().manual_seed(t.seed),
-    )
+    loader = _loader(cfg, train_records, class_names, world, start)
     bar = tqdm(
         total=t.iterations,
         initial=start,
@@ -306,46 +271,11 @@ def train(
             loop.save_checkpoint()
             bar.close()
             return TrainResult(run, it, loss_value, loop.val_score)
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in tg.items()} for tg in targets]
-        with torch.autocast(device.type, enabled=use_amp):
-            losses = net(images, targets)
-        losses = {k: v.float() for k, v in losses.items()}
-        loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
-        # One all-reduce gives every rank the same view: the logged means and the
-        # NaN check (a rank that stopped alone would leave the others waiting).
-        kinds = losses_by_kind(losses)
-        stats = ddp.mean(
-            torch.tensor([loss.item(), *[kinds.get(k, 0.0) for k in LOSS_NAMES]], device=device),
-            world,
-        ).tolist()
-        if not math.isfinite(stats[0]):
+        try:
+            loss_value = loop.run_step(it, images, targets, use_amp)
+        except TrainingDiverged:
             bar.close()
-            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            saved = (
-                f"The last good checkpoint is {run / files.CHECKPOINT} "
-                f"(iteration {loop.last_saved})"
-                if loop.last_saved > 0
-                else "No checkpoint was written before it"
-            )
-            raise TrainingDiverged(
-                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. {saved}. "
-                "Lower train.lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if t.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], t.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        loss_value = stats[0]
-        loop.iteration, loop.lr, loop.row = it + 1, scheduler.get_last_lr()[0], {}
-        loop.metrics = {
-            "loss": loss_value,
-            **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
-        }
+            raise
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
         for hook in loop.hooks:
@@ -393,6 +323,75 @@ class Loop:
     val_score: float | None = None
     last_saved: int = 0
     say: Callable[[str], None] = print
+
+    def run_step(
+        self, it: int, images: list[torch.Tensor], targets: list[dict], use_amp: bool
+    ) -> float:
+        """One optimisation step on this rank's batch (iteration ``it``, 0-based): the
+        losses (weighted by the schedule of ``train.loss_decay``), all-reduced for the
+        log and the divergence check, then backward, clipping and the optimizer and LR
+        steps. Sets ``iteration``, ``lr``, ``metrics``; returns the mean loss.
+
+        Raises:
+            TrainingDiverged: the all-reduced loss is not finite (every rank stops).
+        """
+        t = self.cfg.train
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [
+            {k: v.to(self.device, non_blocking=True) for k, v in tg.items()} for tg in targets
+        ]
+        with torch.autocast(self.device.type, enabled=use_amp):
+            losses = self.net(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}
+        loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
+        # One all-reduce gives every rank the same view: the logged means and the
+        # NaN check (a rank that stopped alone would leave the others waiting).
+        kinds = losses_by_kind(losses)
+        stats = ddp.mean(
+            torch.tensor(
+                [loss.item(), *[kinds.get(k, 0.0) for k in LOSS_NAMES]], device=self.device
+            ),
+            self.world,
+        ).tolist()
+        if not math.isfinite(stats[0]):
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            saved = (
+                f"The last good checkpoint is {self.run / files.CHECKPOINT} "
+                f"(iteration {self.last_saved})"
+                if self.last_saved > 0
+                else "No checkpoint was written before it"
+            )
+            raise TrainingDiverged(
+                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. {saved}. "
+                "Lower train.lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration, self.lr, self.row = it + 1, self.scheduler.get_last_lr()[0], {}
+        self.metrics = {
+            "loss": stats[0],
+            **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
+        }
+        return stats[0]
+
+    def restore(self, state: dict) -> int:
+        """Load a checkpoint's model, optimizer, scheduler, scaler, hook states and
+        every rank's RNG state; returns the iteration it was written at."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for hook in self.hooks:
+            if hook.state_key:
+                hook.load_state_dict(state[hook.state_key])
+        _restore_rng(state["rng"], self.world, self.run)
+        return int(state["iteration"])
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
@@ -516,6 +515,46 @@ def _parallel(
         )
         model = net.module
     return model, net
+
+
+def _loader(
+    cfg: Config, records: list, class_names: list[str], world: ddp.World, start: int
+) -> Iterable[tuple[list[torch.Tensor], list[dict]]]:
+    """This rank's batches of the iterations ``start..train.iterations``.
+
+    Iteration i uses the samples [i*B, (i+1)*B) of the run (B the global batch) and this
+    rank takes its slice of them, so a resumed or a multi-process run sees exactly the
+    crops a single uninterrupted one would."""
+    from torch.utils.data import DataLoader
+
+    from cellstack.data.dataset import TrainCrops, collate
+
+    t = cfg.train
+    per_rank = t.batch_size // world.size
+    dataset = TrainCrops(
+        records,
+        class_names,
+        crop_size=cfg.data.crop_size,
+        augment=cfg.data.augment,
+        length=t.iterations * t.batch_size,
+        seed=t.seed,
+        crop_sampling=cfg.data.crop_sampling,
+        scale=cfg.data.scale,
+    )
+    first = world.rank * per_rank
+    indices = [
+        i * t.batch_size + first + j for i in range(start, t.iterations) for j in range(per_rank)
+    ]
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=indices,
+        num_workers=t.num_workers,
+        collate_fn=collate,
+        # A private generator: the loader must not draw from the global RNG, whose state
+        # the checkpoint restores for the model's own sampling.
+        generator=torch.Generator().manual_seed(t.seed),
+    )
 
 
 def _optimizer(
