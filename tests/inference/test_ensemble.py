@@ -10,7 +10,7 @@ from cellstack.inference.postprocess import majority_type
 from cellstack.inference.tta import FLIPS
 from cellstack.modeling.anchors import ProposalParams
 from cellstack.modeling.build import build_model
-from cellstack.modeling.heads.base import BoxParams
+from cellstack.modeling.heads.select import BoxParams
 from cellstack.structures import Instances
 from tests.modeling.conftest import TINY, two_cells
 
@@ -136,7 +136,8 @@ def _reference(models, flips, images, rpn_flips=False):
 
     from cellstack.modeling.anchors import RPNOutputs, select_proposals
     from cellstack.modeling.detector import image_windows
-    from cellstack.modeling.heads.base import BoxPredictions, select_detections
+    from cellstack.modeling.heads.results import BoxPredictions
+    from cellstack.modeling.heads.select import select_detections
 
     out = []
     for image in images:

@@ -50,7 +50,8 @@ from cellstack.inference.postprocess import majority_type
 from cellstack.inference.tta import Flip
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.detector import CellDetector, image_windows
-from cellstack.modeling.heads.base import BoxParams, BoxPredictions, RoIFeatures, select_detections
+from cellstack.modeling.heads.results import BoxPredictions, RoIFeatures
+from cellstack.modeling.heads.select import BoxParams, select_detections
 from cellstack.structures import Instances
 
 

@@ -11,10 +11,12 @@ from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import CentredAnchorGenerator, ProposalParams
 from cellstack.modeling.backbone import TimmFPN
 from cellstack.modeling.detector import CellDetector
-from cellstack.modeling.heads.base import BoxHead, BoxParams, MaskHead, RoIHeads
+from cellstack.modeling.heads.base import RoIHeads
 from cellstack.modeling.heads.cascade import CASCADE_STAGES, CascadeHeads, StageSpec, cascade_stages
 from cellstack.modeling.heads.htc import FlowMaskHead, HTCHeads, SemanticHead
+from cellstack.modeling.heads.layers import BoxHead, MaskHead
 from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads
+from cellstack.modeling.heads.select import BoxParams
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 

@@ -22,15 +22,10 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
-from cellstack.modeling.heads.base import (
-    BoxHead,
-    BoxParams,
-    MaskHead,
-    RoIFeatures,
-    RoIHeads,
-    Window,
-    select_detections,
-)
+from cellstack.modeling.heads.base import RoIHeads
+from cellstack.modeling.heads.layers import BoxHead, MaskHead
+from cellstack.modeling.heads.results import RoIFeatures, Window
+from cellstack.modeling.heads.select import BoxParams, select_detections
 from cellstack.structures import Instances
 
 

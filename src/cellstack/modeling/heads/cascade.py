@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cellstack.modeling.heads.base import BoxHead, MaskHead, RoIHeads, RoIStage
+from cellstack.modeling.heads.base import RoIHeads
+from cellstack.modeling.heads.layers import BoxHead, MaskHead
+from cellstack.modeling.heads.stage import RoIStage
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cellstack.modeling.heads.base import MaskHead, RoIFeatures, RoIHeads, RoIStage
+from cellstack.modeling.heads.base import RoIHeads
+from cellstack.modeling.heads.layers import MaskHead
+from cellstack.modeling.heads.results import RoIFeatures
+from cellstack.modeling.heads.stage import RoIStage
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 

@@ -6,7 +6,9 @@ IoU 0.5, 512 per image with a quarter positive: the original's (mmdet's) setting
 
 from __future__ import annotations
 
-from cellstack.modeling.heads.base import BoxHead, MaskHead, RoIHeads, RoIStage
+from cellstack.modeling.heads.base import RoIHeads
+from cellstack.modeling.heads.layers import BoxHead, MaskHead
+from cellstack.modeling.heads.stage import RoIStage
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 
