@@ -49,9 +49,10 @@ def child(k: int, policy: str, device: str) -> dict:
 
     from cellstack.config import load_config
     from cellstack.data.synthetic import generate_image
-    from cellstack.inference.ensemble import Ensemble, weight_bytes
+    from cellstack.inference.ensemble import Ensemble
     from cellstack.inference.sources import load_source
     from cellstack.inference.tta import FLIPS
+    from cellstack.inference.weights import weight_bytes
     from cellstack.modeling.build import build_model
     from cellstack.modeling.files import FINAL, final_state, save
 

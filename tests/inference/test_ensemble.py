@@ -216,18 +216,18 @@ def test_streaming_merge_equals_the_definition(arch, k):
 def test_memory_budget_decides_what_is_computed_again(monkeypatch):
     """With no budget each view's backbone runs once per stage (minus the view a stage
     hands to the next); with room for every view, once."""
-    from cellstack.inference import ensemble as ens_module
+    from cellstack.inference import views as views_module
 
     models = [_model("maskrcnn", seed=s) for s in range(2)]
     flips = tuple(FLIPS.values())
     passes = []
-    real = ens_module._Views.raw
+    real = views_module.ViewCache.raw
 
     def counted(self, key):
         passes.append(key)
         return real(self, key)
 
-    monkeypatch.setattr(ens_module._Views, "raw", counted)
+    monkeypatch.setattr(views_module.ViewCache, "raw", counted)
     img = _images()[:1]
     with torch.no_grad():
         Ensemble(models, flips=flips, feature_cache_mb=float("inf")).eval()(img)
@@ -292,7 +292,7 @@ def _skeleton(model):
 def test_weight_budget_loads_models_when_needed_with_the_same_result(arch):
     """Skeletons loaded on demand, at most the budget at once, merge exactly as loaded
     models do; a budget of one model reads weights again on every stage change."""
-    from cellstack.inference.ensemble import weight_bytes
+    from cellstack.inference.weights import weight_bytes
 
     models = [_model(arch, seed=s) for s in range(3)]
     flips = tuple(FLIPS.values())
@@ -306,13 +306,13 @@ def test_weight_budget_loads_models_when_needed_with_the_same_result(arch):
             ens = ens.eval().to("cpu")
             assert ens.loads == 0 and all(p.is_meta for p in ens.models[0].parameters())
             _same(ens(img), expected)
-            assert len(ens._loaded) == most_loaded
+            assert len(ens.weights.loaded) == most_loaded
             if most_loaded == 3:
                 assert ens.loads == 3  # each read once, then kept
             else:
                 # Stage 1 reads 3 models; stages 2 and 3 each visit all 3 again.
                 assert ens.loads > 3
-            held = sum(weight_bytes(ens.models[i]) for i in ens._loaded) / 2**20
+            held = sum(weight_bytes(ens.models[i]) for i in ens.weights.loaded) / 2**20
             assert held <= max(budget, one)
     with pytest.raises(CellstackError, match="need loaders"):
         Ensemble([_skeleton(models[0])[0]])
@@ -326,8 +326,8 @@ def test_weight_budget_in_an_ensemble_yaml(base_run, tmp_path, capsys):
     import shutil
 
     from cellstack.cli import main
-    from cellstack.inference.ensemble import weight_bytes
     from cellstack.inference.sources import load_source
+    from cellstack.inference.weights import weight_bytes
 
     for name in ("a", "b"):
         shutil.copytree(base_run, tmp_path / name)
@@ -341,7 +341,7 @@ def test_weight_budget_in_an_ensemble_yaml(base_run, tmp_path, capsys):
     assert lazy.loads == 0 and all(p.is_meta for m in lazy.models for p in m.parameters())
     with torch.no_grad():
         _same(lazy(_images()), eager(_images()))
-    assert lazy.loads > 2 and len(lazy._loaded) == 1
+    assert lazy.loads > 2 and len(lazy.weights.loaded) == 1
     assert main(["predict", str(tmp_path / "lazy.yaml"), "--dry-run"]) == 0
     assert "at most" in capsys.readouterr().out
     (tmp_path / "bad.yaml").write_text("models: [a]\nweights_budget_mb: -1\n")

@@ -43,14 +43,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.models.detection.image_list import ImageList
 
 from cellstack.errors import CellstackError
 from cellstack.inference.postprocess import majority_type
 from cellstack.inference.tta import Flip
+from cellstack.inference.views import ViewCache, view_bytes
+from cellstack.inference.weights import WeightCache
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.detector import CellDetector, image_windows
-from cellstack.modeling.heads.results import BoxPredictions, RoIFeatures
+from cellstack.modeling.heads.results import BoxPredictions
 from cellstack.modeling.heads.select import BoxParams, select_detections
 from cellstack.structures import Instances
 
@@ -69,96 +70,6 @@ ORIGINAL_TYPE_SETTINGS = {
     "astro": StageSettings(ProposalParams(2000, 0.75, 0.9, None), BoxParams(0.25, 0.9)),
     "cort": StageSettings(ProposalParams(1000, 0.6, 0.95, None), BoxParams(0.5, 0.6)),
 }
-
-
-class _Views:
-    """The FPN features of one image's views (model index, flip index), computed on
-    demand and kept within a byte budget (see the module docstring)."""
-
-    def __init__(
-        self,
-        ensemble: Ensemble,
-        image_list: ImageList,
-        budget_bytes: float,
-        dtype: torch.dtype | None,
-    ) -> None:
-        self.ensemble = ensemble
-        self.image_list = image_list
-        self.budget = budget_bytes
-        self.dtype = dtype
-        self.kept: dict[tuple[int, int], RoIFeatures] = {}
-        self.kept_bytes = 0
-        self.last: tuple[tuple[int, int], RoIFeatures] | None = None
-
-    def raw(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Backbone + FPN features of a view (always computed)."""
-        model = self.ensemble.member(key[0])
-        flip = self.ensemble.flips[key[1]]
-        self.last = None  # let the previous view go before the next is computed
-        flipped = ImageList(flip.maps(self.image_list.tensors), self.image_list.image_sizes)
-        return model.features(flipped)
-
-    def offer(self, key: tuple[int, int], raw: dict[str, torch.Tensor]) -> RoIFeatures:
-        """The RoI features of freshly computed ``raw`` features, kept if they fit."""
-        model = self.ensemble.member(key[0])
-        feats = model.roi_heads.prepare(model.roi_levels(raw))
-        size = sum(t.numel() * _itemsize(t, self.dtype) for t in _tensors(feats))
-        if self.kept_bytes + size <= self.budget:
-            self.kept[key] = _cast(feats, self.dtype)
-            self.kept_bytes += size
-        self.last = (key, feats)
-        return feats
-
-    def roi(self, key: tuple[int, int]) -> RoIFeatures:
-        """A view's RoI features: kept, the last computed, or computed again."""
-        if key in self.kept:
-            return _cast(self.kept[key], torch.float32) if self.dtype else self.kept[key]
-        if self.last is not None and self.last[0] == key:
-            return self.last[1]
-        return self.offer(key, self.raw(key))
-
-    def first_last(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """``keys`` with the view in hand first, so it is not computed again."""
-        if self.last is not None and self.last[0] in keys:
-            keys = [self.last[0], *(k for k in keys if k != self.last[0])]
-        return keys
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of a model's parameters and buffers (also of a ``meta`` skeleton)."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
-def _is_meta(model: nn.Module) -> bool:
-    return any(p.is_meta for p in model.parameters())
-
-
-def view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
-    """float32 bytes of one view's FPN levels for an image of ``image_size``."""
-    d = model.size_divisor
-    h, w = (-(-n // d) * d for n in image_size)
-    channels = model.backbone.out_channels
-    return float(sum(4 * channels * -(-h // s) * -(-w // s) for s in model.backbone.strides))
-
-
-def _tensors(feats: RoIFeatures) -> list[torch.Tensor]:
-    return [t for t in (*feats.levels, feats.semantic, feats.semantic_logits) if t is not None]
-
-
-def _itemsize(t: torch.Tensor, dtype: torch.dtype | None) -> int:
-    return (dtype or t.dtype).itemsize
-
-
-def _cast(feats: RoIFeatures, dtype: torch.dtype | None) -> RoIFeatures:
-    if dtype is None:
-        return feats
-
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype)
-
-    return RoIFeatures(
-        [cast(t) for t in feats.levels], cast(feats.semantic), cast(feats.semantic_logits)
-    )
 
 
 class Ensemble(nn.Module):
@@ -228,19 +139,7 @@ class Ensemble(nn.Module):
         )
         self.feature_cache_mb = float(feature_cache_mb)
         self.feature_dtype = feature_dtype
-        if loaders is not None and len(loaders) != len(models):
-            raise CellstackError(f"{len(loaders)} loaders for {len(models)} models")
-        if not weights_budget_mb > 0:
-            raise CellstackError(f"weights_budget_mb must be > 0, got {weights_budget_mb}")
-        self.loaders = list(loaders) if loaders is not None else None
-        self.weights_budget_mb = float(weights_budget_mb)
-        self.loads = 0  # weight loads so far (how often files were read)
-        self._weight_bytes = [weight_bytes(m) for m in models]  # per model, meta or not
-        # Loaded models, least recently used first; where loads go (follows .to()).
-        self._loaded = [i for i, m in enumerate(models) if not _is_meta(m)]
-        self._device = torch.device("cpu")
-        if self.loaders is None and len(self._loaded) < len(models):
-            raise CellstackError("models without weights (meta) need loaders")
+        self.weights = WeightCache(self.models, loaders, weights_budget_mb)
         names = set(self.class_names)
         for key in (*self.type_settings, *self.type_models):
             if key not in names:
@@ -258,28 +157,16 @@ class Ensemble(nn.Module):
         return self.models[0].class_names
 
     def member(self, index: int) -> CellDetector:
-        """Model ``index``, its weights loaded (others dropped to stay in the budget)."""
-        model = self.models[index]
-        if index in self._loaded:
-            self._loaded.remove(index)
-            self._loaded.append(index)
-            return model
-        budget = self.weights_budget_mb * 2**20
-        sizes = self._weight_bytes
-        while self._loaded and sum(sizes[i] for i in self._loaded) + sizes[index] > budget:
-            self.models[self._loaded.pop(0)].to("meta")
-        self.loaders[index](model)
-        self.loads += 1
-        model.to(self._device).eval()
-        self._loaded.append(index)
-        return model
+        """Model ``index``, its weights loaded (:meth:`WeightCache.member`)."""
+        return self.weights.member(index)
+
+    @property
+    def loads(self) -> int:
+        """Weight loads so far (how often files were read)."""
+        return self.weights.loads
 
     def _apply(self, fn, recurse: bool = True):
-        # Models without weights (meta) cannot move: only loaded ones do, and the
-        # device is remembered for those loaded later.
-        self._device = fn(torch.empty(0, device=self._device)).device
-        for i in self._loaded:
-            self.models[i]._apply(fn, recurse)
+        self.weights.apply(fn, recurse)
         return self
 
     @property
@@ -311,7 +198,7 @@ class Ensemble(nn.Module):
         head's chunk come on top.
         """
         mb = 2**20
-        weights = self._weight_bytes
+        weights = self.weights.sizes
         view = [view_bytes(m, image_size) for m in self.models]
         dtype = self.feature_dtype or torch.float32
         lines = [
@@ -343,11 +230,11 @@ class Ensemble(nn.Module):
                 f"({kept / mb:.0f} MB)"
             )
         total_w = sum(weights)
-        if self.loaders is None or total_w <= self.weights_budget_mb * mb:
+        if self.weights.loaders is None or total_w <= self.weights.budget_mb * mb:
             held_w = total_w
             lines.append(f"  weights: {total_w / mb:.0f} MB ({len(self.models)} models loaded)")
         else:
-            held_w = max(self.weights_budget_mb * mb, max(weights))
+            held_w = max(self.weights.budget_mb * mb, max(weights))
             lines.append(
                 f"  weights: {total_w / mb:.0f} MB in {len(self.models)} models, at most "
                 f"{held_w / mb:.0f} MB loaded at once (weights_budget_mb; the least recently "
@@ -370,7 +257,9 @@ class Ensemble(nn.Module):
         image_list = self.models[0].preprocess([image])
         size = tuple(image_list.tensors.shape[-2:])
         (window,) = image_windows(image_list)
-        views = _Views(self, image_list, self.feature_cache_mb * 2**20, self.feature_dtype)
+        views = ViewCache(
+            self.member, self.flips, image_list, self.feature_cache_mb * 2**20, self.feature_dtype
+        )
         models, settings = self.default_models, self.settings
         if self.typed:
             ident = self.identity_flip()
@@ -394,7 +283,7 @@ class Ensemble(nn.Module):
     # ------------------------------------------------------------------ stages
     def merge_boxes(
         self,
-        views: _Views,
+        views: ViewCache,
         keys: list[tuple[int, int]],
         window: tuple[float, float, float, float],
         size: tuple[int, int],
@@ -437,7 +326,7 @@ class Ensemble(nn.Module):
 
     def merge_masks(
         self,
-        views: _Views,
+        views: ViewCache,
         keys: list[tuple[int, int]],
         size: tuple[int, int],
         boxes: torch.Tensor,

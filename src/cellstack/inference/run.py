@@ -233,8 +233,10 @@ def dry_run(
     """``predict --dry-run``: load a run, CV folder or ensemble and describe what
     predicting one image of ``image_size`` (H, W) holds, without predicting."""
     from cellstack.data.records import check_image_size
-    from cellstack.inference.ensemble import Ensemble, view_bytes, weight_bytes
+    from cellstack.inference.ensemble import Ensemble
     from cellstack.inference.sources import load_source
+    from cellstack.inference.views import view_bytes
+    from cellstack.inference.weights import weight_bytes
 
     check_image_size(image_size[0], image_size[1], "--dry-run-size")
     src = load_source(source, overrides, allow_unfinished=allow_unfinished)
