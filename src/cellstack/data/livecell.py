@@ -28,10 +28,8 @@ from cellstack.data.coco import coded_segmentation, read_json
 from cellstack.data.prepare import (
     PrepareReport,
     Problem,
-    Writer,
-    cached_report,
+    begin,
     check_image,
-    check_out_folder,
     fingerprint_of,
     sparse_rows,
 )
@@ -241,14 +239,9 @@ def prepare_livecell(
     jsons, images = find_livecell_files(root)
     jsons = {s: p for s, p in jsons.items() if s in splits}
     options = {"splits": sorted(jsons)}
-    fingerprint = fingerprint_of([*jsons.values(), *images.values()], options)
-    check_out_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cached = cached_report(out, fingerprint)
-    if cached is not None:
-        return cached
-
-    writer = Writer(out, fingerprint, str(root))
+    writer = begin(out, fingerprint_of([*jsons.values(), *images.values()], options), str(root))
+    if isinstance(writer, PrepareReport):
+        return writer
     for split, json_path in jsons.items():
         coco = read_instances_json(json_path)
         for n, img in enumerate(

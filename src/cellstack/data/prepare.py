@@ -317,6 +317,15 @@ def check_out_folder(out: Path) -> None:
             )
 
 
+def begin(out: Path, fingerprint: str, source: str) -> PrepareReport | Writer:
+    """Start preparing into ``out``: its report when it already holds this preparation
+    (the same ``fingerprint``), else a :class:`Writer` (the folder checked and made)."""
+    check_out_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cached = cached_report(out, fingerprint)
+    return cached if cached is not None else Writer(out, fingerprint, source)
+
+
 def check_image(rec: ImageRecord, writer: Writer) -> bool:
     """Whether the image exists, decodes fully, and has the annotated size (else a
     problem): a truncated file is caught here, not in the middle of training."""
@@ -429,14 +438,9 @@ def prepare_sartorius(
         sources += list_images(images_dir)
     if corrected is not None:
         sources += list_images(corrected)
-    fingerprint = fingerprint_of(sources, options)
-    check_out_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cached = cached_report(out, fingerprint)
-    if cached is not None:
-        return cached
-
-    writer = Writer(out, fingerprint, str(csv_path))
+    writer = begin(out, fingerprint_of(sources, options), str(csv_path))
+    if isinstance(writer, PrepareReport):
+        return writer
 
     def bad_row(row_no: int, image_id: str, message: str) -> None:
         reason = message.split(": ", 1)[-1]
