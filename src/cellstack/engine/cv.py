@@ -170,11 +170,7 @@ def score_oof(
     from cellstack.data import rle
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.postprocess import (
-        pixels_to_labels,
-        pixels_to_sparse,
-        postprocess,
-    )
+    from cellstack.inference.postprocess import pixels_to_labels, pixels_to_sparse, postprocess
     from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
 
     thresholds = resolve_thresholds(cfg, tuned=out / THRESHOLDS)

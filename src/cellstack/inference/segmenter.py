@@ -290,12 +290,24 @@ class Segmenter:
             if not number:
                 kind = "an integer" if key == "min_size" else "a number"
                 raise ArgumentTypeError(f"{key} must be {kind}, got {value!r}")
+        return self._sharing_model(
+            scale=None
+            if diameter is None and scale is None
+            else resize_factor(self.source, diameter, scale),
+            thresholds=self.predictor.thresholds.with_values(**values) if values else None,
+        )
+
+    def _sharing_model(
+        self, *, scale: float | None = None, thresholds: Thresholds | None = None
+    ) -> Segmenter:
+        """A copy with its own predictor settings (``scale``, ``thresholds`` where given)
+        that shares this one's model and source."""
         out = copy.copy(self)
         out.predictor = copy.copy(self.predictor)
-        if diameter is not None or scale is not None:
-            out.scale = out.predictor.scale = resize_factor(self.source, diameter, scale)
-        if values:
-            out.predictor.thresholds = self.predictor.thresholds.with_values(**values)
+        if scale is not None:
+            out.scale = out.predictor.scale = scale
+        if thresholds is not None:
+            out.predictor.thresholds = thresholds
         return out
 
     def segment_many(
@@ -432,10 +444,7 @@ class Segmenter:
             TuneGrid.for_objects(self.source.area_p1),
             progress=progress,
         )
-        out = copy.copy(self)
-        out.predictor = copy.copy(self.predictor)
-        out.predictor.thresholds = result.thresholds
-        return out, result
+        return self._sharing_model(thresholds=result.thresholds), result
 
     def _planes(
         self,

@@ -250,12 +250,15 @@ def truth_at(rec: ImageRecord, size: tuple[int, int]) -> sp.csr_matrix:
     """A record's truth masks, sparse bool[N, h*w], at ``size`` (h, w): the pixels of
     raw detections made at the model's scale (nearest neighbour, as training resizes
     labels); its own masks when the sizes agree."""
-    from cellstack.data.dataset import load_sample, resize_labels
+    from cellstack.data.dataset import resize_labels
     from cellstack.data.labels import sparse_from_labels
+    from cellstack.data.maskcache import sparse_to_labels
 
+    masks = rec.sparse_masks()
     if tuple(size) == tuple(rec.shape):
-        return rec.sparse_masks()
-    return sparse_from_labels(resize_labels(load_sample(rec)[1], size))
+        return masks
+    # The masks already read, painted and resized: the image itself is not read again.
+    return sparse_from_labels(resize_labels(sparse_to_labels(masks, rec.shape), size))
 
 
 def run_tune(
