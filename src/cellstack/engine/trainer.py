@@ -198,8 +198,7 @@ def train(
             print(report.summary())
     model, net = _parallel(model.to(device), device, world, cfg)
     optimizer, scheduler = _optimizer(model, t)
-    use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=_uses_amp(t, device))
     loop = Loop(
         cfg=cfg,
         run=run,
@@ -272,7 +271,7 @@ def train(
             bar.close()
             return TrainResult(run, it, loss_value, loop.val_score)
         try:
-            loss_value = loop.run_step(it, images, targets, use_amp)
+            loss_value = loop.run_step(it, images, targets)
         except TrainingDiverged:
             bar.close()
             raise
@@ -324,9 +323,12 @@ class Loop:
     last_saved: int = 0
     say: Callable[[str], None] = print
 
-    def run_step(
-        self, it: int, images: list[torch.Tensor], targets: list[dict], use_amp: bool
-    ) -> float:
+    @property
+    def amp(self) -> bool:
+        """Whether the steps run in mixed precision (:func:`_uses_amp`)."""
+        return _uses_amp(self.cfg.train, self.device)
+
+    def run_step(self, it: int, images: list[torch.Tensor], targets: list[dict]) -> float:
         """One optimisation step on this rank's batch (iteration ``it``, 0-based): the
         losses (weighted by the schedule of ``train.loss_decay``), all-reduced for the
         log and the divergence check, then backward, clipping and the optimizer and LR
@@ -340,7 +342,7 @@ class Loop:
         targets = [
             {k: v.to(self.device, non_blocking=True) for k, v in tg.items()} for tg in targets
         ]
-        with torch.autocast(self.device.type, enabled=use_amp):
+        with torch.autocast(self.device.type, enabled=self.amp):
             losses = self.net(images, targets)
         losses = {k: v.float() for k, v in losses.items()}
         loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
@@ -555,6 +557,11 @@ def _loader(
         # the checkpoint restores for the model's own sampling.
         generator=torch.Generator().manual_seed(t.seed),
     )
+
+
+def _uses_amp(t: TrainConfig, device: torch.device) -> bool:
+    """Mixed precision: asked for (``train.amp``) and on CUDA, where it pays."""
+    return t.amp and device.type == "cuda"
 
 
 def _optimizer(
