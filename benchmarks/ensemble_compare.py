@@ -86,7 +86,7 @@ class WBFEnsemble(nn.Module):
                     (int(h), int(w)),
                     boxes=boxes,
                     scores=torch.from_numpy(fs).float(),
-                    labels=labels,
+                    classes=labels,
                     roi_masks=masks,
                 )
             )

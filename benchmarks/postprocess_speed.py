@@ -76,7 +76,7 @@ def main() -> None:
         size,
         boxes=boxes,
         scores=torch.rand(n, generator=gen),
-        labels=torch.zeros(n, dtype=torch.int64),
+        classes=torch.zeros(n, dtype=torch.int64),
         roi_masks=roi_masks,
     )
     params = PostprocessParams(score_thresh=0.0)

@@ -43,9 +43,9 @@ def test_immutable_replace_and_cat():
 def test_lengths_must_agree_and_torch_fields():
     with pytest.raises(ValueError, match="different lengths"):
         Instances((5, 5), boxes=np.zeros((2, 4)), scores=np.zeros(3))
-    t = Instances((5, 5), boxes=torch.zeros(3, 4), labels=torch.tensor([0, 1, 2]))
-    sel = t[t.labels > 0]
-    assert sel.labels.tolist() == [1, 2]
+    t = Instances((5, 5), boxes=torch.zeros(3, 4), classes=torch.tensor([0, 1, 2]))
+    sel = t[t.classes > 0]
+    assert sel.classes.tolist() == [1, 2]
     assert len(Instances.cat([t, sel])) == 5
     assert t.to("cpu").boxes.device.type == "cpu"
     assert "n=3" in repr(t)

@@ -17,3 +17,8 @@ class DataError(CellstackError):
 class ArgumentTypeError(CellstackError, TypeError):
     """A Python API argument of the wrong type (both a ``TypeError`` and, like every
     cellstack error, a one-line message the CLI can print)."""
+
+
+class ConfigError(CellstackError):
+    """An unknown key, a value of the wrong type or an out-of-range value in a config,
+    thresholds or ensemble file."""

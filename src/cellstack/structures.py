@@ -2,7 +2,7 @@
 
 Borrowed from detectron2's idea: a set of N instances of one image, every field an
 array (numpy or torch) or list with leading dimension N. Indexing applies to every
-field at once, so ``inst[inst.scores > 0.5]`` keeps boxes, scores, labels and masks in
+field at once, so ``inst[inst.scores > 0.5]`` keeps boxes, scores, classes and masks in
 step.
 Instances are immutable: :meth:`Instances.replace` and indexing return new objects.
 
@@ -11,7 +11,8 @@ Field conventions used across cellstack:
 - ``boxes``: float32[N, 4], ``x1, y1, x2, y2`` in pixels of the image, continuous
   coordinates (a pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``).
 - ``scores``: float32[N] in [0, 1].
-- ``labels``: int64[N], index into the run's class names (cell types).
+- ``classes``: int64[N], index into the run's class names (cell types). (``labels``
+  elsewhere means a label image: int32[H, W] instance ids, 0 = background.)
 - ``roi_masks``: float32[N, M, M] mask probabilities on the box's M x M grid (M = 2 x
   ``model.roi.mask_pool``), kept until the final paste so that ensembles can average
   them.

@@ -43,7 +43,7 @@ def _same(a, b):
     for x, y in zip(a, b, strict=True):
         assert x.image_size == y.image_size
         assert len(x) > 0
-        assert torch.equal(x.labels, y.labels)
+        assert torch.equal(x.classes, y.classes)
         # Equal up to float rounding: the ensemble runs the heads image by image, so
         # convolutions see a different batch size.
         for name in ("boxes", "scores", "roi_masks"):
@@ -93,7 +93,7 @@ def test_per_type_settings_and_models():
     with torch.no_grad():
         default_out = Ensemble(models).eval()(_images())
         # The type comes from the type_from models' identity view (default: model 0).
-        cell_type = majority_type(models[0](_images())[0].labels, CLASSES)
+        cell_type = majority_type(models[0](_images())[0].classes, CLASSES)
         strict = StageSettings(ProposalParams(50, 0.5, 0.0, 20), BoxParams(0.0, 0.3, 5))
         out = Ensemble(models, type_settings={cell_type: strict}).eval()(_images())
         assert len(out[0]) <= 5 < len(default_out[0])
@@ -125,7 +125,7 @@ def _canonical(inst):
     import numpy as np
 
     keys = [inst.boxes[:, k].numpy().round(2) for k in (3, 2, 1, 0)]
-    keys += [inst.labels.numpy(), -inst.scores.numpy().round(4)]
+    keys += [inst.classes.numpy(), -inst.scores.numpy().round(4)]
     return inst[torch.from_numpy(np.lexsort(keys))]
 
 
@@ -178,7 +178,7 @@ def _reference(models, flips, images, rpn_flips=False):
                 (int(window[3]), int(window[2])),
                 boxes=b,
                 scores=s,
-                labels=lab,
+                classes=lab,
                 roi_masks=torch.stack(masks).mean(0),
             )
         )

@@ -88,7 +88,7 @@ def test_postprocess_order_and_thresholds():
         (20, 20),
         boxes=torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [12, 12, 14, 14], [15, 0, 20, 5]]),
         scores=torch.tensor([0.6, 0.9, 0.8, 0.1]),
-        labels=torch.tensor([0, 1, 0, 2]),
+        classes=torch.tensor([0, 1, 0, 2]),
         roi_masks=roi,
     )
     out = postprocess(
@@ -97,7 +97,7 @@ def test_postprocess_order_and_thresholds():
     # Sorted by score; box 0 suppressed by the more confident box 1; the 2x2 cell is under
     # min_size; the 0.1 score is under the threshold.
     assert out.scores.tolist() == pytest.approx([0.9])
-    assert out.labels.tolist() == [1]
+    assert out.classes.tolist() == [1]
     assert len(out.pixels[0]) == 100
     empty = postprocess(inst[np.zeros(4, bool)], PostprocessParams())
     assert len(empty) == 0
@@ -115,7 +115,7 @@ def test_cells_decided_at_the_model_scale_are_pasted_at_the_image_pixels():
         (20, 20),
         boxes=torch.tensor([[2.0, 2, 12, 12], [8, 8, 18, 18]]),
         scores=torch.tensor([0.9, 0.8]),
-        labels=torch.tensor([0, 0]),
+        classes=torch.tensor([0, 0]),
         roi_masks=torch.stack([disk, disk]),
     )
     params = PostprocessParams(mask_thresh=0.5, score_thresh=0.1, mask_nms_iou=0.9, min_size=0)

@@ -40,7 +40,7 @@ class _GridModel(torch.nn.Module):
                     tuple(img.shape[1:]),
                     boxes=boxes,
                     scores=torch.full((n,), 0.9),
-                    labels=torch.zeros(n, dtype=torch.int64),
+                    classes=torch.zeros(n, dtype=torch.int64),
                     roi_masks=torch.ones(n, 28, 28),
                 )
             )

@@ -41,7 +41,7 @@ def _scene(seed=0):
         SIZE,
         boxes=torch.tensor(boxes, dtype=torch.float32),
         scores=torch.tensor(scores),
-        labels=torch.tensor([1] * (n - 1) + [0]),
+        classes=torch.tensor([1] * (n - 1) + [0]),
         roi_masks=masks,
     )
     return raw, truth
@@ -80,9 +80,9 @@ def test_tune_improves_on_bad_thresholds_and_never_lowers_the_score():
 
 def test_thresholds_follow_the_majority_type_and_reject_unknown_keys():
     t = Thresholds(PostprocessParams(), {"astro": PostprocessParams(score_thresh=0.7)})
-    assert t.for_labels(np.array([1, 1, 0]), ["cort", "astro"]).score_thresh == 0.7
-    assert t.for_labels(np.array([0, 0, 1]), ["cort", "astro"]).score_thresh == 0.3
-    assert t.for_labels(np.array([], int), ["cort", "astro"]).score_thresh == 0.3
+    assert t.for_classes(np.array([1, 1, 0]), ["cort", "astro"]).score_thresh == 0.7
+    assert t.for_classes(np.array([0, 0, 1]), ["cort", "astro"]).score_thresh == 0.3
+    assert t.for_classes(np.array([], int), ["cort", "astro"]).score_thresh == 0.3
     assert Thresholds.from_dict(t.to_dict()) == t
     with pytest.raises(CellstackError, match=r"t.yaml: unknown config key per_type.astro.score"):
         Thresholds.from_dict({"per_type": {"astro": {"score": 1}}}, "t.yaml")
@@ -118,7 +118,7 @@ def test_tune_scores_what_predict_applies_with_tied_scores():
         SIZE,
         boxes=torch.tensor(boxes, dtype=torch.float32),
         scores=torch.tensor(scores),
-        labels=torch.zeros(n, dtype=torch.int64),
+        classes=torch.zeros(n, dtype=torch.int64),
         roi_masks=torch.ones(n, 28, 28) * 0.9,
     )
     grid = TuneGrid(mask_nms_iou=(0.05, 0.5), min_size=(0,), score_thresh=(0.5,))

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from cellstack.data.rle import grouped_runs, runs_to_indices
 from cellstack.errors import DataError
-from cellstack.fileio import atomic_path
+from cellstack.fileio import atomic_write
 
 
 def sparse_to_runs(masks: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def save_masks(path: str | Path, masks: sp.csr_matrix, shape: tuple[int, int]) -
     if masks.shape[1] != shape[0] * shape[1]:
         raise ValueError(f"masks have {masks.shape[1]} pixels, shape {shape} has another count")
     starts, lengths, runs_per_mask = sparse_to_runs(masks)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.savez_compressed(
             f,
             starts=starts.astype(np.int32),

@@ -48,7 +48,7 @@ from cellstack.data.images import intensity_limits
 from cellstack.data.omezarr import LazyImage, create_labels, open_labels, open_lazy
 from cellstack.distributed.cluster import limit_threads
 from cellstack.errors import CellstackError
-from cellstack.fileio import atomic_path, atomic_write
+from cellstack.fileio import atomic_write
 from cellstack.inference.predictor import tile_core, tile_starts
 from cellstack.inference.segmenter import TABLE_COLUMNS, Segmenter
 
@@ -335,16 +335,15 @@ def _segment_task(segmenter, image, blk: Block, shape, limits, work: str) -> tup
             return len(done["scores"]), int(done["cut"])
     window = image if isinstance(image, np.ndarray) else _window(image, blk)
     cells = segment_window(segmenter, window, blk, shape, limits)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                labels=cells.labels,
-                scores=cells.scores,
-                cut=np.int64(cells.cut),
-                **{f"t_{c}": np.asarray(v) for c, v in cells.table.items() if c != "cell_type"},
-                t_cell_type=np.asarray(cells.table["cell_type"], dtype=str),
-            )
+    with atomic_write(path, "wb") as f:
+        np.savez_compressed(
+            f,
+            labels=cells.labels,
+            scores=cells.scores,
+            cut=np.int64(cells.cut),
+            **{f"t_{c}": np.asarray(v) for c, v in cells.table.items() if c != "cell_type"},
+            t_cell_type=np.asarray(cells.table["cell_type"], dtype=str),
+        )
     return len(cells.scores), cells.cut
 
 
@@ -361,7 +360,7 @@ def _dedup_task(_, blk: Block, near: Sequence[Block], work: str) -> int:
             loaded.append((other, f["labels"], f["scores"]))
     mine = next(x for x in loaded if x[0].index == blk.index)
     keep = kept_cells(blk, mine[1], mine[2], loaded)
-    with atomic_path(_keep_file(work, blk)) as tmp, open(tmp, "wb") as f:
+    with atomic_write(_keep_file(work, blk), "wb") as f:
         np.save(f, keep)
     return int((~keep).sum())
 

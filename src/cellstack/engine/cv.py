@@ -179,7 +179,7 @@ def score_oof(
     for rec in records:
         raw = raws[rec.image_id]
         # Made at the run's data.scale: mapped to the image's pixels as predict maps them.
-        params = thresholds.for_labels(raw.labels.numpy(), class_names)
+        params = thresholds.for_classes(raw.classes.numpy(), class_names)
         cells = postprocess(raw, params, rec.shape)
         preds[rec.image_id] = pixels_to_sparse(cells.pixels, rec.shape)
         confidences[rec.image_id] = list(cells.scores)

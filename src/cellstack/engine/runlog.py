@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.engine.schedule import LOSS_NAMES
-from cellstack.fileio import atomic_path, atomic_write
+from cellstack.fileio import atomic_path, atomic_write, open_text
 
 LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
 
@@ -24,7 +24,7 @@ class RunLog:
         self.path = path
         rows = []
         if start > 0 and path.is_file():
-            with open(path, newline="") as f:
+            with open_text(path, "run log") as f:
                 # A kill mid-append can leave a cut last line: keep whole rows only.
                 rows = [
                     r

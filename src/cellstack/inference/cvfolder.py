@@ -119,7 +119,7 @@ class CVFolder:
             raise CellstackError(f"{where}: cannot read the CV's data path ({exc})") from None
 
     def save_raw(self, k: int, image_ids: list[str], raws: list[Instances]) -> None:
-        """Fold ``k``'s raw OOF detections, compactly: boxes, scores, labels, and RoI
+        """Fold ``k``'s raw OOF detections, compactly: boxes, scores, classes, and RoI
         mask probabilities quantised to uint8 (p * 255, as the original kept its soft
         masks)."""
         items = [
@@ -127,7 +127,7 @@ class CVFolder:
                 "image_size": inst.image_size,
                 "boxes": inst.boxes.float(),
                 "scores": inst.scores.float(),
-                "labels": inst.labels,
+                "classes": inst.classes,
                 "roi_masks": (inst.roi_masks.float() * 255).round().to(torch.uint8),
             }
             for inst in raws
@@ -145,7 +145,7 @@ class CVFolder:
                     tuple(item["image_size"]),
                     boxes=item["boxes"],
                     scores=item["scores"],
-                    labels=item["labels"],
+                    classes=item["classes"],
                     roi_masks=item["roi_masks"].float() / 255,
                 )
                 for image_id, item in zip(data["image_ids"], data["instances"], strict=True)

@@ -99,7 +99,7 @@ class Ensemble(nn.Module):
 
     Calling it on images (list of float[C, H, W] in [0, 1]) in eval mode returns, as a
     single :class:`CellDetector` does, one Instances per image with ``boxes``,
-    ``scores``, ``labels`` and ``roi_masks``.
+    ``scores``, ``classes`` and ``roi_masks``.
     """
 
     def __init__(
@@ -263,20 +263,20 @@ class Ensemble(nn.Module):
         models, settings = self.default_models, self.settings
         if self.typed:
             ident = self.identity_flip()
-            _, _, labels = self.merge_boxes(
+            _, _, classes = self.merge_boxes(
                 views, [(m, ident) for m in self.type_from], window, size, self.settings
             )
-            cell_type = majority_type(labels, self.class_names)
+            cell_type = majority_type(classes, self.class_names)
             models = self.type_models.get(cell_type, self.default_models)
             settings = self.type_settings.get(cell_type, self.settings)
         every = [(m, i) for m in models for i in range(len(self.flips))]
-        boxes, scores, labels = self.merge_boxes(views, every, window, size, settings)
-        masks = self.merge_masks(views, every, size, boxes, labels)
+        boxes, scores, classes = self.merge_boxes(views, every, window, size, settings)
+        masks = self.merge_masks(views, every, size, boxes, classes)
         return Instances(
             (int(window[3]), int(window[2])),
             boxes=boxes,
             scores=scores,
-            labels=labels,
+            classes=classes,
             roi_masks=masks,
         )
 
@@ -289,7 +289,7 @@ class Ensemble(nn.Module):
         size: tuple[int, int],
         settings: StageSettings,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stages 1 and 2 over the views ``keys``: ``(boxes, scores, labels)`` after
+        """Stages 1 and 2 over the views ``keys``: ``(boxes, scores, classes)`` after
         box NMS. Proposals come from those of ``keys`` that :meth:`rpn_views` names."""
         models = sorted({m for m, _ in keys})
         rpn_keys = [k for k in self.rpn_views(models) if k in keys] or keys[:1]
@@ -330,7 +330,7 @@ class Ensemble(nn.Module):
         keys: list[tuple[int, int]],
         size: tuple[int, int],
         boxes: torch.Tensor,
-        labels: torch.Tensor,
+        classes: torch.Tensor,
     ) -> torch.Tensor:
         """Stage 3 over the views ``keys``: RoI mask probabilities float[N, M, M],
         averaged."""
@@ -338,7 +338,7 @@ class Ensemble(nn.Module):
         for key in views.first_last(keys):
             flip = self.flips[key[1]]
             heads = self.member(key[0]).roi_heads
-            (m,) = heads.predict_masks(views.roi(key), [flip.boxes(boxes, size)], [labels])
+            (m,) = heads.predict_masks(views.roi(key), [flip.boxes(boxes, size)], [classes])
             m = flip.maps(m)
             total = m if total is None else total + m
         return total / len(keys)

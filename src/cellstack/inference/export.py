@@ -179,7 +179,7 @@ class PredictionWriter:
             labels = result.labels.reshape(-1, h, w)[k]
             if self.overlays:
                 suffix = plane_suffix(position)
-                classes = np.concatenate([[0], np.asarray(inst.labels, dtype=np.int64)])
+                classes = np.concatenate([[0], np.asarray(inst.classes, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
                 write_png(
                     self.target("overlays", f"{image_id}{suffix}.png", image_id=image_id),
@@ -195,8 +195,8 @@ class PredictionWriter:
                         image_id,
                         mask.reshape(h, w),
                         inst.scores[j],
-                        int(inst.labels[j]) + 1,
-                        cell_type=self.class_names[int(inst.labels[j])],
+                        int(inst.classes[j]) + 1,
+                        cell_type=self.class_names[int(inst.classes[j])],
                         label_id=offset + j + 1,
                         **{a: int(i) for a, i in position.items()},
                     )

@@ -56,14 +56,14 @@ class PostprocessParams:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
 
 
-def majority_type(labels: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
-    """The image's cell type: the class name of the most frequent label among its
+def majority_type(classes: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
+    """The image's cell type: the class name of the most frequent class among its
     detections (int[N], numpy or torch), as the original decided it; None if empty."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.cpu().numpy()
-    if len(labels) == 0:
+    if isinstance(classes, torch.Tensor):
+        classes = classes.cpu().numpy()
+    if len(classes) == 0:
         return None
-    return class_names[int(np.bincount(labels, minlength=len(class_names)).argmax())]
+    return class_names[int(np.bincount(classes, minlength=len(class_names)).argmax())]
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ class Thresholds:
     default: PostprocessParams = field(default_factory=PostprocessParams)
     per_type: dict[str, PostprocessParams] = field(default_factory=dict)
 
-    def for_labels(self, labels: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
-        """The params of the image's type: the majority of ``labels`` int[N]."""
-        return self.per_type.get(majority_type(labels, class_names), self.default)
+    def for_classes(self, classes: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
+        """The params of the image's type: the majority of ``classes`` int[N]."""
+        return self.per_type.get(majority_type(classes, class_names), self.default)
 
     def with_values(self, **values: float) -> Thresholds:
         """These thresholds with ``values`` (``score_thresh=0.5``, ...) set for the
@@ -328,7 +328,7 @@ def postprocess(
         size,
         boxes=inst.boxes.detach().float().cpu().numpy(),
         scores=inst.scores.detach().float().cpu().numpy(),
-        labels=inst.labels.detach().cpu().numpy(),
+        classes=inst.classes.detach().cpu().numpy(),
         pixels=pixels,
         index=np.arange(len(inst)),
     )

@@ -106,7 +106,7 @@ class Predictor:
         # training scale), then paste the survivors' masks at the input's pixels.
         sizes = [im.shape for im in images]
         return [
-            postprocess(inst, self.thresholds.for_labels(inst.labels.numpy(), names), size)
+            postprocess(inst, self.thresholds.for_classes(inst.classes.numpy(), names), size)
             for inst, size in zip(self.raw(self.resized(images)), sizes, strict=True)
         ]
 

@@ -6,7 +6,7 @@
     seg = cellstack.Segmenter.load("runs/r18")   # a run, a CV folder or an ensemble YAML
     result = seg(image)                          # numpy array, any dtype, 2-D (+ colour)
     result.labels      # int32[H, W] instance ids, 0 = background
-    result.instances   # Instances: boxes, scores, labels (cell-type indices), pixels
+    result.instances   # Instances: boxes, scores, classes (cell-type indices), pixels
     result.table       # per-object columns: label, cell_type, score, area, centroid, bbox
 
 The segmenter owns input checking and intensity scaling (every plane is scaled by its
@@ -63,8 +63,9 @@ class Result:
         labels: int32[*lead, H, W] instance ids, 0 = background; in a 2-D image ids
             1..N follow decreasing score, in a stack they run on across planes so that
             every id is one object.
-        instances: the post-processed cells of each plane (``pixels``: flat indices
-            into the plane; ``labels``: cell-type indices), one per plane in C order.
+        planes: the post-processed cells of each plane (``pixels``: flat indices
+            into the plane; ``classes``: cell-type indices), one per plane in C order;
+            :attr:`instances` is the one of a 2-D image.
         table: per-object columns (:data:`TABLE_COLUMNS`, then one column per lead
             axis, e.g. ``z``) as numpy arrays: ``pandas.DataFrame(result.table)`` and
             napari's Labels ``features`` take it as it is.
@@ -102,7 +103,7 @@ def object_table(
 
     Args:
         labels: int32[H, W] with instance ``k`` painted as ``first_id + k``.
-        inst: the plane's post-processed instances (``scores``, ``labels``).
+        inst: the plane's post-processed instances (``scores``, ``classes``).
         class_names: names of the cell-type indices.
         first_id: the label id of the first instance.
     """
@@ -124,7 +125,7 @@ def object_table(
     names = np.asarray(class_names, dtype=object)
     return {
         "label": ids,
-        "cell_type": names[np.asarray(inst.labels, dtype=np.int64)] if n else names[:0],
+        "cell_type": names[np.asarray(inst.classes, dtype=np.int64)] if n else names[:0],
         "score": np.asarray(inst.scores, dtype=np.float32),
         "area": area.astype(np.int64),
         "centroid_y": cy,
@@ -378,7 +379,7 @@ class Segmenter:
         yield self._result(planes, lead, cells)
 
     def raw(self, planes: Sequence[np.ndarray]) -> list[Instances]:
-        """Model detections before post-processing (``boxes``, ``scores``, ``labels``,
+        """Model detections before post-processing (``boxes``, ``scores``, ``classes``,
         ``roi_masks``) of uint8[H, W] planes as the model sees them (already scaled, as
         :func:`~cellstack.data.dataset.load_sample` gives them, not resized): what
         ``tune`` searches and ``cv`` stores."""
@@ -386,7 +387,7 @@ class Segmenter:
             return self.predictor.raw(list(planes))
 
     def instances(self, planes: Sequence[np.ndarray]) -> list[Instances]:
-        """The post-processed cells (``pixels``, ``scores``, ``labels``) of uint8[H, W]
+        """The post-processed cells (``pixels``, ``scores``, ``classes``) of uint8[H, W]
         planes as the model sees them, at this segmenter's thresholds and scale."""
         with torch.inference_mode():
             return self.predictor(list(planes))

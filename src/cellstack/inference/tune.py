@@ -189,7 +189,7 @@ def tune_thresholds(
     for raw, rec in tqdm(
         list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
     ):
-        cell_type = majority_type(raw.labels, class_names)
+        cell_type = majority_type(raw.classes, class_names)
         base = current.per_type.get(cell_type, current.default)
         truth = truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec
         scores = score_grid(raw, truth, grid, convex=base.convex_refill)

@@ -4,7 +4,7 @@ Images go in as a list of float tensors ``[C, H, W]`` in [0, 1] (C = 1 or 3; gra
 is repeated to three channels), at their native size: no resize, only zero-mean padding
 to a multiple of the largest stride. Predictions come out as one
 :class:`~cellstack.structures.Instances` per image with ``boxes`` (float32[N, 4] xyxy,
-image pixels), ``scores``, ``labels`` (int64 class index into ``class_names``) and
+image pixels), ``scores``, ``classes`` (int64 class index into ``class_names``) and
 ``roi_masks`` (float32[N, M, M] mask probabilities on each box's grid, M = 2 x
 ``model.roi.mask_pool``: 28 x 28 with the default pool of 14, 56 x 56 with 28; not
 pasted: the predictor pastes after any ensembling).
@@ -207,7 +207,7 @@ class CellDetector(nn.Module):
             feats, [s[0] for s in selected], [s[2] for s in selected]
         )
         return [
-            Instances((int(win[3]), int(win[2])), boxes=b, scores=s, labels=lab, roi_masks=m)
+            Instances((int(win[3]), int(win[2])), boxes=b, scores=s, classes=lab, roi_masks=m)
             for (b, s, lab), m, win in zip(selected, masks, windows, strict=True)
         ]
 
