@@ -48,7 +48,7 @@ def main() -> None:
 
     from cellstack.config import load_config
     from cellstack.data.livecell import prepare_livecell
-    from cellstack.data.prepare import prepare_sartorius
+    from cellstack.data.sartorius import prepare_sartorius
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.cv import rescore, run_cv
     from cellstack.engine.trainer import train

@@ -44,7 +44,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from cellstack.data.livecell import prepare_livecell
-    from cellstack.data.prepare import prepare_sartorius
+    from cellstack.data.sartorius import prepare_sartorius
 
     if args.dataset == "livecell":
         report = prepare_livecell(args.source, args.out, progress=not args.quiet)

@@ -18,8 +18,7 @@ from cellstack.data.livecell import (
     read_coco_instances,
 )
 from cellstack.data.maskcache import load_masks, save_masks, sparse_to_labels
-from cellstack.data.prepare import prepare_sartorius
-from cellstack.data.sartorius import read_train_csv, write_train_csv
+from cellstack.data.sartorius import prepare_sartorius, read_train_csv, write_train_csv
 from cellstack.data.splits import split_records
 from cellstack.errors import DataError
 

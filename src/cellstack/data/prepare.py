@@ -15,7 +15,10 @@ A prepared dataset is a folder:
   those are left out, the rest is prepared.
 
 Any command that takes data (``train``, ``cv``, ``evaluate``, ``tune``) accepts the
-folder. Images are referenced, not copied.
+folder. Images are referenced, not copied. This module owns the format (its reader and
+:class:`Writer`); each source format prepares into it from its own module
+(:func:`cellstack.data.sartorius.prepare_sartorius`,
+:func:`cellstack.data.livecell.prepare_livecell`).
 """
 
 from __future__ import annotations
@@ -349,29 +352,6 @@ def check_image(rec: ImageRecord, writer: Writer) -> bool:
     return True
 
 
-# ------------------------------------------------------------------ Sartorius
-
-
-def fill_holes(masks: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Each instance with its holes filled (``scipy.ndimage.binary_fill_holes``)."""
-    from scipy import ndimage
-
-    w = shape[1]
-    rows, cols = [], []
-    for i in range(masks.shape[0]):
-        idx = masks.indices[masks.indptr[i] : masks.indptr[i + 1]].astype(np.int64)
-        if len(idx) == 0:
-            continue
-        ys, xs = np.divmod(idx, w)
-        y0, x0 = ys.min(), xs.min()
-        crop = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), dtype=bool)
-        crop[ys - y0, xs - x0] = True
-        fy, fx = np.nonzero(ndimage.binary_fill_holes(crop))
-        rows.append(np.full(len(fy), i))
-        cols.append((fy + y0) * w + fx + x0)
-    return sparse_rows(rows, cols, masks.shape)
-
-
 def sparse_rows(
     rows: list[np.ndarray], cols: list[np.ndarray], shape: tuple[int, int]
 ) -> sp.csr_matrix:
@@ -381,87 +361,3 @@ def sparse_rows(
     out = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=shape)
     out.sort_indices()
     return out
-
-
-def read_corrected_foreground(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """bool[H, W]: the red channel (> 0) of a corrected-mask PNG, the true foreground."""
-    from cellstack.data.images import read_image
-
-    image = read_image(path)
-    red = image[..., 0] if image.ndim == 3 else image
-    if red.shape != tuple(shape):
-        raise DataError(
-            f"{path}: corrected mask is {red.shape[1]}x{red.shape[0]}, the image is "
-            f"{shape[1]}x{shape[0]}"
-        )
-    return red > 0
-
-
-def prepare_sartorius(
-    data: str | Path,
-    out: str | Path | None = None,
-    *,
-    holes: bool = False,
-    corrected: str | Path | None = None,
-    progress: bool = True,
-) -> PrepareReport:
-    """Prepare a Sartorius folder (``train.csv`` + ``train/``).
-
-    Args:
-        data: the competition folder (or its ``train.csv``).
-        out: the prepared folder (default ``DATA/prepared``).
-        holes: fill the holes of every training mask (the original's clean-up).
-        corrected: a folder of ``{id}.png`` whose red channel marks the true foreground
-            of those images (e.g. hengck23's clean astro masks); training masks are cut
-            to it and instances left empty are dropped.
-
-    Every row is checked; bad rows, missing or mis-sized images and unreadable
-    corrected masks are listed in ``problems.csv`` and left out.
-    """
-    from tqdm import tqdm
-
-    from cellstack.data.images import list_images
-    from cellstack.data.sartorius import read_train_csv
-
-    data = Path(data)
-    csv_path = data if data.is_file() else data / "train.csv"
-    if not csv_path.is_file():
-        raise DataError(f"{data}: no train.csv (expected the Sartorius competition folder)")
-    out = Path(out) if out is not None else csv_path.parent / "prepared"
-    corrected = Path(corrected) if corrected is not None else None
-    if corrected is not None and not corrected.is_dir():
-        raise DataError(f"{corrected}: corrected-mask folder not found")
-    options = {"fill_holes": holes, "corrected": str(corrected.resolve()) if corrected else None}
-    images_dir = csv_path.parent / "train"
-    sources = [csv_path]
-    if images_dir.is_dir():
-        sources += list_images(images_dir)
-    if corrected is not None:
-        sources += list_images(corrected)
-    writer = begin(out, fingerprint_of(sources, options), str(csv_path))
-    if isinstance(writer, PrepareReport):
-        return writer
-
-    def bad_row(row_no: int, image_id: str, message: str) -> None:
-        reason = message.split(": ", 1)[-1]
-        writer.problems.append(Problem(f"{csv_path} row {row_no}", image_id, reason))
-
-    records = read_train_csv(csv_path, on_bad_row=bad_row)
-    for rec in tqdm(records, desc="preparing", unit="img", disable=not progress):
-        if not check_image(rec, writer):
-            continue
-        masks = rec.sparse_masks()
-        clean = fill_holes(masks, rec.shape) if holes else None
-        png = corrected / f"{rec.image_id}.png" if corrected is not None else None
-        if png is not None and png.is_file():
-            try:
-                fg = read_corrected_foreground(png, rec.shape)
-            except DataError as exc:
-                reason = str(exc).removeprefix(f"{png}: ")
-                writer.problems.append(Problem(str(png), rec.image_id, reason))
-                continue
-            cut = (masks if clean is None else clean).multiply(sp.csr_matrix(fg.reshape(1, -1)))
-            cut = cut.tocsr().astype(bool)
-            clean = cut[np.diff(cut.indptr) > 0]  # instances outside the foreground go
-        writer.add(rec, masks, clean)
-    return writer.finish(options)
