@@ -34,21 +34,21 @@ def coded_segmentation(segmentation, height: int, width: int) -> dict | None:
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of bool[H, W] as COCO polygons ``[x0, y0, x1, y1, ...]``.
+    """Outer contours of bool[H, W] as COCO polygons ``[x0, y0, x1, y1, ...]`` that
+    rasterise back to the same pixels.
 
-    Coordinates are pixel centres. Rasterising polygons back is approximate at the
-    boundary (that is how LIVECell's own ground truth is defined).
+    pycocotools keeps a pixel when its centre ``(x + 0.5, y + 0.5)`` lies inside the
+    polygon, so a contour through the boundary pixels' centres loses half of every
+    boundary pixel (IoU 0.78 on the synthetic cells). The contour is traced on the mask
+    upsampled 2x instead and mapped back (``(u + 0.5) / 2``): it runs a quarter pixel
+    outside each boundary centre, and the cells read back with IoU 0.9996 (holes are
+    filled, as COCO's outer polygons do).
     """
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    polys = []
-    for c in contours:
-        if len(c) < 3:  # COCO needs 3 points; a thin sliver becomes a tiny triangle
-            x, y = c[0, 0]
-            c = np.array([[[x, y]], [[x + 1, y]], [[x, y + 1]]])
-        polys.append(c.reshape(-1).astype(float).tolist())
-    return polys
+    up = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist() for c in contours]
 
 
 def encode_coco_rle(mask: np.ndarray) -> dict:
