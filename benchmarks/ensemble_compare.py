@@ -43,54 +43,42 @@ class WBFEnsemble(nn.Module):
 
     @torch.no_grad()
     def forward(self, images):
+        return [self._one(image) for image in images]
+
+    def _one(self, image):
         from ensemble_boxes import weighted_boxes_fusion
 
-        from cellstack.modeling.anchors import select_proposals
+        from cellstack.inference.views import ViewCache
         from cellstack.modeling.detector import image_windows
-        from cellstack.modeling.heads.base import select_detections
         from cellstack.structures import Instances
 
         ens = self.ensemble
-        image_list = ens.models[0].preprocess(images)
+        image_list = ens.models[0].preprocess([image])
         size = tuple(image_list.tensors.shape[-2:])
-        views, anchors = ens.views(image_list)  # rpn_flips=True: every view has RPN outputs
-        out = []
-        for b, window in enumerate(image_windows(image_list)):
-            h, w = window[3], window[2]
-            boxes_l, scores_l, labels_l = [], [], []
-            for v in views:
-                model = ens.models[v.model]
-                rpn = type(v.rpn)(
-                    [o[b : b + 1] for o in v.rpn.objectness], [d[b : b + 1] for d in v.rpn.deltas]
-                )
-                (props,) = select_proposals(
-                    rpn, anchors, model.rpn.box_coder, [window], ens.settings.proposals
-                )
-                (pred,) = model.roi_heads.predict_boxes(
-                    v.feats.image(b), [v.flip.boxes(props, size)], [v.flip.window(window, size)]
-                )
-                pred = type(pred)(props, pred.probs, v.flip.boxes(pred.boxes, size))
-                bx, sc, lb = select_detections(pred, ens.settings.boxes)
-                norm = torch.tensor([w, h, w, h])
-                boxes_l.append((bx / norm).clamp(0, 1).numpy())
-                scores_l.append(sc.numpy())
-                labels_l.append(lb.numpy())
-            fb, fs, fl = weighted_boxes_fusion(
-                boxes_l, scores_l, labels_l, iou_thr=self.iou_thr, skip_box_thr=0.0
-            )
-            boxes = torch.from_numpy(fb * np.array([w, h, w, h])).float()
-            labels = torch.from_numpy(fl).long()
-            masks = ens.merge_masks(views, b, size, tuple(range(len(ens.models))), boxes, labels)
-            out.append(
-                Instances(
-                    (int(h), int(w)),
-                    boxes=boxes,
-                    scores=torch.from_numpy(fs).float(),
-                    classes=labels,
-                    roi_masks=masks,
-                )
-            )
-        return out
+        (window,) = image_windows(image_list)
+        h, w = window[3], window[2]
+        views = ViewCache(ens.member, ens.flips, image_list, 0.0, ens.feature_dtype)
+        every = [(m, i) for m in range(len(ens.models)) for i in range(len(ens.flips))]
+        norm = torch.tensor([w, h, w, h])
+        boxes_l, scores_l, classes_l = [], [], []
+        for key in every:  # one view alone: its own proposals and boxes, un-flipped
+            bx, sc, cl = ens.merge_boxes(views, [key], window, size, ens.settings)
+            boxes_l.append((bx / norm).clamp(0, 1).numpy())
+            scores_l.append(sc.numpy())
+            classes_l.append(cl.numpy())
+        fb, fs, fl = weighted_boxes_fusion(
+            boxes_l, scores_l, classes_l, iou_thr=self.iou_thr, skip_box_thr=0.0
+        )
+        boxes = torch.from_numpy(fb * np.array([w, h, w, h])).float()
+        classes = torch.from_numpy(fl).long()
+        masks = ens.merge_masks(views, every, size, boxes, classes)
+        return Instances(
+            (int(h), int(w)),
+            boxes=boxes,
+            scores=torch.from_numpy(fs).float(),
+            classes=classes,
+            roi_masks=masks,
+        )
 
 
 def main() -> None:
