@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 
 from cellstack.config import (
-    Config,
     ConfigError,
     EnsembleConfig,
     Rule,
@@ -69,4 +68,3 @@ def test_a_rule_message_is_a_text_or_a_function_of_the_values():
     assert Rule(bool, "{p}x must be set").text(None, "train.") == "train.x must be set"
     rule = Rule(bool, lambda s, p: f"{p}fold is {s}")
     assert rule.text(3, "data.") == "data.fold is 3"
-    assert isinstance(config_from_dict({}), Config)

@@ -127,7 +127,9 @@ class CVFolder:
                 "image_size": inst.image_size,
                 "boxes": inst.boxes.float(),
                 "scores": inst.scores.float(),
-                "classes": inst.classes,
+                # The file's key stays "labels" (the field's old name): CV folders
+                # written before the rename still resume.
+                "labels": inst.classes,
                 "roi_masks": (inst.roi_masks.float() * 255).round().to(torch.uint8),
             }
             for inst in raws
@@ -145,7 +147,7 @@ class CVFolder:
                     tuple(item["image_size"]),
                     boxes=item["boxes"],
                     scores=item["scores"],
-                    classes=item["classes"],
+                    classes=item["labels"],
                     roi_masks=item["roi_masks"].float() / 255,
                 )
                 for image_id, item in zip(data["image_ids"], data["instances"], strict=True)
