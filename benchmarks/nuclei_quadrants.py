@@ -1,0 +1,140 @@
+"""One real image, three quadrants to train, the fourth to score: the smallest real case.
+
+A user with one annotated field of view trains on part of it and segments the rest.
+For each chosen mnfinder test image (``--images``, default three unlike ones: dense
+U2OS uint16, sparser uint16, large uint8 nuclei), the image and its labels are cut into
+four quadrants; ``--config`` (with each ``--variant``'s overrides) trains on three and
+is scored on the held-out one (bottom-right), beside an intensity Otsu on the same
+quadrant; ``--model`` scores a run or a built-in on the same quadrants, no training.
+Nuclei cut by a quadrant's edge stay as their visible part, as in any crop.
+
+    python benchmarks/nuclei_quadrants.py [--config configs/demo.yaml] [--set k=v ...]
+        [--variant NAME k=v ...] [--no-default] [--model nuclei] [--images ID ...]
+        [--work W] [--out J]
+
+Prints the competition score per method and image, and their mean, and writes JSON
+(default ``benchmarks/results/nuclei_quadrants.json``). The mnfinder data is fetched
+once into the benchmarks' cache (``benchmarks/realdata.py``), never by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import realdata
+from real_nuclei import otsu_row, score_folder
+
+DEFAULT_IMAGES = (
+    "2022-10-14_U2OS__4",  # 768x869 uint16, 181 nuclei of ~27 px
+    "2023-05-31_misc__1",  # 768x869 uint16, 79 nuclei of ~21 px
+    "2023-05-31_misc__MAX_2021_1_12_BAY18_CREST647_chr18_568_h3kac488_DAPI_20x-20x_DAPI",
+    # ^ 1024x1024 uint8, 40 nuclei of ~41 px
+)
+
+
+def quadrant_folders(source: Path, image_id: str, work: Path) -> tuple[Path, Path]:
+    """Label folders ``(train, test)``: three quadrants of ``image_id`` and the fourth."""
+    import tifffile
+
+    image = tifffile.imread(source / "images" / f"{image_id}.tif")
+    labels = tifffile.imread(source / "labels" / f"{image_id}.tif")
+    h, w = labels.shape[:2]
+    cut_y, cut_x = h // 2, w // 2
+    quadrants = {
+        "q0": (slice(0, cut_y), slice(0, cut_x)),
+        "q1": (slice(0, cut_y), slice(cut_x, w)),
+        "q2": (slice(cut_y, h), slice(0, cut_x)),
+        "q3": (slice(cut_y, h), slice(cut_x, w)),
+    }
+    root = work / "data" / image_id[:40]
+    folders = {"train": root / "train", "test": root / "test"}
+    for name, (ys, xs) in quadrants.items():
+        split = folders["test" if name == "q3" else "train"]
+        for sub in ("images", "labels"):
+            (split / sub).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(split / "images" / f"{name}.tif", image[ys, xs])
+        tifffile.imwrite(split / "labels" / f"{name}.tif", labels[ys, xs])
+    return folders["train"], folders["test"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    parser.add_argument("--variant", nargs="+", action="append", default=[])
+    parser.add_argument("--no-default", action="store_true", help="no plain --config row")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--model", action="append", default=[], help="run or built-in to score")
+    parser.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES))
+    parser.add_argument("--work", type=Path, help="keep runs and predictions here")
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/nuclei_quadrants.json")
+    )
+    args = parser.parse_args()
+
+    from cellstack.config import load_config
+    from cellstack.engine.trainer import train
+
+    realdata.use_imagenet_package(args.cache)  # for rows with model.backbone.pretrained
+    source = realdata.mnfinder_folders(args.cache) / "test"
+    work = args.work or Path(tempfile.mkdtemp(prefix="nuclei_quadrants_"))
+    work.mkdir(parents=True, exist_ok=True)
+    variants = ([] if args.no_default else [["default"]]) + args.variant
+
+    rows: dict[str, dict[str, dict]] = {"otsu": {}}
+    for image_id in args.images:
+        train_dir, test_dir = quadrant_folders(source, image_id, work)
+        key = image_id[:40]
+        rows["otsu"][key] = otsu_row(test_dir)
+        print(f"{key} otsu: {rows['otsu'][key]['score']:.4f}", flush=True)
+        for model in args.model:
+            name = f"model {model}"
+            rows.setdefault(name, {})[key] = score_folder(
+                model, test_dir, work, f"{Path(model).name}_{key}"
+            )
+            print(f"{key} {name}: {rows[name][key]['score']:.4f}", flush=True)
+        for name, *overrides in variants:
+            cfg = load_config(args.config, [*args.set, *overrides])
+            run = work / f"run_{name}" / key
+            seconds = float("nan")  # stays so when --work kept a trained run
+            t0 = time.perf_counter()
+            if run.exists() and not (run / "model.pt").is_file():
+                if (run / "checkpoint.pt").is_file():
+                    train(None, train_dir, run, resume=True, progress=False)
+                    seconds = time.perf_counter() - t0
+                else:
+                    shutil.rmtree(run)
+            if not (run / "model.pt").is_file():
+                train(cfg, train_dir, run, progress=False)
+                seconds = time.perf_counter() - t0
+            row = score_folder(run, test_dir, work, f"{name}_{key}")
+            rows.setdefault(name, {})[key] = {**row, "seconds": seconds}
+            print(f"{key} {name}: {row['score']:.4f} ({seconds:.0f} s)", flush=True)
+
+    print(f"\nmnfinder quadrants (3 train / 1 scored); {args.config} {' '.join(args.set)}")
+    keys = [image_id[:40] for image_id in args.images]
+    print("| method | mean | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    summary = {}
+    for name, per in rows.items():
+        mean = sum(per[k]["score"] for k in keys) / len(keys)
+        summary[name] = mean
+        print(f"| {name} | {mean:.4f} | " + " | ".join(f"{per[k]['score']:.4f}" for k in keys))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    overrides = {name: rest for name, *rest in variants}
+    args.out.write_text(
+        json.dumps({"mean": summary, "rows": rows, "overrides": overrides}, indent=1)
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
