@@ -127,7 +127,9 @@ def main() -> None:
     for name, per in rows.items():
         mean = sum(per[k]["score"] for k in keys) / len(keys)
         summary[name] = mean
-        print(f"| {name} | {mean:.4f} | " + " | ".join(f"{per[k]['score']:.4f}" for k in keys))
+        print(
+            f"| {name} | {mean:.4f} | " + " | ".join(f"{per[k]['score']:.4f}" for k in keys) + " |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     overrides = {name: rest for name, *rest in variants}
     args.out.write_text(
