@@ -44,7 +44,7 @@ ARCH = [
 RECIPES = {
     "nuclei": {
         "config": "configs/demo.yaml",
-        "overrides": [*ARCH, "train.iterations=1200", "train.eval_every=0"],
+        "overrides": [*ARCH, "train.iterations=2000", "train.eval_every=0"],
         "class": "nucleus",
         "description": "fluorescent nuclei (DAPI, H2B, NLS stains; widefield, confocal)",
     },
@@ -228,7 +228,7 @@ def main() -> None:
             shutil.copy(run / extra, half / extra)
     import csv
 
-    with open(run / "log.csv", newline="") as f:  # its seconds run on across resumes
+    with open(run / "log.csv", newline="") as f:  # its seconds go on across resumes
         spent = float(list(csv.DictReader(f))[-1]["seconds"])
     scores = {"train_seconds": spent, "sets": {}}
     for set_name, folder in sets.items():

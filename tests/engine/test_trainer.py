@@ -233,3 +233,6 @@ def test_hooks_run_in_order_and_resume_exactly(small_data, tmp_path):
     with open(tmp_path / "b" / "log.csv") as f:
         log_b = [(r["iteration"], r["val_score"] != "") for r in csv.DictReader(f)]
     assert log_a == log_b
+    # The resumed run's clock goes on from the rows it kept: seconds never go back.
+    seconds = [float(r["seconds"]) for r in _log(tmp_path / "b") if r["seconds"]]
+    assert len(seconds) >= 3 and seconds == sorted(seconds)

@@ -104,7 +104,9 @@ class ValidationHook(HookBase):
 class LogHook(HookBase):
     """Writes a ``log.csv`` row every ``every`` iterations, at the end, and whenever
     another hook added to the row (a validation score). Rank 0 only; the log opens at
-    the iteration training starts from (rows past it, from a killed run, are cut)."""
+    the iteration training starts from (rows past it, from a killed run, are cut), and
+    its ``seconds`` go on from the last row kept: the training time of the whole run,
+    across resumes, not of this session."""
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
@@ -113,9 +115,12 @@ class LogHook(HookBase):
     def before_train(self, loop: Loop) -> None:
         from cellstack.engine.runlog import RunLog
 
+        spent = 0.0
         if loop.world.main:
             self.log = RunLog(self.path, loop.iteration)
-        self.t0 = time.perf_counter()
+            timed = [r["seconds"] for r in self.log.rows if r.get("seconds")]
+            spent = float(timed[-1]) if timed else 0.0
+        self.t0 = time.perf_counter() - spent
 
     @property
     def rows(self) -> list[dict]:
