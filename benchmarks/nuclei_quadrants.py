@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import realdata
-from real_nuclei import otsu_row, score_folder
+from real_nuclei import otsu_row, score_folder, train_variant, variant_arguments, variants
 
 DEFAULT_IMAGES = (
     "2022-10-14_U2OS__4",  # 768x869 uint16, 181 nuclei of ~27 px
@@ -67,27 +65,17 @@ def quadrant_folders(source: Path, image_id: str, work: Path) -> tuple[Path, Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    parser.add_argument("--variant", nargs="+", action="append", default=[])
-    parser.add_argument("--no-default", action="store_true", help="no plain --config row")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--model", action="append", default=[], help="run or built-in to score")
+    variant_arguments(parser, "benchmarks/results/nuclei_quadrants.json")
     parser.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES))
-    parser.add_argument("--work", type=Path, help="keep runs and predictions here")
-    parser.add_argument("--cache", type=Path)
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/nuclei_quadrants.json")
-    )
     args = parser.parse_args()
 
     from cellstack.config import load_config
-    from cellstack.engine.trainer import train
 
     realdata.use_imagenet_package(args.cache)  # for rows with model.backbone.pretrained
     source = realdata.mnfinder_folders(args.cache) / "test"
     work = args.work or Path(tempfile.mkdtemp(prefix="nuclei_quadrants_"))
     work.mkdir(parents=True, exist_ok=True)
-    variants = ([] if args.no_default else [["default"]]) + args.variant
+    rows_to_train = variants(args)
 
     rows: dict[str, dict[str, dict]] = {"otsu": {}}
     for image_id in args.images:
@@ -101,20 +89,10 @@ def main() -> None:
                 model, test_dir, work, f"{Path(model).name}_{key}"
             )
             print(f"{key} {name}: {rows[name][key]['score']:.4f}", flush=True)
-        for name, *overrides in variants:
+        for name, *overrides in rows_to_train:
             cfg = load_config(args.config, [*args.set, *overrides])
             run = work / f"run_{name}" / key
-            seconds = float("nan")  # stays so when --work kept a trained run
-            t0 = time.perf_counter()
-            if run.exists() and not (run / "model.pt").is_file():
-                if (run / "checkpoint.pt").is_file():
-                    train(None, train_dir, run, resume=True, progress=False)
-                    seconds = time.perf_counter() - t0
-                else:
-                    shutil.rmtree(run)
-            if not (run / "model.pt").is_file():
-                train(cfg, train_dir, run, progress=False)
-                seconds = time.perf_counter() - t0
+            seconds = train_variant(cfg, train_dir, run)
             row = score_folder(run, test_dir, work, f"{name}_{key}")
             rows.setdefault(name, {})[key] = {**row, "seconds": seconds}
             print(f"{key} {name}: {row['score']:.4f} ({seconds:.0f} s)", flush=True)
@@ -131,7 +109,7 @@ def main() -> None:
             f"| {name} | {mean:.4f} | " + " | ".join(f"{per[k]['score']:.4f}" for k in keys) + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    overrides = {name: rest for name, *rest in variants}
+    overrides = {name: rest for name, *rest in rows_to_train}
     args.out.write_text(
         json.dumps({"mean": summary, "rows": rows, "overrides": overrides}, indent=1)
     )

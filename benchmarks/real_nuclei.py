@@ -101,21 +101,48 @@ def print_table(rows: dict, test_ids: list[str]) -> None:
         print(f"| {image_id[:48]} | {cells} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def variant_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options this benchmark and ``nuclei_quadrants.py`` share: the config, its
+    variants, models to score, where runs and results go."""
     parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     parser.add_argument("--variant", nargs="+", action="append", default=[])
     parser.add_argument("--no-default", action="store_true", help="no plain --config row")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--model", action="append", default=[], help="run or built-in to score")
-    parser.add_argument("--train-images", type=int)
     parser.add_argument("--work", type=Path, help="keep runs and predictions here")
     parser.add_argument("--cache", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real_nuclei.json"))
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
+def variants(args: argparse.Namespace) -> list[list[str]]:
+    """``[name, *overrides]`` per row to train: ``default`` first unless ``--no-default``."""
+    return ([] if args.no_default else [["default"]]) + args.variant
+
+
+def train_variant(cfg, train_dir: Path, run: Path) -> float:
+    """Train ``cfg`` into ``run``, or resume it from its checkpoint; the seconds it took
+    (NaN when ``--work`` kept a finished run: nothing was trained)."""
+    from cellstack.engine.trainer import train
+
+    if run.exists() and not (run / "model.pt").is_file() and not (run / "checkpoint.pt").is_file():
+        shutil.rmtree(run)  # started but not one checkpoint: start again
+    if (run / "model.pt").is_file():
+        return float("nan")
+    t0 = time.perf_counter()
+    if (run / "checkpoint.pt").is_file():
+        train(None, train_dir, run, resume=True, progress=False)
+    else:
+        train(cfg, train_dir, run, progress=False)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    variant_arguments(parser, "benchmarks/results/real_nuclei.json")
+    parser.add_argument("--train-images", type=int)
     args = parser.parse_args()
 
     from cellstack.config import load_config
-    from cellstack.engine.trainer import train
 
     realdata.use_imagenet_package(args.cache)  # for rows with model.backbone.pretrained
     root = realdata.mnfinder_folders(args.cache)
@@ -130,27 +157,11 @@ def main() -> None:
     for model in args.model:
         rows[f"model {model}"] = score_folder(model, test, work, Path(model).name)
         print(f"model {model}: {rows[f'model {model}']['score']:.4f}", flush=True)
-    variants = ([] if args.no_default else [["default"]]) + args.variant
-    for name, *overrides in variants:
+    for name, *overrides in variants(args):
         cfg = load_config(args.config, [*args.set, *overrides])
-        run = work / f"run_{name}"
-        if (
-            run.exists()
-            and not (run / "model.pt").is_file()
-            and not (run / "checkpoint.pt").is_file()
-        ):
-            shutil.rmtree(run)
-        t0 = time.perf_counter()
-        if (run / "model.pt").is_file():
-            seconds = float("nan")  # trained before (--work kept it)
-        elif (run / "checkpoint.pt").is_file():
-            train(None, train_dir, run, resume=True, progress=False)
-            seconds = time.perf_counter() - t0
-        else:
-            train(cfg, train_dir, run, progress=False)
-            seconds = time.perf_counter() - t0
+        seconds = train_variant(cfg, train_dir, work / f"run_{name}")
         rows[name] = {
-            **score_folder(run, test, work, name),
+            **score_folder(work / f"run_{name}", test, work, name),
             "seconds": seconds,
             "overrides": [*args.set, *overrides],
         }
