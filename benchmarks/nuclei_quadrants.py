@@ -38,29 +38,22 @@ DEFAULT_IMAGES = (
 )
 
 
-def quadrant_folders(source: Path, image_id: str, work: Path) -> tuple[Path, Path]:
-    """Label folders ``(train, test)``: three quadrants of ``image_id`` and the fourth."""
+def quadrant_folders(source: Path, image_id: str, out: Path) -> tuple[Path, Path]:
+    """Label folders ``out/train`` and ``out/test``: the top-left, top-right and
+    bottom-left quadrants of ``image_id``, and its bottom-right one."""
     import tifffile
 
     image = tifffile.imread(source / "images" / f"{image_id}.tif")
     labels = tifffile.imread(source / "labels" / f"{image_id}.tif")
     h, w = labels.shape[:2]
     cut_y, cut_x = h // 2, w // 2
-    quadrants = {
-        "q0": (slice(0, cut_y), slice(0, cut_x)),
-        "q1": (slice(0, cut_y), slice(cut_x, w)),
-        "q2": (slice(cut_y, h), slice(0, cut_x)),
-        "q3": (slice(cut_y, h), slice(cut_x, w)),
-    }
-    root = work / "data" / image_id[:40]
-    folders = {"train": root / "train", "test": root / "test"}
-    for name, (ys, xs) in quadrants.items():
-        split = folders["test" if name == "q3" else "train"]
-        for sub in ("images", "labels"):
+    rows, cols = (slice(0, cut_y), slice(cut_y, h)), (slice(0, cut_x), slice(cut_x, w))
+    for q, (ys, xs) in enumerate((y, x) for y in rows for x in cols):
+        split = out / ("test" if q == 3 else "train")
+        for sub, array in (("images", image), ("labels", labels)):
             (split / sub).mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(split / "images" / f"{name}.tif", image[ys, xs])
-        tifffile.imwrite(split / "labels" / f"{name}.tif", labels[ys, xs])
-    return folders["train"], folders["test"]
+            tifffile.imwrite(split / sub / f"q{q}.tif", array[ys, xs])
+    return out / "train", out / "test"
 
 
 def main() -> None:
@@ -76,11 +69,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="nuclei_quadrants_"))
     work.mkdir(parents=True, exist_ok=True)
     rows_to_train = variants(args)
+    keys = [image_id[:40] for image_id in args.images]  # short names for rows and folders
 
     rows: dict[str, dict[str, dict]] = {"otsu": {}}
-    for image_id in args.images:
-        train_dir, test_dir = quadrant_folders(source, image_id, work)
-        key = image_id[:40]
+    for image_id, key in zip(args.images, keys, strict=True):
+        train_dir, test_dir = quadrant_folders(source, image_id, work / "data" / key)
         rows["otsu"][key] = otsu_row(test_dir)
         print(f"{key} otsu: {rows['otsu'][key]['score']:.4f}", flush=True)
         for model in args.model:
@@ -98,7 +91,6 @@ def main() -> None:
             print(f"{key} {name}: {row['score']:.4f} ({seconds:.0f} s)", flush=True)
 
     print(f"\nmnfinder quadrants (3 train / 1 scored); {args.config} {' '.join(args.set)}")
-    keys = [image_id[:40] for image_id in args.images]
     print("| method | mean | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
     summary = {}
