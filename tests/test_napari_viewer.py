@@ -2,8 +2,8 @@
 the widget docked from the plugin menu's manifest, clicks that segment grey, RGB and
 Z-stack layers in a worker thread, errors that arrive as the one-line message, and the
 reader. The viewer needs an X display: the tests start ``Xvfb`` when there is none
-(Debian: ``apt install xvfb libxcb-cursor0``) and are skipped, saying why, where
-neither exists; Qt's offscreen platform has no OpenGL for napari's canvas.
+(Debian/Ubuntu: ``apt install`` the ``SYSTEM_PACKAGES`` below) and are skipped, saying
+why, where neither exists; Qt's offscreen platform has no OpenGL for napari's canvas.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,12 @@ pytest.importorskip("napari", reason="napari is not installed (pip install 'cell
 pytest.importorskip("pytestqt", reason="pytest-qt is not installed (the dev extra has it)")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What Qt's xcb platform and napari's OpenGL canvas need on a fresh Debian/Ubuntu (the
+#: README's napari section names the same).
+SYSTEM_PACKAGES = (
+    "xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 "
+    "libxcb-render-util0 libxcb-shape0 libxkbcommon-x11-0 libgl1 libegl1"
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,36 +35,49 @@ def display():
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
         os.environ.pop("QT_QPA_PLATFORM")  # no OpenGL there; a real window instead
     if os.environ.get("DISPLAY"):
+        _window_works(os.environ["DISPLAY"])
         yield os.environ["DISPLAY"]
         return
     if shutil.which("Xvfb") is None:
-        pytest.skip("no X display and no Xvfb (apt install xvfb libxcb-cursor0)")
-    number = 90 + os.getpid() % 9
+        pytest.skip(f"no X display and no Xvfb (apt install {SYSTEM_PACKAGES})")
+    # -displayfd: Xvfb picks a free display and writes its number once it accepts
+    # clients (a fixed number fails where a stale server holds it).
+    read, write = os.pipe()
     proc = subprocess.Popen(
-        ["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        pass_fds=(write,),
     )
-    time.sleep(1.5)
-    if proc.poll() is not None:
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    if proc.poll() is not None or not number:
         pytest.skip("Xvfb did not start")
     os.environ["DISPLAY"] = f":{number}"
-    yield os.environ["DISPLAY"]
-    proc.terminate()
-    os.environ.pop("DISPLAY", None)
+    try:
+        _window_works(os.environ["DISPLAY"])
+        yield os.environ["DISPLAY"]
+    finally:
+        proc.terminate()
+        os.environ.pop("DISPLAY", None)
 
 
 def _window_works(display) -> None:
-    """Skip (with the reason) where Qt cannot open a window on the display."""
+    """Skip (with the reason) where Qt cannot open a window on the display: checked in
+    a fresh process before pytest-qt makes its QApplication, which aborts the whole
+    test run where Qt's xcb plugin cannot load."""
     code = "from qtpy.QtWidgets import QApplication; QApplication([])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"Qt cannot open a window on {display}: {done.stderr.strip()[-200:]}")
+        pytest.skip(
+            f"Qt cannot open a window on {display} (apt install {SYSTEM_PACKAGES}): "
+            f"{done.stderr.strip()[-200:]}"
+        )
 
 
 @pytest.fixture
 def viewer(display, make_napari_viewer):
-    _window_works(display)
     return make_napari_viewer(show=True)
 
 
@@ -150,6 +168,26 @@ def test_the_widget_segments_grey_rgb_and_stack_layers(
     assert target.stat().st_size < 300_000
 
 
+def test_the_image_field_starts_on_the_only_image_and_follows_the_selection(
+    viewer, errors, tmp_path
+):
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="only")
+    widget = _dock(viewer)
+    assert widget[0].value == "only"  # nothing to choose
+    viewer.add_image(np.ones((32, 32), np.uint8), name="second")  # napari selects it
+    assert widget[0].value == "second"
+    viewer.layers.selection.active = viewer.layers["only"]
+    assert widget[0].value == "only"
+    viewer.add_labels(np.zeros((32, 32), np.int32), name="cells")  # not an image: kept
+    assert widget[0].value == "only"
+    viewer.layers.remove("only")
+    widget[1].value = widget[1].choices[-1]
+    widget[3].value = str(tmp_path / "missing_run")  # stops before any model runs
+    widget.start()  # the chosen layer is gone: the remaining image, not "no image"
+    assert widget[0].value == "second"
+    assert len(errors) == 1 and "missing_run: not a built-in model" in errors[0]
+
+
 def test_errors_arrive_as_the_one_line_message(viewer, qtbot, errors, tmp_path):
     widget = _dock(viewer)
     widget.start()  # no image layer at all
@@ -188,7 +226,6 @@ def test_model_loading_after_the_viewer_has_opengl_does_not_crash(display, base_
     """The crash of issue 21: a napari window with an OpenGL context, then the model
     stack's first import (torchvision ops -> torch._dynamo -> triton). Run in fresh
     processes so that a crash is an exit status, not a dead test run."""
-    _window_works(display)
     script = (
         "import sys, numpy as np, napari\n"
         "v = napari.Viewer(show=True)\n"

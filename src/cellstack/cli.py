@@ -451,8 +451,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         ),
         description=(
             "Segment images with a run or an ensemble YAML (runs merged over models and "
-            "flips). Thresholds come from thresholds.yaml (cellstack tune) when present; "
-            "extra predict.key=value arguments override them."
+            "flips). Thresholds, each beating the one before: the run's config, the "
+            "ensemble YAML's postprocess, thresholds.yaml (cellstack tune); then an extra "
+            "predict.key=value argument changes that one key (for every cell type) and "
+            "keeps the other tuned values."
         ),
     )
     p.add_argument(

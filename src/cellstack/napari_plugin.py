@@ -205,7 +205,27 @@ def make_widget():
         return napari.current_viewer()
 
     def refresh(*_):
+        """Choices from the viewer; an empty (or gone) choice becomes the selected image
+        layer, else the top one, so a viewer with one image needs no choosing."""
         image.reset_choices()
+        if image.value not in _image_choices(Image):
+            image.value = default_image(viewer())
+
+    def follow(event):
+        """A newly selected image layer (a click, or one just added) is the one to
+        segment; selecting a Labels layer keeps the choice."""
+        image.reset_choices()
+        if isinstance(event.value, Image) and event.value.name in image.choices:
+            image.value = event.value.name
+
+    def default_image(v) -> str | None:
+        if v is None:
+            return None
+        active = v.layers.selection.active
+        if isinstance(active, Image):
+            return active.name
+        names = _image_choices(Image)
+        return names[-1] if names else None
 
     def chosen_model() -> str:
         if model.value != folder_choice:
@@ -283,6 +303,13 @@ def make_widget():
         if state["worker"] is not None:
             state["worker"].quit()  # after the current plane
 
+    v = viewer()
+    if v is not None:
+        selection = v.layers.selection.events.active
+        selection.connect(follow)
+        # The viewer outlives a closed widget: its events must not reach deleted Qt objects.
+        widget.native.destroyed.connect(lambda *_: selection.disconnect(follow))
+        refresh()
     run_button.changed.connect(start)
     cancel.changed.connect(stop)
     widget.start, widget.stop, widget.state = start, stop, state  # for tests and scripts

@@ -21,10 +21,10 @@ def test_the_order_config_ensemble_tuned_overrides(tmp_path):
     tuned = Thresholds(PostprocessParams(score_thresh=0.7))
     assert resolve_thresholds(cfg, post=post, tuned=tuned) is tuned
     assert resolve_thresholds(cfg, tuned=tmp_path / "missing.yaml").default.score_thresh == 0.2
-    # A post-processing override beats both; any other override does not.
+    # A post-processing override changes that key alone; any other override nothing.
     over = load_config(None, ["predict.score_thresh=0.4"])
     got = resolve_thresholds(over, ["predict.score_thresh=0.4"], post=post, tuned=tuned)
-    assert got.default.score_thresh == 0.4 and not got.per_type
+    assert got == Thresholds(PostprocessParams(score_thresh=0.4))
     other = ["model.rpn.nms_iou=0.5"]
     assert resolve_thresholds(cfg, other, tuned=tuned) is tuned
 
@@ -38,4 +38,35 @@ def test_runs_segmenters_and_overrides_follow_it(base_run, tmp_path):
     assert seg.predictor.thresholds == tuned
     over = cellstack.Segmenter.load(run, device="cpu", overrides=["predict.score_thresh=0.1"])
     assert over.predictor.thresholds.default.score_thresh == 0.1
-    assert over.predictor.thresholds.default.mask_thresh != 0.55  # the config's, not tuned
+    assert over.predictor.thresholds.default.mask_thresh == 0.55  # the tuned value stays
+
+
+def test_an_override_of_one_key_keeps_every_other_tuned_value():
+    tuned = Thresholds(
+        PostprocessParams(mask_thresh=0.7, score_thresh=0.6, mask_nms_iou=0.2, min_size=33),
+        {
+            "astro": PostprocessParams(
+                mask_thresh=0.3, score_thresh=0.2, min_size=80, convex_refill=True
+            )
+        },
+    )
+    cfg = load_config(None, ["predict.score_thresh=0.5"])
+    got = resolve_thresholds(cfg, ["predict.score_thresh=0.5"], tuned=tuned)
+    want_default = PostprocessParams(
+        mask_thresh=0.7, score_thresh=0.5, mask_nms_iou=0.2, min_size=33
+    )
+    want_astro = PostprocessParams(
+        mask_thresh=0.3, score_thresh=0.5, min_size=80, convex_refill=True
+    )
+    assert got == Thresholds(want_default, {"astro": want_astro})
+    # Two keys, given twice: the last value of each, the rest still tuned.
+    cfg = load_config(None, ["predict.min_size=5", "predict.mask_thresh=0.4", "predict.min_size=9"])
+    got = resolve_thresholds(
+        cfg,
+        ["predict.min_size=5", "predict.mask_thresh=0.4", "predict.min_size=9"],
+        tuned=tuned,
+    )
+    assert got.default == PostprocessParams(
+        mask_thresh=0.4, score_thresh=0.6, mask_nms_iou=0.2, min_size=9
+    )
+    assert got.per_type["astro"].score_thresh == 0.2 and got.per_type["astro"].min_size == 9

@@ -22,7 +22,8 @@ An ensemble YAML lists runs (paths relative to the YAML) and how to merge them::
 
 A CV folder (``cellstack cv``) stands for all its fold runs, as the original loaded
 every fold of every model. ``thresholds.yaml`` next to the YAML (or inside a run
-folder), as written by ``cellstack tune``, takes precedence over ``postprocess``.
+folder), as written by ``cellstack tune``, takes precedence over ``postprocess``; a
+``predict.key=value`` override then changes that one key alone.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from cellstack.inference.cvfolder import CVFolder
 from cellstack.inference.postprocess import PostprocessParams, Thresholds, params_from
 
 THRESHOLDS = "thresholds.yaml"
-#: Config keys that set post-processing: given as overrides, they beat thresholds.yaml.
+#: Config keys that set post-processing: given as overrides, each replaces that one key
+#: of thresholds.yaml (for every cell type), the rest kept.
 POSTPROCESS_KEYS = frozenset(f"predict.{f.name}" for f in fields(PostprocessParams))
 
 
@@ -168,21 +170,29 @@ def resolve_thresholds(
        config's, and its ``per_type``);
     3. ``tuned``: ``thresholds.yaml`` (``cellstack tune``), or its path (used when the
        file exists);
-    4. ``overrides`` that set a post-processing key (``predict.score_thresh=0.4``): the
-       config's values, overrides included, for every type, and nothing of 2 or 3.
+    4. ``overrides`` that set a post-processing key (``predict.score_thresh=0.4``):
+       exactly those keys, set to the config's value (overrides applied) for the
+       default and every cell type alike, on top of whichever of 1-3 applies; every
+       other tuned value stays as it was.
     """
 
-    base = Thresholds(params_from(cfg.predict))
-    if any(o.split("=")[0].strip() in POSTPROCESS_KEYS for o in overrides):
-        return base
+    chosen = Thresholds(params_from(cfg.predict))
     if isinstance(tuned, Path):
         tuned = read_thresholds(tuned) if tuned.is_file() else None
     if tuned is not None:
-        return tuned
-    if post:
-        default = {**base.to_dict()["default"], **(post.get("default") or {})}
-        return Thresholds.from_dict({**post, "default": default}, post_source)
-    return base
+        chosen = tuned
+    elif post:
+        default = {**chosen.to_dict()["default"], **(post.get("default") or {})}
+        chosen = Thresholds.from_dict({**post, "default": default}, post_source)
+    keys = override_keys(overrides)
+    return chosen.with_values(**{k: getattr(cfg.predict, k) for k in keys}) if keys else chosen
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The post-processing keys (``score_thresh``, ...) that ``overrides`` set, in
+    their order, each once."""
+    keys = [o.split("=")[0].strip() for o in overrides]
+    return list(dict.fromkeys(k.split(".", 1)[1] for k in keys if k in POSTPROCESS_KEYS))
 
 
 def _load_run(
