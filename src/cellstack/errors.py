@@ -22,3 +22,12 @@ class ArgumentTypeError(CellstackError, TypeError):
 class ConfigError(CellstackError):
     """An unknown key, a value of the wrong type or an out-of-range value in a config,
     thresholds or ensemble file."""
+
+
+def quote(reason: str, width: int = 200) -> str:
+    """A library's message, quoted in one of ours: its first line, at most ``width``
+    characters, cut between words (with "...") rather than inside one."""
+    import textwrap
+
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return textwrap.shorten(lines[0], width, placeholder=" ...") if lines else ""

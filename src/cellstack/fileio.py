@@ -133,12 +133,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _disk_full(exc: BaseException) -> bool:
-    """A full disk, as the OS reports it or as a library's writer wraps it."""
+    """A full disk, as the OS reports it or as a library's writer wraps it (also where
+    the OS's error is the cause or context of the library's: torch's writer fails again
+    on closing, "unexpected pos ...", while handling it)."""
     import errno
 
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, RuntimeError) and "No space left" in str(exc)
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, RuntimeError) and "No space left" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager

@@ -158,7 +158,7 @@ def test_predict_reads_real_microscopy_files_by_their_axes(base_run, plane, tmp_
     ("array", "kw", "flags", "match"),
     [
         (np.zeros((4, 40, 48), np.uint16), GRAY, [], "axis Q (length 4, index 0) is not named"),
-        (np.zeros((4, 40, 48), np.uint16), GRAY, ["--z-axis", "3"], "--z-axis 3 is out of range"),
+        (np.zeros((4, 40, 48), np.uint16), GRAY, ["--z-axis", "3"], "(--z-axis) 3 is out of range"),
         (np.zeros((40, 48), np.uint16), {}, ["--channel", "1"], "has no channel axis"),
     ],
 )

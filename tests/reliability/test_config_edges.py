@@ -118,3 +118,55 @@ def test_non_utf8_config_and_thresholds(cli, run, data, images, tmp_path):
     )
     (run / "thresholds.yaml").write_bytes(b"default: {}\n# \xff\n")
     cli.fails("predict", run, images, "--out", tmp_path / "p", match="not UTF-8")
+
+
+def test_per_type_thresholds_for_a_type_the_model_lacks_are_refused(cli, run, images, tmp_path):
+    import cellstack
+
+    classes = ", ".join(cellstack.Segmenter.load(run, device="cpu").class_names)
+    (run / "thresholds.yaml").write_text("per_type: {neuron: {score_thresh: 0.5}}\n")
+    res = cli.fails("predict", run, images, "--out", tmp_path / "p", match="per_type.neuron")
+    assert "thresholds.yaml" in res.err and f"(its classes: {classes})" in res.err
+    assert not (tmp_path / "p" / "labels").exists()
+    (run / "thresholds.yaml").unlink()
+    ens = tmp_path / "ens.yaml"
+    ens.write_text("models: [run]\npostprocess: {per_type: {neuron: {min_size: 5}}}\n")
+    res = cli.fails("predict", ens, images, "--out", tmp_path / "p", match="per_type.neuron")
+    assert "ens.yaml: postprocess" in res.err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("--scale", "1e6", "scale 1e+06 is outside 0.0625..16 (scale resizes the image"),
+        ("--diameter", "1e9", "diameter 1e+09 px against the"),
+    ],
+)
+def test_a_resize_out_of_range_names_the_option_given(
+    cli, run, images, tmp_path, option, value, match
+):
+    res = cli.fails("predict", run, images, "--out", tmp_path / "p", option, value, match=match)
+    if option == "--scale":
+        assert "diameter" not in res.err
+
+
+@pytest.mark.parametrize("value", ["0", "NaN", '"big"'])
+def test_a_bad_recorded_diameter_is_named_not_reported_missing(cli, run, images, tmp_path, value):
+    import json
+
+    stats = json.loads((run / "data_stats.json").read_text())
+    text = json.dumps(stats).replace(
+        f'"diameter_median": {json.dumps(stats["diameter_median"])}', f'"diameter_median": {value}'
+    )
+    (run / "data_stats.json").write_text(text)
+    res = cli.fails(
+        "predict",
+        run,
+        images,
+        "--out",
+        tmp_path / "p",
+        "--diameter",
+        "20",
+        match="data_stats.json: diameter_median is",
+    )
+    assert "did not record" not in res.err

@@ -107,3 +107,44 @@ def test_unfinished_run_only_when_asked(cli, run, images, tmp_path):
     res = cli("predict", run, images, "--out", tmp_path / "p", "--allow-unfinished")
     assert res.code == 0 and "warning:" in res.err and "unfinished" in res.err
     assert (tmp_path / "p" / "submission.csv").is_file()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB file system (tmpfs): a disk that fills. Needs root to mount."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "tiny_disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a 256 KiB tmpfs (a full disk)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_model_file_that_does_not_fit_on_the_disk_names_it(tiny_disk):
+    from cellstack.errors import CellstackError
+    from cellstack.modeling.files import save
+
+    target = tiny_disk / "run" / "model.pt"
+    with pytest.raises(CellstackError, match=r"model\.pt: cannot write, no space left") as e:
+        save({"model": {"w": torch.zeros(200_000)}}, target)  # 800 KB on 256 KiB
+    assert "unexpected pos" not in str(e.value)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file
+
+
+def test_training_onto_a_full_disk_is_one_line_naming_the_file(cli, data, tiny_disk):
+    from tests.conftest import FAST
+
+    args = [*FAST, "train.iterations=2", "train.eval_every=0"]
+    res = cli.fails(
+        "train", data, "--out", tiny_disk / "r", *args, match="cannot write, no space left"
+    )
+    assert "model.pt" in res.err or "checkpoint.pt" in res.err
+    assert not [p for p in (tiny_disk / "r").iterdir() if ".partial" in p.name]

@@ -160,3 +160,21 @@ def test_inputs_unchanged_by_a_full_workflow(cli, run, data, images, tmp_path):
     assert cli("predict", run, images, "--out", tmp_path / "p").code == 0
     assert cli("prepare", "sartorius", data, "--out", tmp_path / "prep", "--quiet").code == 0
     assert checksums(data) == before_data and checksums(images) == before_images
+
+
+def test_prepare_is_not_up_to_date_after_its_outputs_were_edited(cli, data, tmp_path):
+    out = tmp_path / "prep"
+    assert cli("prepare", "sartorius", data, "--out", out).code == 0
+    records = (out / "records.csv").read_text()
+    assert "up to date" in cli("prepare", "sartorius", data, "--out", out).out
+    # A hand edit of what prepare wrote: one row dropped, then a mask file damaged.
+    lines = records.splitlines(keepends=True)
+    (out / "records.csv").write_text("".join(lines[:-1]))
+    again = cli("prepare", "sartorius", data, "--out", out)
+    assert again.code == 0 and "up to date" not in again.out
+    assert (out / "records.csv").read_text() == records  # written again, whole
+    mask = sorted((out / "masks").glob("*.npz"))[0]
+    mask.write_bytes(b"edited")
+    again = cli("prepare", "sartorius", data, "--out", out)
+    assert again.code == 0 and "up to date" not in again.out
+    assert mask.read_bytes() != b"edited"

@@ -35,7 +35,7 @@ GRAY = {"photometric": "minisblack"}  # a plain TIFF of gray planes: axes Q, unn
             np.zeros((3, 2, 40, 48), np.uint16),
             {"imagej": True, "metadata": {"axes": "TCYX"}},
             "TCYX",
-            "has 2 channels; choose one with --channel N",
+            "has 2 channels; choose one with channel=N in Python or --channel N",
         ),
         (
             "ome_cyx",
@@ -132,3 +132,20 @@ def test_multi_frame_gif_is_refused(cli, run, tmp_path):
     frames = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (10, 200)]
     frames[0].save(folder / "a.png", save_all=True, append_images=frames[1:])
     cli.fails("predict", run, folder, "--out", tmp_path / "p", match="2 frames")
+
+
+def test_api_errors_name_the_api_arguments(base_run, tmp_path):
+    import tifffile
+
+    import cellstack
+    from cellstack.errors import CellstackError
+
+    seg = cellstack.Segmenter.load(base_run, device="cpu")
+    two = np.stack([PLANE, PLANE], axis=-1).astype(np.uint16)  # YXC, two channels
+    with pytest.raises(CellstackError, match="channel=N") as e:
+        seg(np.moveaxis(two, -1, 0), axes="CYX")
+    assert "channel=(0, 1)" in str(e.value)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([PLANE] * 3))
+    with pytest.raises(CellstackError, match=r"spec=PlaneSpec\(z_axis=...\)\)$"):
+        seg(path, axes="ZYX")

@@ -474,7 +474,7 @@ def test_an_axis_option_on_a_2d_image_among_stacks_says_so(cli, run, base_data, 
         tmp_path / "p",
         "--z-axis",
         "0",
-        match="flat.png: --z-axis 0 names this file's Y axis",
+        match="flat.png: z_axis (--z-axis) 0 names this file's Y axis",
     )
 
 

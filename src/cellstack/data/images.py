@@ -144,6 +144,11 @@ class _Plan:
     size: tuple[int, int]  # (H, W)
 
 
+def _axis_option(letter: str) -> str:
+    """An axis option as both front ends spell it: ``z_axis (--z-axis)``."""
+    return f"{letter.lower()}_axis (--{letter.lower()}-axis)"
+
+
 def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> _Plan:
     """Check the axes of an image of ``shape`` against ``spec``; every shape that cannot
     be resolved is a :class:`DataError` naming the file, shape and axes found."""
@@ -156,13 +161,13 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
         if index is not None:
             if not -len(shape) <= index < len(shape):
                 raise DataError(
-                    f"{where}: --{letter.lower()}-axis {index} is out of range for {found}"
+                    f"{where}: {_axis_option(letter)} {index} is out of range for {found}"
                 )
             if names[index] in "YX":
                 # Typically a 2-D image in a folder of stacks: the option is meant for the
                 # stacks, and this file's own axes leave nothing for it to name.
                 raise DataError(
-                    f"{where}: --{letter.lower()}-axis {index} names this file's "
+                    f"{where}: {_axis_option(letter)} {index} names this file's "
                     f"{names[index]} axis ({found}); it has no axis for that option: "
                     "predict such files without it (in a folder of their own)"
                 )
@@ -174,8 +179,9 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
         i = keep[left.index(unknown[0])]
         raise DataError(
             f"{where}: {found}: axis {unknown[0]} (length {shape[i]}, index {i}) is not "
-            f"named in the file's metadata; say what it is with --z-axis {i}, --t-axis {i} "
-            f"or --c-axis {i}"
+            f"named in the file's metadata; say what it is: in Python "
+            f"spec=PlaneSpec(z_axis={i}) (or t_axis, c_axis; axes='...' for an array), on "
+            f"the command line --z-axis {i}, --t-axis {i} or --c-axis {i}"
         )
     repeated = sorted({a for a in left if left.count(a) > 1})
     if repeated or "Y" not in left or "X" not in left:
@@ -190,7 +196,10 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
     if spec.channel is not None:
         channel_axis = "C" if "C" in left else "S" if "S" in left else None
         if channel_axis is None:
-            raise DataError(f"{where}: --channel given, but {found} has no channel axis")
+            raise DataError(
+                f"{where}: a channel was chosen (channel= / --channel), but {found} has no "
+                "channel axis"
+            )
         n = shape[keep[left.index(channel_axis)]]
         bad = [c for c in spec.channel if not 0 <= c < n]
         if bad:
@@ -203,8 +212,9 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
             n = shape[keep[left.index(axis)]] if axis in left else 0
             if n > most:
                 raise DataError(
-                    f"{where}: {found} has {n} channels; choose one with --channel N "
-                    "(or combine some, e.g. --channel 0,1)"
+                    f"{where}: {found} has {n} channels; choose one with channel=N in "
+                    "Python or --channel N on the command line (or combine some: "
+                    "channel=(0, 1), --channel 0,1)"
                 )
     lead = "".join(a for a in "TZ" if a in left)
     lead_shape = tuple(shape[keep[left.index(a)]] for a in lead)

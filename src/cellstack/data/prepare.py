@@ -3,8 +3,8 @@
 A prepared dataset is a folder:
 
 - ``prepared.json``: what was prepared from what (a fingerprint of every source file:
-  annotations, images, corrected masks, and the options), written last; when the
-  fingerprint still matches, preparing again returns at once;
+  annotations, images, corrected masks, and the options, and one of the files written
+  here), written last; when both still match, preparing again returns at once;
 - ``records.csv``: one row per image (``image_id, image_path, height, width,
   cell_type, sample_id, split, instances, masks, train_masks``);
 - ``masks/{image_id}.npz``: the raw instance masks (:mod:`cellstack.data.maskcache`);
@@ -182,6 +182,13 @@ def cached_report(out: Path, fingerprint: str) -> PrepareReport | None:
         return None
     if manifest.get("format") != FORMAT or manifest.get("fingerprint") != fingerprint:
         return None
+    # What was written must be as written: a records.csv, problems.csv or mask file
+    # edited (or removed) since is prepared again, not reported "up to date".
+    try:
+        if manifest.get("outputs") != _outputs_fingerprint(out):
+            return None
+    except OSError:
+        return None
     problems = []
     if (out / PROBLEMS).is_file():
         with open_text(out / PROBLEMS, "problems.csv") as f:
@@ -279,6 +286,7 @@ class Writer:
             "per_type": per_type,
             "per_split": per_split,
             "problems": len(self.problems),
+            "outputs": _outputs_fingerprint(self.out),
         }
         with atomic_write(self.out / MANIFEST) as f:
             json.dump(manifest, f, indent=1)
@@ -289,6 +297,12 @@ class Writer:
     def _first_problem(self) -> str:
         p = self.problems[0] if self.problems else None
         return f"{p.where}: {p.reason}" if p else "none"
+
+
+def _outputs_fingerprint(out: Path) -> str:
+    """:func:`fingerprint_of` the files a preparation wrote: its records, problems and
+    every mask file its records name."""
+    return fingerprint_of([out / RECORDS, out / PROBLEMS, *_previous_mask_files(out)], {})
 
 
 def _previous_mask_files(out: Path) -> list[Path]:

@@ -74,6 +74,21 @@ class ObjectStats:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def recorded(cls, data: dict | None) -> ObjectStats | None:
+        """The statistics a run recorded (its ``data_stats.json``), or None where a
+        field is missing or not a finite number (a run from before the field, or a
+        file edited by hand)."""
+        if not isinstance(data, dict):
+            return None
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values.values()
+        ):
+            return None
+        return cls(**values)
+
 
 def measure(records: Sequence[ImageRecord]) -> ObjectStats:
     """Object statistics of annotated records (their training masks).

@@ -191,7 +191,9 @@ def train(
             write_folds_csv(run / "folds.csv", [*train_records, *val_records], folds)
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, class_names, cfg.predict)
+    model = build_model(
+        cfg.model, class_names, cfg.predict, trained_on=ObjectStats.recorded(data_stats)
+    )
     if state is None and cfg.init.from_run:
         report = init_from_run(model, cfg.init.from_run)
         if world.main:
@@ -252,34 +254,30 @@ def train(
         return TrainResult(run, start, float("nan"), None)
 
     loader = _loader(cfg, train_records, class_names, world, start)
-    bar = tqdm(
+    # Closed on any way out (an error included), so a one-line error never shares the
+    # bar's line.
+    with tqdm(
         total=t.iterations,
         initial=start,
         desc="training" if world.size == 1 else f"training ({world.size} processes)",
         unit="it",
         disable=not (progress and world.main),
         dynamic_ncols=True,
-    )
-    loop.say = bar.write
-    net.train()
-    for hook in loop.hooks:
-        hook.before_train(loop)
-    loss_value = float("nan")
-    for it, (images, targets) in enumerate(loader, start=start):
-        if stop_after is not None and it - start >= stop_after:
-            loop.save_checkpoint()
-            bar.close()
-            return TrainResult(run, it, loss_value, loop.val_score)
-        try:
-            loss_value = loop.run_step(it, images, targets)
-        except TrainingDiverged:
-            bar.close()
-            raise
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
+    ) as bar:
+        loop.say = bar.write
+        net.train()
         for hook in loop.hooks:
-            hook.after_step(loop)
-    bar.close()
+            hook.before_train(loop)
+        loss_value = float("nan")
+        for it, (images, targets) in enumerate(loader, start=start):
+            if stop_after is not None and it - start >= stop_after:
+                loop.save_checkpoint()
+                return TrainResult(run, it, loss_value, loop.val_score)
+            loss_value = loop.run_step(it, images, targets)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
+            for hook in loop.hooks:
+                hook.after_step(loop)
     for hook in loop.hooks:
         hook.after_train(loop)
     if world.main:

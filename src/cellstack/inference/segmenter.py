@@ -534,10 +534,19 @@ def resize_factor(source: Source | None, diameter: float | None, scale: float | 
         factor = source.diameter / diameter
     lo, hi = MAX_RESIZE
     if not lo <= factor <= hi:
-        given = f"diameter {diameter:g} gives" if diameter is not None else "scale"
+        if diameter is not None:
+            raise CellstackError(
+                f"diameter {diameter:g} px against the {source.diameter:g} px the model "
+                f"trained on means resizing by {factor:.4g}, outside {lo:g}..{hi:g}; "
+                "diameter is the cells' size in pixels"
+            )
+        if scale is not None:
+            raise CellstackError(
+                f"scale {factor:.4g} is outside {lo:g}..{hi:g} (scale resizes the image "
+                "before the model: 0.5 halves it)"
+            )
         raise CellstackError(
-            f"{given} a resize factor of {factor:.4g}, outside {lo:g}..{hi:g}; "
-            "check the value (diameter is the cells' size in pixels)"
+            f"the run's data.scale {factor:.4g} is outside {lo:g}..{hi:g}; give scale"
         )
     return factor
 
@@ -602,7 +611,7 @@ def _planes(
         if axes is not None:
             raise CellstackError(
                 f"{where}: axes= applies to arrays; a file is read by its own axes (name an "
-                "axis the file lacks with spec=PlaneSpec(z_axis=...), or --z-axis)"
+                "axis the file lacks with spec=PlaneSpec(z_axis=...))"
             )
         return read_planes(item, spec, limits)
     if not isinstance(item, np.ndarray) and not hasattr(item, "__array__"):

@@ -122,28 +122,58 @@ def load_source(
         spec = {"models": [str(r) for r in runs], "type_settings": "none"}
         return _load_ensemble(cv.ensemble_path, overrides, allow_unfinished, spec)
     model, cfg = _load_run(path, overrides, allow_unfinished)
+    thresholds = resolve_thresholds(cfg, overrides, tuned=path / THRESHOLDS)
+    check_cell_types(thresholds.per_type, model.class_names, path / THRESHOLDS)
     return Source(
-        model,
-        model.class_names,
-        cfg,
-        resolve_thresholds(cfg, overrides, tuned=path / THRESHOLDS),
-        path / THRESHOLDS,
-        **trained_sizes(path),
+        model, model.class_names, cfg, thresholds, path / THRESHOLDS, **trained_sizes(path)
     )
+
+
+def check_cell_types(per_type: dict, class_names: Sequence[str], where: object) -> None:
+    """Refuse per-type settings for a cell type the model cannot predict: they could
+    never apply, and a typo there would pass silently.
+
+    Raises:
+        CellstackError: naming ``where``, the key and the model's classes.
+    """
+    unknown = sorted(set(per_type) - set(class_names))
+    if unknown:
+        raise CellstackError(
+            f"{where}: per_type.{unknown[0]}: the model has no cell type {unknown[0]!r} "
+            f"(its classes: {', '.join(class_names)}), so the setting could never apply"
+        )
 
 
 def trained_sizes(run: Path) -> dict[str, float | None]:
     """``diameter`` (median), ``largest`` (95th percentile of the longer box side) and
     ``area_p1`` (first percentile of the areas) of the objects a run trained on, in
     pixels, from its ``data_stats.json``
-    (:func:`~cellstack.modeling.files.run_data_stats`); None where not recorded."""
+    (:func:`~cellstack.modeling.files.run_data_stats`); None where not recorded.
+
+    Raises:
+        CellstackError: a value is recorded but is no positive finite number (0, NaN,
+            text: a file edited by hand), naming the file and the key.
+    """
     from cellstack.modeling.files import run_data_stats
 
     stats = run_data_stats(run) or {}
 
     def number(key: str) -> float | None:
         value = stats.get(key)
-        return float(value) if isinstance(value, int | float) and value > 0 else None
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise CellstackError(
+                f"{run / 'data_stats.json'}: {key} is {value!r}, not a positive size in "
+                "pixels; restore the file (training writes it) or delete it and give "
+                "scale instead of diameter"
+            )
+        return float(value)
 
     return {
         "diameter": number("diameter_median"),
@@ -200,10 +230,12 @@ def _load_run(
 ):
     """``(model, config)`` of a run folder; ``lazy``: the model is a skeleton on the
     ``meta`` device (no weights read) and :func:`_weights_loader` fills it later."""
+    from cellstack.data.stats import ObjectStats
     from cellstack.modeling.build import build_model
-    from cellstack.modeling.files import load_run, load_weights
+    from cellstack.modeling.files import load_run, load_weights, run_data_stats
 
     cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
+    trained_on = ObjectStats.recorded(run_data_stats(run))
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
         left = unresolved(cfg)
@@ -215,9 +247,11 @@ def _load_run(
     if lazy:
         with torch.device("meta"):
             return build_model(
-                cfg.model, class_names, cfg.predict, encoder_weights=False
+                cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
             ).eval(), cfg
-    model = build_model(cfg.model, class_names, cfg.predict, encoder_weights=False)
+    model = build_model(
+        cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
+    )
     load_weights(model, state, run)
     return model.eval(), cfg
 
@@ -332,6 +366,10 @@ def _load_ensemble(
         loaders=[_weights_loader(r, allow_unfinished) for r in resolved] if lazy else None,
         weights_budget_mb=spec.weights_budget_mb,
     ).eval()
+    if post:
+        check_cell_types(post.get("per_type") or {}, names, f"{path}: postprocess")
+    if tuned is not None:
+        check_cell_types(tuned.per_type, names, tpath)
     thresholds = resolve_thresholds(
         cfg, overrides, post=post, post_source=f"{path}: postprocess", tuned=tuned
     )

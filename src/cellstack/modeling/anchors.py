@@ -11,6 +11,7 @@ so flip TTA can average RPN outputs anchor by anchor.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,10 @@ class ProposalParams:
         score_thresh: minimum objectness probability.
         post_nms_top_n: proposals kept per image after NMS (None: all).
         min_size: boxes narrower or shorter than this are dropped (pixels).
+        per_megapixel: proposals per 10**6 pixels of an image (tile): a larger or
+            denser tile than the model trained on gets more than ``post_nms_top_n``
+            (and ``pre_nms_top_n`` in proportion), so a fixed count cannot cap the cells
+            of a dense tile (:meth:`budget`); 0: the fixed counts.
     """
 
     pre_nms_top_n: int = 1000
@@ -64,6 +69,15 @@ class ProposalParams:
     score_thresh: float = 0.0
     post_nms_top_n: int | None = 1000
     min_size: float = 1e-3
+    per_megapixel: float = 0.0
+
+    def budget(self, pixels: float) -> tuple[int, int | None]:
+        """``(pre_nms_top_n, post_nms_top_n)`` for an image of ``pixels`` pixels: the
+        fixed counts, or more where ``per_megapixel`` asks for more."""
+        need = math.ceil(self.per_megapixel * pixels / 1e6)
+        if self.post_nms_top_n is None or need <= self.post_nms_top_n:
+            return self.pre_nms_top_n, self.post_nms_top_n
+        return math.ceil(self.pre_nms_top_n * need / self.post_nms_top_n), need
 
 
 def select_proposals(
@@ -77,7 +91,8 @@ def select_proposals(
 
     Per level the ``pre_nms_top_n`` best logits are kept; their boxes are decoded,
     clipped to the image window, filtered by size and objectness, NMS-ed per level and
-    the ``post_nms_top_n`` best kept.
+    the ``post_nms_top_n`` best kept (both counts for the window's area:
+    :meth:`ProposalParams.budget`).
 
     Args:
         outputs: RPN outputs of the batch.
@@ -91,6 +106,9 @@ def select_proposals(
     """
     out = []
     for b, window in enumerate(windows):
+        pre_nms_top_n, post_nms_top_n = params.budget(
+            (window[2] - window[0]) * (window[3] - window[1])
+        )
         boxes, scores, levels = [], [], []
         for lvl, (obj, dlt, anc) in enumerate(
             zip(outputs.objectness, outputs.deltas, anchors, strict=True)
@@ -98,7 +116,7 @@ def select_proposals(
             a = obj.shape[1]
             logits = obj[b].permute(1, 2, 0).reshape(-1)
             deltas = dlt[b].reshape(a, 4, *dlt.shape[-2:]).permute(2, 3, 0, 1).reshape(-1, 4)
-            top = logits.topk(min(params.pre_nms_top_n, len(logits))).indices
+            top = logits.topk(min(pre_nms_top_n, len(logits))).indices
             boxes.append(box_coder.decode_single(deltas[top].float(), anc[top]))
             scores.append(torch.sigmoid(logits[top].float()))
             levels.append(torch.full_like(top, lvl))
@@ -108,8 +126,8 @@ def select_proposals(
         keep = keep[scores[keep] >= params.score_thresh]
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = box_ops.batched_nms(boxes, scores, levels, params.nms_iou)
-        if params.post_nms_top_n is not None:
-            keep = keep[: params.post_nms_top_n]
+        if post_nms_top_n is not None:
+            keep = keep[:post_nms_top_n]
         out.append(boxes[keep])
     return out
 

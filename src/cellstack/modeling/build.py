@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
@@ -19,6 +20,9 @@ from cellstack.modeling.heads.mask_rcnn import MaskRCNNHeads
 from cellstack.modeling.heads.select import BoxParams
 from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
+if TYPE_CHECKING:
+    from cellstack.data.stats import ObjectStats
+
 
 def build_model(
     cfg: ModelConfig,
@@ -26,12 +30,15 @@ def build_model(
     predict: PredictConfig | None = None,
     *,
     encoder_weights: bool = True,
+    trained_on: ObjectStats | None = None,
 ) -> CellDetector:
     """A detector for ``class_names`` (cell types, in label order) with random heads.
 
     ``encoder_weights=False`` builds the encoder with random weights whatever
     ``model.backbone.pretrained`` says: for a caller that loads trained weights next
     (a run being loaded for prediction needs neither network nor weight package).
+    ``trained_on``: the training objects' statistics (at the model's scale); with them
+    the test-time proposal budget grows with a tile's area (:func:`proposal_density`).
     """
 
     if not class_names:
@@ -73,6 +80,7 @@ def build_model(
         nms_thresh=r.nms_iou,
     )
     heads = build_roi_heads(cfg, backbone, len(class_names))
+    proposals_per_mp = proposal_density(r.post_nms_top_n_test, trained_on)
     return CellDetector(
         backbone=backbone,
         rpn=rpn,
@@ -83,6 +91,7 @@ def build_model(
             nms_iou=predict.rpn_nms_iou,
             score_thresh=predict.rpn_score_thresh,
             post_nms_top_n=r.post_nms_top_n_test,
+            per_megapixel=proposals_per_mp,
         ),
         box_params=BoxParams(
             predict.box_score_thresh,
@@ -91,6 +100,23 @@ def build_model(
             predict.score_mode,
         ),
     )
+
+
+def proposal_density(proposals: int, trained_on: ObjectStats | None) -> float:
+    """Test-time proposals per 10**6 pixels that keep a dense tile uncapped.
+
+    ``model.rpn.post_nms_top_n_test`` proposals served the training image with the most
+    objects; a tile of any size gets at least as many per object at the densest
+    training image's density: ``proposals / max_objects_per_image *
+    max_objects_per_megapixel``. A 1024 px tile thus has the budget of four 512 px ones,
+    whatever tiling or block size predicts it. 0 (the fixed count) without statistics.
+    (Detections stay ``predict.max_detections``, derived from the most objects in a
+    training image: raising them with the area too kept low-scored boxes that cost
+    score and mask-head time on the dense benchmark, ``benchmarks/dense_tiles.py``.)
+    """
+    if trained_on is None or trained_on.max_objects_per_image < 1:
+        return 0.0
+    return proposals * trained_on.max_objects_per_megapixel / trained_on.max_objects_per_image
 
 
 def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> RoIHeads:

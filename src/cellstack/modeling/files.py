@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cellstack.config import Config, config_from_dict, config_to_dict
-from cellstack.errors import CellstackError
+from cellstack.errors import CellstackError, quote
 from cellstack.fileio import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,9 +40,13 @@ def versions() -> dict[str, str]:
 
 
 def save(obj: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through a temporary file and an atomic rename.
+
+    torch writes into a file object of ours: given a file name, its own writer reports a
+    full disk as "unexpected pos ..." instead of the OS's error, which the atomic rename
+    turns into the one-line "no space left" naming ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: Path, *, mmap: bool = False) -> dict:
@@ -66,7 +70,7 @@ def load(path: Path, *, mmap: bool = False) -> dict:
         if not detail:  # not a pickle of foreign objects: damaged bytes
             raise CellstackError(
                 f"{path}: cannot read checkpoint, the file is corrupt or truncated "
-                f"({first[0][:80] if first else 'unpickling failed'})"
+                f"({quote(first[0], 80) if first else 'unpickling failed'})"
             ) from None
         raise CellstackError(
             f"{path}: refused, the file holds Python objects other than tensors and plain "
@@ -75,7 +79,7 @@ def load(path: Path, *, mmap: bool = False) -> dict:
         ) from None
     except Exception as exc:
         raise CellstackError(
-            f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {quote(str(exc))})"
         ) from None
     if not isinstance(state, dict):
         raise CellstackError(f"{path}: not a cellstack checkpoint (holds {type(state).__name__})")
@@ -129,7 +133,7 @@ def load_run(
     if isinstance(ckpt["model"], dict):
         bad = next((k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)), None)
         if bad is not None:
-            raise CellstackError(f"{path}: weight {str(bad)[:80]!r} is not a tensor")
+            raise CellstackError(f"{path}: weight {quote(str(bad), 80)!r} is not a tensor")
     names = ckpt["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CellstackError(f"{path}: class_names must be a non-empty list of names")
@@ -154,7 +158,7 @@ def load_weights(model: torch.nn.Module, state: dict, where: Path, *, assign: bo
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
         raise CellstackError(
             f"{where}: weights do not fit the model its config and class names describe "
-            f"({detail[:200]})"
+            f"({quote(detail)})"
         ) from None
 
 
