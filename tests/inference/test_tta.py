@@ -6,7 +6,7 @@ from cellstack.errors import CellstackError
 from cellstack.inference.tta import FLIPS, Flip, parse_flips
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.build import build_model
-from tests.modeling.conftest import TINY, two_cells
+from tests.modeling.conftest import TINY, random_rpn_outputs, two_cells
 
 SIZE = (64, 96)
 
@@ -63,15 +63,7 @@ def test_unflipped_rpn_outputs_decode_to_the_unflipped_proposals(name):
     flip = FLIPS[name]
     model = build_model(load_config(None, TINY).model, ["cell"]).eval()
     img, _ = two_cells()
-    image_list = model.preprocess([img])
-    feats = model.features(image_list)
-    anchors = model.level_anchors(image_list, feats)
-    g = torch.Generator().manual_seed(1)
-    raw = model.rpn_outputs(feats)
-    outputs = RPNOutputs(
-        [torch.randn(o.shape, generator=g) for o in raw.objectness],
-        [torch.randn(d.shape, generator=g) * 0.3 for d in raw.deltas],
-    )
+    image_list, anchors, outputs = random_rpn_outputs(model, img, seed=1)
     size = tuple(image_list.tensors.shape[-2:])
     whole = (0.0, 0.0, float(size[1]), float(size[0]))
     params = ProposalParams(pre_nms_top_n=50, nms_iou=0.7, post_nms_top_n=None)

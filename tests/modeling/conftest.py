@@ -35,3 +35,21 @@ def two_cells(h=64, w=96):
         "masks": masks,
     }
     return img, target
+
+
+def random_rpn_outputs(model, image: torch.Tensor, seed: int):
+    """``(image_list, anchors, outputs)``: ``model``'s anchors for ``image`` and random
+    RPN outputs of their shapes (logits N(0, 1), deltas N(0, 0.3)), for proposal tests
+    that need many distinct candidate boxes."""
+    from cellstack.modeling.anchors import RPNOutputs
+
+    image_list = model.preprocess([image])
+    feats = model.features(image_list)
+    anchors = model.level_anchors(image_list, feats)
+    g = torch.Generator().manual_seed(seed)
+    raw = model.rpn_outputs(feats)
+    outputs = RPNOutputs(
+        [torch.randn(o.shape, generator=g) for o in raw.objectness],
+        [torch.randn(d.shape, generator=g) * 0.3 for d in raw.deltas],
+    )
+    return image_list, anchors, outputs

@@ -6,9 +6,9 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.stats import ObjectStats
-from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
+from cellstack.modeling.anchors import ProposalParams, select_proposals
 from cellstack.modeling.build import build_model, proposal_density
-from tests.modeling.conftest import TINY
+from tests.modeling.conftest import TINY, random_rpn_outputs
 
 STATS = ObjectStats(
     images=4,
@@ -51,15 +51,7 @@ def test_a_tile_gets_the_budget_of_the_smaller_tiles_it_covers():
 
 def test_a_dense_tile_keeps_more_proposals_than_the_fixed_count():
     model = build_model(load_config(None, TINY).model, ["cell"]).eval()
-    image_list = model.preprocess([torch.zeros(1, 256, 256)])
-    feats = model.features(image_list)
-    anchors = model.level_anchors(image_list, feats)
-    g = torch.Generator().manual_seed(0)
-    raw = model.rpn_outputs(feats)
-    outputs = RPNOutputs(
-        [torch.randn(o.shape, generator=g) for o in raw.objectness],
-        [torch.randn(d.shape, generator=g) * 0.3 for d in raw.deltas],
-    )
+    _, anchors, outputs = random_rpn_outputs(model, torch.zeros(1, 256, 256), seed=0)
     window = [(0.0, 0.0, 256.0, 256.0)]
     coder = model.rpn.box_coder
     fixed = ProposalParams(pre_nms_top_n=100, nms_iou=0.7, post_nms_top_n=50)
