@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,9 +138,11 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from cellstack.inference.tune import run_tune
 
+    t0 = time.perf_counter()
     result, path = run_tune(
         args.source,
         args.data,
+        out=args.out,
         fold=args.fold,
         overrides=tuple(args.overrides),
         device=args.device,
@@ -147,7 +150,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         allow_unfinished=args.allow_unfinished,
     )
     print(result.table())
-    print(f"wrote {path}")
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+    if args.out is not None:
+        print(f"predict with it: cellstack predict {path} IMAGES --out OUT")
     return 0
 
 
@@ -575,22 +580,36 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune",
         help="search post-processing thresholds per cell type on annotated images",
-        usage="cellstack tune RUN|ENSEMBLE.yaml|CV [DATA] [--fold K] [predict.key=value ...]",
+        usage=(
+            "cellstack tune MODEL|ENSEMBLE.yaml|CV [DATA] [--out NEW] [--fold K] "
+            "[predict.key=value ...]"
+        ),
         description=(
-            "Predict annotated images once, search mask threshold, mask NMS, minimum size "
-            "and confidence per predicted cell type for the best competition score, and "
-            "write thresholds.yaml next to the ensemble YAML (or into the run), which "
-            "predict then uses. A CV folder (cellstack cv) is tuned on its stored "
-            "out-of-fold predictions, without running a model."
+            "Calibrate a model to annotated images without training: predict them once, "
+            "search mask threshold, outline offset, mask NMS, minimum size and confidence "
+            "per predicted cell type for the best competition score. With --out, write a "
+            "new model folder (weights copied, the tuned thresholds, the scale that fits "
+            "the labels' cell size, a model card line) and leave MODEL as it was: the way "
+            "to calibrate a built-in. Without it, write thresholds.yaml into the run (or "
+            "next to the ensemble YAML), which predict then uses. With several images a "
+            "leave-one-image-out score says what to expect on new ones. A CV folder "
+            "(cellstack cv) is tuned on its stored out-of-fold predictions."
         ),
     )
-    p.add_argument("source", type=Path, help="run folder, ensemble YAML or CV folder")
+    p.add_argument(
+        "source", type=Path, help="run folder, built-in model, ensemble YAML or CV folder"
+    )
     p.add_argument(
         "data",
         type=Path,
         nargs="?",
         default=None,
         help="annotated images (any layout evaluate reads); a CV folder knows its own",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="write a tuned model folder here (new or empty); MODEL is not changed",
     )
     p.add_argument("--fold", type=int, help="only this fold of DATA/folds.csv (validation)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")

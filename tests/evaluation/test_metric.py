@@ -143,3 +143,58 @@ def test_matching_counts_objects_like_stardist():
     empty = np.zeros_like(truth)
     assert cellstack.matching(empty, empty).f1 == 1.0
     assert "matching" in dir(cellstack)
+
+
+def test_prefix_scores_equal_scoring_each_prefix_and_disjoint_overlaps_the_product():
+    import scipy.sparse as sp
+
+    from cellstack.evaluation.matching import Overlaps, overlaps, overlaps_disjoint
+    from cellstack.evaluation.metric import score_overlaps, score_prefixes
+
+    rng = np.random.default_rng(0)
+    size = (40, 50)
+    truth = np.zeros(size, np.int32)
+    pred = np.zeros(size, np.int32)
+    for k in range(6):  # squares, predicted with random shifts (some poor, some missed)
+        y, x = 2 + 12 * (k // 3), 2 + 15 * (k % 3)
+        truth[y : y + 9, x : x + 9] = k + 1
+        dy, dx = rng.integers(-3, 4, 2)
+        pred[max(y + dy, 0) : y + dy + 9, max(x + dx, 0) : x + dx + 9] = k + 1
+    t = sparse_from_labels(truth)
+    pixels = [np.flatnonzero(pred == k + 1) for k in range(6)]
+    fast = overlaps_disjoint(t, pixels)
+    slow = overlaps(t, sparse_from_labels(pred))
+    np.testing.assert_array_equal(fast.truth_idx, slow.truth_idx)
+    np.testing.assert_array_equal(fast.pred_idx, slow.pred_idx)
+    np.testing.assert_array_equal(fast.iou, slow.iou)
+    counts = [0, 2, 4, 6]
+    expected = [
+        score_overlaps(
+            Overlaps(
+                6,
+                k,
+                slow.truth_idx[slow.pred_idx < k],
+                slow.pred_idx[slow.pred_idx < k],
+                slow.iou[slow.pred_idx < k],
+            )
+        ).score
+        for k in counts
+    ]
+    np.testing.assert_array_equal(score_prefixes(slow, counts), expected)
+    # Overlapping truth (two cells claim one prediction): the exact matching per prefix.
+    both = sp.vstack([t, t[:1]]).tocsr()
+    ov = overlaps(both, sparse_from_labels(pred))
+    got = score_prefixes(ov, counts)
+    want = [
+        score_overlaps(
+            Overlaps(
+                7,
+                k,
+                ov.truth_idx[ov.pred_idx < k],
+                ov.pred_idx[ov.pred_idx < k],
+                ov.iou[ov.pred_idx < k],
+            )
+        ).score
+        for k in counts
+    ]
+    np.testing.assert_array_equal(got, want)

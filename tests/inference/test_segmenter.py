@@ -244,13 +244,19 @@ def test_optimize_thresholds_returns_a_segmenter_that_scores_what_it_promised(se
     samples = [load_sample(r) for r in read_train_csv(base_data / "train.csv")]
     images = [image for image, _ in samples]
     truths = [labels for _, labels in samples]
-    tuned, result = seg.optimize_thresholds(images, truths)
-    assert result.after >= result.before
+    tuned, result = seg.optimize_thresholds(images, truths, scales=False)
+    assert result.after >= result.before and result.scale == seg.scale
     assert tuned.predictor.thresholds == result.thresholds
     assert tuned.source is seg.source  # the model is shared, this segmenter unchanged
     # What it promises is what predicting with it gives: the mean metric on these images.
     scores = [score_image(t, tuned(im).labels).score for im, t in zip(images, truths, strict=True)]
     assert np.mean(scores) == pytest.approx(result.after, abs=1e-9)
+    # With the scale searched: the model's own scale first, then around the one that
+    # gives the labels' cells the model's size; the segmenter predicts at the chosen one.
+    scaled, result = seg.optimize_thresholds(images, truths)
+    assert result.scales[0] == seg.scale and len(result.scales) > 1
+    assert scaled.scale == result.scale in result.scales and result.after >= result.before
+    assert 0 <= result.loo <= 1
     with pytest.raises(CellstackError, match="one label image per image, got 4 images and 3"):
         seg.optimize_thresholds(images, truths[:3])
     with pytest.raises(CellstackError, match=r"labels\[1\]: an integer label image of shape"):

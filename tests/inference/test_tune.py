@@ -49,14 +49,19 @@ def _scene(seed=0):
 
 def test_fast_grid_equals_full_postprocessing():
     raw, truth = _scene()
-    grid = TuneGrid(mask_nms_iou=(0.05, 0.3), min_size=(0, 20), score_thresh=(0.2, 0.4, 0.7))
+    grid = TuneGrid(
+        mask_offset=(-0.1, 0.0, 0.15),
+        mask_nms_iou=(0.05, 0.3),
+        min_size=(0, 20),
+        score_thresh=(0.2, 0.4, 0.7),
+    )
     fast = score_grid(raw, sparse_from_labels(truth), grid)
-    assert len(fast) == 12 and len(set(fast.values())) > 3
-    for (mt, nms, ms, st), value in fast.items():
-        params = PostprocessParams(mt, st, nms, ms)
+    assert list(fast) == grid.points() and len(fast) == 36 and len(set(fast.values())) > 3
+    for (mt, off, nms, ms, st), value in fast.items():
+        params = PostprocessParams(mt, st, nms, ms, mask_offset=off)
         cells = postprocess(raw, params)
         slow = score_image(truth, pixels_to_sparse(cells.pixels, SIZE), shape=SIZE).score
-        assert value == pytest.approx(slow, abs=1e-12), (nms, ms, st)
+        assert value == pytest.approx(slow, abs=1e-12), (off, nms, ms, st)
 
 
 def test_tune_improves_on_bad_thresholds_and_never_lowers_the_score():
@@ -123,7 +128,7 @@ def test_tune_scores_what_predict_applies_with_tied_scores():
     )
     grid = TuneGrid(mask_nms_iou=(0.05, 0.5), min_size=(0,), score_thresh=(0.5,))
     fast = score_grid(raw, sparse_from_labels(truth), grid)
-    for (mt, nms, ms, st), value in fast.items():
+    for (mt, _, nms, ms, st), value in fast.items():
         cells = postprocess(raw, PostprocessParams(mt, st, nms, ms))
         slow = score_image(truth, pixels_to_sparse(cells.pixels, SIZE), shape=SIZE).score
         assert value == slow, (nms, value, slow)
@@ -158,3 +163,67 @@ def test_a_run_trained_at_a_scale_is_tuned_on_its_images_at_that_scale(base_run,
         assert truth_at(rec, rec.shape).shape == (len(rec.rles), rec.shape[0] * rec.shape[1])
     result = tune_thresholds(raws, records, src.class_names, src.thresholds, progress=False)
     assert result.after >= result.before
+
+
+def _disk(size, centre, radius):
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    return np.flatnonzero((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2)
+
+
+def test_an_outline_offset_grows_and_shrinks_by_a_share_of_each_cells_diameter():
+    from cellstack.inference.postprocess import offset_masks
+
+    size = (60, 60)
+    small, large = _disk(size, (15, 15), 5), _disk(size, (35, 35), 12)
+    grown, same, shrunk = offset_masks([small, large], size, (0.1, 0.0, -0.1))
+    assert same[0] is small and same[1] is large
+    for before, g, s in zip([small, large], grown, shrunk, strict=True):
+        d = 2 * np.sqrt(len(before) / np.pi)
+        assert set(before) <= set(g) and set(s) <= set(before)
+        # The radius moves by 0.1 d either way: area (r +- 0.1 d)^2 / r^2 of the disk's.
+        for mask, sign in ((g, 1), (s, -1)):
+            expected = len(before) * ((d / 2 + sign * 0.1 * d) / (d / 2)) ** 2
+            assert abs(len(mask) - expected) < 0.15 * expected
+    # A cell cut by the image border stays cut there: shrinking keeps the border row.
+    edge = _disk(size, (0, 30), 8)
+    ((cut,),) = offset_masks([edge], size, (-0.1,))
+    assert np.any(cut < size[1]) and len(cut) < len(edge)
+    assert offset_masks([np.zeros(0, np.int64)], size, (0.2,))[0][0].size == 0
+    with pytest.raises(CellstackError, match="mask_offset out of range"):
+        PostprocessParams(mask_offset=0.6)
+
+
+def test_leave_one_image_out_scores_each_image_with_what_the_others_chose():
+    from cellstack.inference.tune import _Scored, choose
+
+    grid = TuneGrid(mask_nms_iou=(0.1,), score_thresh=(0.3, 0.6))
+    points = grid.points()  # two points: score 0.3 and score 0.6
+    # Images 0 and 1 prefer 0.3, image 2 prefers 0.6; at the second scale every image
+    # scores 0.1 more.
+    base = np.array([[0.8, 0.5], [0.7, 0.6], [0.2, 0.9]])
+    current = Thresholds(PostprocessParams(score_thresh=0.3))
+    scored = [_Scored(1.0, [None] * 3, base), _Scored(1.5, [None] * 3, base + 0.1)]
+    assert len(points) == 2
+    result = choose(scored, grid, current)
+    assert result.scale == 1.5 and result.scale_before == 1.0
+    assert result.before == pytest.approx(np.mean([0.8, 0.7, 0.2]))
+    # Over all three, 0.6 has the best mean (0.767 against 0.667 at scale 1.5).
+    assert result.thresholds.default.score_thresh == 0.6
+    assert result.after == pytest.approx(np.mean([0.6, 0.7, 1.0]))
+    # Left out, images 0 and 1 get 0.6 (their peers' means favour it: 0.85 and 0.8), so
+    # 0.6 and 0.7; image 2 gets 0.3 (images 0 and 1 favour it: 0.85 against 0.65): 0.3.
+    assert result.loo == pytest.approx(np.mean([0.6, 0.7, 0.3]))
+    one = choose([_Scored(1.0, [None], base[:1])], grid, current)
+    assert np.isnan(one.loo) and "leave-one-image-out" not in one.table()
+    assert "leave-one-image-out score" in result.table() and "scale 1.5" in result.table()
+
+
+def test_candidate_scales_start_at_the_models_own_and_centre_on_the_labels_size():
+    from cellstack.inference.tune import candidate_scales
+
+    # Labels' cells half the model's size: centred on 2x, the model's own scale first.
+    scales = candidate_scales(1.0, 30.0, 15.0)
+    assert scales[0] == 1.0 and 2.0 in scales and len(scales) == 4
+    assert candidate_scales(1.0, 30.0, 30.0) == (1.0, round(2**-0.25, 4), round(2**0.25, 4))
+    assert candidate_scales(1.0, None, 15.0)[0] == 1.0  # unknown size: around its own
+    assert max(candidate_scales(1.0, 30.0, 0.1)) == 16.0  # within the resize limits

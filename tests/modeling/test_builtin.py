@@ -86,10 +86,100 @@ def test_predict_models_and_ensembles_take_builtin_names(models, base_data, tmp_
     )
 
 
-def test_tune_never_writes_into_a_builtin(models, base_data, capsys):
-    assert main(["tune", "tiny", str(base_data), "--quiet"]) == 2
-    assert "is a built-in model" in capsys.readouterr().err
-    assert not (models / "tiny" / "thresholds.yaml").exists()
+@pytest.fixture
+def label_folder(base_data, tmp_path):
+    """base_data's 4 images as a label folder (images/ + labels/)."""
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.images import write_png
+    from cellstack.data.labels import write_label_tiff
+    from cellstack.data.sartorius import read_train_csv
+
+    folder = tmp_path / "labelled"
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for rec in read_train_csv(base_data / "train.csv"):
+        image, labels = load_sample(rec)
+        write_png(folder / "images" / f"{rec.image_id}.png", image)
+        write_label_tiff(folder / "labels" / f"{rec.image_id}.tif", labels)
+    return folder
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_tune_writes_a_new_model_folder_and_never_the_builtins(
+    models, label_folder, tmp_path, capsys
+):
+    import json
+
+    import yaml
+
+    before = {name: _contents(models / name) for name in ("tiny", "tiny16")}
+    assert main(["tune", "tiny", str(label_folder), "--quiet"]) == 2
+    assert "give --out NEW" in capsys.readouterr().err
+    new = tmp_path / "tuned"
+    assert main(["tune", "tiny16", str(label_folder), "--out", str(new), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "leave-one-image-out score" in out and f"wrote {new}" in out
+    assert {name: _contents(models / name) for name in ("tiny", "tiny16")} == before
+    # A model folder of its own: float16 weights as the built-in's, the tuned thresholds
+    # and scale, the card with a line on what it was tuned on.
+    assert builtin.is_builtin_folder(new) and (new / "data_stats.json").is_file()
+    meta = json.loads((new / builtin.META).read_text())
+    assert meta["weights_dtype"] == "float16"
+    card = (new / builtin.CARD).read_text()
+    assert card.startswith("# Built-in model `tiny16`") and "## Tuned" in card
+    assert f"4 images of {label_folder}" in card and "leave-one-image-out" in card
+    tuned = yaml.safe_load((new / "thresholds.yaml").read_text())
+    assert set(tuned["default"]) >= {"mask_thresh", "mask_offset", "score_thresh"}
+    assert meta["config"]["data"]["scale"] > 0
+    # Everything that takes a model takes it: predict, the API, an ensemble.
+    pred = tmp_path / "pred"
+    images = label_folder / "images"
+    assert main(["predict", str(new), str(images), "--out", str(pred), "--quiet"]) == 0
+    assert len(list((pred / "labels").glob("*.tif"))) == 4
+    seg = cellstack.Segmenter.load(new, device="cpu")
+    assert seg.scale == meta["config"]["data"]["scale"]
+    assert seg.predictor.thresholds.default.mask_thresh == tuned["default"]["mask_thresh"]
+    from cellstack import napari_plugin
+    from cellstack.data.images import read_image
+
+    plane = read_image(sorted(images.glob("*.png"))[0])
+    labels, _, kind = napari_plugin.segment_layer(plane, str(new), device="cpu")
+    assert kind == "labels" and labels.shape == plane.shape
+    ens = tmp_path / "ens.yaml"
+    ens.write_text(f"models: [{new}, tiny]\n")
+    assert main(["predict", str(ens), str(images), "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    # Never into a folder that holds something, the package or the model itself.
+    assert main(["tune", "tiny", str(label_folder), "--out", str(new), "--quiet"]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    for bad in (models / "mine", models / "tiny" / "sub"):
+        assert main(["tune", "tiny", str(label_folder), "--out", str(bad), "--quiet"]) == 2
+    assert "built-in models" in capsys.readouterr().err
+    assert {name: _contents(models / name) for name in ("tiny", "tiny16")} == before
+
+
+def test_tune_out_from_a_run_leaves_the_run_as_it_was(base_run, label_folder, tmp_path):
+    before = _contents(base_run)
+    new = tmp_path / "from_run"
+    assert main(["tune", str(base_run), str(label_folder), "--out", str(new), "--quiet"]) == 0
+    assert _contents(base_run) == before
+    assert builtin.is_builtin_folder(new) and (new / "thresholds.yaml").is_file()
+    assert (new / builtin.CARD).read_text().startswith(f"# Model tuned from `{base_run.name}`")
+    assert (
+        main(
+            [
+                "predict",
+                str(new),
+                str(label_folder / "images"),
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_finetuning_keeps_the_pretrained_sizes_and_rescales_the_data(models, base_data, tmp_path):

@@ -19,6 +19,8 @@ from cellstack.config.typed import key_of
 from cellstack.errors import ConfigError
 
 #: Settings that are probabilities, IoUs or fractions: numbers in [0, 1].
+#: Numbers that may be negative: ``mask_offset`` shrinks masks below 0.
+SIGNED_KEYS = frozenset({"mask_offset"})
 _UNIT_NAMES = ("iou", "thresh", "fraction", "momentum")
 
 
@@ -65,7 +67,8 @@ def _numbers(obj: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
 
 def check_numbers(obj: Any, prefix: str, where: str = "config key") -> None:
     """Every number of the dataclass ``obj`` finite (or infinite where its default is)
-    and non-negative; probabilities, IoUs and fractions in [0, 1]; number lists
+    and non-negative (but :data:`SIGNED_KEYS`, checked by their own rules);
+    probabilities, IoUs and fractions in [0, 1]; number lists
     non-empty unless their default is. One line naming ``where`` and the full key
     (``prefix.key``)."""
     for key, value, default in _numbers(obj, prefix):
@@ -78,7 +81,7 @@ def check_numbers(obj: Any, prefix: str, where: str = "config key") -> None:
         for v in values:
             if not math.isfinite(v) and not (v == default == math.inf):
                 raise ConfigError(f"{where} {key}: must be a finite number, got {v}")
-            if v < 0:
+            if v < 0 and key.rsplit(".", 1)[-1] not in SIGNED_KEYS:
                 raise ConfigError(f"{where} {key}: must be >= 0, got {v}")
             unit = key.startswith("data.augment.") or any(
                 n in key.rsplit(".", 1)[-1] for n in _UNIT_NAMES

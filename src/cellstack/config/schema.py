@@ -315,9 +315,12 @@ class PredictConfig:
         box_score_thresh, box_nms_iou, max_detections: box selection (class-agnostic).
         score_mode: a detection's score: "class" (its best class probability, the
             original) or "objectness" (1 - background probability: a cell of any type).
-        mask_thresh, score_thresh, mask_nms_iou, min_size, convex_refill: post-processing
-            (``convex_refill``: refill each mask's contours as convex polygons, the
-            original's "corrupt astro" trick, matching coarse polygon annotations).
+        mask_thresh, mask_offset, score_thresh, mask_nms_iou, min_size, convex_refill:
+            post-processing (``mask_offset``: grow, or shrink when negative, every mask's
+            outline by this fraction of its own equivalent diameter, the way another
+            lab's annotators draw outlines wider or tighter; ``convex_refill``: refill
+            each mask's contours as convex polygons, the original's "corrupt astro"
+            trick, matching coarse polygon annotations).
         batch_size, tile_size, tile_overlap: how images go through the model.
         amp: on CUDA, run the backbone and FPN in float16 autocast (the heads and
             everything after them stay float32); ignored on other devices.
@@ -330,6 +333,7 @@ class PredictConfig:
     max_detections: int | str = 1000
     score_mode: str = field(default="class", metadata={"choices": ("class", "objectness")})
     mask_thresh: float = 0.45
+    mask_offset: float = 0.0
     score_thresh: float = 0.3
     mask_nms_iou: float = 0.1
     min_size: int | str = 0
@@ -341,6 +345,7 @@ class PredictConfig:
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(lambda s: 0 < s.mask_thresh < 1, "{p}mask_thresh must be in (0, 1)"),
+        Rule(lambda s: -0.5 <= s.mask_offset <= 0.5, "{p}mask_offset must be in -0.5..0.5"),
         Rule(lambda s: s.tile_overlap < s.tile_size, "{p}tile_overlap must be < tile_size"),
         Rule(lambda s: s.batch_size >= 1, "{p}batch_size must be at least 1"),
         Rule(lambda s: at_least(s.max_detections, 1), "{p}max_detections must be >= 1"),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import scipy.sparse as sp
 
 from cellstack.config import AUTO, Config, config_from_dict, config_to_dict
 from cellstack.data.records import ImageRecord
@@ -88,6 +89,21 @@ class ObjectStats:
         ):
             return None
         return cls(**values)
+
+
+def median_diameter(masks: Sequence[sp.spmatrix]) -> float:
+    """Median equivalent diameter ``2 sqrt(area / pi)`` (px) of the objects of sparse
+    bool[N, H*W] masks (one matrix per image), empty objects left out.
+
+    Raises:
+        DataError: no object at all.
+    """
+    areas = [np.diff(m.tocsr().indptr) for m in masks]
+    area = np.concatenate(areas) if areas else np.zeros(0)
+    area = area[area > 0].astype(np.float64)
+    if not len(area):
+        raise DataError("the annotated images hold no object")
+    return float(np.median(2 * np.sqrt(area / math.pi)))
 
 
 def measure(records: Sequence[ImageRecord]) -> ObjectStats:

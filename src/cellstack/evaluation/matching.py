@@ -11,6 +11,7 @@ number of annotated pixels, not with N * M * P as with one dense mask per object
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -86,6 +87,28 @@ def overlaps(truth: sp.csr_matrix, pred: sp.csr_matrix) -> Overlaps:
     i = inter.data.astype(np.float64)
     union = area_t[rows] + area_p[cols] - i
     return Overlaps(truth.shape[0], pred.shape[0], rows, cols, i / union)
+
+
+def overlaps_disjoint(truth: sp.csr_matrix, pred: Sequence[np.ndarray]) -> Overlaps:
+    """:func:`overlaps` for predictions that never share a pixel (after overlap
+    removal), given as flat pixel-index arrays: each truth pixel looks up the one
+    prediction it lies in, which is much faster than a sparse product when the same
+    truth is matched against many predictions (``tune``). Same pairs, same IoUs."""
+    t = truth.tocsr()
+    n_pred = len(pred)
+    owner = np.zeros(t.shape[1], dtype=np.int64)  # 0: no prediction, k + 1: prediction k
+    for k, p in enumerate(pred):
+        owner[p] = k + 1
+    area_t = np.diff(t.indptr).astype(np.int64)
+    rows = np.repeat(np.arange(t.shape[0], dtype=np.int64), area_t)
+    ids = owner[t.indices]
+    hit = ids > 0
+    pairs, inter = np.unique(rows[hit] * (n_pred + 1) + ids[hit], return_counts=True)
+    r, c = np.divmod(pairs, n_pred + 1)
+    c -= 1
+    area_p = np.array([len(p) for p in pred], dtype=np.int64)
+    i = inter.astype(np.float64)
+    return Overlaps(t.shape[0], n_pred, r, c, i / (area_t[r] + area_p[c] - i))
 
 
 def count_matches(ov: Overlaps, thresholds: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ nothing found); one with only truths or only predictions scores 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +78,36 @@ def score_overlaps(ov: Overlaps, thresholds: np.ndarray = IOU_THRESHOLDS) -> Ima
     fp = ov.n_pred - tp
     fn = ov.n_truth - tp
     return ImageScore(float(_precision(tp, fp, fn).mean()), tp, fp, fn, thresholds)
+
+
+def score_prefixes(
+    ov: Overlaps, counts: Sequence[int], thresholds: np.ndarray = IOU_THRESHOLDS
+) -> np.ndarray:
+    """float64[len(counts)]: the score of each prefix of the predictions (the first
+    ``k`` of ``ov``'s predictions, for every ``k`` in ``counts``), as
+    :func:`score_overlaps` gives it for each, from one :class:`Overlaps`.
+
+    What ``tune`` scores for every confidence threshold (its predictions are sorted by
+    confidence, so a threshold keeps a prefix). When the pairs above the lowest
+    threshold are one to one already (non-overlapping masks on both sides), so is every
+    subset of them, and the true positives of all prefixes are counted at once.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.int64)
+    keep = ov.iou > thresholds.min()
+    rows, cols = ov.truth_idx[keep], ov.pred_idx[keep]
+    if len(np.unique(rows)) != len(rows) or len(np.unique(cols)) != len(cols):
+        return np.array([score_overlaps(_prefix(ov, int(k)), thresholds).score for k in counts])
+    above = ov.iou[keep][:, None] > thresholds[None, :]  # bool[pairs, T]
+    inside = cols[None, :] < counts[:, None]  # bool[K, pairs]
+    tp = inside.astype(np.int64) @ above.astype(np.int64)  # int64[K, T]
+    fp = counts[:, None] - tp
+    fn = ov.n_truth - tp
+    # Row by row, as score_overlaps averages, so the sums round alike.
+    return np.array([row.mean() for row in _precision(tp, fp, fn)])
+
+
+def _prefix(ov: Overlaps, k: int) -> Overlaps:
+    """The overlaps of the first ``k`` predictions."""
+    keep = ov.pred_idx < k
+    return Overlaps(ov.n_truth, k, ov.truth_idx[keep], ov.pred_idx[keep], ov.iou[keep])

@@ -1,6 +1,7 @@
 """From model detections to non-overlapping cell masks, in the original's order.
 
-1. paste each RoI mask into its box and binarise at ``mask_thresh``;
+1. paste each RoI mask into its box and binarise at ``mask_thresh``; grow or shrink
+   its outline by ``mask_offset`` times its equivalent diameter (0: as pasted);
 2. sort by confidence, drop those under ``score_thresh``;
 3. greedy mask NMS: drop a mask whose IoU with a kept, more confident one exceeds
    ``mask_nms_iou`` (low: cells hardly overlap);
@@ -43,11 +44,13 @@ class PostprocessParams:
     mask_nms_iou: float = PredictConfig.mask_nms_iou
     min_size: int = PredictConfig.min_size
     convex_refill: bool = PredictConfig.convex_refill
+    mask_offset: float = PredictConfig.mask_offset
 
     def __post_init__(self) -> None:
 
         for name, ok in (
             ("mask_thresh", 0 < self.mask_thresh < 1),
+            ("mask_offset", -0.5 <= self.mask_offset <= 0.5),
             ("score_thresh", 0 <= self.score_thresh <= 1),
             ("mask_nms_iou", 0 <= self.mask_nms_iou <= 1),
             ("min_size", self.min_size >= 0),
@@ -206,6 +209,63 @@ def paste_masks(
     return out
 
 
+def offset_masks(
+    pixels: list[np.ndarray], image_size: tuple[int, int], offsets: Sequence[float]
+) -> list[list[np.ndarray]]:
+    """Each mask grown (offset > 0) or shrunk (< 0) by ``offset`` times its equivalent
+    diameter ``2 sqrt(area / pi)``, once per offset.
+
+    A pixel joins a grown mask when its centre lies within that distance of the mask;
+    it stays in a shrunk mask when it lies farther than that from the background
+    (Euclidean distance transforms of the mask's box, computed once for every offset).
+    Relative to each mask's own size, so an offset means the same for small and large
+    cells and at any image scale; a mask shrunk to nothing comes back empty.
+
+    Args:
+        pixels: int64 flat pixel indices per mask (row-major, ascending).
+        image_size: ``(H, W)``.
+        offsets: fractions of the diameter, each in -0.5..0.5.
+
+    Returns:
+        One list of masks per offset, in the order given (offset 0: the masks given).
+    """
+    from scipy import ndimage
+
+    h, w = image_size
+    out: list[list[np.ndarray]] = [[] for _ in offsets]
+    grow = max((o for o in offsets if o > 0), default=0.0)
+    for p in pixels:
+        if len(p) == 0 or all(o == 0 for o in offsets):
+            for masks in out:
+                masks.append(p)
+            continue
+        diameter = 2 * np.sqrt(len(p) / np.pi)
+        pad = int(np.ceil(grow * diameter)) + 1
+        ys, xs = np.divmod(p, w)
+        y0, x0 = max(ys.min() - pad, 0), max(xs.min() - pad, 0)
+        y1, x1 = min(ys.max() + pad + 1, h), min(xs.max() + pad + 1, w)
+        crop = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        crop[ys - y0, xs - x0] = True
+        outside = inside = None
+        for masks, offset in zip(out, offsets, strict=True):
+            if offset == 0:
+                masks.append(p)
+                continue
+            if offset > 0:
+                if outside is None:  # distance of each background pixel to the mask
+                    outside = ndimage.distance_transform_edt(~crop)
+                keep = outside <= offset * diameter
+            else:
+                if inside is None:  # distance of each mask pixel to the background;
+                    # the edge padding keeps a cell cut by the image border cut there
+                    padded = np.pad(crop, 1, mode="edge")
+                    inside = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+                keep = crop & (inside > -offset * diameter)
+            ky, kx = np.nonzero(keep)
+            masks.append(((ky + y0) * w + kx + x0).astype(np.int64))
+    return out
+
+
 def pixels_to_sparse(pixels: list[np.ndarray], image_size: tuple[int, int]) -> sp.csr_matrix:
     """Pixel-index lists -> sparse bool[N, H*W] (the metric's form)."""
     counts = np.array([len(p) for p in pixels], dtype=np.int64)
@@ -324,6 +384,8 @@ def postprocess(
     inst = inst[confidence_order(inst.scores)]
     inst = inst[inst.scores.detach().cpu() >= params.score_thresh]
     pixels = paste_masks(inst.roi_masks.detach(), inst.boxes.detach(), size, params.mask_thresh)
+    if params.mask_offset:
+        (pixels,) = offset_masks(pixels, size, (params.mask_offset,))
     result = Instances(
         size,
         boxes=inst.boxes.detach().float().cpu().numpy(),
@@ -342,6 +404,8 @@ def postprocess(
         pixels = paste_masks(
             inst.roi_masks.detach()[keep], torch.from_numpy(boxes), out_size, params.mask_thresh
         )
+        if params.mask_offset:
+            (pixels,) = offset_masks(pixels, out_size, (params.mask_offset,))
         result = Instances(tuple(out_size), **{**result.fields, "boxes": boxes, "pixels": pixels})
         size = tuple(out_size)
     if params.convex_refill:

@@ -53,20 +53,26 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
 
 
 def raw_predictions(
-    src: Source, records: list[ImageRecord], *, device: str = "auto", progress: bool = True
+    src: Source,
+    records: list[ImageRecord],
+    *,
+    device: str = "auto",
+    scale: float | None = None,
+    progress: bool = True,
 ) -> list[Instances]:
     """Raw detections (:meth:`Predictor.raw`) of a loaded source on annotated records,
     one image at a time: what ``tune`` searches and ``cv`` stores as OOF predictions.
 
-    Each image is resized as prediction resizes it (a run trained with ``data.scale``
-    sees its images at that scale), so the detections are in that image's pixels and
-    ``image_size``; :func:`~cellstack.inference.tune.truth_at` brings the truth there."""
+    Each image is resized as prediction resizes it (by ``scale``, or as the run says: a
+    run trained with ``data.scale`` sees its images at that scale), so the detections
+    are in that image's pixels and ``image_size``;
+    :func:`~cellstack.inference.tune.truth_at` brings the truth there."""
     from tqdm import tqdm
 
     from cellstack.data.dataset import load_sample
     from cellstack.inference.segmenter import Segmenter
 
-    seg = Segmenter(src, device=device)
+    seg = Segmenter(src, device=device, scale=scale)
     raws = []
     for rec in tqdm(records, desc="predicting", unit="img", disable=not progress):
         image, _ = load_sample(rec)

@@ -31,11 +31,19 @@ from cellstack.data.dataset import rescale_sample
 from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
 from cellstack.data.labels import sparse_from_labels
 from cellstack.data.records import check_image_size
+from cellstack.data.stats import median_diameter
 from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.postprocess import Thresholds, pixels_to_labels
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.sources import Source, load_source
-from cellstack.inference.tune import TuneGrid, TuneResult, tune_thresholds
+from cellstack.inference.tune import (
+    TuneGrid,
+    TuneResult,
+    candidate_scales,
+    choose,
+    grid_with,
+    score_images,
+)
 from cellstack.structures import Instances
 
 #: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
@@ -398,23 +406,30 @@ class Segmenter:
         labels: Sequence[np.ndarray],
         *,
         channel: int | Sequence[int] | None = None,
+        scales: bool = True,
         progress: bool = False,
     ) -> tuple[Segmenter, TuneResult]:
-        """The post-processing thresholds that score best on annotated images (stardist's
-        name): the model runs once per image, then every combination of
+        """The post-processing thresholds (and scale) that score best on annotated
+        images (stardist's name), searched as ``cellstack tune --out`` searches them:
+        the model runs once per image and scale, then every point of
         :meth:`~cellstack.inference.tune.TuneGrid.for_objects` (confidence, mask
-        threshold, mask NMS, minimum size) is scored from the raw detections, per
-        predicted cell type, as ``cellstack tune`` does.
+        threshold, outline offset, mask NMS, minimum size) is scored from the raw
+        detections, per predicted cell type. The scales are those of
+        :func:`~cellstack.inference.tune.candidate_scales`: this segmenter's, and around
+        the one that gives the labels' median cell the size the model trained on.
 
         Args:
             images: 2-D images or image files, as :meth:`__call__` takes them.
             labels: int[H, W] label images of the same sizes, 0 = background.
+            scales: search the scale too (False: this segmenter's scale only).
 
         Returns:
             ``(segmenter, result)``: a segmenter sharing this one's model with the tuned
-            thresholds, and the search (``result.before`` / ``result.after``: mean
-            competition score at the current and the tuned thresholds; ``table()``).
-            Nothing is written: save them with ``cellstack tune`` on a run folder.
+            thresholds and scale, and the search (``result.before`` / ``result.after``:
+            mean competition score at the current and the tuned settings;
+            ``result.loo``: the leave-one-image-out score, what to expect on new images;
+            ``table()``). Nothing is written: ``cellstack tune MODEL DATA --out NEW``
+            writes a tuned model folder.
         """
         images, labels = list(images), list(labels)
         if not images or len(images) != len(labels):
@@ -433,19 +448,28 @@ class Segmenter:
                     f"labels[{k}]: an integer label image of shape {plane.shape} expected, "
                     f"got {label.dtype} {label.shape}"
                 )
-            plane, label = rescale_sample(plane, label, self.scale)  # as the model sees it
             planes.append(plane)
-            truths.append(sparse_from_labels(label.astype(np.int64)))
-        raws = [raw for plane in planes for raw in self.raw([plane])]
-        result = tune_thresholds(
-            raws,
-            truths,
-            self.class_names,
-            self.predictor.thresholds,
-            TuneGrid.for_objects(self.source.area_p1),
-            progress=progress,
-        )
-        return self._sharing_model(thresholds=result.thresholds), result
+            truths.append(label.astype(np.int64))
+        factors = (self.scale,)
+        if scales and self.source.diameter:
+            diameter = median_diameter([sparse_from_labels(t) for t in truths])
+            factors = candidate_scales(self.scale, self.source.diameter, diameter)
+        current = self.predictor.thresholds
+        grid = grid_with(TuneGrid.for_objects(self.source.area_p1), current)
+        scored = []
+        for factor in factors:
+            raws, sparse = [], []
+            for plane, truth in zip(planes, truths, strict=True):
+                plane, truth = rescale_sample(plane, truth, factor)  # as the model sees it
+                raws.extend(self.raw([plane]))
+                sparse.append(sparse_from_labels(truth))
+            scored.append(
+                score_images(
+                    raws, sparse, self.class_names, current, grid, scale=factor, progress=progress
+                )
+            )
+        result = choose(scored, grid, current)
+        return self._sharing_model(scale=result.scale, thresholds=result.thresholds), result
 
     def _planes(
         self,

@@ -21,18 +21,19 @@ never lowers the score on the data it ran on.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
-from cellstack.evaluation.matching import Overlaps, overlaps
-from cellstack.evaluation.metric import score_overlaps
+from cellstack.evaluation.matching import overlaps_disjoint
+from cellstack.evaluation.metric import score_prefixes
 from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
@@ -40,47 +41,74 @@ from cellstack.inference.postprocess import (
     convex_refill,
     majority_type,
     nms_from_overlaps,
+    offset_masks,
     paste_masks,
-    pixels_to_sparse,
     remove_overlaps,
     self_overlaps,
 )
 from cellstack.structures import Instances
+
+#: The searched keys, in the order of a grid point ``(mask_thresh, mask_offset, ...)``.
+KEYS = ("mask_thresh", "mask_offset", "mask_nms_iou", "min_size", "score_thresh")
+#: Scales searched around the one that gives the labels' cells the model's size: the
+#: factors 2**-0.25, 1 and 2**0.25 of it (a median diameter is known to about 20%).
+SCALE_STEPS = (2**-0.25, 1.0, 2**0.25)
 
 
 @dataclass(frozen=True)
 class TuneGrid:
     """Values searched. Every tuning (``cellstack tune``, a CV folder's, the thresholds
     a run chooses after training, :meth:`Segmenter.optimize_thresholds`) searches
-    :meth:`for_objects`: confidences 0.05..0.90, three mask thresholds and NMS levels,
-    and minimum sizes relative to the objects the model trained on. A grid built by hand
-    searches the fields given and these defaults for the rest (one mask threshold)."""
+    :meth:`for_objects`: what moves an annotation convention (the mask threshold across
+    the soft mask's range, an outline offset, the confidence across its range) and what
+    removes false cells (mask NMS, minimum sizes relative to the objects the model
+    trained on). A grid built by hand searches the fields given and these defaults for
+    the rest (one mask threshold, no offset)."""
 
     mask_thresh: tuple[float, ...] = (0.45,)
+    mask_offset: tuple[float, ...] = (0.0,)
     mask_nms_iou: tuple[float, ...] = (0.1, 0.2, 0.3)
     min_size: tuple[int, ...] = (0,)
-    score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.901, 0.05), 2).tolist())
+    score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())
 
     @classmethod
     def for_objects(cls, area_p1: float | None) -> TuneGrid:
         """The grid, with minimum sizes relative to the data: 0, 1/2 and 1x ``area_p1``
         (px), the first percentile of the training objects' areas. Where that is
         unknown (a run that did not record it), the original solution's 0, 50, 75, 100
-        and 150 px; 0 is always searched, so a size rule never costs on its data."""
+        and 150 px; 0 is always searched, so a size rule never costs on its data.
+
+        Mask thresholds 0.2..0.9 and outline offsets of -12%..+8% of each cell's
+        diameter: another lab's outlines drawn 1.46x the area of ours are 21% wider
+        across, 10% per side; the mask threshold moves an outline by a pixel or two."""
         if area_p1 and area_p1 > 0:
             sizes = {0, int(area_p1 // 2), int(area_p1)}
         else:
             sizes = {0, 50, 75, 100, 150}
-        return cls(mask_thresh=(0.35, 0.45, 0.55), min_size=tuple(sorted(sizes)))
+        return cls(
+            mask_thresh=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+            mask_offset=(-0.12, -0.08, -0.04, 0.0, 0.04, 0.08),
+            min_size=tuple(sorted(sizes)),
+        )
 
     def including(self, p: PostprocessParams) -> TuneGrid:
         """This grid plus the values of ``p``."""
-        return TuneGrid(
-            *(
-                tuple(sorted({*getattr(self, k), getattr(p, k)}))
-                for k in ("mask_thresh", "mask_nms_iou", "min_size", "score_thresh")
-            )
-        )
+        return TuneGrid(*(tuple(sorted({*getattr(self, k), getattr(p, k)})) for k in KEYS))
+
+    def points(self) -> list[tuple]:
+        """Every grid point ``(mask_thresh, mask_offset, mask_nms_iou, min_size,
+        score_thresh)``, in the order :func:`score_grid` scores them."""
+        return list(itertools.product(*(getattr(self, k) for k in KEYS)))
+
+
+def key_of(p: PostprocessParams) -> tuple:
+    """The grid point of ``p``."""
+    return tuple(getattr(p, k) for k in KEYS)
+
+
+def _as_params(key: tuple, base: PostprocessParams) -> PostprocessParams:
+    values = dict(zip(KEYS, key, strict=True))
+    return replace(base, **{**values, "min_size": int(values["min_size"])})
 
 
 @dataclass
@@ -91,13 +119,22 @@ class TuneResult:
         thresholds: the tuned thresholds.
         groups: ``{group: {"images", "before", "after", "params"}}``.
         before, after: mean score over all images with the old and the tuned thresholds
-            (each image with its type's thresholds).
+            (each image with its type's thresholds) at the old and the chosen scale.
+        loo: leave-one-image-out score: each image scored with what the search chooses
+            on the other images (their scale too); how well the choice carries to an
+            image it did not see. NaN with one image.
+        scale: the resize factor chosen (``scale_before`` the one the model had);
+            ``scales``: those searched.
     """
 
     thresholds: Thresholds
     groups: dict[str, dict] = field(default_factory=dict)
     before: float = float("nan")
     after: float = float("nan")
+    loo: float = float("nan")
+    scale: float = 1.0
+    scale_before: float = 1.0
+    scales: tuple[float, ...] = (1.0,)
 
     def table(self) -> str:
         lines = [f"{'group':<10}{'images':>7}{'before':>9}{'after':>9}  thresholds"]
@@ -105,10 +142,21 @@ class TuneResult:
             p = g["params"]
             lines.append(
                 f"{name:<10}{g['images']:>7}{g['before']:>9.4f}{g['after']:>9.4f}  "
-                f"mask {p.mask_thresh} nms {p.mask_nms_iou} min_size {p.min_size} "
-                f"score {p.score_thresh}"
+                f"mask {p.mask_thresh} offset {p.mask_offset:+g} nms {p.mask_nms_iou} "
+                f"min_size {p.min_size} score {p.score_thresh}"
             )
         lines.append(f"{'overall':<10}{'':>7}{self.before:>9.4f}{self.after:>9.4f}")
+        if len(self.scales) > 1:
+            lines.append(
+                f"scale {self.scale:.4g} (was {self.scale_before:.4g}; searched "
+                + ", ".join(f"{s:.3g}" for s in self.scales)
+                + ")"
+            )
+        if not np.isnan(self.loo):
+            lines.append(
+                f"leave-one-image-out score {self.loo:.4f} (each image scored with what the "
+                "other images chose: what to expect on new images)"
+            )
         return "\n".join(lines)
 
 
@@ -128,37 +176,179 @@ def score_grid(
         convex: apply the convex refill (fixed, not searched).
 
     Returns:
-        ``{(mask_thresh, mask_nms_iou, min_size, score_thresh): score}``.
+        ``{(mask_thresh, mask_offset, mask_nms_iou, min_size, score_thresh): score}``,
+        in the order of :meth:`TuneGrid.points`.
     """
     size = raw.image_size
     raw = raw[confidence_order(raw.scores)]
     scores = raw.scores.float().numpy()
     raw = raw[scores >= min(grid.score_thresh)]
     scores = scores[scores >= min(grid.score_thresh)]
-    n_truth = truth.shape[0]
     out = {}
     for mt in grid.mask_thresh:
-        pixels = paste_masks(raw.roi_masks, raw.boxes, size, mt)
-        sizes = np.array([len(p) for p in pixels], dtype=np.int64)
-        ov_self = self_overlaps(pixels, size)
-        for nms in grid.mask_nms_iou:
-            kept = nms_from_overlaps(ov_self, len(pixels), nms)
-            for min_size in grid.min_size:
-                sel = kept[(sizes[kept] > 0) & (sizes[kept] >= min_size)]
-                pix = [pixels[i] for i in sel]
-                if convex:
-                    pix = convex_refill(pix, size)
-                pix = remove_overlaps(pix, size)
-                nonempty = np.array([len(p) > 0 for p in pix], dtype=bool)
-                final = [p for p, ok in zip(pix, nonempty, strict=True) if ok]
-                final_scores = scores[sel][nonempty]
-                ov = overlaps(truth, pixels_to_sparse(final, size))
-                for st in grid.score_thresh:
-                    k = int((final_scores >= st).sum())  # a prefix: scores are sorted
-                    keep = ov.pred_idx < k
-                    sub = Overlaps(n_truth, k, ov.truth_idx[keep], ov.pred_idx[keep], ov.iou[keep])
-                    out[(mt, nms, min_size, st)] = score_overlaps(sub).score
+        pasted = paste_masks(raw.roi_masks, raw.boxes, size, mt)
+        for off, pixels in zip(
+            grid.mask_offset, offset_masks(pasted, size, grid.mask_offset), strict=True
+        ):
+            sizes = np.array([len(p) for p in pixels], dtype=np.int64)
+            ov_self = self_overlaps(pixels, size)
+            for nms in grid.mask_nms_iou:
+                kept = nms_from_overlaps(ov_self, len(pixels), nms)
+                for min_size in grid.min_size:
+                    sel = kept[(sizes[kept] > 0) & (sizes[kept] >= min_size)]
+                    pix = [pixels[i] for i in sel]
+                    if convex:
+                        pix = convex_refill(pix, size)
+                    pix = remove_overlaps(pix, size)
+                    nonempty = np.array([len(p) > 0 for p in pix], dtype=bool)
+                    final = [p for p, ok in zip(pix, nonempty, strict=True) if ok]
+                    final_scores = scores[sel][nonempty]
+                    ov = overlaps_disjoint(truth, final)
+                    # A confidence threshold keeps a prefix: the scores are sorted.
+                    kept_at = [int((final_scores >= st).sum()) for st in grid.score_thresh]
+                    for st, value in zip(
+                        grid.score_thresh, score_prefixes(ov, kept_at), strict=True
+                    ):
+                        out[(mt, off, nms, min_size, st)] = float(value)
     return out
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One scale's search: per image its predicted type and its score at every grid
+    point (float64[images, points], columns in ``points`` order)."""
+
+    scale: float
+    types: list[str | None]
+    scores: np.ndarray
+
+
+class _Search:
+    """Chooses thresholds (per type and default) and a scale on any subset of images:
+    the one rule behind the tuned result and its leave-one-image-out score."""
+
+    def __init__(self, scored: list[_Scored], points: list[tuple], current: Thresholds) -> None:
+        self.scored, self.points, self.current = scored, points, current
+        self.index = {p: k for k, p in enumerate(points)}
+
+    def current_column(self, cell_type: str | None) -> int:
+        return self.index[key_of(self.current.per_type.get(cell_type, self.current.default))]
+
+    def choose(self, at: _Scored, members: np.ndarray) -> tuple[int, dict[str, int]]:
+        """Best default column over ``members`` (bool[images]) and the best per type."""
+        default = int(np.argmax(at.scores[members].mean(axis=0)))
+        per_type = {}
+        for t in sorted({t for t, m in zip(at.types, members, strict=True) if m and t}):
+            rows = members & np.array([x == t for x in at.types])
+            per_type[t] = int(np.argmax(at.scores[rows].mean(axis=0)))
+        return default, per_type
+
+    @staticmethod
+    def applied(at: _Scored, default: int, per_type: dict[str, int], rows) -> np.ndarray:
+        """Each image's score with its type's column (the default for other types)."""
+        return np.array([at.scores[i, per_type.get(at.types[i], default)] for i in rows])
+
+    def best(self, members: np.ndarray) -> tuple[_Scored, int, dict[str, int], float]:
+        """The scale (and its choice) with the best mean score over ``members``; the
+        earliest scale wins a tie (the model's own comes first)."""
+        top = None
+        rows = np.flatnonzero(members)
+        for at in self.scored:
+            default, per_type = self.choose(at, members)
+            mean = float(self.applied(at, default, per_type, rows).mean())
+            if top is None or mean > top[3]:
+                top = (at, default, per_type, mean)
+        return top
+
+    def loo(self) -> float:
+        n = len(self.scored[0].types)
+        if n < 2:
+            return float("nan")
+        out = []
+        for i in range(n):
+            others = np.ones(n, dtype=bool)
+            others[i] = False
+            at, default, per_type, _ = self.best(others)
+            out.append(float(self.applied(at, default, per_type, [i])[0]))
+        return float(np.mean(out))
+
+
+def score_images(
+    raws: list[Instances],
+    records: Sequence[ImageRecord | sp.csr_matrix],
+    class_names: Sequence[str],
+    current: Thresholds,
+    grid: TuneGrid,
+    *,
+    scale: float = 1.0,
+    progress: bool = True,
+) -> _Scored:
+    """Every image's score at every point of ``grid`` (see the module docstring)."""
+    from tqdm import tqdm
+
+    types, rows = [], []
+    for raw, rec in tqdm(
+        list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
+    ):
+        cell_type = majority_type(raw.classes, class_names)
+        base = current.per_type.get(cell_type, current.default)
+        truth = truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec
+        rows.append(list(score_grid(raw, truth, grid, convex=base.convex_refill).values()))
+        types.append(cell_type)
+    return _Scored(scale, types, np.asarray(rows, dtype=np.float64))
+
+
+def grid_with(grid: TuneGrid | None, current: Thresholds) -> TuneGrid:
+    """``grid`` (default :meth:`TuneGrid.for_objects` with sizes unknown) with every
+    value of ``current``: tuning never lowers the score on the data it ran on."""
+    grid = grid or TuneGrid.for_objects(None)
+    for p in (current.default, *current.per_type.values()):
+        grid = grid.including(p)
+    return grid
+
+
+def choose(scored: list[_Scored], grid: TuneGrid, current: Thresholds) -> TuneResult:
+    """The tuned result from one search per scale (``scored[0]``: the model's own)."""
+    points = grid.points()
+    search = _Search(scored, points, current)
+    n = len(scored[0].types)
+    everything = np.ones(n, dtype=bool)
+    at, default_col, per_type_cols, after = search.best(everything)
+    own = scored[0]
+    before = [own.scores[i, search.current_column(t)] for i, t in enumerate(own.types)]
+    default = _as_params(points[default_col], current.default)
+    per_type = {
+        t: _as_params(points[c], current.per_type.get(t, current.default))
+        for t, c in per_type_cols.items()
+    }
+    groups = {}
+    for t, c in per_type_cols.items():
+        rows = [i for i, x in enumerate(at.types) if x == t]
+        old_rows = [i for i, x in enumerate(own.types) if x == t]
+        groups[t] = {
+            "images": len(rows),
+            "before": float(np.mean([own.scores[i, search.current_column(t)] for i in old_rows]))
+            if old_rows
+            else float("nan"),
+            "after": float(at.scores[rows, c].mean()),
+            "params": per_type[t],
+        }
+    groups["all"] = {
+        "images": n,
+        "before": float(own.scores[:, search.index[key_of(current.default)]].mean()),
+        "after": float(at.scores[:, default_col].mean()),
+        "params": default,
+    }
+    return TuneResult(
+        Thresholds(default, per_type),
+        groups,
+        float(np.mean(before)),
+        after,
+        search.loo(),
+        at.scale,
+        own.scale,
+        tuple(s.scale for s in scored),
+    )
 
 
 def tune_thresholds(
@@ -169,7 +359,8 @@ def tune_thresholds(
     grid: TuneGrid | None = None,
     progress: bool = True,
 ) -> TuneResult:
-    """Search the grid per predicted cell type (see the module docstring).
+    """Search the grid per predicted cell type (see the module docstring), at the scale
+    the detections were made at.
 
     Args:
         raws: raw detections per image (:meth:`Segmenter.raw`).
@@ -179,71 +370,26 @@ def tune_thresholds(
             (always part of the grid); grid: default :meth:`TuneGrid.for_objects` with
             the training objects' sizes unknown.
     """
-    from tqdm import tqdm
+    grid = grid_with(grid, current)
+    scored = score_images(raws, records, class_names, current, grid, progress=progress)
+    return choose([scored], grid, current)
 
-    grid = grid or TuneGrid.for_objects(None)
-    for p in (current.default, *current.per_type.values()):
-        grid = grid.including(p)
-    groups: dict[str, list[dict[tuple, float]]] = defaultdict(list)
-    types = []
-    for raw, rec in tqdm(
-        list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
-    ):
-        cell_type = majority_type(raw.classes, class_names)
-        base = current.per_type.get(cell_type, current.default)
-        truth = truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec
-        scores = score_grid(raw, truth, grid, convex=base.convex_refill)
-        groups["all"].append(scores)
-        if cell_type is not None:
-            groups[cell_type].append(scores)
-        types.append(cell_type)
 
-    def key_of(p: PostprocessParams) -> tuple:
-        return (p.mask_thresh, p.mask_nms_iou, p.min_size, p.score_thresh)
+def candidate_scales(current: float, model_diameter: float | None, labels_diameter: float):
+    """The resize factors a calibration searches: ``current`` first (the model's own),
+    then :data:`SCALE_STEPS` around the factor that brings the labels' median diameter
+    to the model's (around ``current`` when the model's is unknown), within
+    :data:`~cellstack.inference.segmenter.MAX_RESIZE`."""
+    from cellstack.inference.segmenter import MAX_RESIZE
 
-    def best(per_image: list[dict[tuple, float]]) -> tuple[tuple, float]:
-        keys = per_image[0].keys()
-        means = {k: float(np.mean([s[k] for s in per_image])) for k in keys}
-        top = max(means.values())
-        return next(k for k in keys if means[k] == top), top
-
-    def as_params(key: tuple, base: PostprocessParams) -> PostprocessParams:
-        return replace(
-            base, mask_thresh=key[0], mask_nms_iou=key[1], min_size=int(key[2]), score_thresh=key[3]
-        )
-
-    result_groups = {}
-    default_key, _ = best(groups["all"])
-    default = as_params(default_key, current.default)
-    per_type = {}
-    for name in sorted(k for k in groups if k != "all"):
-        key, _ = best(groups[name])
-        per_type[name] = as_params(key, current.per_type.get(name, current.default))
-    tuned = Thresholds(default, per_type)
-    before, after = [], []
-    for name, members in groups.items():
-        if name == "all":
-            continue
-        old_key = key_of(current.per_type.get(name, current.default))
-        new_key = key_of(per_type[name])
-        result_groups[name] = {
-            "images": len(members),
-            "before": float(np.mean([s[old_key] for s in members])),
-            "after": float(np.mean([s[new_key] for s in members])),
-            "params": per_type[name],
-        }
-    for scores, t in zip(groups["all"], types, strict=True):
-        old = current.per_type.get(t, current.default) if t else current.default
-        new = tuned.per_type.get(t, tuned.default) if t else tuned.default
-        before.append(scores[key_of(old)])
-        after.append(scores[key_of(new)])
-    result_groups["all"] = {
-        "images": len(groups["all"]),
-        "before": float(np.mean([s[key_of(current.default)] for s in groups["all"]])),
-        "after": float(np.mean([s[default_key] for s in groups["all"]])),
-        "params": default,
-    }
-    return TuneResult(tuned, result_groups, float(np.mean(before)), float(np.mean(after)))
+    centre = current if not model_diameter else model_diameter / labels_diameter
+    lo, hi = MAX_RESIZE
+    out = [current]
+    for step in SCALE_STEPS:
+        s = float(np.clip(round(centre * step, 4), lo, hi))
+        if all(abs(np.log(s / x)) > 0.05 for x in out):
+            out.append(s)
+    return tuple(out)
 
 
 def truth_at(rec: ImageRecord, size: tuple[int, int]) -> sp.csr_matrix:
@@ -261,10 +407,60 @@ def truth_at(rec: ImageRecord, size: tuple[int, int]) -> sp.csr_matrix:
     return sparse_from_labels(resize_labels(sparse_to_labels(masks, rec.shape), size))
 
 
+def calibrate(
+    src,
+    records: Sequence[ImageRecord],
+    *,
+    grid: TuneGrid | None = None,
+    scales: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> TuneResult:
+    """Calibrate a model to annotated images without training: the thresholds of
+    :meth:`TuneGrid.for_objects` per cell type and, with ``scales``, the resize factor
+    (:func:`candidate_scales`: the labels' median diameter against the model's).
+
+    Args:
+        src: a :class:`~cellstack.inference.sources.Source`, or what
+            :func:`~cellstack.inference.sources.load_source` loads (a run, a built-in).
+        records: the annotated images.
+        scales: search the scale too (only where the model records its training
+            objects' diameter; a model that does not is calibrated at its own scale).
+
+    Returns:
+        The search; ``result.scale`` is the factor to predict at.
+    """
+    from cellstack.data.stats import median_diameter
+    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.segmenter import resize_factor
+    from cellstack.inference.sources import Source, load_source
+
+    if not isinstance(src, Source):
+        src = load_source(src)
+    if not records:
+        raise CellstackError("calibration needs at least one annotated image")
+    current = resize_factor(src, None, None)
+    factors = (current,)
+    if scales and src.diameter:
+        labels = median_diameter([r.sparse_masks() for r in records])
+        factors = candidate_scales(current, src.diameter, labels)
+    grid = grid_with(grid or TuneGrid.for_objects(src.area_p1), src.thresholds)
+    scored = []
+    for s in factors:
+        raws = raw_predictions(src, records, device=device, scale=s, progress=progress)
+        scored.append(
+            score_images(
+                raws, records, src.class_names, src.thresholds, grid, scale=s, progress=progress
+            )
+        )
+    return choose(scored, grid, src.thresholds)
+
+
 def run_tune(
     source_path,
     data,
     *,
+    out=None,
     fold: int | None = None,
     overrides: tuple[str, ...] = (),
     device: str = "auto",
@@ -272,45 +468,138 @@ def run_tune(
     progress: bool = True,
     allow_unfinished: bool = False,
 ) -> tuple[TuneResult, object]:
-    """``cellstack tune``: predict ``data`` (or its fold ``fold``) once with a run or an
-    ensemble, search thresholds, write ``thresholds.yaml``; returns (result, its path).
+    """``cellstack tune``: predict ``data`` (or its fold ``fold``) with a model, a
+    built-in or an ensemble, search thresholds, write them; returns (result, where).
 
-    A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
+    With ``out``, a new model folder is written there (:func:`write_tuned`: the
+    weights, the tuned thresholds and scale, a card saying what it was tuned on) and
+    the source is never touched: the way to calibrate a built-in. Without it, a run's
+    (or an ensemble's) ``thresholds.yaml`` is written in place, at the model's own
+    scale. A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
     instead, without running a model; ``data`` then defaults to the CV's data.
     ``allow_unfinished``: a run without ``model.pt`` uses its latest checkpoint.
     """
     from cellstack.data.layouts import load_dataset
     from cellstack.inference.cvfolder import CVFolder
-    from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source, write_thresholds
-    from cellstack.modeling.builtin import models_root
+    from cellstack.modeling.builtin import models_root, resolve_run
 
     cv = CVFolder.find(source_path)
     if cv is not None:
+        if out is not None:
+            raise CellstackError(f"{source_path}: --out takes a model, not a CV folder")
         return _tune_cv(cv, data, fold, overrides, grid, progress)
     if data is None:
         raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
-    src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
-    if src.thresholds_path is not None and src.thresholds_path.parent.resolve().is_relative_to(
-        models_root().resolve()
-    ):
+    folder = resolve_run(source_path, quiet=True)
+    builtin = folder.resolve().is_relative_to(models_root().resolve())
+    if out is not None:
+        _check_out(Path(out), folder)
+    elif builtin:
         raise CellstackError(
-            f"{source_path} is a built-in model, which tune does not change; finetune it "
-            f"(cellstack train DATA --config configs/finetune.yaml init.from={source_path}) "
-            "and tune that run, or pass predict.* thresholds to predict"
+            f"{source_path} is a built-in model, which tune never changes; give --out NEW "
+            f"to write a tuned copy (cellstack tune {source_path} {data} --out NEW), then "
+            "predict with NEW"
+        )
+    src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
+    if out is not None and folder.is_file():
+        raise CellstackError(
+            f"{source_path}: --out takes a model (a run or a built-in); an ensemble is "
+            "tuned in place (thresholds.yaml beside its YAML)"
         )
     records = _fold_records(load_dataset(data), data, fold)
-    raws = raw_predictions(src, records, device=device, progress=progress)
     grid = grid or TuneGrid.for_objects(src.area_p1)
-    result = tune_thresholds(raws, records, src.class_names, src.thresholds, grid, progress)
+    result = calibrate(
+        src, records, grid=grid, scales=out is not None, device=device, progress=progress
+    )
+    what = f"{len(records)} images of {data}" + (f" (fold {fold})" if fold is not None else "")
+    summary = f"score {result.before:.4f} -> {result.after:.4f}"
+    if not np.isnan(result.loo):
+        summary += f" (leave-one-image-out {result.loo:.4f})"
+    if out is not None:
+        write_tuned(folder, Path(out), result, f"{what}; {summary}", allow_unfinished)
+        return result, Path(out)
     write_thresholds(
-        src.thresholds_path,
-        result.thresholds,
-        f"written by cellstack tune on {len(records)} images of {data}"
-        + (f" (fold {fold})" if fold is not None else "")
-        + f"; score {result.before:.4f} -> {result.after:.4f}",
+        src.thresholds_path, result.thresholds, f"written by cellstack tune on {what}; {summary}"
     )
     return result, src.thresholds_path
+
+
+def _check_out(out: Path, source: Path) -> None:
+    """Refuse an ``--out`` that would write into the package, the source or a folder
+    that holds anything: a tuned model is always a new folder."""
+    from cellstack.modeling.builtin import models_root
+
+    where = out.resolve()
+    if where.is_relative_to(models_root().resolve()):
+        raise CellstackError(f"{out}: inside cellstack's built-in models; choose another --out")
+    if where == source.resolve() or where.is_relative_to(source.resolve()):
+        raise CellstackError(f"{out}: inside the model being tuned; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CellstackError(f"{out}: exists and is not an empty folder; choose another --out")
+
+
+def write_tuned(
+    source: Path, out: Path, result: TuneResult, summary: str, allow_unfinished: bool = False
+) -> None:
+    """A new model folder at ``out``: the weights of ``source`` (a run or a built-in;
+    copied, so ``out`` keeps working whatever happens to the source), its training
+    objects' statistics, its licences, the tuned ``thresholds.yaml``, the chosen scale
+    as the config's ``data.scale`` (predict's default) and its model card with a line
+    saying what it was tuned on. Laid out as a built-in (safetensors, no pickle), so
+    everything that takes a run takes it. Written into a temporary sibling folder and
+    renamed, so ``out`` is either complete or absent."""
+    import datetime
+    import json
+    import shutil
+    import tempfile
+    from dataclasses import replace as copy_with
+
+    from cellstack.inference.sources import THRESHOLDS, write_thresholds
+    from cellstack.modeling import files
+    from cellstack.modeling.builtin import CARD, META, is_builtin_folder, write_builtin
+
+    cfg, class_names, weights = files.load_run(source, allow_unfinished=allow_unfinished)
+    meta = {}
+    if is_builtin_folder(source):
+        meta = json.loads((source / META).read_text(encoding="utf-8"))
+    dtype = str(meta.get("weights_dtype", "float32"))  # a built-in's float16 stays so
+    cfg = copy_with(cfg, data=copy_with(cfg.data, scale=round(float(result.scale), 4)))
+    stats = files.run_data_stats(source)
+    state = files.final_state(weights, cfg, class_names, stats)
+    if isinstance(meta.get("versions"), dict):  # what trained the weights, not this tune
+        state["versions"] = meta["versions"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_builtin(tmp, state, dtype=getattr(torch, dtype))
+        if stats is not None:
+            (tmp / "data_stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        if (source / "LICENSES.md").is_file():
+            shutil.copyfile(source / "LICENSES.md", tmp / "LICENSES.md")
+        write_thresholds(
+            tmp / THRESHOLDS, result.thresholds, f"written by cellstack tune on {summary}"
+        )
+        card = (
+            (source / CARD).read_text(encoding="utf-8")
+            if (source / CARD).is_file()
+            else (f"# Model tuned from `{source.name}`\n")
+        )
+        p = result.thresholds.default
+        card = card.rstrip() + (
+            ("\n\n## Tuned\n" if "\n## Tuned\n" not in card else "\n")
+            + f"\n- {datetime.date.today().isoformat()}: `cellstack tune` from `{source}` on "
+            f"{summary}; scale {result.scale_before:.4g} -> {result.scale:.4g}; mask "
+            f"{p.mask_thresh}, offset {p.mask_offset:+g}, score {p.score_thresh}, nms "
+            f"{p.mask_nms_iou}, min_size {p.min_size}.\n"
+        )
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (checked before the model ran)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _fold_records(records: list, data, fold: int | None) -> list:

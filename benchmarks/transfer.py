@@ -1,0 +1,294 @@
+"""Transfer between labs: train on all of mnfinder's sources but one, score the one left out.
+
+mnfinder's 49 images (training, validation and test splits together) fall into three
+sources that differ in cell line, stain, microscope and dtype (``info.csv``'s group):
+
+- ``RPE1``: five dates of RPE-1 nuclei, uint16 768x869;
+- ``U2OS``: dense U2OS nuclei, uint16 768x869;
+- ``misc``: HFF, HeLa, MCC13 and others from several microscopes, uint8 and uint16,
+  512 and 1024 px.
+
+For every variant (``--variant NAME key=value ...``; ``base`` is the built-in
+``nuclei`` recipe of ``train_builtin.py`` at ``--iterations``) and every held-out
+source, a run trains on the other two and is scored on the held-out one, and on a
+synthetic fluorescent-nuclei set it never saw (``synthetic``, exact outlines, sizes
+drawn from the held-out sources' range). Each row gives the competition score, AP50,
+recall at IoU 0.5, the mean IoU of matched cells, and the median predicted / true area
+of matched cells (above 1: masks drawn too large). ``--curve K`` also scores the
+held-out source every K iterations while training (raw weights, the config's
+thresholds): how long to train before fitting two sources starts to hurt the third.
+
+    python benchmarks/transfer.py [--iterations 400] [--variant NAME k=v ...]
+        [--no-base] [--curve 100] [--work DIR] [--out benchmarks/results/transfer.json]
+
+Runs are kept in ``--work`` (a finished one is scored again, not retrained; an
+interrupted one resumes). Prints one table per variant and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import realdata
+import train_builtin
+
+SOURCES = ("RPE1", "U2OS", "misc")
+
+
+def source_of(group: str) -> str:
+    """The source of an mnfinder image set (``2022-03-18_RPE1`` -> ``RPE1``)."""
+    return next(s for s in SOURCES if group.endswith(s))
+
+
+def source_folders(root: Path, work: Path) -> dict[str, Path]:
+    """One label folder per source (symlinks to the converted mnfinder files; ids get
+    their split's side as a prefix, as train and test reuse a few stems)."""
+    with open(root / "info.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for source in SOURCES:
+        folder = work / "sources" / source
+        for sub in ("images", "labels"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            if source_of(row["group"]) != source:
+                continue
+            for sub in ("images", "labels"):
+                link = folder / sub / f"{row['side']}__{row['id']}.tif"
+                if not link.exists():
+                    link.symlink_to((root / row["side"] / sub / f"{row['id']}.tif").resolve())
+        out[source] = folder
+    return out
+
+
+def union(folders: list[Path], out: Path) -> Path:
+    """A label folder of symlinks to every image of ``folders``."""
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for folder in folders:
+            for p in sorted((folder / sub).glob("*.tif")):
+                link = out / sub / f"{folder.name}__{p.name}"
+                if not link.exists():
+                    link.symlink_to(p.resolve())
+    return out
+
+
+def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11) -> Path:
+    """Synthetic fluorescent nuclei (exact outlines) at the real sources' sizes: each
+    image resized so its median nucleus is drawn from 15-45 px across."""
+    folder = work / "synthetic_nuclei"
+    if (folder / ".complete").is_file():
+        return folder
+    import cv2
+
+    from cellstack.data.synthetic import generate_image
+
+    rng = np.random.default_rng(seed)
+
+    def items():
+        for k in range(n):
+            img = generate_image(rng, "nuclei", (320, 320))
+            ids, counts = np.unique(img.labels[img.labels > 0], return_counts=True)
+            diameter = float(np.median(2 * np.sqrt(counts / np.pi))) if len(ids) else 12.0
+            s = rng.uniform(15, 45) / diameter
+            h, w = (round(d * s) for d in img.image.shape)
+            image = cv2.resize(img.image, (w, h), interpolation=cv2.INTER_LINEAR)
+            labels = cv2.resize(img.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+            yield f"synthetic_{k}", image, labels
+
+    return train_builtin._label_folder(folder, items(), "nucleus")
+
+
+def held_out_curve(records: list, every: int, path: Path):
+    """A training hook: the held-out score every ``every`` iterations (raw weights, the
+    config's thresholds), appended to ``path`` as json lines (kept across resumes)."""
+    from cellstack.engine.hooks import HookBase
+
+    class HeldOutCurve(HookBase):
+        def after_step(self, loop) -> None:
+            _curve_step(loop, records, every, path)
+
+    return HeldOutCurve()
+
+
+def _curve_step(loop, records: list, every: int, path: Path) -> None:
+    if loop.iteration % every:
+        return
+    from cellstack.engine.trainer import validate
+
+    score = validate(loop.model, records, loop.cfg, loop.device, loop.world)
+    loop.net.train()
+    with open(path, "a") as f:
+        f.write(json.dumps({"iteration": loop.iteration, "score": score}) + "\n")
+    print(f"  iteration {loop.iteration}: held-out {score:.4f}", flush=True)
+
+
+def quality(records: list, preds: dict) -> dict:
+    """Recall at IoU 0.5, mean IoU of matched cells, median predicted / true area of
+    matched cells, over all cells of ``records``."""
+    from cellstack.evaluation.matching import overlaps
+
+    tp = n_true = 0
+    ious, ratios = [], []
+    for rec in records:
+        truth, pred = rec.sparse_masks(), preds[rec.image_id]
+        ov = overlaps(truth, pred)
+        hit = ov.iou >= 0.5  # at most one partner per cell at IoU >= 0.5
+        tp += int(hit.sum())
+        n_true += truth.shape[0]
+        ious.extend(ov.iou[hit].tolist())
+        t_area = np.asarray(truth.sum(axis=1)).ravel()
+        p_area = np.asarray(pred.sum(axis=1)).ravel()
+        ratios.extend((p_area[ov.pred_idx[hit]] / t_area[ov.truth_idx[hit]]).tolist())
+    return {
+        "recall50": tp / max(n_true, 1),
+        "matched_iou": float(np.mean(ious)) if ious else float("nan"),
+        "area_ratio": float(np.median(ratios)) if ratios else float("nan"),
+    }
+
+
+def score(source, folder: Path, out: Path, overrides=()) -> dict:
+    """Predict ``folder``'s images with ``source`` and score them."""
+    from cellstack.data.layouts import load_dataset, load_predictions
+    from cellstack.evaluation.report import evaluate
+    from cellstack.inference.run import predict_folder
+
+    records = load_dataset(folder)
+    predict_folder(
+        source,
+        folder / "images",
+        out,
+        device="cpu",
+        progress=False,
+        overwrite=True,
+        overrides=tuple(overrides),
+    )
+    preds = load_predictions(out / "labels", records)
+    report = evaluate(records, preds, progress=False).to_dict()
+    return {"score": report["score"], "ap50": report["ap50"], **quality(records, preds)}
+
+
+def calibrated(source, folder: Path) -> dict:
+    """The held-out source's leave-one-image-out score after ``cellstack tune`` on it:
+    what calibration on a user's own labels gives, without training."""
+    from cellstack.data.layouts import load_dataset
+    from cellstack.inference.tune import calibrate
+
+    records = load_dataset(folder)
+    t0 = time.perf_counter()
+    result = calibrate(source, records, progress=False)
+    return {
+        "before": result.before,
+        "after": result.after,
+        "loo": result.loo,
+        "scale": result.scale,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_run(overrides: list[str], data: Path, run: Path, curve: tuple | None) -> float:
+    """Train the recipe with ``overrides`` into ``run`` (resumed when interrupted);
+    seconds spent (NaN: already finished)."""
+    from cellstack.config import load_config
+    from cellstack.engine.trainer import train
+
+    if (run / "model.pt").is_file():
+        return float("nan")
+    hooks = [held_out_curve(*curve)] if curve else []
+    t0 = time.perf_counter()
+    if (run / "checkpoint.pt").is_file():
+        train(None, data, run, resume=True, progress=False, hooks=hooks)
+    else:
+        cfg = load_config(train_builtin.ROOT / "configs/demo.yaml", overrides)
+        train(cfg, data, run, progress=False, hooks=hooks)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--variant", nargs="+", action="append", default=[])
+    parser.add_argument("--no-base", action="store_true")
+    parser.add_argument("--held-out", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--curve", type=int, default=0, help="score the held-out every K its")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-transfer")
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.json"))
+    parser.add_argument("--train-only", action="store_true", help="train the runs, score none")
+    args = parser.parse_args()
+
+    from cellstack.data.layouts import load_dataset
+
+    realdata.use_imagenet_package(args.cache)
+    root = realdata.mnfinder_folders(args.cache)
+    work = args.work
+    folders = source_folders(root, work)
+    synthetic = synthetic_nuclei(work)
+    recipe = [
+        *train_builtin.RECIPES["nuclei"]["overrides"][:4],
+        f"train.iterations={args.iterations}",
+        "train.eval_every=0",
+    ]
+    variants = ([] if args.no_base else [["base"]]) + args.variant
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name, *overrides in variants:
+        for held in args.held_out:
+            tag = f"{name}_{args.iterations}_{held}"
+            train_dir = union([folders[s] for s in SOURCES if s != held], work / f"train_{held}")
+            run = work / "runs" / tag
+            curve_path = work / "runs" / f"{tag}.curve.jsonl"
+            curve = (load_dataset(folders[held]), args.curve, curve_path) if args.curve else None
+            print(f"{tag}: training on {train_dir.name}", flush=True)
+            seconds = train_run([*recipe, *overrides], train_dir, run, curve)
+            if args.train_only:
+                continue
+            row = {
+                "overrides": overrides,
+                "iterations": args.iterations,
+                "train_seconds": seconds,
+                "held_out": score(run, folders[held], work / "pred" / tag),
+                "synthetic": score(run, synthetic, work / "pred" / f"{tag}_synthetic"),
+                "calibrated": calibrated(run, folders[held]),
+            }
+            if curve_path.is_file():
+                row["curve"] = [json.loads(x) for x in curve_path.read_text().splitlines()]
+            results[tag] = row
+            h, c = row["held_out"], row["calibrated"]
+            print(
+                f"{tag}: held-out {h['score']:.4f} (AP50 {h['ap50']:.3f}, recall50 "
+                f"{h['recall50']:.3f}, matched IoU {h['matched_iou']:.3f}, area x"
+                f"{h['area_ratio']:.2f}); calibrated LOO {c['loo']:.4f}; synthetic "
+                f"{row['synthetic']['score']:.4f}; {seconds:.0f} s",
+                flush=True,
+            )
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print(
+        "| run | held-out score | AP50 | recall50 | matched IoU | area ratio | calibrated "
+        "(LOO) | synthetic | train s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for tag, r in results.items():
+        h, c = r["held_out"], r["calibrated"]
+        print(
+            f"| {tag} | {h['score']:.4f} | {h['ap50']:.3f} | {h['recall50']:.3f} | "
+            f"{h['matched_iou']:.3f} | {h['area_ratio']:.2f} | {c['loo']:.4f} | "
+            f"{r['synthetic']['score']:.4f} | {r['train_seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
