@@ -149,6 +149,51 @@ def test_whole_cell_crops_shrink_cells_larger_than_the_crop(tmp_path):
     assert (sides["whole_cells"][:, 1] >= 60).all() and (sides["whole_cells"][:, 0] <= 3).all()
 
 
+def test_zoom_spans_half_to_twice_the_size_and_intensity_keeps_the_normalised_range(tmp_path):
+    # One 20 x 20 px cell: with zoom 1 its side in the crops spans about 10-40 px.
+    records = _one_cell(tmp_path, slice(190, 210), slice(190, 210))
+    plain = load_config(None, ["data.augment.rot90=0"]).data.augment
+    zoomed = load_config(None, ["data.augment.rot90=0", "data.augment.zoom=1"]).data.augment
+    sides = {}
+    for name, augment in (("plain", plain), ("zoom", zoomed)):
+        ds = TrainCrops(
+            records,
+            ["cell"],
+            crop_size=96,
+            augment=augment,
+            length=60,
+            seed=0,
+            crop_sampling="whole_cells",
+        )
+        boxes = torch.cat([ds[i][1]["boxes"] for i in range(len(ds))])
+        sides[name] = (boxes[:, 2] - boxes[:, 0]).numpy()
+    assert set(sides["plain"]) == {20.0}
+    assert sides["zoom"].min() < 13 and sides["zoom"].max() > 30
+    # Intensity: the same crops through a microscope's range, then normalised as
+    # prediction normalises: the labels unchanged, the pixels not, still 0-255.
+    from cellstack.data.dataset import microscope_intensity
+
+    image = np.where(np.arange(64)[:, None] + np.arange(64) > 64, 200, 80).astype(np.uint8)
+    outs = [microscope_intensity(image, np.random.default_rng(k)) for k in range(20)]
+    assert all(o.dtype == np.uint8 and o.shape == image.shape for o in outs)
+    assert all(o.max() >= 250 and o.min() <= 5 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 20
+    lit = [o[image == 200].mean() - o[image == 80].mean() for o in outs]
+    assert min(lit) > 40  # the cell stays brighter than its background in every draw
+    again = microscope_intensity(image, np.random.default_rng(3))
+    np.testing.assert_array_equal(again, outs[3])
+    ds = TrainCrops(
+        records,
+        ["cell"],
+        crop_size=96,
+        augment=load_config(None, ["data.augment.intensity=1"]).data.augment,
+        length=4,
+        seed=0,
+        crop_sampling="cells",
+    )
+    assert all(len(ds[i][1]["boxes"]) == 1 for i in range(4))
+
+
 def test_derived_settings_and_stats_are_stored_in_the_run(small_data, tmp_path):
     overrides = [
         *FAST,

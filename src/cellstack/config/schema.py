@@ -186,7 +186,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentations (albumentations); probabilities in [0, 1]."""
+    """Training augmentations (albumentations); probabilities in [0, 1].
+
+    Attributes:
+        scale_jitter: zoom each crop by 1 +- this (an affine warp of the crop).
+        zoom: resize each training image, before cropping, by a factor drawn
+            log-uniformly from ``1/(1 + zoom)`` to ``1 + zoom`` (1: 0.5-2x), so objects
+            of other sizes than the training ones need no ``--diameter``.
+        intensity: the probability of a microscope's intensity range
+            (:func:`~cellstack.data.dataset.microscope_intensity`: gamma, a dim or bright
+            stain over a background offset, shot noise, few grey levels, defocus), then
+            the percentile normalisation prediction applies.
+    """
 
     hflip: float = 0.5
     vflip: float = 0.5
@@ -195,6 +206,8 @@ class AugmentConfig:
     blur: float = 0.0
     noise: float = 0.0
     scale_jitter: float = 0.0
+    zoom: float = 0.0
+    intensity: float = 0.0
     flip_paste: float = 0.0
     flip_paste_types: tuple[str, ...] = ("cort",)
 

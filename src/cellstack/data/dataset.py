@@ -98,6 +98,33 @@ def _augmenter(cfg: AugmentConfig):
     return A.Compose(steps)
 
 
+def microscope_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8[H, W] -> uint8[H, W] as another microscope might have recorded it, then
+    normalised as prediction normalises every plane (0.5/99.5 percentiles,
+    :func:`~cellstack.data.images.to_gray_uint8`).
+
+    In the image's 0-1 range: a gamma from 0.5 to 2 (a camera's or a stain's
+    non-linear response); the signal dimmed to 15-100% of its range over a background
+    offset of 0-30% (a weak stain, autofluorescence); Gaussian noise of 0.5-4% of the
+    full range (so a dim image is noisy once normalised); in half the cases only 12-255
+    grey levels (a dim 8-bit recording); in a third, a defocus blur of sigma 0.5-2 px.
+    """
+    import cv2
+
+    from cellstack.data.images import to_gray_uint8
+
+    x = image.astype(np.float64) / 255.0
+    x = x ** np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    x = rng.uniform(0.0, 0.3) + x * rng.uniform(0.15, 1.0)
+    if rng.random() < 1 / 3:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 2.0))
+    x = x + rng.normal(0.0, rng.uniform(0.005, 0.04), x.shape)
+    if rng.random() < 0.5:
+        levels = int(rng.integers(12, 256))
+        x = np.round(np.clip(x, 0, 1) * levels) / levels
+    return to_gray_uint8(x)
+
+
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     """uint8[H, W] image resized by ``factor`` to ``max(1, round(d * factor))`` pixels
     per side (area averaging when shrinking, bilinear when growing): the one resize rule
@@ -180,14 +207,20 @@ class TrainCrops(Dataset):
         rng = np.random.default_rng((self.seed, int(index)))
         record = self.records[int(rng.integers(len(self.records)))]
         image, labels = load_sample(record)
-        if self.scale != 1:
-            image, labels = rescale_sample(image, labels, self.scale)
+        factor = self.scale
+        if self.augment.zoom:
+            reach = np.log1p(self.augment.zoom)
+            factor *= float(np.exp(rng.uniform(-reach, reach)))
+        if factor != 1:
+            image, labels = rescale_sample(image, labels, factor)
         image, labels = self._crop(rng, image, labels)
         if self._transform is None:  # built lazily: once per worker process
             self._transform = _augmenter(self.augment)
         self._transform.set_random_seed(int(rng.integers(2**31)))
         out = self._transform(image=image, mask=labels.astype(np.int32))
         image, labels = out["image"], out["mask"]
+        if self.augment.intensity and rng.random() < self.augment.intensity:
+            image = microscope_intensity(image, rng)
         _, masks = instances_from_labels(labels)
         if (
             record.cell_type in self.augment.flip_paste_types

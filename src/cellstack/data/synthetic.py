@@ -16,8 +16,9 @@ phase contrast alone:
 - ``sheet``: a dense confluent sheet of touching polygonal cells (22-32 px) under
   oblique (DIC-like) transmitted light: a relief, bright on the side facing the light
   and dark on the other, with no halo.
-- ``nuclei``: fluorescent nuclei (8-16 px), bright on a dark background, many touching
-  in clusters, with shot noise.
+- ``nuclei``: widefield fluorescent nuclei (8-16 px) on a dark background, dim and
+  bright, many touching in clusters, some out of focus, with shot noise; the masks are
+  the exact outlines (no annotator's margin).
 
 Phase-contrast rendering: a bright halo outside every cell boundary, a dark rim just
 inside it, textured interiors, uneven illumination, out-of-focus ghosts and debris that
@@ -327,14 +328,21 @@ def _render_relief(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
 
 
 def _render_fluorescent(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
-    """Fluorescence-like uint8[H, W] image: bright textured nuclei on a dark background
-    with blur and shot noise."""
+    """Widefield fluorescence uint8[H, W]: textured nuclei on a dark background, dim
+    and bright (a 15x range of stain per nucleus), some out of focus (blurred alone, as
+    a nucleus above or below the focal plane), with blur and shot noise. The labels
+    stay the exact outlines."""
     h, w = labels.shape
     fg = labels > 0
-    brightness = np.concatenate([[0.0], rng.uniform(70, 200, labels.max())]).astype(np.float32)
+    n = int(labels.max())
+    brightness = np.concatenate([[0.0], np.exp(rng.uniform(np.log(15), np.log(230), n))])
     inside = ndimage.distance_transform_edt(fg).astype(np.float32)
-    img = brightness[labels] * (0.75 + 0.25 * (1 - np.exp(-inside / 2.5)))
-    img *= 1 + 0.15 * _smooth_field(rng, (h, w), 3) * fg
+    img = brightness.astype(np.float32)[labels] * (0.75 + 0.25 * (1 - np.exp(-inside / 2.5)))
+    img *= 1 + 0.2 * _smooth_field(rng, (h, w), 3) * fg  # chromatin texture
+    defocused = np.concatenate([[False], rng.random(n) < 0.2])[labels]
+    if defocused.any():
+        soft = cv2.GaussianBlur(np.where(defocused, img, 0), (0, 0), rng.uniform(1.5, 3.0))
+        img = np.where(defocused, 0, img) + soft
     img += rng.uniform(8, 25) + rng.uniform(2, 6) * _smooth_field(rng, (h, w), 200)
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 1.4))
     img = rng.poisson(np.clip(img, 0, None) / 2.0).astype(np.float32) * 2.0  # shot noise
