@@ -50,17 +50,11 @@ def frames(folder: Path, k: int, work: Path) -> tuple[Path, Path]:
         raise SystemExit(
             f"{folder.name} has {len(images)} images: at most {len(images) - SCORED} to train on"
         )
-    out = []
-    for name, chosen in ((f"first{k}", images[:k]), (f"last{SCORED}", images[-SCORED:])):
-        part = work / "few_shot" / f"{folder.name}_{name}"
-        for sub in ("images", "labels"):
-            (part / sub).mkdir(parents=True, exist_ok=True)
-            for p in chosen:
-                link = part / sub / p.name
-                if not link.exists():
-                    link.symlink_to((folder / sub / p.name).resolve())
-        out.append(part)
-    return out[0], out[1]
+    parts = work / "few_shot"
+    return (
+        transfer.subset(folder, images[:k], parts / f"{folder.name}_first{k}"),
+        transfer.subset(folder, images[-SCORED:], parts / f"{folder.name}_last{SCORED}"),
+    )
 
 
 def recipe(name: str, iterations: int, fold: Path) -> tuple[Path, list[str]]:

@@ -181,17 +181,21 @@ def score(source, folder: Path, out: Path, overrides=()) -> dict:
 def split(folder: Path, k: int, work: Path) -> tuple[Path, Path]:
     """Label folders of ``folder``'s first ``k`` images (by name) and of the rest."""
     images = sorted((folder / "images").glob("*.tif"))
-    out = []
-    for name, chosen in (("first", images[:k]), ("rest", images[k:])):
-        part = work / f"{folder.name}_{name}{k}"
-        for sub in ("images", "labels"):
-            (part / sub).mkdir(parents=True, exist_ok=True)
-            for p in chosen:
-                link = part / sub / p.name
-                if not link.exists():
-                    link.symlink_to((folder / sub / p.name).resolve())
-        out.append(part)
-    return out[0], out[1]
+    return (
+        subset(folder, images[:k], work / f"{folder.name}_first{k}"),
+        subset(folder, images[k:], work / f"{folder.name}_rest{k}"),
+    )
+
+
+def subset(folder: Path, images: list[Path], out: Path) -> Path:
+    """A label folder at ``out`` of symlinks to ``images`` of ``folder`` and their labels."""
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for p in images:
+            link = out / sub / p.name
+            if not link.exists():
+                link.symlink_to((folder / sub / p.name).resolve())
+    return out
 
 
 def calibrated(run: Path, folder: Path, work: Path, tag: str, k: int = 3) -> dict:
