@@ -70,45 +70,6 @@ def source_folders(root: Path, work: Path) -> dict[str, Path]:
     return out
 
 
-def union(folders: list[Path], out: Path) -> Path:
-    """A label folder of symlinks to every image of ``folders``."""
-    for sub in ("images", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for folder in folders:
-            for p in sorted((folder / sub).glob("*.tif")):
-                link = out / sub / f"{folder.name}__{p.name}"
-                if not link.exists():
-                    link.symlink_to(p.resolve())
-    return out
-
-
-def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11) -> Path:
-    """Synthetic fluorescent nuclei (``cellstack synth``'s ``nuclei`` look, exact
-    outlines) at the real sources' sizes: each image resized so its median nucleus is
-    drawn from 15-45 px across. Seed 11 is the scored set; training mixes use others."""
-    folder = work / f"synthetic_nuclei_{seed}_{n}"
-    if (folder / ".complete").is_file():
-        return folder
-    import cv2
-
-    from cellstack.data.synthetic import generate_image
-
-    rng = np.random.default_rng(seed)
-
-    def items():
-        for k in range(n):
-            img = generate_image(rng, "nuclei", (320, 320))
-            ids, counts = np.unique(img.labels[img.labels > 0], return_counts=True)
-            diameter = float(np.median(2 * np.sqrt(counts / np.pi))) if len(ids) else 12.0
-            s = rng.uniform(15, 45) / diameter
-            h, w = (round(d * s) for d in img.image.shape)
-            image = cv2.resize(img.image, (w, h), interpolation=cv2.INTER_LINEAR)
-            labels = cv2.resize(img.labels, (w, h), interpolation=cv2.INTER_NEAREST)
-            yield f"synthetic_{k}", image, labels
-
-    return train_builtin._label_folder(folder, items(), "nucleus")
-
-
 def held_out_curve(records: list, every: int, path: Path):
     """A training hook: the held-out score every ``every`` iterations (raw weights, the
     config's thresholds), appended to ``path`` as json lines (kept across resumes)."""
@@ -264,7 +225,7 @@ def main() -> None:
     root = realdata.mnfinder_folders(args.cache)
     work = args.work
     folders = source_folders(root, work)
-    synthetic = synthetic_nuclei(work)
+    synthetic = train_builtin.synthetic_nuclei(work)
     recipe = [
         *train_builtin.RECIPES["nuclei"]["overrides"][:4],
         f"train.iterations={args.iterations}",
@@ -285,9 +246,9 @@ def main() -> None:
             tag = f"{name}_{args.iterations}_{held}"
             parts = [folders[s] for s in SOURCES if s != held]
             if name in extra:
-                parts.append(synthetic_nuclei(work, extra[name], seed=21))
+                parts.append(train_builtin.synthetic_nuclei(work, extra[name], seed=21))
             suffix = f"_syn{extra[name]}" if name in extra else ""
-            train_dir = union(parts, work / f"train_{held}{suffix}")
+            train_dir = train_builtin.union(parts, work / f"train_{held}{suffix}")
             run = work / "runs" / tag
             curve_path = work / "runs" / f"{tag}.curve.jsonl"
             curve = (load_dataset(folders[held]), args.curve, curve_path) if args.curve else None

@@ -79,6 +79,7 @@ def test_python_dash_m_and_help():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
+    from cellstack.data.layouts import load_dataset
     from cellstack.demo import run_demo
 
     result = run_demo(
@@ -88,9 +89,14 @@ def test_demo_runs_end_to_end(tmp_path):
         finetune_overrides=("train.iterations=2",),
         progress=False,
     )
-    expected = {"otsu", "model", "cells zero-shot", "cells finetuned"}
+    expected = {"otsu", "model", "cells zero-shot", "cells calibrated", "cells finetuned"}
     expected |= {"otsu (real nuclei)", "nuclei (real nuclei)"}
     assert set(result.scores) == expected
     assert all(0.0 <= s["score"] <= 1.0 for s in result.scores.values())
+    # Each adapted model says how long its adaptation took.
+    assert all(result.scores[m]["seconds"] > 0 for m in ("model", "cells calibrated"))
+    calibrated = tmp_path / "demo" / "calibrated"
+    assert (calibrated / "thresholds.yaml").is_file()
+    assert len(load_dataset(tmp_path / "demo" / "data" / "demo_calibrate.csv")) == 3
     overlays = list((tmp_path / "demo" / "overlays").glob("*.png"))
     assert overlays and (tmp_path / "demo" / "model" / "submission.csv").is_file()

@@ -106,7 +106,8 @@ def key_of(p: PostprocessParams) -> tuple:
     return tuple(getattr(p, k) for k in KEYS)
 
 
-def _as_params(key: tuple, base: PostprocessParams) -> PostprocessParams:
+def params_at(key: tuple, base: PostprocessParams) -> PostprocessParams:
+    """``base`` with the values of grid point ``key`` (see :meth:`TuneGrid.points`)."""
     values = dict(zip(KEYS, key, strict=True))
     return replace(base, **{**values, "min_size": int(values["min_size"])})
 
@@ -316,9 +317,9 @@ def choose(scored: list[_Scored], grid: TuneGrid, current: Thresholds) -> TuneRe
     at, default_col, per_type_cols, after = search.best(everything)
     own = scored[0]
     before = [own.scores[i, search.current_column(t)] for i, t in enumerate(own.types)]
-    default = _as_params(points[default_col], current.default)
+    default = params_at(points[default_col], current.default)
     per_type = {
-        t: _as_params(points[c], current.per_type.get(t, current.default))
+        t: params_at(points[c], current.per_type.get(t, current.default))
         for t, c in per_type_cols.items()
     }
     groups = {}
