@@ -1,4 +1,4 @@
-"""The README's training recipe end to end on synthetic data, with and without pretraining.
+"""docs/training.md's recipe end to end on synthetic data, with and without pretraining.
 
 1. ``synth --livecell`` (seed 1) stands in for LIVECell and is prepared with
    ``cellstack prepare livecell``; another synthetic set (seed 2) stands in for the
@@ -52,7 +52,7 @@ def main() -> None:
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.cv import rescore, run_cv
     from cellstack.engine.trainer import train
-    from cellstack.inference.tune import run_tune
+    from cellstack.inference.run import run_tune
 
     w = args.work
     base = [

@@ -95,9 +95,10 @@ def main() -> None:
     from cellstack.data.dataset import load_sample
     from cellstack.data.folds import read_folds_csv
     from cellstack.data.layouts import load_dataset
+    from cellstack.data.masks import pixels_to_sparse
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.postprocess import Thresholds, params_from, pixels_to_sparse
+    from cellstack.inference.postprocess import Thresholds, params_from
     from cellstack.inference.predictor import Predictor
     from cellstack.inference.sources import load_source
     from cellstack.inference.tta import FLIPS

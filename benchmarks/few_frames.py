@@ -63,8 +63,8 @@ def main() -> None:
 
     from cellstack.config import load_config
     from cellstack.data.dataset import load_sample
-    from cellstack.data.labels import sparse_from_labels
     from cellstack.data.layouts import load_predictions
+    from cellstack.data.masks import sparse_from_labels
     from cellstack.data.sartorius import read_train_csv, write_train_csv
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.trainer import train

@@ -56,7 +56,7 @@ def box_edge(labels: np.ndarray) -> np.ndarray:
 
 def image_stats(truth: np.ndarray, pred: np.ndarray) -> dict:
     """Mask-shape numbers of one prediction against its truth (both int[H, W] ids)."""
-    from cellstack.data.labels import sparse_from_labels
+    from cellstack.data.masks import sparse_from_labels
     from cellstack.evaluation.matching import overlaps
 
     ov = overlaps(sparse_from_labels(truth), sparse_from_labels(pred))

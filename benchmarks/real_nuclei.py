@@ -73,8 +73,8 @@ def score_folder(source: str | Path, test: Path, work: Path, name: str, override
 
 def otsu_row(test: Path) -> dict:
     from cellstack.data.dataset import load_sample
-    from cellstack.data.labels import sparse_from_labels
     from cellstack.data.layouts import load_dataset
+    from cellstack.data.masks import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
 

@@ -225,6 +225,8 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
         ``(Thresholds, report)``; ``report["sources"][s]``: ``chosen`` (the score at the
         point chosen on all sources) and ``others`` (at the point chosen without ``s``).
     """
+    from dataclasses import replace
+
     from cellstack.data.layouts import load_dataset
     from cellstack.inference.postprocess import Thresholds
     from cellstack.inference.run import raw_predictions
@@ -232,7 +234,10 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
     from cellstack.inference.tune import TuneGrid, params_at, score_images
 
     target = load_source(final)
-    grid = TuneGrid.for_objects(target.area_p1).including(target.thresholds.default)
+    # No minimum size: a built-in meets nuclei of every size (its scale augmentation
+    # spans 0.5-2x), and one derived from mnfinder's nuclei would delete smaller ones
+    # elsewhere; a user's calibration (cellstack tune) searches sizes on their images.
+    grid = replace(TuneGrid.for_objects(None), min_size=(0,))
     points = grid.points()
     means = {}
     for name, (run, folder) in folds.items():
@@ -271,8 +276,8 @@ def score(source, folder: Path, out: Path) -> dict:
 
 def otsu(folder: Path) -> dict:
     from cellstack.data.dataset import load_sample
-    from cellstack.data.labels import sparse_from_labels
     from cellstack.data.layouts import load_dataset
+    from cellstack.data.masks import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
 

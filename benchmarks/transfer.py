@@ -85,7 +85,7 @@ def held_out_curve(records: list, every: int, path: Path):
 def _curve_step(loop, records: list, every: int, path: Path) -> None:
     if loop.iteration % every:
         return
-    from cellstack.engine.trainer import validate
+    from cellstack.engine.hooks import validate
 
     score = validate(loop.model, records, loop.cfg, loop.device, loop.world)
     loop.net.train()
@@ -164,7 +164,7 @@ def calibrated(run: Path, folder: Path, work: Path, tag: str, k: int = 3) -> dic
     images (a user's few labels), then NEW and RUN scored on the rest."""
     import shutil
 
-    from cellstack.inference.tune import run_tune
+    from cellstack.inference.run import run_tune
 
     first, rest = split(folder, k, work / "splits")
     new = work / "tuned" / tag

@@ -6,7 +6,7 @@ Two sets of three 512x512 labelled images: the synthetic fluorescent-nuclei look
 (the whole grid of :meth:`TuneGrid.for_objects` and the scale search), timed end to
 end (reading, predicting at each scale, scoring the grid, writing the new folder).
 
-    python benchmarks/tune_speed.py [--real] [--threads 2] [--out benchmarks/results/tune_speed.json]
+    python benchmarks/tune_speed.py [--real] [--threads 2] [--out FILE.json]
 
 Prints a table and writes JSON.
 """
@@ -61,7 +61,7 @@ def real_set(out: Path) -> Path:
 
 
 def time_tune(folder: Path, work: Path) -> dict:
-    from cellstack.inference.tune import run_tune
+    from cellstack.inference.run import run_tune
 
     new = work / f"tuned_{folder.name}"
     t0 = time.perf_counter()

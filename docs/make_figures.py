@@ -1,5 +1,12 @@
-"""Regenerate the README's figure of synthetic images: ``python docs/make_figures.py``."""
+"""Regenerate the docs' figures: ``python docs/make_figures.py [--adapt WORK]``.
 
+- ``synthetic_examples.png``: the synthetic looks with their ground truth (offline);
+- with ``--adapt WORK`` (``benchmarks/few_shot.py``'s ``--work`` after ``--sizes 3``),
+  ``adapt_masks.png``: one held-out RPE-1 frame, truth | the fold model as it is |
+  calibrated on three frames | finetuned on them.
+"""
+
+import argparse
 from pathlib import Path
 
 import cv2
@@ -10,7 +17,34 @@ from cellstack.data.synthetic import generate_image
 from cellstack.inference.overlay import outline_overlay, side_by_side
 
 
+def adapt_figure(work: Path, crop: int = 320) -> None:
+    """The README's before/after figure from the few-shot run's predictions."""
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.labels import read_label_image
+    from cellstack.data.layouts import load_dataset
+
+    few = work / "few_shot"
+    rec = load_dataset(few / "RPE1_last7")[0]
+    image, truth = load_sample(rec)
+    panels = [truth]
+    for name in ("zero_shot", "RPE1_k3_tuned", "RPE1_k3_nuclei"):
+        panels.append(read_label_image(few / "pred" / name / "labels" / f"{rec.image_id}.tif"))
+    # The crop of the image's size with the most true nuclei: where the outlines differ.
+    h, w = truth.shape
+    step = crop // 2
+    corners = [(y, x) for y in range(0, h - crop + 1, step) for x in range(0, w - crop + 1, step)]
+    y, x = max(corners, key=lambda c: len(np.unique(truth[c[0] : c[0] + crop, c[1] : c[1] + crop])))
+    window = (slice(y, y + crop), slice(x, x + crop))
+    figure = side_by_side(*(outline_overlay(image[window], p[window]) for p in panels))
+    write_png(Path(__file__).parent / "adapt_masks.png", figure)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapt", type=Path, help="benchmarks/few_shot.py's --work")
+    args = parser.parse_args()
+    if args.adapt:
+        adapt_figure(args.adapt)
     rows = []
     for k, cell_type in enumerate(("shsy5y", "astro", "cort")):
         synth = generate_image(np.random.default_rng(k), cell_type)

@@ -81,3 +81,92 @@ def test_the_checker_sees_imports_inside_functions():
     assert rank("cellstack.engine.trainer") > rank("cellstack.inference.run")
     assert rank("cellstack.ddp") == 0
     assert rank("cellstack.distributed.blocks") > rank("cellstack.inference.segmenter")
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The cellstack modules a file imports at run time (module level or in functions;
+    not under ``if TYPE_CHECKING:``), ``from package import module`` resolved to the
+    module."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for child in node.body for n in ast.walk(child)}
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    package = list(rel.parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").is_file()
+                found.add(sub if is_module else module)
+    return {m for m in found if m.startswith("cellstack.")}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_inside_a_layer():
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = module_name(path).removesuffix(".__init__")
+        layer = me.split(".")[1] if me.count(".") else ""
+        graph[me] = {
+            m
+            for m in _runtime_imports(path)
+            if m != me and m.split(".")[1] == layer and m.count(".") >= 2
+        }
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles inside a layer:\n" + "\n".join(map(" <-> ".join, cycles))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_architecture_map_names_every_module():
+    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    modules = [
+        p.name for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    ]
+    missing = sorted(m for m in modules if f"{m}`" not in text)  # `x.py` or `heads/x.py`
+    assert not missing, f"docs/architecture.md does not name {missing}"

@@ -22,7 +22,7 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed (the dev extr
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What Qt's xcb platform and napari's OpenGL canvas need on a fresh Debian/Ubuntu (the
-#: README's napari section names the same).
+#: docs/napari.md names the same).
 SYSTEM_PACKAGES = (
     "xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 "
     "libxcb-render-util0 libxcb-shape0 libxkbcommon-x11-0 libgl1 libegl1"
@@ -157,7 +157,7 @@ def test_the_widget_segments_grey_rgb_and_stack_layers(
     shot = viewer.screenshot(canvas_only=False, flash=False)
     from cellstack.data.images import write_png
 
-    # The README's picture is refreshed only when asked: a test run writes nothing into
+    # The docs' picture is refreshed only when asked: a test run writes nothing into
     # the source tree otherwise.
     target = (
         ROOT / "docs" / "napari_widget.png"

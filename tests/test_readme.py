@@ -1,9 +1,10 @@
-"""The README is a contract: every command in its shell blocks runs, on tiny data.
+"""The README and the docs pages are a contract: every command in their shell blocks
+runs, on tiny data.
 
-The blocks are read from README.md itself, so a command added there is run here (or
+The blocks are read from the pages themselves, so a command added there is run here (or
 must be listed in ``ELSEWHERE`` with the test that covers it). Paths and sizes are
 mapped to a scratch folder and a tiny model; the commands, their subcommands and their
-options are the README's.
+options are the pages'.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from tests.conftest import FAST
 
 ROOT = Path(__file__).parents[1]
 
-#: The README sections whose ``bash`` blocks are commands a user types, in the order a
-#: user runs them (the built-in models' block uses the data the command line makes).
-SECTIONS = (
-    "## Command line",
-    "## Built-in models",
-    "## Large images and many machines",
-    "## Training workflow",
+#: The pages (and sections: None is the whole page) whose ``bash`` blocks are commands a
+#: user types, in the order a user runs them (later blocks use the data the command
+#: line page makes). Every page with a ``bash`` block is listed (a test checks).
+PAGES = (
+    ("docs/cli.md", None),
+    ("README.md", "## Quick start"),
+    ("README.md", "## Built-in models"),
+    ("docs/models.md", None),
+    ("docs/large-images.md", None),
+    ("docs/training.md", None),
+    ("docs/benchmarks.md", None),
 )
+#: Pages of history and design, not of use: their blocks are records, not instructions.
+NOT_USER_DOCS = ("docs/learning.md", "docs/architecture.md")
 
 #: Commands run elsewhere, with the test that runs them (too long or too wide here).
 ELSEWHERE = {
@@ -47,6 +54,7 @@ REFUSED = {"cellstack train data/synth --resume runs/r18": "already trained for 
 #: Placeholders and sizes in the README, as they map onto the scratch folder.
 TOKENS = {
     "--n-images 60": ["--n-images", "10", "--width", "160", "--height", "128"],
+    "--n-images 8": ["--n-images", "4", "--width", "160", "--height", "128"],
     "--nproc-per-node 4": ["--nproc-per-node", "2"],
     "train.iterations=2000": ["train.iterations=2"],
     "IMAGES": ["path/to/images"],
@@ -66,11 +74,12 @@ FROM_BUILTIN = ["train.iterations=2", "train.eval_every=0", "train.num_workers=0
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's ``bash`` blocks in ``SECTIONS``, in order."""
-    text = (ROOT / "README.md").read_text()
+    """Every command line of the ``bash`` blocks of :data:`PAGES`, in order."""
     commands = []
-    for section in SECTIONS:
-        body = text.split("\n" + section, 1)[1].split("\n## ", 1)[0]
+    for page, section in PAGES:
+        body = (ROOT / page).read_text()
+        if section is not None:
+            body = body.split("\n" + section, 1)[1].split("\n## ", 1)[0]
         for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
             block = block.replace("\\\n", " ")
             for line in block.splitlines():
@@ -137,6 +146,18 @@ def _scratch(root: Path, synth_dir: Path) -> None:
     for arch in ("cascade", "htc", "maskrcnn"):
         args = ["train", str(synth_dir), "--out", str(root / "runs" / arch), *TINY_TRAIN]
         assert main([*args, f"model.arch={arch}"]) == 0
+
+
+def test_every_page_with_commands_is_run():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    with_commands = {str(p.relative_to(ROOT)) for p in pages if "```bash\n" in p.read_text()} - set(
+        NOT_USER_DOCS
+    )
+    assert with_commands <= {page for page, _ in PAGES}, with_commands
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, "the README is read in five minutes: keep it short"
+    for page in (ROOT / "docs").glob("*.md"):  # the README names every docs page
+        assert f"docs/{page.name}" in readme, page.name
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ from cellstack.errors import CellstackError
 from cellstack.structures import Instances
 
 if TYPE_CHECKING:
-    from cellstack.inference.segmenter import Result, Segmenter
+    from cellstack.inference.result import Result
+    from cellstack.inference.segmenter import Segmenter
 
 __version__ = "0.1.0"
 __all__ = ["CellstackError", "Instances", "Result", "Segmenter", "__version__", "matching"]

@@ -136,7 +136,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from cellstack.inference.tune import run_tune
+    from cellstack.inference.run import run_tune
 
     t0 = time.perf_counter()
     result, path = run_tune(
@@ -494,7 +494,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use checkpoint.pt of a run whose training has not finished",
     )
-    p.add_argument(
+    _predict_image_options(p.add_argument_group("images: size, channels, axes"))
+    _predict_output_options(p.add_argument_group("outputs"))
+    _predict_scale_options(p.add_argument_group("many images, large images (Dask)"))
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
+
+
+def _predict_image_options(g: argparse._ArgumentGroup) -> None:
+    """How predict reads and resizes the images."""
+    g.add_argument(
         "--diameter",
         type=float,
         default=None,
@@ -502,10 +511,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="typical cell diameter in these images (px): they are rescaled to the size "
         "the model trained at and masks mapped back (default: the trained size)",
     )
-    p.add_argument(
+    g.add_argument(
         "--scale", type=float, default=None, help="rescale images by this factor instead"
     )
-    p.add_argument(
+    g.add_argument(
         "--channel",
         type=_channels,
         default=None,
@@ -514,42 +523,57 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "each is scaled); for RGB without a channel axis, the colour sample",
     )
     for axis, what in (("z", "a Z-stack's depth"), ("t", "time"), ("c", "channels")):
-        p.add_argument(
+        g.add_argument(
             f"--{axis}-axis",
             type=int,
             default=None,
             metavar="I",
             help=f"the stored array's axis I is {what}, where the file's metadata does not say",
         )
-    p.add_argument(
+
+
+def _predict_output_options(g: argparse._ArgumentGroup) -> None:
+    """What predict writes beside labels/ and objects/."""
+    g.add_argument(
         "--save-rois",
         action="store_true",
         help="also write rois/{id}.zip, an ImageJ ROI set named by label id (Fiji)",
     )
-    p.add_argument(
+    g.add_argument(
         "--save-geojson",
         action="store_true",
         help="also write geojson/{id}.geojson, one polygon per cell (QuPath detections)",
     )
-    p.add_argument(
+    g.add_argument(
         "--save-ome-zarr",
         action="store_true",
         help="also write ome-zarr/{id}.zarr, the label image as OME-Zarr (2-D images)",
     )
-    p.add_argument(
+    g.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
+    g.add_argument(
+        "--label-dtype",
+        default="int32",
+        choices=("int32", "uint32", "uint16"),
+        help="dtype of labels/{id}.tif (default int32, which napari opens as Labels)",
+    )
+
+
+def _predict_scale_options(g: argparse._ArgumentGroup) -> None:
+    """Dask: a folder over workers, one large image block by block."""
+    g.add_argument(
         "--workers",
         type=int,
         default=None,
         metavar="N",
         help="run on a local Dask cluster of N worker processes (one thread each)",
     )
-    p.add_argument(
+    g.add_argument(
         "--scheduler",
         default=None,
         metavar="ADDRESS",
         help="run on an existing Dask cluster (e.g. tcp://host:8786, dask-jobqueue)",
     )
-    p.add_argument(
+    g.add_argument(
         "--block",
         type=int,
         default=None,
@@ -557,22 +581,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="segment one large image (zarr, OME-Zarr or TIFF) in blocks of PX "
         "(default 2048 for zarr input) into an OME-Zarr label image --out",
     )
-    p.add_argument(
+    g.add_argument(
         "--overlap",
         type=int,
         default=None,
         metavar="PX",
         help="overlap of neighbouring blocks (default twice the largest trained cell)",
     )
-    p.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
-    p.add_argument(
-        "--label-dtype",
-        default="int32",
-        choices=("int32", "uint32", "uint16"),
-        help="dtype of labels/{id}.tif (default int32, which napari opens as Labels)",
-    )
-    _add_quiet(p)
-    p.set_defaults(func=_cmd_predict, overrides=[], takes_overrides=True)
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:

@@ -212,7 +212,7 @@ def _zero_shot(run: _Run, step: str) -> None:
 
 
 def _calibrate(run: _Run, step: str) -> None:
-    from cellstack.inference.tune import run_tune
+    from cellstack.inference.run import run_tune
 
     if not run.has_cells:
         run.say(f"{step} calibrating: skipped (no built-in cells)")
@@ -294,8 +294,9 @@ def _score(run: _Run, step: str) -> None:
 def _real_nuclei(run: _Run, step: str) -> None:
     from cellstack.data.dataset import load_sample
     from cellstack.data.images import write_png
-    from cellstack.data.labels import read_label_image, sparse_from_labels
+    from cellstack.data.labels import read_label_image
     from cellstack.data.layouts import load_dataset, load_predictions
+    from cellstack.data.masks import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.overlay import outline_overlay, side_by_side

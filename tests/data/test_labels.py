@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from cellstack.data.images import write_png
-from cellstack.data.labels import read_label_dir, read_label_image, write_label_tiff
+from cellstack.data.labelfolders import read_label_dir
+from cellstack.data.labels import read_label_image, write_label_tiff
 from cellstack.errors import DataError
 from tests.conftest import random_labels
 

@@ -17,7 +17,8 @@ from cellstack.data.livecell import (
     prepare_livecell,
     read_coco_instances,
 )
-from cellstack.data.maskcache import load_masks, save_masks, sparse_to_labels
+from cellstack.data.maskcache import load_masks, save_masks
+from cellstack.data.masks import sparse_to_labels
 from cellstack.data.sartorius import prepare_sartorius, read_train_csv, write_train_csv
 from cellstack.data.splits import split_records
 from cellstack.errors import DataError

@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from cellstack.data.labels import sparse_from_labels
+from cellstack.data.masks import sparse_from_labels
 from cellstack.evaluation.coco_ap import mask_ap
 from tests.conftest import random_labels
 from tests.evaluation.test_metric import perturb

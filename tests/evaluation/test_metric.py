@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import ndimage
 
-from cellstack.data.labels import sparse_from_labels
+from cellstack.data.masks import sparse_from_labels
 from cellstack.evaluation.matching import as_sparse, overlaps
 from cellstack.evaluation.metric import IOU_THRESHOLDS, score_image
 from tests.conftest import random_labels

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from cellstack.data.masks import pixels_to_labels
 from cellstack.inference.postprocess import (
     PostprocessParams,
     mask_nms,
     paste_masks,
-    pixels_to_labels,
     postprocess,
     remove_overlaps,
 )

@@ -164,3 +164,33 @@ def test_amp_is_set_on_cuda_only_and_reaches_every_ensemble_member():
     if torch.cuda.is_available():
         Predictor(Ensemble(models), PostprocessParams(), device="cuda", amp=True)
         assert all(m.feature_autocast == torch.float16 for m in models)
+
+
+def test_dropping_low_scores_before_the_mask_head_changes_no_cell():
+    from cellstack.config import load_config
+    from cellstack.data.masks import pixels_to_labels
+    from cellstack.inference.postprocess import Thresholds, postprocess
+    from cellstack.modeling.build import build_model
+    from tests.modeling.conftest import TINY
+
+    cfg = load_config(None, [*TINY, "predict.box_score_thresh=0.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ["cell"], cfg.predict)
+    image = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    everything = Predictor(model, PostprocessParams()).raw([image])[0]
+    median = float(everything.scores.median())
+    params = PostprocessParams(score_thresh=median, min_size=0)
+    for thresholds in (Thresholds(params), Thresholds(params, {"cell": params})):
+        predictor = Predictor(model, thresholds)
+        early = predictor.final_box_params()
+        assert early is not None and early.score_thresh < median
+        assert 0 < len(predictor.raw([image], early)[0]) < len(everything)
+        expected = postprocess(everything, params, image.shape)
+        got = predictor([image])[0]
+        assert np.array_equal(got.scores, expected.scores) and len(got) > 0
+        assert np.array_equal(
+            pixels_to_labels(got.pixels, image.shape),
+            pixels_to_labels(expected.pixels, image.shape),
+        )
+    two_types = build_model(cfg.model, ["a", "b"], cfg.predict)
+    assert Predictor(two_types, Thresholds(params, {"a": params})).final_box_params() is None

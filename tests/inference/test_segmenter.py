@@ -15,7 +15,8 @@ import cellstack
 from cellstack.cli import main
 from cellstack.data.images import read_image
 from cellstack.errors import CellstackError
-from cellstack.inference.segmenter import TABLE_COLUMNS, Segmenter
+from cellstack.inference.result import TABLE_COLUMNS
+from cellstack.inference.segmenter import Segmenter
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cellstack.data import rle
-from cellstack.data.labels import sparse_from_labels
+from cellstack.data.masks import pixels_to_sparse, sparse_from_labels
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
 from cellstack.evaluation.metric import score_image
@@ -13,7 +13,6 @@ from cellstack.inference.postprocess import (
     PostprocessParams,
     Thresholds,
     convex_refill,
-    pixels_to_sparse,
     postprocess,
 )
 from cellstack.inference.tune import TuneGrid, score_grid, tune_thresholds

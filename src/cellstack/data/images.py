@@ -393,7 +393,7 @@ def list_images(folder: str | Path) -> list[Path]:
     Their stems become image ids (and output file names), so each must be a usable
     name and unique: ``X.png`` beside ``X.tif`` is an error, not a silent overwrite.
     """
-    from cellstack.data.records import check_id
+    from cellstack.data.limits import check_id
 
     folder = Path(folder)
     if not folder.is_dir():

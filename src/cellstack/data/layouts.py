@@ -15,16 +15,15 @@ from pathlib import Path
 import scipy.sparse as sp
 
 from cellstack.data import rle
-from cellstack.data.labels import (
+from cellstack.data.labelfolders import (
     LABEL_DIRS,
-    LABEL_SUFFIXES,
     find_label,
     has_mask_files,
     label_folder,
     read_label_dir,
-    read_label_image,
-    sparse_from_labels,
 )
+from cellstack.data.labels import LABEL_SUFFIXES, read_label_image
+from cellstack.data.masks import sparse_from_labels
 from cellstack.data.records import ImageRecord
 from cellstack.errors import DataError
 

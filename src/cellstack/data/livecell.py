@@ -25,6 +25,7 @@ import numpy as np
 
 from cellstack.data import rle
 from cellstack.data.coco import coded_segmentation, read_json
+from cellstack.data.limits import check_id, check_image_size
 from cellstack.data.prepare import (
     PrepareReport,
     Problem,
@@ -33,7 +34,7 @@ from cellstack.data.prepare import (
     fingerprint_of,
     sparse_rows,
 )
-from cellstack.data.records import ImageRecord, check_id, check_image_size
+from cellstack.data.records import ImageRecord
 from cellstack.errors import DataError
 
 LIVECELL_SPLITS = ("train", "val", "test")

@@ -20,20 +20,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from cellstack.data.rle import grouped_runs, runs_to_indices
+from cellstack.data.masks import sparse_to_runs
+from cellstack.data.rle import runs_to_indices
 from cellstack.errors import DataError
 from cellstack.fileio import atomic_write
-
-
-def sparse_to_runs(masks: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(starts, lengths, runs_per_mask)`` of the rows of a bool[N, H*W] CSR matrix."""
-    masks = masks.tocsr()
-    masks.sort_indices()
-    idx = masks.indices.astype(np.int64)
-    row = np.repeat(np.arange(masks.shape[0]), np.diff(masks.indptr))
-    first, starts, lengths = grouped_runs(row, idx)
-    runs_per_mask = np.bincount(row[first], minlength=masks.shape[0])
-    return starts, lengths, runs_per_mask
 
 
 def save_masks(path: str | Path, masks: sp.csr_matrix, shape: tuple[int, int]) -> None:
@@ -81,11 +71,3 @@ def load_masks(path: str | Path, shape: tuple[int, int]) -> sp.csr_matrix:
         raise DataError(f"{path}: corrupt mask file (pixel outside the image)")
     data = np.ones(len(cols), dtype=bool)
     return sp.csr_matrix((data, cols, indptr), shape=(len(runs_per_mask), n_pixels))
-
-
-def sparse_to_labels(masks: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
-    """Paint masks into int32[H, W] with ids 1..N; where masks overlap the later one wins."""
-    label = np.zeros(shape[0] * shape[1], dtype=np.int32)
-    row = np.repeat(np.arange(1, masks.shape[0] + 1, dtype=np.int32), np.diff(masks.indptr))
-    np.maximum.at(label, masks.indices, row)  # the highest id wins, as painting in order
-    return label.reshape(shape)

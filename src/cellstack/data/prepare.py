@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from cellstack.data.limits import check_image_size
 from cellstack.data.maskcache import save_masks
-from cellstack.data.records import ImageRecord, check_image_size
+from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError, DataError
 from cellstack.fileio import atomic_write, check_name, child, open_text, remove_partials
 

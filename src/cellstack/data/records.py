@@ -9,31 +9,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellstack.data import rle
-from cellstack.errors import CellstackError, DataError
-from cellstack.fileio import check_name
-
-# 2**28 pixels (16384 x 16384): larger frames are refused before anything is allocated
-# for them; a whole-slide image needs tiling by the user.
-MAX_PIXELS = 2**28
-
-
-def check_image_size(height: int, width: int, where: str) -> None:
-    """Refuse a declared image size that is not positive or too large to hold."""
-    if height <= 0 or width <= 0:
-        raise DataError(f"{where}: image size {width}x{height} must be positive")
-    if height * width > MAX_PIXELS:
-        raise DataError(
-            f"{where}: image size {width}x{height} is over the limit of {MAX_PIXELS} pixels"
-        )
-
-
-def check_id(name: str, where: str) -> str:
-    """:func:`~cellstack.fileio.check_name` for ids read from data: ``name``, or its
-    refusal as a :class:`DataError` naming ``where`` (the file, row or image)."""
-    try:
-        return check_name(name, where)
-    except CellstackError as exc:
-        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -85,7 +60,7 @@ class ImageRecord:
 
     def sparse_masks(self) -> sp.csr_matrix:
         """Instance masks as a sparse bool[N, H*W] matrix (row-major pixels)."""
-        from cellstack.data.labels import sparse_from_labels
+        from cellstack.data.masks import sparse_from_labels
 
         if self.rles is not None:
             where = [f"{self.image_id} instance {i}" for i in range(len(self.rles))]
@@ -107,7 +82,8 @@ class ImageRecord:
 
             return read_label_image(self.label_path, expected_shape=self.shape)
         if self.mask_path is not None:
-            from cellstack.data.maskcache import load_masks, sparse_to_labels
+            from cellstack.data.maskcache import load_masks
+            from cellstack.data.masks import sparse_to_labels
 
             return sparse_to_labels(load_masks(self.mask_path, self.shape), self.shape)
         raise ValueError(f"image {self.image_id} has no annotations")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from cellstack.data.limits import check_id, check_image_size
 from cellstack.data.prepare import (
     PrepareReport,
     Problem,
@@ -25,7 +26,7 @@ from cellstack.data.prepare import (
     fingerprint_of,
     sparse_rows,
 )
-from cellstack.data.records import ImageRecord, check_id, check_image_size
+from cellstack.data.records import ImageRecord
 from cellstack.data.rle import parse_runs
 from cellstack.errors import DataError
 from cellstack.fileio import atomic_write, open_text

@@ -447,28 +447,10 @@ def synthesize(
     from tqdm import tqdm
 
     from cellstack.data import rle
-    from cellstack.data.coco import write_coco_instances
     from cellstack.data.images import write_png, write_tiff
     from cellstack.data.sartorius import write_train_csv
-    from cellstack.errors import CellstackError
 
-    if n_images < 1:
-        raise CellstackError(f"--n-images must be at least 1, got {n_images}")
-    from cellstack.data.records import check_image_size
-
-    if min(shape) < 16:
-        raise CellstackError(
-            f"image size {shape[1]}x{shape[0]}: width and height must be at least 16"
-        )
-    check_image_size(shape[0], shape[1], "synth --width/--height")  # the one size limit
-    if not cell_types:
-        raise CellstackError(f"no cell types given; choose from {', '.join(ALL_TYPES)}")
-    unknown = [t for t in cell_types if t not in ALL_TYPES]
-    if unknown:
-        raise CellstackError(
-            f"unknown synthetic cell type(s) {', '.join(unknown)}; choose from "
-            f"{', '.join(ALL_TYPES)}"
-        )
+    _check_arguments(n_images, shape, cell_types)
     out_dir = Path(out_dir)
     root = np.random.SeedSequence(seed)
     plan_rng = np.random.default_rng(root.spawn(1)[0])
@@ -515,17 +497,50 @@ def synthesize(
             coco_types.append(cell_type)
     write_train_csv(out_dir / "train.csv", rows)
     if livecell:
-        split = np.array(["train"] * n_images, dtype=object)
-        order = plan_rng.permutation(n_images)
-        split[order[int(0.7 * n_images) : int(0.85 * n_images)]] = "val"
-        split[order[int(0.85 * n_images) :]] = "test"
-        for name in ("train", "val", "test"):
-            keep = np.flatnonzero(split == name)
-            write_coco_instances(
-                out_dir / "livecell" / f"livecell_coco_{name}.json",
-                [coco_images[k] for k in keep],
-                [coco_masks[k] for k in keep],
-                [coco_types[k] for k in keep],
-                list(cell_types),
-            )
+        _write_livecell(
+            out_dir / "livecell", plan_rng, coco_images, coco_masks, coco_types, cell_types
+        )
     return ids
+
+
+def _check_arguments(n_images: int, shape: tuple[int, int], cell_types: Sequence[str]) -> None:
+    """Refuse what :func:`synthesize` cannot draw, before anything is written."""
+    from cellstack.data.limits import check_image_size
+    from cellstack.errors import CellstackError
+
+    if n_images < 1:
+        raise CellstackError(f"--n-images must be at least 1, got {n_images}")
+    if min(shape) < 16:
+        raise CellstackError(
+            f"image size {shape[1]}x{shape[0]}: width and height must be at least 16"
+        )
+    check_image_size(shape[0], shape[1], "synth --width/--height")  # the one size limit
+    if not cell_types:
+        raise CellstackError(f"no cell types given; choose from {', '.join(ALL_TYPES)}")
+    unknown = [t for t in cell_types if t not in ALL_TYPES]
+    if unknown:
+        raise CellstackError(
+            f"unknown synthetic cell type(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(ALL_TYPES)}"
+        )
+
+
+def _write_livecell(out: Path, rng, images: list, masks: list, types: list, cell_types) -> None:
+    """The LIVECell-style COCO files of the drawn images: a 70/15/15 train/val/test
+    split drawn with ``rng``; ``masks``: per image, bool[H, W] per instance."""
+    from cellstack.data.coco import write_coco_instances
+
+    n = len(images)
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n)
+    split[order[int(0.7 * n) : int(0.85 * n)]] = "val"
+    split[order[int(0.85 * n) :]] = "test"
+    for name in ("train", "val", "test"):
+        keep = np.flatnonzero(split == name)
+        write_coco_instances(
+            out / f"livecell_coco_{name}.json",
+            [images[k] for k in keep],
+            [masks[k] for k in keep],
+            [types[k] for k in keep],
+            list(cell_types),
+        )

@@ -50,7 +50,8 @@ from cellstack.distributed.cluster import limit_threads
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write
 from cellstack.inference.predictor import tile_core, tile_starts
-from cellstack.inference.segmenter import TABLE_COLUMNS, Segmenter
+from cellstack.inference.result import TABLE_COLUMNS
+from cellstack.inference.segmenter import Segmenter
 
 #: Hidden folder of per-block results inside the output (removed when the job ends).
 WORK = ".cellstack-blocks"
@@ -459,23 +460,7 @@ def segment(
             bar,
             first=str(out),
         )
-        offsets = np.concatenate([[0], np.cumsum([n for n, _ in counts])]).astype(np.int64)
-        if offsets[-1] > np.iinfo(np.int32).max:
-            raise CellstackError(f"{where}: {offsets[-1]} cells do not fit int32 label ids")
-        tasks = []
-        for region in regions:
-            over = [(b, int(offsets[b.index])) for b in grid if _overlaps(b, region)]
-            tasks.append((str(out), region, over, str(work)))
-        run.map(
-            _write_task,
-            [t[1:] for t in tasks],
-            lambda k, exc: (
-                f"{where}: output rows {regions[k][0]}:{regions[k][1]}, cols "
-                f"{regions[k][2]}:{regions[k][3]}: {exc}"
-            ),
-            bar,
-            first=str(out),
-        )
+        offsets = _write_regions(run, out, grid, regions, counts, where, bar)
     cut = sum(c for _, c in counts)
     cells = _write_table(out / "objects.csv", grid, offsets, work)
     summary = BlockSummary(
@@ -495,6 +480,32 @@ def segment(
 
     shutil.rmtree(work)
     return summary
+
+
+def _write_regions(
+    run: _Runner, out: Path, grid: list[Block], regions: list, counts, where: str, bar
+) -> np.ndarray:
+    """Write the label image region by region from the blocks' owned cells; returns
+    each block's id offset (int64[blocks + 1]: the cells before it, then the total)."""
+    work = out / WORK
+    offsets = np.concatenate([[0], np.cumsum([n for n, _ in counts])]).astype(np.int64)
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise CellstackError(f"{where}: {offsets[-1]} cells do not fit int32 label ids")
+    tasks = []
+    for region in regions:
+        over = [(b, int(offsets[b.index])) for b in grid if _overlaps(b, region)]
+        tasks.append((str(out), region, over, str(work)))
+    run.map(
+        _write_task,
+        [t[1:] for t in tasks],
+        lambda k, exc: (
+            f"{where}: output rows {regions[k][0]}:{regions[k][1]}, cols "
+            f"{regions[k][2]}:{regions[k][3]}: {exc}"
+        ),
+        bar,
+        first=str(out),
+    )
+    return offsets
 
 
 def _prepare(out: Path, work: Path, shape, block: int, overlap: int) -> None:

@@ -168,9 +168,10 @@ def score_oof(
     """Post-process the OOF detections with the CV's thresholds, write the OOF
     submission and the CV table (``cv.json``, ``cv.md``)."""
     from cellstack.data import rle
+    from cellstack.data.masks import pixels_to_labels, pixels_to_sparse
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.postprocess import pixels_to_labels, pixels_to_sparse, postprocess
+    from cellstack.inference.postprocess import postprocess
     from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
 
     thresholds = resolve_thresholds(cfg, tuned=out / THRESHOLDS)

@@ -23,9 +23,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from cellstack import ddp
+
 if TYPE_CHECKING:
+    from cellstack.config import Config
+    from cellstack.data.records import ImageRecord
     from cellstack.engine.runlog import RunLog
     from cellstack.engine.trainer import Loop
 
@@ -90,8 +95,6 @@ class ValidationHook(HookBase):
     def after_step(self, loop: Loop) -> None:
         if not (loop.iteration % self.every == 0 or loop.iteration == loop.total):
             return
-        from cellstack.engine.trainer import validate
-
         with averaged(self.ema, loop.model):
             score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
         loop.net.train()
@@ -146,3 +149,36 @@ class CheckpointHook(HookBase):
     def after_step(self, loop: Loop) -> None:
         if loop.iteration % self.every == 0 or loop.iteration == loop.total:
             loop.save_checkpoint()
+
+
+def validate(
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    cfg: Config,
+    device: torch.device,
+    world: ddp.World | None = None,
+) -> float:
+    """Mean competition score of the model on annotated records (full images).
+
+    Under DDP each rank scores its share of the records and the mean is over all.
+    """
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.masks import pixels_to_sparse
+    from cellstack.evaluation.metric import score_image
+    from cellstack.inference.segmenter import Segmenter
+    from cellstack.inference.sources import Source
+
+    world = world or ddp.World()
+    seg = Segmenter(Source.of_model(model, cfg), device=device)
+    scores = []
+    for rec in ddp.shard(records, world):
+        image, _ = load_sample(rec)
+        (pred,) = seg.instances([image])
+        scores.append(
+            score_image(
+                rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape), shape=rec.shape
+            ).score
+        )
+    model.train()
+    scores = [s for part in ddp.gather(scores, world) for s in part]
+    return float(np.mean(scores)) if scores else float("nan")

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cellstack import ddp
@@ -65,39 +64,6 @@ class TrainResult:
     iterations: int
     final_loss: float
     val_score: float | None
-
-
-def validate(
-    model: torch.nn.Module,
-    records: list[ImageRecord],
-    cfg: Config,
-    device: torch.device,
-    world: ddp.World | None = None,
-) -> float:
-    """Mean competition score of the model on annotated records (full images).
-
-    Under DDP each rank scores its share of the records and the mean is over all.
-    """
-    from cellstack.data.dataset import load_sample
-    from cellstack.evaluation.metric import score_image
-    from cellstack.inference.postprocess import pixels_to_sparse
-    from cellstack.inference.segmenter import Segmenter
-    from cellstack.inference.sources import Source
-
-    world = world or ddp.World()
-    seg = Segmenter(Source.of_model(model, cfg), device=device)
-    scores = []
-    for rec in ddp.shard(records, world):
-        image, _ = load_sample(rec)
-        (pred,) = seg.instances([image])
-        scores.append(
-            score_image(
-                rec.sparse_masks(), pixels_to_sparse(pred.pixels, rec.shape), shape=rec.shape
-            ).score
-        )
-    model.train()
-    scores = [s for part in ddp.gather(scores, world) for s in part]
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 def resolve_auto(
@@ -156,8 +122,6 @@ def train(
         hooks: extra :class:`~cellstack.engine.hooks.HookBase` run after the built-in
             ones (EMA, validation, log, checkpoint), in the order given.
     """
-    from tqdm import tqdm
-
     from cellstack.modeling.build import build_model
 
     data, run = Path(data), Path(run)
@@ -181,14 +145,7 @@ def train(
         cfg, stats = resolve_auto(cfg, train_records, say=print if world.main else None)
         data_stats = stats.to_dict()
     if world.main:
-        run.mkdir(parents=True, exist_ok=True)
-        remove_partials(run)  # what a killed write left behind
-        save_config(cfg, run / "config.yaml")
-        if data_stats is not None:
-            with atomic_write(run / "data_stats.json") as f:
-                json.dump(data_stats, f, indent=1)
-        if folds is not None:
-            write_folds_csv(run / "folds.csv", [*train_records, *val_records], folds)
+        _write_run_files(run, cfg, data_stats, folds, [*train_records, *val_records])
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = build_model(
@@ -226,17 +183,7 @@ def train(
     ]
 
     def finish(rows: list[dict]) -> None:
-        """Plot, tune thresholds, then write model.pt: last, as it says "finished".
-        Both use the EMA weights when averaging."""
-        plot_log(rows, run / "training.png")
-        with averaged(ema, model):
-            if t.auto_thresholds:
-                pool = val_records or train_records
-                tune_run_thresholds(
-                    model, cfg, pool, data_stats, run, device, on_validation=bool(val_records)
-                )
-            weights = model.state_dict()
-            files.save(files.final_state(weights, cfg, class_names, data_stats), run / files.FINAL)
+        _finish(loop, rows, ema, val_records or train_records, bool(val_records))
 
     if state is not None:
         start = loop.restore(state)
@@ -254,36 +201,75 @@ def train(
         return TrainResult(run, start, float("nan"), None)
 
     loader = _loader(cfg, train_records, class_names, world, start)
-    # Closed on any way out (an error included), so a one-line error never shares the
-    # bar's line.
-    with tqdm(
-        total=t.iterations,
-        initial=start,
-        desc="training" if world.size == 1 else f"training ({world.size} processes)",
-        unit="it",
-        disable=not (progress and world.main),
-        dynamic_ncols=True,
-    ) as bar:
-        loop.say = bar.write
-        net.train()
-        for hook in loop.hooks:
-            hook.before_train(loop)
-        loss_value = float("nan")
-        for it, (images, targets) in enumerate(loader, start=start):
-            if stop_after is not None and it - start >= stop_after:
-                loop.save_checkpoint()
-                return TrainResult(run, it, loss_value, loop.val_score)
-            loss_value = loop.run_step(it, images, targets)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
-            for hook in loop.hooks:
-                hook.after_step(loop)
+    stopped, loss_value = _steps(loop, loader, start, stop_after, progress)
+    if stopped is not None:
+        return TrainResult(run, stopped, loss_value, loop.val_score)
     for hook in loop.hooks:
         hook.after_train(loop)
     if world.main:
         finish(log.rows)
     ddp.barrier(world)  # no rank reports "done" before model.pt exists
     return TrainResult(run, t.iterations, loss_value, loop.val_score)
+
+
+def _write_run_files(run: Path, cfg: Config, data_stats, folds, records) -> None:
+    """The run folder's description, before the first step: the resolved config, the
+    training objects' statistics and the folds the split used."""
+    run.mkdir(parents=True, exist_ok=True)
+    remove_partials(run)  # what a killed write left behind
+    save_config(cfg, run / "config.yaml")
+    if data_stats is not None:
+        with atomic_write(run / "data_stats.json") as f:
+            json.dump(data_stats, f, indent=1)
+    if folds is not None:
+        write_folds_csv(run / "folds.csv", records, folds)
+
+
+def _steps(loop: Loop, loader, start: int, stop_after: int | None, progress: bool):
+    """The loop itself: a step, then every hook, until the loader ends or
+    ``stop_after`` steps are done (a checkpoint is saved then). Returns ``(iteration
+    stopped at or None, the last loss)``."""
+    from tqdm import tqdm
+
+    # Closed on any way out (an error included), so a one-line error never shares the
+    # bar's line.
+    with tqdm(
+        total=loop.total,
+        initial=start,
+        desc="training" if loop.world.size == 1 else f"training ({loop.world.size} processes)",
+        unit="it",
+        disable=not (progress and loop.world.main),
+        dynamic_ncols=True,
+    ) as bar:
+        loop.say = bar.write
+        loop.net.train()
+        for hook in loop.hooks:
+            hook.before_train(loop)
+        loss_value = float("nan")
+        for it, (images, targets) in enumerate(loader, start=start):
+            if stop_after is not None and it - start >= stop_after:
+                loop.save_checkpoint()
+                return it, loss_value
+            loss_value = loop.run_step(it, images, targets)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
+            for hook in loop.hooks:
+                hook.after_step(loop)
+    return None, loss_value
+
+
+def _finish(loop: Loop, rows: list[dict], ema, pool: list, on_validation: bool) -> None:
+    """Plot, tune thresholds on ``pool``, then write model.pt: last, as it says
+    "finished". Both use the EMA weights when averaging."""
+    cfg, run, model = loop.cfg, loop.run, loop.model
+    plot_log(rows, run / "training.png")
+    with averaged(ema, model):
+        if cfg.train.auto_thresholds:
+            tune_run_thresholds(
+                model, cfg, pool, loop.data_stats, run, loop.device, on_validation=on_validation
+            )
+        state = files.final_state(model.state_dict(), cfg, loop.class_names, loop.data_stats)
+        files.save(state, run / files.FINAL)
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from cellstack.data.labels import sparse_from_dense, sparse_from_labels
+from cellstack.data.masks import sparse_from_dense, sparse_from_labels
 
 
 def as_sparse(masks: object, shape: tuple[int, int] | None = None) -> sp.csr_matrix:

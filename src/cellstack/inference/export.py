@@ -19,7 +19,7 @@ from cellstack.fileio import atomic_path, atomic_write, child
 from cellstack.inference.overlay import outline_overlay
 
 if TYPE_CHECKING:
-    from cellstack.inference.segmenter import Result
+    from cellstack.inference.result import Result
 
 #: What predict writes into its output folder (files, and folders of per-image files).
 OUTPUTS = (

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from cellstack.config import ConfigError, PredictConfig, build_typed
+from cellstack.data.masks import pixels_to_sparse
 from cellstack.structures import Instances
 
 
@@ -264,23 +264,6 @@ def offset_masks(
             ky, kx = np.nonzero(keep)
             masks.append(((ky + y0) * w + kx + x0).astype(np.int64))
     return out
-
-
-def pixels_to_sparse(pixels: list[np.ndarray], image_size: tuple[int, int]) -> sp.csr_matrix:
-    """Pixel-index lists -> sparse bool[N, H*W] (the metric's form)."""
-    counts = np.array([len(p) for p in pixels], dtype=np.int64)
-    indptr = np.concatenate(([0], np.cumsum(counts)))
-    cols = np.concatenate(pixels) if pixels else np.zeros(0, dtype=np.int64)
-    n = image_size[0] * image_size[1]
-    return sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(len(pixels), n))
-
-
-def pixels_to_labels(pixels: list[np.ndarray], image_size: tuple[int, int]) -> np.ndarray:
-    """Paint pixel-index lists into a label image int32[H, W] with ids 1..N."""
-    label = np.zeros(image_size[0] * image_size[1], dtype=np.int32)
-    for i, p in enumerate(pixels, start=1):
-        label[p] = i
-    return label.reshape(image_size)
 
 
 def mask_nms(pixels: list[np.ndarray], image_size: tuple[int, int], iou: float) -> np.ndarray:

@@ -10,17 +10,15 @@ from a core edge are seen whole by the tile that keeps them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from cellstack.data.dataset import rescale_image
-from cellstack.inference.postprocess import (
-    PostprocessParams,
-    Thresholds,
-    postprocess,
-)
+from cellstack.inference.postprocess import PostprocessParams, Thresholds, postprocess
 from cellstack.modeling.detector import CellDetector
+from cellstack.modeling.heads.select import BoxParams
 from cellstack.structures import Instances
 
 
@@ -83,20 +81,48 @@ class Predictor:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def raw(self, images: Sequence[np.ndarray]) -> list[Instances]:
+    def raw(
+        self, images: Sequence[np.ndarray], box_params: BoxParams | None = None
+    ) -> list[Instances]:
         """Model detections (boxes, scores, labels, roi_masks) for uint8[H, W] images.
 
         Images that fit in one tile go through the model ``batch_size`` at a time;
-        larger ones are tiled.
+        larger ones are tiled. ``box_params`` replaces a single detector's own box
+        selection (ensembles select their own).
         """
         out: list[Instances | None] = [None] * len(images)
         small = [k for k, im in enumerate(images) if max(im.shape) <= self.tile_size]
-        for k, inst in zip(small, self._forward([images[k] for k in small]), strict=True):
+        forward = [images[k] for k in small]
+        for k, inst in zip(small, self._forward(forward, box_params), strict=True):
             out[k] = inst.to("cpu")
         for k, image in enumerate(images):
             if out[k] is None:
-                out[k] = self._tiled(image)
+                out[k] = self._tiled(image, box_params)
         return out
+
+    def final_box_params(self) -> BoxParams | None:
+        """A single detector's box selection that also drops, before the mask head, the
+        boxes post-processing would drop for their score anyway (None: nothing to drop).
+
+        The mask head is the costliest step per box (56x56 masks), and a low
+        ``predict.box_score_thresh`` keeps many boxes that ``score_thresh`` then drops.
+        Dropping them first leaves the result unchanged: box NMS and mask NMS are
+        greedy in score order, so a lower-scored box never removes a higher one, and
+        the thresholds of an image do not depend on the dropped boxes when one
+        threshold set serves every image (no per-type entries, or a single class).
+        """
+        if not isinstance(self.model, CellDetector):
+            return None
+        thresholds = self.thresholds
+        if thresholds.per_type and len(self.model.class_names) > 1:
+            return None
+        floor = min(p.score_thresh for p in (thresholds.default, *thresholds.per_type.values()))
+        own = self.model.box_params
+        # select_detections keeps scores > its threshold, postprocess keeps >= score_thresh
+        floor = float(np.nextafter(np.float32(floor), np.float32(0)))
+        if floor <= own.score_thresh:
+            return None
+        return replace(own, score_thresh=floor)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:
         """Post-processed, non-overlapping cells (see :func:`postprocess`), with the
@@ -107,7 +133,9 @@ class Predictor:
         sizes = [im.shape for im in images]
         return [
             postprocess(inst, self.thresholds.for_classes(inst.classes.numpy(), names), size)
-            for inst, size in zip(self.raw(self.resized(images)), sizes, strict=True)
+            for inst, size in zip(
+                self.raw(self.resized(images), self.final_box_params()), sizes, strict=True
+            )
         ]
 
     def resized(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -115,14 +143,17 @@ class Predictor:
         (:func:`~cellstack.data.dataset.rescale_image`)."""
         return [rescale_image(im, self.scale) for im in images]
 
-    def _forward(self, images: Sequence[np.ndarray]) -> list[Instances]:
+    def _forward(
+        self, images: Sequence[np.ndarray], box_params: BoxParams | None = None
+    ) -> list[Instances]:
+        extra = {} if box_params is None else {"box_params": box_params}
         results = []
         for k in range(0, len(images), self.batch_size):
             chunk = images[k : k + self.batch_size]
             tensors = [
                 torch.from_numpy(im.astype(np.float32) / 255)[None].to(self.device) for im in chunk
             ]
-            results.extend(self.model(tensors))
+            results.extend(self.model(tensors, **extra))
         return results
 
     def _tiles(self, image: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -131,13 +162,13 @@ class Predictor:
             for x in tile_starts(w, self.tile_size, self.tile_overlap):
                 yield y, x
 
-    def _tiled(self, image: np.ndarray) -> Instances:
+    def _tiled(self, image: np.ndarray, box_params: BoxParams | None = None) -> Instances:
         h, w = image.shape
         t, o = self.tile_size, self.tile_overlap
         offsets = list(self._tiles(image))
         crops = [image[y : y + t, x : x + t] for y, x in offsets]
         parts = []
-        for (y, x), inst in zip(offsets, self._forward(crops), strict=True):
+        for (y, x), inst in zip(offsets, self._forward(crops, box_params), strict=True):
             inst = inst.to("cpu")
             shift = torch.tensor([x, y, x, y], dtype=inst.boxes.dtype)
             boxes = inst.boxes + shift

@@ -1,10 +1,18 @@
-"""``cellstack predict RUN IMAGES --out OUT``: load a run, predict a folder, write outputs."""
+"""The folder workflows, on top of the parts: ``cellstack predict`` (a folder in, the
+outputs written), ``--dry-run``, raw predictions of annotated images (what tuning and
+CV search), and ``cellstack tune`` (:func:`calibrate`, :func:`run_tune`, the tuned
+model folder :func:`write_tuned`). The pure threshold search is
+:mod:`~cellstack.inference.tune`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images, plane_layout
 from cellstack.data.labels import LABEL_DTYPES
@@ -14,6 +22,15 @@ from cellstack.inference.export import (
     PredictionWriter,
     check_unique_outputs,
     remove_outputs,
+)
+from cellstack.inference.tune import (
+    TuneGrid,
+    TuneResult,
+    candidate_scales,
+    choose,
+    grid_with,
+    score_images,
+    tune_thresholds,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +45,7 @@ def find_images(path: str | Path) -> list[tuple[str, Path]]:
     Accepts a folder of images, a folder with ``images/`` (label layout), a Sartorius
     folder (``train.csv`` + ``train/``, or a ``test/`` folder) or one image file.
     """
-    from cellstack.data.records import check_id
+    from cellstack.data.limits import check_id
 
     path = Path(path)
     if path.is_file():
@@ -124,7 +141,7 @@ def check_predict_inputs(
     """``(id, path)`` of the images to predict, after every argument and every image
     header is checked: before ``--overwrite`` clears anything and before the model
     loads, a stack, a corrupt header or colliding output names fail at once."""
-    from cellstack.inference.segmenter import resize_factor
+    from cellstack.inference.sources import resize_factor
 
     resize_factor(None, diameter, scale)
     if label_dtype not in LABEL_DTYPES:
@@ -238,7 +255,7 @@ def dry_run(
 ) -> str:
     """``predict --dry-run``: load a run, CV folder or ensemble and describe what
     predicting one image of ``image_size`` (H, W) holds, without predicting."""
-    from cellstack.data.records import check_image_size
+    from cellstack.data.limits import check_image_size
     from cellstack.inference.ensemble import Ensemble
     from cellstack.inference.sources import load_source
     from cellstack.inference.views import view_bytes
@@ -257,3 +274,253 @@ def dry_run(
         f"{view / mb:.0f} MB; estimated peak {(weights + view) / mb:.0f} MB (weights + "
         "features; backbone activations come on top)"
     )
+
+
+def calibrate(
+    src,
+    records: Sequence[ImageRecord],
+    *,
+    grid: TuneGrid | None = None,
+    scales: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> TuneResult:
+    """Calibrate a model to annotated images without training: the thresholds of
+    :meth:`TuneGrid.for_objects` per cell type and, with ``scales``, the resize factor
+    (:func:`candidate_scales`: the labels' median diameter against the model's).
+
+    Args:
+        src: a :class:`~cellstack.inference.sources.Source`, or what
+            :func:`~cellstack.inference.sources.load_source` loads (a run, a built-in).
+        records: the annotated images.
+        scales: search the scale too (only where the model records its training
+            objects' diameter; a model that does not is calibrated at its own scale).
+
+    Returns:
+        The search; ``result.scale`` is the factor to predict at.
+    """
+    from cellstack.data.stats import median_diameter
+    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.sources import Source, load_source, resize_factor
+
+    if not isinstance(src, Source):
+        src = load_source(src)
+    if not records:
+        raise CellstackError("calibration needs at least one annotated image")
+    current = resize_factor(src, None, None)
+    factors = (current,)
+    if scales and src.diameter:
+        labels = median_diameter([r.sparse_masks() for r in records])
+        factors = candidate_scales(current, src.diameter, labels)
+    grid = grid_with(grid or TuneGrid.for_objects(src.area_p1), src.thresholds)
+    scored = []
+    for s in factors:
+        raws = raw_predictions(src, records, device=device, scale=s, progress=progress)
+        scored.append(
+            score_images(
+                raws, records, src.class_names, src.thresholds, grid, scale=s, progress=progress
+            )
+        )
+    return choose(scored, grid, src.thresholds)
+
+
+def run_tune(
+    source_path,
+    data,
+    *,
+    out=None,
+    fold: int | None = None,
+    overrides: tuple[str, ...] = (),
+    device: str = "auto",
+    grid: TuneGrid | None = None,
+    progress: bool = True,
+    allow_unfinished: bool = False,
+) -> tuple[TuneResult, object]:
+    """``cellstack tune``: predict ``data`` (or its fold ``fold``) with a model, a
+    built-in or an ensemble, search thresholds, write them; returns (result, where).
+
+    With ``out``, a new model folder is written there (:func:`write_tuned`: the
+    weights, the tuned thresholds and scale, a card saying what it was tuned on) and
+    the source is never touched: the way to calibrate a built-in. Without it, a run's
+    (or an ensemble's) ``thresholds.yaml`` is written in place, at the model's own
+    scale. A CV folder (``cellstack cv``) is tuned on its stored out-of-fold detections
+    instead, without running a model; ``data`` then defaults to the CV's data.
+    ``allow_unfinished``: a run without ``model.pt`` uses its latest checkpoint.
+    """
+    from cellstack.data.layouts import load_dataset
+    from cellstack.inference.cvfolder import CVFolder
+    from cellstack.inference.sources import load_source, write_thresholds
+    from cellstack.modeling.builtin import models_root, resolve_run
+
+    cv = CVFolder.find(source_path)
+    if cv is not None:
+        if out is not None:
+            raise CellstackError(f"{source_path}: --out takes a model, not a CV folder")
+        return _tune_cv(cv, data, fold, overrides, grid, progress)
+    if data is None:
+        raise CellstackError("tune needs DATA (annotated images) unless SOURCE is a CV folder")
+    folder = resolve_run(source_path, quiet=True)
+    builtin = folder.resolve().is_relative_to(models_root().resolve())
+    if out is not None:
+        _check_out(Path(out), folder)
+    elif builtin:
+        raise CellstackError(
+            f"{source_path} is a built-in model, which tune never changes; give --out NEW "
+            f"to write a tuned copy (cellstack tune {source_path} {data} --out NEW), then "
+            "predict with NEW"
+        )
+    src = load_source(source_path, overrides, allow_unfinished=allow_unfinished)
+    if out is not None and folder.is_file():
+        raise CellstackError(
+            f"{source_path}: --out takes a model (a run or a built-in); an ensemble is "
+            "tuned in place (thresholds.yaml beside its YAML)"
+        )
+    records = _fold_records(load_dataset(data), data, fold)
+    grid = grid or TuneGrid.for_objects(src.area_p1)
+    result = calibrate(
+        src, records, grid=grid, scales=out is not None, device=device, progress=progress
+    )
+    what = f"{len(records)} images of {data}" + (f" (fold {fold})" if fold is not None else "")
+    summary = f"score {result.before:.4f} -> {result.after:.4f}"
+    if not np.isnan(result.loo):
+        summary += f" (leave-one-image-out {result.loo:.4f})"
+    if out is not None:
+        write_tuned(folder, Path(out), result, f"{what}; {summary}", allow_unfinished)
+        return result, Path(out)
+    write_thresholds(
+        src.thresholds_path, result.thresholds, f"written by cellstack tune on {what}; {summary}"
+    )
+    return result, src.thresholds_path
+
+
+def _check_out(out: Path, source: Path) -> None:
+    """Refuse an ``--out`` that would write into the package, the source or a folder
+    that holds anything: a tuned model is always a new folder."""
+    from cellstack.modeling.builtin import models_root
+
+    where = out.resolve()
+    if where.is_relative_to(models_root().resolve()):
+        raise CellstackError(f"{out}: inside cellstack's built-in models; choose another --out")
+    if where == source.resolve() or where.is_relative_to(source.resolve()):
+        raise CellstackError(f"{out}: inside the model being tuned; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CellstackError(f"{out}: exists and is not an empty folder; choose another --out")
+
+
+def write_tuned(
+    source: Path, out: Path, result: TuneResult, summary: str, allow_unfinished: bool = False
+) -> None:
+    """A new model folder at ``out``: the weights of ``source`` (a run or a built-in;
+    copied, so ``out`` keeps working whatever happens to the source), its training
+    objects' statistics, its licences, the tuned ``thresholds.yaml``, the chosen scale
+    as the config's ``data.scale`` (predict's default) and its model card with a line
+    saying what it was tuned on. Laid out as a built-in (safetensors, no pickle), so
+    everything that takes a run takes it. Written into a temporary sibling folder and
+    renamed, so ``out`` is either complete or absent."""
+    import datetime
+    import json
+    import shutil
+    import tempfile
+    from dataclasses import replace as copy_with
+
+    from cellstack.inference.sources import THRESHOLDS, write_thresholds
+    from cellstack.modeling import files
+    from cellstack.modeling.builtin import CARD, META, is_builtin_folder, write_builtin
+
+    cfg, class_names, weights = files.load_run(source, allow_unfinished=allow_unfinished)
+    meta = {}
+    if is_builtin_folder(source):
+        meta = json.loads((source / META).read_text(encoding="utf-8"))
+    dtype = str(meta.get("weights_dtype", "float32"))  # a built-in's float16 stays so
+    cfg = copy_with(cfg, data=copy_with(cfg.data, scale=round(float(result.scale), 4)))
+    stats = files.run_data_stats(source)
+    state = files.final_state(weights, cfg, class_names, stats)
+    if isinstance(meta.get("versions"), dict):  # what trained the weights, not this tune
+        state["versions"] = meta["versions"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_builtin(tmp, state, dtype=getattr(torch, dtype))
+        if stats is not None:
+            (tmp / "data_stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        if (source / "LICENSES.md").is_file():
+            shutil.copyfile(source / "LICENSES.md", tmp / "LICENSES.md")
+        write_thresholds(
+            tmp / THRESHOLDS, result.thresholds, f"written by cellstack tune on {summary}"
+        )
+        card = (
+            (source / CARD).read_text(encoding="utf-8")
+            if (source / CARD).is_file()
+            else (f"# Model tuned from `{source.name}`\n")
+        )
+        p = result.thresholds.default
+        card = card.rstrip() + (
+            ("\n\n## Tuned\n" if "\n## Tuned\n" not in card else "\n")
+            + f"\n- {datetime.date.today().isoformat()}: `cellstack tune` from `{source}` on "
+            f"{summary}; scale {result.scale_before:.4g} -> {result.scale:.4g}; mask "
+            f"{p.mask_thresh}, offset {p.mask_offset:+g}, score {p.score_thresh}, nms "
+            f"{p.mask_nms_iou}, min_size {p.min_size}.\n"
+        )
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (checked before the model ran)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fold_records(records: list, data, fold: int | None) -> list:
+    """The records of fold ``fold`` of ``DATA/folds.csv`` (all of them for None)."""
+    from cellstack.data.folds import folds_beside, read_folds_csv
+
+    if fold is None:
+        return records
+    path = folds_beside(data)
+    if not path.is_file():
+        raise CellstackError(f"--fold needs {path} (cellstack folds)")
+    folds = read_folds_csv(path)
+    records = [r for r in records if folds.get(r.image_id) == fold]
+    if not records:
+        raise CellstackError(f"fold {fold} of {path} has no images")
+    return records
+
+
+def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, object]:
+    """Tune on a CV folder's stored out-of-fold detections: no model runs."""
+    from cellstack.config import config_from_dict, config_to_dict
+    from cellstack.data.folds import read_folds_csv
+    from cellstack.data.splits import cv_records
+    from cellstack.inference.sources import (
+        THRESHOLDS,
+        resolve_thresholds,
+        trained_sizes,
+        write_thresholds,
+    )
+
+    data = Path(data) if data is not None else cv.data_path()
+    cfg = config_from_dict(config_to_dict(cv.config()), overrides)
+    pool, class_names = cv_records(data, cfg)
+    raws = cv.load_oof()
+    records = [r for r in pool if r.image_id in raws]
+    if fold is not None:
+        fold_of = read_folds_csv(cv.folds_path)
+        records = [r for r in records if fold_of.get(r.image_id) == fold]
+    if not records:
+        raise CellstackError(f"{cv.path}: no OOF prediction matches an image of {data}")
+    # The starting point is what predict would apply (thresholds given on the command
+    # line beat thresholds.yaml).
+    current = resolve_thresholds(cfg, overrides, tuned=cv.path / THRESHOLDS)
+    grid = grid or TuneGrid.for_objects(trained_sizes(cv.fold_run(0))["area_p1"])
+    result = tune_thresholds(
+        [raws[r.image_id] for r in records], records, class_names, current, grid, progress
+    )
+    path = cv.path / THRESHOLDS
+    write_thresholds(
+        path,
+        result.thresholds,
+        f"written by cellstack tune on the OOF predictions of {len(records)} images of {data}"
+        + (f" (fold {fold})" if fold is not None else "")
+        + f"; score {result.before:.4f} -> {result.after:.4f}",
+    )
+    return result, path

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,14 @@ import torch
 
 from cellstack.data.dataset import rescale_sample
 from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
-from cellstack.data.labels import sparse_from_labels
-from cellstack.data.records import check_image_size
+from cellstack.data.limits import check_image_size
+from cellstack.data.masks import pixels_to_labels, sparse_from_labels
 from cellstack.data.stats import median_diameter
 from cellstack.errors import ArgumentTypeError, CellstackError
-from cellstack.inference.postprocess import Thresholds, pixels_to_labels
+from cellstack.inference.postprocess import Thresholds
 from cellstack.inference.predictor import Predictor
-from cellstack.inference.sources import Source, load_source
+from cellstack.inference.result import Result, object_table
+from cellstack.inference.sources import Source, load_source, resize_factor
 from cellstack.inference.tune import (
     TuneGrid,
     TuneResult,
@@ -45,104 +46,6 @@ from cellstack.inference.tune import (
     score_images,
 )
 from cellstack.structures import Instances
-
-#: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
-#: (``bbox_y1``/``bbox_x1`` one past the last row/column), centroids in pixels
-#: (row, column) of the mask's pixel centres.
-TABLE_COLUMNS = (
-    "label",
-    "cell_type",
-    "score",
-    "area",
-    "centroid_y",
-    "centroid_x",
-    "bbox_y0",
-    "bbox_x0",
-    "bbox_y1",
-    "bbox_x1",
-)
-
-
-@dataclass(frozen=True)
-class Result:
-    """The cells of one image, or of every plane of a stack.
-
-    Attributes:
-        labels: int32[*lead, H, W] instance ids, 0 = background; in a 2-D image ids
-            1..N follow decreasing score, in a stack they run on across planes so that
-            every id is one object.
-        planes: the post-processed cells of each plane (``pixels``: flat indices
-            into the plane; ``classes``: cell-type indices), one per plane in C order;
-            :attr:`instances` is the one of a 2-D image.
-        table: per-object columns (:data:`TABLE_COLUMNS`, then one column per lead
-            axis, e.g. ``z``) as numpy arrays: ``pandas.DataFrame(result.table)`` and
-            napari's Labels ``features`` take it as it is.
-        image: uint8[*lead, H, W], the scaled planes the model saw.
-        lead: the axes planes are stacked along: ``""`` (one 2-D image), ``"Z"``,
-            ``"T"`` or ``"TZ"``.
-        class_names: the model's cell types.
-    """
-
-    labels: np.ndarray
-    planes: tuple[Instances, ...]
-    table: dict[str, np.ndarray]
-    image: np.ndarray
-    lead: str
-    class_names: tuple[str, ...]
-
-    @property
-    def instances(self) -> Instances:
-        """The cells of a 2-D image (for a stack: :attr:`planes`)."""
-        if self.lead:
-            raise AttributeError(
-                f"a {self.lead}YX stack has one Instances per plane: use result.planes"
-            )
-        return self.planes[0]
-
-    def __len__(self) -> int:
-        """The number of cells."""
-        return len(self.table["label"])
-
-
-def object_table(
-    labels: np.ndarray, inst: Instances, class_names: Sequence[str], first_id: int = 1
-) -> dict[str, np.ndarray]:
-    """Per-object columns (:data:`TABLE_COLUMNS`) of a plane's cells.
-
-    Args:
-        labels: int32[H, W] with instance ``k`` painted as ``first_id + k``.
-        inst: the plane's post-processed instances (``scores``, ``classes``).
-        class_names: names of the cell-type indices.
-        first_id: the label id of the first instance.
-    """
-    from scipy import ndimage
-
-    n = len(inst)
-    ids = np.arange(first_id, first_id + n, dtype=np.int64)
-    local = np.where(labels > 0, labels - (first_id - 1), 0).ravel()
-    h, w = labels.shape
-    rows, cols = np.divmod(np.arange(h * w), w)
-    area = np.bincount(local, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy = np.bincount(local, weights=rows, minlength=n + 1)[1:] / area
-        cx = np.bincount(local, weights=cols, minlength=n + 1)[1:] / area
-    boxes = np.zeros((n, 4), dtype=np.int64)
-    for k, sl in enumerate(ndimage.find_objects(local.reshape(h, w), max_label=n)):
-        if sl is not None:
-            boxes[k] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
-    names = np.asarray(class_names, dtype=object)
-    return {
-        "label": ids,
-        "cell_type": names[np.asarray(inst.classes, dtype=np.int64)] if n else names[:0],
-        "score": np.asarray(inst.scores, dtype=np.float32),
-        "area": area.astype(np.int64),
-        "centroid_y": cy,
-        "centroid_x": cx,
-        "bbox_y0": boxes[:, 0],
-        "bbox_x0": boxes[:, 1],
-        "bbox_y1": boxes[:, 2],
-        "bbox_x1": boxes[:, 3],
-    }
 
 
 class Segmenter:
@@ -520,59 +423,6 @@ class Segmenter:
             lead=lead,
             class_names=self.class_names,
         )
-
-
-#: The resize factors ``diameter``/``scale`` may give: beyond them an image becomes a few
-#: pixels or far more than memory holds, never a meaningful request.
-MAX_RESIZE = (1 / 16, 16.0)
-
-
-def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
-    """The resize factor for ``diameter`` or ``scale``, checked (1 when neither).
-
-    ``source`` None checks the arguments only (before a model is loaded)."""
-    if diameter is not None and scale is not None:
-        raise CellstackError("give diameter or scale, not both")
-    for name, value in (("diameter", diameter), ("scale", scale)):
-        if value is not None and not (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        ):
-            raise CellstackError(f"{name} must be a positive finite number, got {value!r}")
-    if diameter is None and scale is None:
-        # A run trained with data.scale predicts at that scale unless told otherwise.
-        trained = getattr(getattr(source, "cfg", None), "data", None)
-        factor = float(trained.scale) if trained is not None and trained.scale != "auto" else 1.0
-    elif diameter is None:
-        factor = float(scale)
-    elif source is None:
-        return 1.0
-    elif source.diameter is None:
-        raise CellstackError(
-            "this run did not record its training objects' diameter (data_stats.json); "
-            "give scale instead of diameter"
-        )
-    else:
-        factor = source.diameter / diameter
-    lo, hi = MAX_RESIZE
-    if not lo <= factor <= hi:
-        if diameter is not None:
-            raise CellstackError(
-                f"diameter {diameter:g} px against the {source.diameter:g} px the model "
-                f"trained on means resizing by {factor:.4g}, outside {lo:g}..{hi:g}; "
-                "diameter is the cells' size in pixels"
-            )
-        if scale is not None:
-            raise CellstackError(
-                f"scale {factor:.4g} is outside {lo:g}..{hi:g} (scale resizes the image "
-                "before the model: 0.5 halves it)"
-            )
-        raise CellstackError(
-            f"the run's data.scale {factor:.4g} is outside {lo:g}..{hi:g}; give scale"
-        )
-    return factor
 
 
 def _spec(spec: PlaneSpec | None, channel: int | Sequence[int] | None) -> PlaneSpec:

@@ -400,3 +400,56 @@ def _stage_settings(data: dict, model, where: str):
         typed = build_typed(type(current), {**asdict(current), **values}, f"{where}.{part}")
         out = replace(out, **{part: typed})
     return out
+
+
+#: The resize factors ``diameter``/``scale`` may give: beyond them an image becomes a few
+#: pixels or far more than memory holds, never a meaningful request.
+MAX_RESIZE = (1 / 16, 16.0)
+
+
+def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
+    """The resize factor for ``diameter`` or ``scale``, checked (1 when neither).
+
+    ``source`` None checks the arguments only (before a model is loaded)."""
+    if diameter is not None and scale is not None:
+        raise CellstackError("give diameter or scale, not both")
+    for name, value in (("diameter", diameter), ("scale", scale)):
+        if value is not None and not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            raise CellstackError(f"{name} must be a positive finite number, got {value!r}")
+    if diameter is None and scale is None:
+        # A run trained with data.scale predicts at that scale unless told otherwise.
+        trained = getattr(getattr(source, "cfg", None), "data", None)
+        factor = float(trained.scale) if trained is not None and trained.scale != "auto" else 1.0
+    elif diameter is None:
+        factor = float(scale)
+    elif source is None:
+        return 1.0
+    elif source.diameter is None:
+        raise CellstackError(
+            "this run did not record its training objects' diameter (data_stats.json); "
+            "give scale instead of diameter"
+        )
+    else:
+        factor = source.diameter / diameter
+    lo, hi = MAX_RESIZE
+    if not lo <= factor <= hi:
+        if diameter is not None:
+            raise CellstackError(
+                f"diameter {diameter:g} px against the {source.diameter:g} px the model "
+                f"trained on means resizing by {factor:.4g}, outside {lo:g}..{hi:g}; "
+                "diameter is the cells' size in pixels"
+            )
+        if scale is not None:
+            raise CellstackError(
+                f"scale {factor:.4g} is outside {lo:g}..{hi:g} (scale resizes the image "
+                "before the model: 0.5 halves it)"
+            )
+        raise CellstackError(
+            f"the run's data.scale {factor:.4g} is outside {lo:g}..{hi:g}; give scale"
+        )
+    return factor

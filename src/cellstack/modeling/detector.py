@@ -129,7 +129,11 @@ class CellDetector(nn.Module):
         return [feats[k] for k in self.backbone.level_names]
 
     def forward(
-        self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None
+        self,
+        images: Sequence[torch.Tensor],
+        targets: Sequence[dict] | None = None,
+        *,
+        box_params: BoxParams | None = None,
     ) -> dict[str, torch.Tensor] | list[Instances]:
         """Training (``targets`` given, module in train mode): a dict of losses
         ``rpn_cls, rpn_box`` and the heads' (:meth:`HeadLosses.named`: ``cls, box, mask``
@@ -137,7 +141,8 @@ class CellDetector(nn.Module):
         Inference: one Instances per image.
 
         Targets per image: ``boxes`` float32[N, 4] xyxy, ``labels`` int64[N] class index,
-        ``masks`` uint8[N, H, W].
+        ``masks`` uint8[N, H, W]. ``box_params`` (inference only) replaces the model's
+        own box selection for this call.
         """
         image_list = self.preprocess(images)
         feats = self.features(image_list)
@@ -160,7 +165,10 @@ class CellDetector(nn.Module):
             }
         proposals = self.propose(image_list, feats)
         return self.detect(
-            self.roi_heads.prepare(self.roi_levels(feats)), proposals, image_windows(image_list)
+            self.roi_heads.prepare(self.roi_levels(feats)),
+            proposals,
+            image_windows(image_list),
+            box_params,
         )
 
     def propose(
