@@ -69,7 +69,7 @@ def main() -> None:
     from cellstack.demo import demo_config_path
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.run import PredictOptions, predict_folder
 
     work = args.work or Path(tempfile.mkdtemp(prefix="arch_compare_"))
     data = work / "data"
@@ -116,14 +116,18 @@ def main() -> None:
             work / "warmup",
             device=str(device),
             progress=False,
-            overrides=("predict.batch_size=1",),
+            options=PredictOptions(overrides=("predict.batch_size=1",)),
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         pred_dir = work / f"pred_{arch}"
         predict_folder(
-            run, held_dir, pred_dir, device=str(device), overrides=("predict.batch_size=1",)
+            run,
+            held_dir,
+            pred_dir,
+            PredictOptions(overrides=("predict.batch_size=1",)),
+            device=str(device),
         )
         predict_s = (time.perf_counter() - t0) / len(held_out)
         report = evaluate(held_out, load_predictions(pred_dir / "submission.csv", held_out))

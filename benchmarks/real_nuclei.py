@@ -52,7 +52,7 @@ def score_folder(source: str | Path, test: Path, work: Path, name: str, override
     """Predict ``test/images`` with ``source`` and score against ``test/labels``."""
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.run import PredictOptions, predict_folder
 
     records = load_dataset(test)
     out = work / f"pred_{name}"
@@ -64,7 +64,7 @@ def score_folder(source: str | Path, test: Path, work: Path, name: str, override
         device="cpu",
         progress=False,
         overwrite=True,
-        overrides=tuple(overrides),
+        options=PredictOptions(overrides=tuple(overrides)),
     )
     seconds = time.perf_counter() - t0
     preds = load_predictions(out / "labels", records)

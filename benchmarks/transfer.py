@@ -122,7 +122,7 @@ def score(source, folder: Path, out: Path, overrides=()) -> dict:
     """Predict ``folder``'s images with ``source`` and score them."""
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.run import PredictOptions, predict_folder
 
     records = load_dataset(folder)
     predict_folder(
@@ -132,7 +132,7 @@ def score(source, folder: Path, out: Path, overrides=()) -> dict:
         device="cpu",
         progress=False,
         overwrite=True,
-        overrides=tuple(overrides),
+        options=PredictOptions(overrides=tuple(overrides)),
     )
     preds = load_predictions(out / "labels", records)
     report = evaluate(records, preds, progress=False).to_dict()

@@ -11,7 +11,7 @@ import pytest
 from cellstack import ddp
 from cellstack.config import load_config
 from cellstack.engine.trainer import train
-from cellstack.inference.run import predict_folder
+from cellstack.inference.run import PredictOptions, predict_folder
 from tests.conftest import FAST
 
 # Sampling every anchor and every proposal (huge per-image sample sizes) takes the
@@ -70,7 +70,9 @@ def test_two_gloo_processes_train_like_one_and_shard_predict(small_data, tmp_pat
 
     # Sharded predict writes what one process writes.
     post = ["predict.score_thresh=0.0", "predict.min_size=0"]
-    predict_folder(two, small_data, tmp_path / "p1", overrides=tuple(post), progress=False)
+    predict_folder(
+        two, small_data, tmp_path / "p1", PredictOptions(overrides=tuple(post)), progress=False
+    )
     done = _torchrun("predict", str(two), str(small_data), "--out", str(tmp_path / "p2"), *post)
     assert done.returncode == 0, done.stderr[-3000:]
     s1 = (tmp_path / "p1" / "submission.csv").read_text()

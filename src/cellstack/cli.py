@@ -169,7 +169,6 @@ def _channels(text: str) -> tuple[int, ...]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cellstack import ddp
-    from cellstack.data.images import PlaneSpec
     from cellstack.inference.run import predict_folder
 
     if args.dry_run:
@@ -186,26 +185,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.images is None or args.out is None:
         raise CellstackError("predict needs IMAGES and --out (or --dry-run)")
-    spec = PlaneSpec(args.channel, args.z_axis, args.t_axis, args.c_axis)
     from cellstack.data.omezarr import is_zarr
 
     if is_zarr(args.images) or args.block is not None:
         return _predict_large(args)
-    common = dict(
-        overrides=tuple(args.overrides),
-        device=args.device,
-        overwrite=args.overwrite,
-        allow_unfinished=args.allow_unfinished,
-        diameter=args.diameter,
-        scale=args.scale,
-        spec=spec,
-        save_rois=args.save_rois,
-        overlays=not args.no_overlays,
-        label_dtype=args.label_dtype,
-        save_geojson=args.save_geojson,
-        save_ome_zarr=args.save_ome_zarr,
-        progress=not args.quiet,
-    )
+    options = _predict_options(args)
+    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.quiet)
     if args.workers is not None or args.scheduler is not None:
         from cellstack.distributed.cluster import open_client
         from cellstack.distributed.folders import predict_images
@@ -213,14 +198,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if args.device == "auto":
             common["device"] = "cpu"  # a worker per GPU is asked for with --device cuda
         with open_client(args.workers, args.scheduler) as client:
-            summary = predict_images(args.run, args.images, args.out, client=client, **common)
+            summary = predict_images(
+                args.run, args.images, args.out, options, client=client, **common
+            )
     else:
-        summary = predict_folder(args.run, args.images, args.out, **common)
+        summary = predict_folder(args.run, args.images, args.out, options, **common)
     if not ddp.current().main:
         return 0
-    written = ["submission.csv", "results.json", "labels/", "objects/"]
-    written += ["overlays/"] * (not args.no_overlays) + ["rois/"] * args.save_rois
-    written += ["geojson/"] * args.save_geojson + ["ome-zarr/"] * args.save_ome_zarr
+    written = options.outputs.written()
     print(
         f"predicted {summary.n_cells} cells in {summary.n_images} images "
         f"({summary.seconds / max(summary.n_images, 1):.2f} s/image) -> {summary.out} "
@@ -229,11 +214,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_options(args: argparse.Namespace):
+    """The :class:`~cellstack.inference.run.PredictOptions` of predict's flags."""
+    from cellstack.data.images import PlaneSpec
+    from cellstack.inference.export import OutputOptions
+    from cellstack.inference.run import PredictOptions
+
+    return PredictOptions(
+        overrides=tuple(args.overrides),
+        allow_unfinished=args.allow_unfinished,
+        diameter=args.diameter,
+        scale=args.scale,
+        spec=PlaneSpec(args.channel, args.z_axis, args.t_axis, args.c_axis),
+        outputs=OutputOptions(
+            overlays=not args.no_overlays,
+            save_rois=args.save_rois,
+            label_dtype=args.label_dtype,
+            save_geojson=args.save_geojson,
+            save_ome_zarr=args.save_ome_zarr,
+        ),
+    )
+
+
 def _predict_large(args: argparse.Namespace) -> int:
     """``predict SOURCE big.ome.zarr --out labels.ome.zarr``: block by block."""
     from cellstack.distributed.blocks import segment
     from cellstack.distributed.cluster import open_client
-    from cellstack.inference.segmenter import Segmenter
 
     ignored = [
         flag
@@ -253,14 +259,7 @@ def _predict_large(args: argparse.Namespace) -> int:
             "(it writes an OME-Zarr label image and objects.csv)"
         )
     device = "cpu" if args.device == "auto" and args.workers else args.device
-    seg = Segmenter.load(
-        args.run,
-        device=device,
-        diameter=args.diameter,
-        scale=args.scale,
-        overrides=tuple(args.overrides),
-        allow_unfinished=args.allow_unfinished,
-    )
+    seg = _predict_options(args).load(args.run, device)
     with open_client(args.workers, args.scheduler) as client:
         summary = segment(
             seg,

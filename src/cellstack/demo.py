@@ -272,9 +272,9 @@ def _otsu(run: _Run, step: str) -> None:
 def _score(run: _Run, step: str) -> None:
     from cellstack.data.dataset import load_sample
     from cellstack.data.images import write_png
-    from cellstack.data.labels import read_label_image
     from cellstack.data.layouts import load_predictions
     from cellstack.evaluation.report import evaluate
+    from cellstack.inference.export import PredictionFolder
     from cellstack.inference.overlay import outline_overlay, side_by_side
 
     run.say(f"{step} scoring; overlays")
@@ -286,7 +286,7 @@ def _score(run: _Run, step: str) -> None:
         image, truth = load_sample(rec)
         panels = [outline_overlay(image, truth)]
         for folder in run.methods.values():
-            labels = read_label_image(run.out / folder / "labels" / f"{rec.image_id}.tif")
+            labels = PredictionFolder(run.out / folder).labels(rec.image_id)
             panels.append(outline_overlay(image, labels))
         write_png(run.out / "overlays" / f"{rec.image_id}.png", side_by_side(*panels))
 
@@ -294,11 +294,11 @@ def _score(run: _Run, step: str) -> None:
 def _real_nuclei(run: _Run, step: str) -> None:
     from cellstack.data.dataset import load_sample
     from cellstack.data.images import write_png
-    from cellstack.data.labels import read_label_image
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.data.masks import sparse_from_labels
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
+    from cellstack.inference.export import PredictionFolder
     from cellstack.inference.overlay import outline_overlay, side_by_side
     from cellstack.inference.run import predict_folder
     from cellstack.modeling.builtin import builtin_names
@@ -321,7 +321,7 @@ def _real_nuclei(run: _Run, step: str) -> None:
     run.real["nuclei"].write_json(out / "scores.json")
     for rec in records:
         image, truth = load_sample(rec)
-        pred = read_label_image(out / "labels" / f"{rec.image_id}.tif")
+        pred = PredictionFolder(out).labels(rec.image_id)
         panels = (truth, otsu[rec.image_id], pred)
         write_png(
             run.out / "overlays" / f"nuclei_{rec.image_id}.png",

@@ -18,7 +18,6 @@ widget is tested in a real viewer (``tests/test_napari_viewer.py``).
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -167,89 +166,126 @@ def segment_layer(data: np.ndarray, model: str | Path, **kwargs) -> LayerData:
 
 
 def make_widget():
-    """The dock widget napari shows (built when napari asks for it)."""
-    keep_compiler_out()
-    from magicgui.widgets import (
-        ComboBox,
-        Container,
-        FileEdit,
-        FloatSpinBox,
-        ProgressBar,
-        PushButton,
-    )
-    from napari.layers import Image
-    from napari.utils.notifications import show_error, show_info
+    """The dock widget napari shows (built when napari asks for it): the container of a
+    :class:`SegmentWidget`."""
+    return SegmentWidget().container
 
-    from cellstack.modeling.builtin import builtin_names
 
-    folder_choice = "run folder / ensemble YAML below"
-    # Choices from a callable: napari resets a docked widget's choices whenever its
-    # layers change, so the list follows the viewer.
-    image = ComboBox(label="image", choices=lambda _w: _image_choices(Image), nullable=True)
-    model = ComboBox(label="model", choices=[*builtin_names(), folder_choice])
-    path = FileEdit(label="run / ensemble", mode="r", filter="*.yaml *.yml", value="")
-    folder = FileEdit(label="or run folder", mode="d", value="")
-    diameter = FloatSpinBox(label="cell diameter (0 = as trained)", min=0.0, max=1000.0)
-    device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
-    run_button = PushButton(text="Segment")
-    cancel = PushButton(text="Cancel", enabled=False)
-    progress = ProgressBar(label="planes", min=0, max=1, value=0)
-    widget = Container(
-        widgets=[image, model, path, folder, diameter, device, run_button, cancel, progress]
-    )
-    state: dict[str, Any] = {"worker": None}
+class SegmentWidget:
+    """The Segment dock widget: its fields, and what its buttons and the viewer's
+    selection do.
 
-    def viewer():
-        import napari
+    ``container`` is the magicgui Container napari docks: image, model, run / ensemble
+    file, run folder, cell diameter, device, Segment, Cancel, the planes' progress. Its
+    ``start``, ``stop`` and ``state`` (the running worker) are this object's, for tests
+    and scripts.
+    """
 
-        return napari.current_viewer()
+    #: The model choice that means "the file or folder fields below".
+    FOLDER_CHOICE = "run folder / ensemble YAML below"
 
-    def refresh(*_):
+    def __init__(self) -> None:
+        keep_compiler_out()
+        from magicgui.widgets import (
+            ComboBox,
+            Container,
+            FileEdit,
+            FloatSpinBox,
+            ProgressBar,
+            PushButton,
+        )
+        from napari.layers import Image
+
+        from cellstack.modeling.builtin import builtin_names
+
+        self.image_type = Image
+        # Choices from a callable: napari resets a docked widget's choices whenever its
+        # layers change, so the list follows the viewer.
+        self.image = ComboBox(
+            label="image", choices=lambda _w: _image_choices(Image), nullable=True
+        )
+        self.model = ComboBox(label="model", choices=[*builtin_names(), self.FOLDER_CHOICE])
+        self.path = FileEdit(label="run / ensemble", mode="r", filter="*.yaml *.yml", value="")
+        self.folder = FileEdit(label="or run folder", mode="d", value="")
+        self.diameter = FloatSpinBox(label="cell diameter (0 = as trained)", min=0.0, max=1000.0)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
+        self.run_button = PushButton(text="Segment")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="planes", min=0, max=1, value=0)
+        self.container = Container(
+            widgets=[
+                self.image,
+                self.model,
+                self.path,
+                self.folder,
+                self.diameter,
+                self.device,
+                self.run_button,
+                self.cancel,
+                self.progress,
+            ]
+        )
+        self.state: dict[str, Any] = {"worker": None}
+        v = _viewer()
+        if v is not None:
+            selection = v.layers.selection.events.active
+            selection.connect(self.follow)
+            # The viewer outlives a closed widget: its events must not reach deleted Qt
+            # objects.
+            self.container.native.destroyed.connect(lambda *_: selection.disconnect(self.follow))
+            self.refresh()
+        self.run_button.changed.connect(self.start)
+        self.cancel.changed.connect(self.stop)
+        self.container.start, self.container.stop = self.start, self.stop
+        self.container.state = self.state
+
+    def refresh(self, *_) -> None:
         """Choices from the viewer; an empty (or gone) choice becomes the selected image
         layer, else the top one, so a viewer with one image needs no choosing."""
-        image.reset_choices()
-        if image.value not in _image_choices(Image):
-            image.value = default_image(viewer())
+        self.image.reset_choices()
+        if self.image.value not in _image_choices(self.image_type):
+            self.image.value = self.default_image(_viewer())
 
-    def follow(event):
+    def follow(self, event) -> None:
         """A newly selected image layer (a click, or one just added) is the one to
         segment; selecting a Labels layer keeps the choice."""
-        image.reset_choices()
-        if isinstance(event.value, Image) and event.value.name in image.choices:
-            image.value = event.value.name
+        self.image.reset_choices()
+        if isinstance(event.value, self.image_type) and event.value.name in self.image.choices:
+            self.image.value = event.value.name
 
-    def default_image(v) -> str | None:
+    def default_image(self, v) -> str | None:
+        """The selected image layer's name, else the top image layer's (None: none)."""
         if v is None:
             return None
         active = v.layers.selection.active
-        if isinstance(active, Image):
+        if isinstance(active, self.image_type):
             return active.name
-        names = _image_choices(Image)
+        names = _image_choices(self.image_type)
         return names[-1] if names else None
 
-    def chosen_model() -> str:
-        if model.value != folder_choice:
-            return str(model.value)
-        for edit in (path, folder):
+    def chosen_model(self) -> str:
+        """The built-in chosen, else the file or folder field's text ("" when empty)."""
+        if self.model.value != self.FOLDER_CHOICE:
+            return str(self.model.value)
+        for edit in (self.path, self.folder):
             text = str(edit.value or "").strip()
             if text and text != ".":
                 return text
         return ""
 
-    def finish(*_):
-        run_button.enabled, cancel.enabled = True, False
-        state["worker"] = None
-
-    def start(*_):
+    def start(self, *_) -> None:
+        """Check the inputs (a one-line error in napari when one is wrong), then segment
+        the chosen layer in a worker thread."""
         from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
 
         from cellstack.errors import CellstackError
 
-        refresh()
-        v = viewer()
-        layer = v.layers[image.value] if v and image.value in v.layers else None
-        spec = chosen_model()
-        d = float(diameter.value) or None
+        self.refresh()
+        v = _viewer()
+        layer = v.layers[self.image.value] if v and self.image.value in v.layers else None
+        spec = self.chosen_model()
+        d = float(self.diameter.value) or None
         try:
             check_inputs(
                 None if layer is None else layer.data,
@@ -269,51 +305,56 @@ def make_widget():
                 spec,
                 rgb=bool(layer.rgb),
                 diameter=d,
-                device=str(device.value),
+                device=str(self.device.value),
                 name=layer.name,
             )
 
         worker = work()
-        state["worker"] = worker
+        self.state["worker"] = worker
         taken = {lyr.name for lyr in v.layers}
-
-        def on_yield(item):
-            if len(item) == 2:
-                progress.max, progress.value = max(item[1], 1), item[0]
-                return
-            data, kwargs, _ = item
-            kwargs = {**kwargs, "name": layer_name(layer.name, spec, d, taken)}
-            v.add_labels(data, scale=layer.scale[-data.ndim :], **kwargs)
-            show_info(f"cellstack: {len(kwargs['features']['label'])} cells in {layer.name}")
-
-        def on_error(exc):
-            message = (
-                str(exc) if isinstance(exc, CellstackError) else f"{type(exc).__name__}: {exc}"
-            )
-            show_error(message.splitlines()[0] if message else type(exc).__name__)
-
-        worker.yielded.connect(on_yield)
-        worker.errored.connect(on_error)
-        worker.finished.connect(finish)
-        run_button.enabled, cancel.enabled = False, True
-        progress.value = 0
+        worker.yielded.connect(lambda item: self._on_yield(item, v, layer, spec, d, taken))
+        worker.errored.connect(_show_one_line)
+        worker.finished.connect(self.finish)
+        self.run_button.enabled, self.cancel.enabled = False, True
+        self.progress.value = 0
         worker.start()
 
-    def stop(*_):
-        if state["worker"] is not None:
-            state["worker"].quit()  # after the current plane
+    def _on_yield(self, item, v, layer, spec: str, d: float | None, taken: set[str]) -> None:
+        """A progress count, or the Labels layer to add, named for its settings."""
+        from napari.utils.notifications import show_info
 
-    v = viewer()
-    if v is not None:
-        selection = v.layers.selection.events.active
-        selection.connect(follow)
-        # The viewer outlives a closed widget: its events must not reach deleted Qt objects.
-        widget.native.destroyed.connect(lambda *_: selection.disconnect(follow))
-        refresh()
-    run_button.changed.connect(start)
-    cancel.changed.connect(stop)
-    widget.start, widget.stop, widget.state = start, stop, state  # for tests and scripts
-    return widget
+        if len(item) == 2:
+            self.progress.max, self.progress.value = max(item[1], 1), item[0]
+            return
+        data, kwargs, _ = item
+        kwargs = {**kwargs, "name": layer_name(layer.name, spec, d, taken)}
+        v.add_labels(data, scale=layer.scale[-data.ndim :], **kwargs)
+        show_info(f"cellstack: {len(kwargs['features']['label'])} cells in {layer.name}")
+
+    def finish(self, *_) -> None:
+        self.run_button.enabled, self.cancel.enabled = True, False
+        self.state["worker"] = None
+
+    def stop(self, *_) -> None:
+        """Cancel: the worker stops after the current plane."""
+        if self.state["worker"] is not None:
+            self.state["worker"].quit()
+
+
+def _show_one_line(exc: BaseException) -> None:
+    """A worker's error as napari's one-line notification (cellstack's own message)."""
+    from napari.utils.notifications import show_error
+
+    from cellstack.errors import CellstackError
+
+    message = str(exc) if isinstance(exc, CellstackError) else f"{type(exc).__name__}: {exc}"
+    show_error(message.splitlines()[0] if message else type(exc).__name__)
+
+
+def _viewer():
+    import napari
+
+    return napari.current_viewer()
 
 
 def _image_choices(image_type) -> list[str]:
@@ -326,57 +367,40 @@ def _image_choices(image_type) -> list[str]:
 def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
     """napari's reader hook for a prediction folder's marker (or the folder itself).
     napari only asks for paths matching :data:`MARKER`, so what it asks for is opened."""
+    from cellstack.inference.export import PredictionFolder
+
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
     p = Path(path)
     folder = p.parent if p.name == MARKER else p
-    if (folder / MARKER).is_file() or (folder / "results.json").is_file():
-        return read_predictions
-    return None
+    return read_predictions if PredictionFolder.holds_predictions(folder) else None
 
 
 def read_predictions(path: str | Path) -> list[LayerData]:
     """The layers of a ``cellstack predict`` folder (given as the folder or its marker):
     per image, the input image where ``inputs.json`` says where it is and it still
     exists, then a Labels layer with the features of its ``objects/{id}.csv``."""
-    import json
-
-    import tifffile
-
     from cellstack.data.images import read_image
-    from cellstack.fileio import open_text, read_text
+    from cellstack.inference.export import PredictionFolder
 
-    folder = Path(path)
-    folder = folder.parent if folder.name == MARKER else folder
-    inputs = {}
-    if (folder / "inputs.json").is_file():
-        inputs = json.loads(read_text(folder / "inputs.json", "inputs file"))
+    folder = PredictionFolder.open(path)
+    name = folder.root.name
+    inputs = folder.inputs()
     layers = []
-    for tif in sorted((folder / "labels").glob("*.tif")):
-        source = Path(inputs.get(tif.stem, ""))
-        if inputs.get(tif.stem) and source.is_file():
-            image = read_image(source)
-            layers.append((image, {"name": f"{tif.stem} ({folder.name})"}, "image"))
-        labels = tifffile.imread(tif)
-        features: dict[str, np.ndarray] = {}
-        table = folder / "objects" / f"{tif.stem}.csv"
-        if table.is_file():
-            with open_text(table, "object table") as f:
-                rows = list(csv.DictReader(f))
-            if rows:
-                features = {k: np.asarray([_number(r[k]) for r in rows]) for k in rows[0]}
-                features = {"index": features["label"], **features}
-        name = f"{tif.stem} cells ({folder.name})"
-        layers.append((labels, {"name": name, "features": features}, "labels"))
+    for image_id in folder.image_ids():
+        source = inputs.get(image_id)
+        if source is not None and source.is_file():
+            layers.append((read_image(source), {"name": f"{image_id} ({name})"}, "image"))
+        features = folder.objects(image_id)
+        if features:
+            features = {"index": features["label"], **features}
+        layers.append(
+            (
+                folder.labels(image_id),
+                {"name": f"{image_id} cells ({name})", "features": features},
+                "labels",
+            )
+        )
     return layers
-
-
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

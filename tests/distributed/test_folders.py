@@ -11,9 +11,11 @@ import tifffile
 from cellstack.distributed.folders import predict_images
 from cellstack.errors import CellstackError
 from cellstack.inference.export import PARTS
-from cellstack.inference.run import predict_folder
+from cellstack.inference.run import PredictOptions, predict_folder
 
-POST = ("predict.score_thresh=0", "predict.min_size=0", "predict.max_detections=30")
+POST = PredictOptions(
+    overrides=("predict.score_thresh=0", "predict.min_size=0", "predict.max_detections=30")
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,9 @@ def _labels(out):
 def test_twenty_images_on_two_workers_equal_one_process(
     client, one_thread, base_run, twenty, tmp_path
 ):
-    one = predict_folder(base_run, twenty, tmp_path / "one", overrides=POST, progress=False)
+    one = predict_folder(base_run, twenty, tmp_path / "one", options=POST, progress=False)
     two = predict_images(
-        base_run, twenty, tmp_path / "two", client=client, overrides=POST, progress=False
+        base_run, twenty, tmp_path / "two", client=client, options=POST, progress=False
     )
     assert one.n_images == two.n_images == 20 and one.n_cells == two.n_cells > 0
     a, b = _labels(tmp_path / "one"), _labels(tmp_path / "two")
@@ -57,15 +59,15 @@ def test_a_stopped_run_finishes_only_the_missing_images(
     last.write_bytes(good[: len(good) // 2])  # header intact, pixels cut off
     out = tmp_path / "out"
     with pytest.raises(CellstackError, match=f"{last.stem}.*run the same command again"):
-        predict_images(base_run, images, out, client=client, overrides=POST, progress=False)
+        predict_images(base_run, images, out, client=client, options=POST, progress=False)
     done = {p.stem for p in (out / PARTS).glob("*.json")} - {"job"}
     assert 0 < len(done) < 20 and last.stem not in done
     stamps = {i: (out / "labels" / f"{i}.tif").stat().st_mtime_ns for i in done}
     last.write_bytes(good)  # the user fixes the file and runs the same command again
-    summary = predict_images(base_run, images, out, client=client, overrides=POST, progress=False)
+    summary = predict_images(base_run, images, out, client=client, options=POST, progress=False)
     assert summary.n_images == 20
     assert all((out / "labels" / f"{i}.tif").stat().st_mtime_ns == stamps[i] for i in done)
-    fresh = predict_folder(base_run, images, tmp_path / "fresh", overrides=POST, progress=False)
+    fresh = predict_folder(base_run, images, tmp_path / "fresh", options=POST, progress=False)
     assert fresh.n_cells == summary.n_cells
     assert (out / "submission.csv").read_bytes() == (
         tmp_path / "fresh" / "submission.csv"
@@ -75,4 +77,4 @@ def test_a_stopped_run_finishes_only_the_missing_images(
     (out / PARTS).mkdir()
     (out / PARTS / "job.json").write_text('{"source": "other", "images": []}')
     with pytest.raises(CellstackError, match="unfinished run of another source"):
-        predict_images(base_run, images, out, client=client, overrides=POST, progress=False)
+        predict_images(base_run, images, out, client=client, options=POST, progress=False)

@@ -99,7 +99,7 @@ def test_train_out_that_is_a_file(cli, data, tmp_path):
 
 def test_predict_killed_midway_leaves_no_finished_marker(run, images, tmp_path, monkeypatch):
     from cellstack.inference import export
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.run import PredictOptions, predict_folder
 
     real = export.PredictionWriter.add
     calls = {"n": 0}
@@ -114,6 +114,8 @@ def test_predict_killed_midway_leaves_no_finished_marker(run, images, tmp_path, 
     monkeypatch.setattr(export.PredictionWriter, "add", dying)
     out = tmp_path / "p"
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(run, images, out, overrides=("predict.batch_size=1",), progress=False)
+        predict_folder(
+            run, images, out, PredictOptions(overrides=("predict.batch_size=1",)), progress=False
+        )
     assert (out / "labels").is_dir()  # the first image was written ...
     assert not (out / "submission.csv").exists() and not (out / "results.json").exists()

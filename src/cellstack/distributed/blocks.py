@@ -37,7 +37,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import numpy as np
 from cellstack.data.images import intensity_limits
 from cellstack.data.omezarr import LazyImage, create_labels, open_labels, open_lazy
 from cellstack.distributed.cluster import limit_threads
+from cellstack.distributed.tasks import JOB, TaskRunner, open_job, start_job
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write
 from cellstack.inference.predictor import tile_core, tile_starts
@@ -439,7 +440,7 @@ def segment(
 
         shutil.rmtree(out)
     _prepare(out, work, lazy.shape, block, overlap)
-    run = _Runner(client, segmenter)
+    run = TaskRunner(client, segmenter)
 
     def inputs(blk: Block):
         return _window(lazy, blk) if isinstance(lazy, ArrayImage) else lazy
@@ -483,7 +484,7 @@ def segment(
 
 
 def _write_regions(
-    run: _Runner, out: Path, grid: list[Block], regions: list, counts, where: str, bar
+    run: TaskRunner, out: Path, grid: list[Block], regions: list, counts, where: str, bar
 ) -> np.ndarray:
     """Write the label image region by region from the blocks' owned cells; returns
     each block's id offset (int64[blocks + 1]: the cells before it, then the total)."""
@@ -511,13 +512,11 @@ def _write_regions(
 def _prepare(out: Path, work: Path, shape, block: int, overlap: int) -> None:
     """Create (or, for an interrupted run with the same geometry, reopen) ``out``."""
     job = {"shape": list(shape), "block": block, "overlap": overlap}
-    marker = work / "job.json"
-    if marker.is_file():
-        if json.loads(marker.read_text()) != job:
-            raise CellstackError(
-                f"{out}: holds an unfinished run with another geometry ({marker}); choose "
-                "another --out or remove it"
-            )
+    refusal = (
+        f"{out}: holds an unfinished run with another geometry ({work / JOB}); choose "
+        "another --out or remove it"
+    )
+    if open_job(work, job, refusal):
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         finished = _is_finished_result(out)
@@ -527,9 +526,7 @@ def _prepare(out: Path, work: Path, shape, block: int, overlap: int) -> None:
             + "choose another --out"
         )
     create_labels(out, shape, block)
-    work.mkdir(parents=True)
-    with atomic_write(marker) as f:
-        json.dump(job, f)
+    start_job(work, job)
 
 
 def _is_finished_result(out: Path) -> bool:
@@ -570,52 +567,3 @@ def _write_table(path: Path, grid: list[Block], offsets: np.ndarray, work: Path)
                     [f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row]
                 )
     return rows
-
-
-class _Runner:
-    """Runs a task function over arguments on a Dask client, or here without one."""
-
-    def __init__(self, client: Any, segmenter: Segmenter) -> None:
-        self.client = client
-        self.segmenter = segmenter
-        self._model = None
-
-    def map(
-        self,
-        fn: Callable,
-        args: Sequence[tuple],
-        describe: Callable[[int, Exception], str],
-        bar,
-        first: Any = None,
-    ) -> list:
-        lead = (self.segmenter,) if first is None else (first,)
-        if self.client is None:
-            results = []
-            for k, a in enumerate(args):
-                try:
-                    results.append(fn(*lead, *a))
-                except CellstackError as exc:
-                    raise CellstackError(describe(k, exc)) from None
-                bar.update(1)
-            return results
-        from distributed import as_completed
-
-        if first is None and self._model is None:
-            # Sent once; every worker deserialises it once and keeps it for its tasks.
-            self._model = self.client.scatter(self.segmenter, broadcast=True)
-        head = self._model if first is None else first
-        futures = [self.client.submit(fn, head, *a, pure=False) for a in args]
-        index = {f.key: k for k, f in enumerate(futures)}
-        results: list = [None] * len(futures)
-        try:
-            for future in as_completed(futures):
-                k = index[future.key]
-                try:
-                    results[k] = future.result()
-                except CellstackError as exc:
-                    raise CellstackError(describe(k, exc)) from None
-                bar.update(1)
-        finally:
-            for f in futures:
-                f.cancel()
-        return results

@@ -1,6 +1,6 @@
 """Hooks: what happens around the training steps, each in its own small class.
 
-The loop (:func:`cellstack.engine.trainer.train`) does only the step itself: a batch,
+The loop (:meth:`cellstack.engine.trainer.Loop.train`) does only the step itself: a batch,
 the losses, the optimiser and the schedule. Everything else is a :class:`HookBase`
 called in a fixed order, as detectron2's hooks are:
 
@@ -12,8 +12,9 @@ called in a fixed order, as detectron2's hooks are:
 The trainer's hooks, in order: :class:`EMAHook` (the averaged weights),
 :class:`ValidationHook` (uses them), :class:`LogHook` (writes the row, with the
 validation score), :class:`CheckpointHook` (saves everything, the other hooks' state
-included, so a resumed run continues exactly). A hook that carries state returns it
-from ``state_dict`` and gets it back from ``load_state_dict``.
+included, so a resumed run continues exactly), :class:`FinishHook` (the plot, the
+tuned thresholds, then ``model.pt``). A hook that carries state returns it from
+``state_dict`` and gets it back from ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -149,6 +150,38 @@ class CheckpointHook(HookBase):
     def after_step(self, loop: Loop) -> None:
         if loop.iteration % self.every == 0 or loop.iteration == loop.total:
             loop.save_checkpoint()
+
+
+class FinishHook(HookBase):
+    """Finishes the run on rank 0: plots ``log.csv`` into ``training.png``, tunes the
+    thresholds on ``pool`` (when ``train.auto_thresholds``), then writes ``model.pt``,
+    last, as it says "finished". Both use the EMA weights when there are some."""
+
+    def __init__(self, pool: list, on_validation: bool, ema: EMAHook | None = None) -> None:
+        self.pool, self.on_validation, self.ema = pool, on_validation, ema
+
+    def after_train(self, loop: Loop) -> None:
+        from cellstack.engine.runlog import RunLog, plot_log
+        from cellstack.inference.run import tune_run_thresholds
+        from cellstack.modeling import files
+
+        if not loop.world.main:
+            return
+        cfg, run, model = loop.cfg, loop.run, loop.model
+        plot_log(RunLog(run / "log.csv", loop.iteration).rows, run / "training.png")
+        with averaged(self.ema, model):
+            if cfg.train.auto_thresholds:
+                tune_run_thresholds(
+                    model,
+                    cfg,
+                    self.pool,
+                    loop.data_stats,
+                    run,
+                    loop.device,
+                    on_validation=self.on_validation,
+                )
+            state = files.final_state(model.state_dict(), cfg, loop.class_names, loop.data_stats)
+            files.save(state, run / files.FINAL)
 
 
 def validate(

@@ -35,13 +35,12 @@ from cellstack.engine import rng
 from cellstack.engine.hooks import (
     CheckpointHook,
     EMAHook,
+    FinishHook,
     HookBase,
     LogHook,
     ValidationHook,
-    averaged,
 )
 from cellstack.engine.init_from import init_from_run
-from cellstack.engine.runlog import RunLog, plot_log
 from cellstack.engine.schedule import (
     LOSS_NAMES,
     combine_losses,
@@ -173,43 +172,31 @@ def train(
         data_stats=data_stats,
     )
     ema = EMAHook(model, t.ema) if t.ema > 0 else None
-    log = LogHook(run / "log.csv", t.log_every)
+    finish = FinishHook(val_records or train_records, bool(val_records), ema)
     loop.hooks = [
         *([ema] if ema is not None else []),
         *([ValidationHook(val_records, t.eval_every, ema)] if val_records and t.eval_every else []),
-        log,
+        LogHook(run / "log.csv", t.log_every),
         CheckpointHook(t.checkpoint_every),
+        finish,
         *hooks,
     ]
-
-    def finish(rows: list[dict]) -> None:
-        _finish(loop, rows, ema, val_records or train_records, bool(val_records))
-
-    if state is not None:
-        start = loop.restore(state)
-    else:
-        start = 0
+    start = loop.restore(state) if state is not None else 0
+    if state is None:
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
-    loop.iteration = loop.last_saved = start
     if start >= t.iterations:
         if (run / files.FINAL).is_file():
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
         # Killed while the run was being finished: the last checkpoint holds it all.
-        if world.main:
-            finish(RunLog(run / "log.csv", start).rows)
+        loop.iteration = start
+        finish.after_train(loop)
         ddp.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
     loader = _loader(cfg, train_records, class_names, world, start)
-    stopped, loss_value = _steps(loop, loader, start, stop_after, progress)
-    if stopped is not None:
-        return TrainResult(run, stopped, loss_value, loop.val_score)
-    for hook in loop.hooks:
-        hook.after_train(loop)
-    if world.main:
-        finish(log.rows)
+    stopped, loss_value = loop.train(loader, start, stop_after, progress)
     ddp.barrier(world)  # no rank reports "done" before model.pt exists
-    return TrainResult(run, t.iterations, loss_value, loop.val_score)
+    return TrainResult(run, stopped, loss_value, loop.val_score)
 
 
 def _write_run_files(run: Path, cfg: Config, data_stats, folds, records) -> None:
@@ -225,56 +212,10 @@ def _write_run_files(run: Path, cfg: Config, data_stats, folds, records) -> None
         write_folds_csv(run / "folds.csv", records, folds)
 
 
-def _steps(loop: Loop, loader, start: int, stop_after: int | None, progress: bool):
-    """The loop itself: a step, then every hook, until the loader ends or
-    ``stop_after`` steps are done (a checkpoint is saved then). Returns ``(iteration
-    stopped at or None, the last loss)``."""
-    from tqdm import tqdm
-
-    # Closed on any way out (an error included), so a one-line error never shares the
-    # bar's line.
-    with tqdm(
-        total=loop.total,
-        initial=start,
-        desc="training" if loop.world.size == 1 else f"training ({loop.world.size} processes)",
-        unit="it",
-        disable=not (progress and loop.world.main),
-        dynamic_ncols=True,
-    ) as bar:
-        loop.say = bar.write
-        loop.net.train()
-        for hook in loop.hooks:
-            hook.before_train(loop)
-        loss_value = float("nan")
-        for it, (images, targets) in enumerate(loader, start=start):
-            if stop_after is not None and it - start >= stop_after:
-                loop.save_checkpoint()
-                return it, loss_value
-            loss_value = loop.run_step(it, images, targets)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{loop.lr:.2e}")
-            for hook in loop.hooks:
-                hook.after_step(loop)
-    return None, loss_value
-
-
-def _finish(loop: Loop, rows: list[dict], ema, pool: list, on_validation: bool) -> None:
-    """Plot, tune thresholds on ``pool``, then write model.pt: last, as it says
-    "finished". Both use the EMA weights when averaging."""
-    cfg, run, model = loop.cfg, loop.run, loop.model
-    plot_log(rows, run / "training.png")
-    with averaged(ema, model):
-        if cfg.train.auto_thresholds:
-            tune_run_thresholds(
-                model, cfg, pool, loop.data_stats, run, loop.device, on_validation=on_validation
-            )
-        state = files.final_state(model.state_dict(), cfg, loop.class_names, loop.data_stats)
-        files.save(state, run / files.FINAL)
-
-
 @dataclass(eq=False)
 class Loop:
-    """The training state that :mod:`~cellstack.engine.hooks` see and act on.
+    """The training loop (:meth:`train`) and the state that
+    :mod:`~cellstack.engine.hooks` see and act on.
 
     Attributes:
         model: the detector (unwrapped); ``net`` is what the step runs (DDP or model).
@@ -311,6 +252,44 @@ class Loop:
     def amp(self) -> bool:
         """Whether the steps run in mixed precision (:func:`_uses_amp`)."""
         return _uses_amp(self.cfg.train, self.device)
+
+    def train(
+        self, loader: Iterable, start: int, stop_after: int | None, progress: bool
+    ) -> tuple[int, float]:
+        """The loop itself: every hook's ``before_train``, then a step and every hook's
+        ``after_step`` per batch, then every ``after_train`` once the loader ends. Stops
+        early, with a checkpoint, after ``stop_after`` steps. Returns ``(iterations done,
+        the last loss)``."""
+        from tqdm import tqdm
+
+        self.iteration = self.last_saved = start
+        # Closed on any way out (an error included), so a one-line error never shares
+        # the bar's line.
+        with tqdm(
+            total=self.total,
+            initial=start,
+            desc="training" if self.world.size == 1 else f"training ({self.world.size} processes)",
+            unit="it",
+            disable=not (progress and self.world.main),
+            dynamic_ncols=True,
+        ) as bar:
+            self.say = bar.write
+            self.net.train()
+            for hook in self.hooks:
+                hook.before_train(self)
+            loss_value = float("nan")
+            for it, (images, targets) in enumerate(loader, start=start):
+                if stop_after is not None and it - start >= stop_after:
+                    self.save_checkpoint()
+                    return it, loss_value
+                loss_value = self.run_step(it, images, targets)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self.lr:.2e}")
+                for hook in self.hooks:
+                    hook.after_step(self)
+        for hook in self.hooks:
+            hook.after_train(self)
+        return self.total, loss_value
 
     def run_step(self, it: int, images: list[torch.Tensor], targets: list[dict]) -> float:
         """One optimisation step on this rank's batch (iteration ``it``, 0-based): the
@@ -398,62 +377,6 @@ class Loop:
                 self.run / files.CHECKPOINT,
             )
         self.last_saved = self.iteration
-
-
-#: Images the automatic threshold search predicts at most (a few suffice, and it runs
-#: after every training).
-AUTO_TUNE_IMAGES = 16
-
-
-def tune_run_thresholds(
-    model: torch.nn.Module,
-    cfg: Config,
-    records: list[ImageRecord],
-    data_stats: dict | None,
-    run: Path,
-    device: torch.device,
-    *,
-    on_validation: bool,
-) -> None:
-    """Choose the run's post-processing thresholds on ``records`` (the validation
-    images when ``on_validation``, else the training images) and write
-    ``thresholds.yaml``.
-
-    The grid is every tuning's (:meth:`TuneGrid.for_objects`, minimum sizes relative to
-    the training objects). Per-type thresholds are kept only when every predicted
-    type has at least 4 images; otherwise one default serves all.
-    """
-    from cellstack.inference.postprocess import Thresholds, params_from
-    from cellstack.inference.run import raw_predictions
-    from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
-    from cellstack.inference.tune import TuneGrid, tune_thresholds
-
-    if len(records) > AUTO_TUNE_IMAGES:  # spread over the pool: its order is by name,
-        step = len(records) / AUTO_TUNE_IMAGES  # and a name prefix can be one cell type
-        records = [records[int(k * step)] for k in range(AUTO_TUNE_IMAGES)]
-    current = Thresholds(params_from(cfg.predict))
-    area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
-    grid = TuneGrid.for_objects(area)
-    src = Source.of_model(model, cfg, current)
-    raws = raw_predictions(src, records, device=device, progress=False)
-    result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
-    per_type = {k: g["images"] for k, g in result.groups.items() if k != "all"}
-    if all(n >= 4 for n in per_type.values()):
-        chosen, before, after = result.thresholds, result.before, result.after
-    else:  # the default alone: its scores are those of the "all" group
-        everything = result.groups["all"]
-        chosen = Thresholds(result.thresholds.default)
-        before, after = everything["before"], everything["after"]
-    which = "validation" if on_validation else "training"
-    summary = (
-        f"{len(records)} {which} images: score {before:.4f} at the config's thresholds -> "
-        f"{after:.4f}"
-    )
-    write_thresholds(run / THRESHOLDS, chosen, f"Chosen after training on {summary}.")
-    print(
-        f"thresholds tuned on {summary} (score_thresh {chosen.default.score_thresh}, "
-        f"mask_thresh {chosen.default.mask_thresh}) -> {run / THRESHOLDS}"
-    )
 
 
 def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None]:

@@ -4,7 +4,9 @@ tables, ImageJ ROI sets, overlays, a Kaggle ``submission.csv`` and COCO results.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,26 +83,65 @@ def check_unique_outputs(layouts: Sequence[tuple[str, str, tuple[int, ...]]]) ->
             owner[stem] = image_id
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """What predict writes beside ``labels/`` and ``objects/`` (see
+    :class:`PredictionWriter`), and the label images' dtype.
+
+    Adding an output format means a field here, its file in :meth:`PredictionWriter.add`
+    and one command-line flag.
+
+    Raises:
+        CellstackError: ``label_dtype`` is not one of :data:`~cellstack.data.labels.LABEL_DTYPES`.
+    """
+
+    overlays: bool = True
+    save_rois: bool = False
+    label_dtype: str = "int32"
+    save_geojson: bool = False
+    save_ome_zarr: bool = False
+
+    def __post_init__(self) -> None:
+        from cellstack.errors import CellstackError
+
+        if self.label_dtype not in LABEL_DTYPES:
+            raise CellstackError(
+                f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}, got {self.label_dtype!r}"
+            )
+
+    def written(self) -> list[str]:
+        """The files and folders a predict run with these options writes."""
+        optional = (
+            ("overlays/", self.overlays),
+            ("rois/", self.save_rois),
+            ("geojson/", self.save_geojson),
+            ("ome-zarr/", self.save_ome_zarr),
+        )
+        return ["submission.csv", "results.json", "labels/", "objects/"] + [
+            name for name, on in optional if on
+        ]
+
+
 class PredictionWriter:
     """Collects per-image results and writes them under ``out``.
 
     Per image, as it comes:
 
-    - ``labels/{id}.tif``: instance ids (``label_dtype``, int32 by default, which napari
+    - ``labels/{id}.tif``: instance ids (``options.label_dtype``, int32 by default, which napari
       opens as Labels; uint16 for tools that want it), 0 = background. A stack keeps
       its leading shape and axes (``ZYX``, ``TYX``, ``TZYX``) in the TIFF metadata.
     - ``objects/{id}.csv``: one row per cell: label id, cell type, score, area,
       centroid, bounding box (and ``z``/``t`` for stacks).
-    - ``rois/{id}.zip`` (``save_rois``): an ImageJ ROI set (Fiji's ROI Manager), one
+    - ``rois/{id}.zip`` (``options.save_rois``): an ImageJ ROI set (Fiji's ROI Manager), one
       polygon per cell named by its label id, with its plane position in stacks.
-    - ``overlays/{id}.png`` (``overlays``): outlines coloured by cell type; one
+    - ``overlays/{id}.png`` (``options.overlays``): outlines coloured by cell type; one
       ``{id}_z{k}.png`` per plane of a stack.
-    - ``geojson/{id}.geojson`` (``save_geojson``): a GeoJSON FeatureCollection that
+    - ``geojson/{id}.geojson`` (``options.save_geojson``): a GeoJSON FeatureCollection that
       QuPath imports as detections: one polygon per cell (a MultiPolygon for a cell
       that overlap removal split; pixel-edge outlines, x/y in
       pixels with pixel (0, 0) covering [0, 1)), ``classification`` = cell type,
       ``measurements`` = score and area; a stack's planes as ``plane`` properties.
-    - ``ome-zarr/{id}.zarr`` (``save_ome_zarr``, 2-D images): the label image as NGFF
+    - ``ome-zarr/{id}.zarr`` (``options.save_ome_zarr``, 2-D images): the label image as NGFF
       (:func:`~cellstack.data.omezarr.write_label_zarr`), for napari-ome-zarr and
       Fiji; listed in the manifest as a folder (``ome-zarr/{id}.zarr/``).
 
@@ -110,25 +151,11 @@ class PredictionWriter:
     """
 
     def __init__(
-        self,
-        out: str | Path,
-        class_names: Sequence[str],
-        *,
-        overlays: bool = True,
-        save_rois: bool = False,
-        label_dtype: str = "int32",
-        save_geojson: bool = False,
-        save_ome_zarr: bool = False,
+        self, out: str | Path, class_names: Sequence[str], options: OutputOptions | None = None
     ):
-        if label_dtype not in LABEL_DTYPES:
-            raise ValueError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
         self.out = Path(out)
         self.class_names = list(class_names)
-        self.overlays = overlays
-        self.save_rois = save_rois
-        self.save_geojson = save_geojson
-        self.save_ome_zarr = save_ome_zarr
-        self.label_dtype = label_dtype
+        self.options = options or OutputOptions()
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
         self._written: dict[str, str] = {}  # relative path -> the image it was written for
@@ -157,19 +184,19 @@ class PredictionWriter:
         write_label_tiff(
             self.target("labels", f"{image_id}.tif", image_id=image_id),
             result.labels,
-            dtype=self.label_dtype,
+            dtype=self.options.label_dtype,
             axes=f"{lead}YX",
             where=image_id,
         )
         self._write_table(
             self.target("objects", f"{image_id}.csv", image_id=image_id), result.table
         )
-        if self.save_rois:
+        if self.options.save_rois:
             self._write_rois(self.target("rois", f"{image_id}.zip", image_id=image_id), result)
-        if self.save_geojson:
+        if self.options.save_geojson:
             path = self.target("geojson", f"{image_id}.geojson", image_id=image_id)
             write_json(path, geojson_of(result))
-        if self.save_ome_zarr and not lead:
+        if self.options.save_ome_zarr and not lead:
             self._write_zarr(image_id, result.labels)
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
@@ -177,7 +204,7 @@ class PredictionWriter:
         for k, inst in enumerate(result.planes):
             position = dict(zip(lead.lower(), np.unravel_index(k, lead_shape), strict=True))
             labels = result.labels.reshape(-1, h, w)[k]
-            if self.overlays:
+            if self.options.overlays:
                 suffix = plane_suffix(position)
                 classes = np.concatenate([[0], np.asarray(inst.classes, dtype=np.int64)])
                 local = np.where(labels > 0, labels - offset, 0)
@@ -283,7 +310,7 @@ class PredictionWriter:
     ) -> PredictionWriter:
         """A writer holding the ``(submission, coco)`` of every part (one per process),
         with images in ``order``; its :meth:`close` writes the merged files."""
-        out = PredictionWriter(self.out, self.class_names, overlays=self.overlays)
+        out = PredictionWriter(self.out, self.class_names, self.options)
         submission = {k: v for sub, _ in parts for k, v in sub.items()}
         out.submission = {i: submission[i] for i in order if i in submission}
         rank = {image_id: k for k, image_id in enumerate(order)}
@@ -362,6 +389,85 @@ def geojson_of(result: Result) -> dict:
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+@dataclass(frozen=True)
+class PredictionFolder:
+    """A folder :class:`PredictionWriter` wrote, read back: the one reader of predict's
+    outputs (napari's reader, the demo, scripts).
+
+    Attributes:
+        root: the folder (``labels/{id}.tif``, ``objects/{id}.csv``, ``inputs.json``).
+    """
+
+    root: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> PredictionFolder:
+        """The prediction folder at ``path`` (the folder or its manifest file).
+
+        Raises:
+            CellstackError: ``path`` holds neither a manifest nor ``results.json``.
+        """
+        from cellstack.errors import CellstackError
+
+        root = Path(path)
+        root = root.parent if root.name == MANIFEST else root
+        if not cls.holds_predictions(root):
+            raise CellstackError(
+                f"{root}: not a folder written by cellstack predict (no {MANIFEST})"
+            )
+        return cls(root)
+
+    @staticmethod
+    def holds_predictions(root: Path) -> bool:
+        """Whether ``root`` looks like predict's output (its manifest, or the
+        ``results.json`` of a run that wrote none)."""
+        return (root / MANIFEST).is_file() or (root / "results.json").is_file()
+
+    def image_ids(self) -> list[str]:
+        """The ids of the images with a label image, sorted."""
+        return sorted(p.stem for p in (self.root / "labels").glob("*.tif"))
+
+    def inputs(self) -> dict[str, Path]:
+        """``{image id: the input image}`` as the run recorded them ({} when it did not)."""
+        from cellstack.fileio import read_text
+
+        path = self.root / INPUTS
+        if not path.is_file():
+            return {}
+        return {k: Path(v) for k, v in json.loads(read_text(path, "inputs file")).items()}
+
+    def labels(self, image_id: str) -> np.ndarray:
+        """``labels/{id}.tif``: int[..., H, W] instance ids (a stack keeps its leading
+        axes), 0 = background."""
+        import tifffile
+
+        return tifffile.imread(child(self.root, "labels", f"{image_id}.tif"))
+
+    def objects(self, image_id: str) -> dict[str, np.ndarray]:
+        """``objects/{id}.csv`` as columns (numbers parsed; {} without the table or
+        rows): ``label``, ``cell_type``, ``score``, ``area``, centroid, box."""
+        from cellstack.fileio import open_text
+
+        table = child(self.root, "objects", f"{image_id}.csv")
+        if not table.is_file():
+            return {}
+        with open_text(table, "object table") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return {}
+        return {k: np.asarray([_number(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _number(text: str) -> int | float | str:
+    """A table cell as the int or float it spells, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def remove_outputs(out: Path) -> int:

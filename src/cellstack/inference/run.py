@@ -7,7 +7,7 @@ model folder :func:`write_tuned`). The pure threshold search is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from cellstack.data.images import IMAGE_SUFFIXES, PlaneSpec, list_images, plane_layout
-from cellstack.data.labels import LABEL_DTYPES
 from cellstack.errors import CellstackError, DataError
 from cellstack.inference.export import (
     OUTPUTS,
+    OutputOptions,
     PredictionWriter,
     check_unique_outputs,
     remove_outputs,
@@ -34,7 +34,9 @@ from cellstack.inference.tune import (
 )
 
 if TYPE_CHECKING:
+    from cellstack.config import Config
     from cellstack.data.records import ImageRecord
+    from cellstack.inference.segmenter import Segmenter
     from cellstack.inference.sources import Source
     from cellstack.structures import Instances
 
@@ -131,24 +133,54 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_predict_inputs(
-    images: str | Path,
-    spec: PlaneSpec,
-    diameter: float | None,
-    scale: float | None,
-    label_dtype: str,
-) -> list[tuple[str, Path]]:
-    """``(id, path)`` of the images to predict, after every argument and every image
-    header is checked: before ``--overwrite`` clears anything and before the model
-    loads, a stack, a corrupt header or colliding output names fail at once."""
-    from cellstack.inference.sources import resize_factor
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a folder is predicted: ``cellstack predict``'s options, shared by
+    :func:`predict_folder` and the Dask folder path
+    (:func:`~cellstack.distributed.folders.predict_images`).
 
-    resize_factor(None, diameter, scale)
-    if label_dtype not in LABEL_DTYPES:
-        raise CellstackError(f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}")
-    todo = find_images(images)
-    check_unique_outputs([(i, *plane_layout(p, spec)[:2]) for i, p in todo])
-    return todo
+    Attributes:
+        overrides: dotted ``predict.*`` settings (``predict.score_thresh=0.5``).
+        allow_unfinished: predict with a run's last checkpoint when it has no model.pt.
+        diameter: the typical cell diameter in these images (px); they are rescaled so
+            their cells have the size the model trained on and the masks mapped back.
+        scale: the rescaling factor itself. Default (neither): no rescaling.
+        spec: channels and axes of stacks; Z-stacks and time series are segmented
+            plane by plane.
+        outputs: what is written beside the label images and object tables.
+    """
+
+    overrides: tuple[str, ...] = ()
+    allow_unfinished: bool = False
+    diameter: float | None = None
+    scale: float | None = None
+    spec: PlaneSpec = field(default_factory=PlaneSpec)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+
+    def load(self, source: str | Path, device: str | torch.device) -> Segmenter:
+        """The :class:`~cellstack.inference.segmenter.Segmenter` of ``source`` with these
+        options."""
+        from cellstack.inference.segmenter import Segmenter
+
+        return Segmenter.load(
+            source,
+            device=device,
+            diameter=self.diameter,
+            scale=self.scale,
+            overrides=self.overrides,
+            allow_unfinished=self.allow_unfinished,
+        )
+
+    def check_inputs(self, images: str | Path) -> list[tuple[str, Path]]:
+        """``(id, path)`` of the images to predict, after every option and every image
+        header is checked: before ``--overwrite`` clears anything and before the model
+        loads, a stack, a corrupt header or colliding output names fail at once."""
+        from cellstack.inference.sources import resize_factor
+
+        resize_factor(None, self.diameter, self.scale)
+        todo = find_images(images)
+        check_unique_outputs([(i, *plane_layout(p, self.spec)[:2]) for i, p in todo])
+        return todo
 
 
 @dataclass(frozen=True)
@@ -163,46 +195,29 @@ def predict_folder(
     source: str | Path,
     images: str | Path,
     out: str | Path,
+    options: PredictOptions | None = None,
     *,
-    overrides: tuple[str, ...] = (),
     device: str = "auto",
     progress: bool = True,
     overwrite: bool = False,
-    allow_unfinished: bool = False,
-    diameter: float | None = None,
-    scale: float | None = None,
-    spec: PlaneSpec | None = None,
-    save_rois: bool = False,
-    overlays: bool = True,
-    label_dtype: str = "int32",
-    save_geojson: bool = False,
-    save_ome_zarr: bool = False,
 ) -> PredictSummary:
     """Predict every image of ``images`` with a run's final model, a CV folder or an
-    ensemble YAML (see :mod:`~cellstack.inference.sources`); write to ``out`` (see
-    :class:`~cellstack.inference.export.PredictionWriter`). A loop over
+    ensemble YAML (see :mod:`~cellstack.inference.sources`) and ``options``; write to
+    ``out`` (see :class:`~cellstack.inference.export.PredictionWriter`). A loop over
     :meth:`Segmenter.iter_many <cellstack.inference.segmenter.Segmenter.iter_many>`.
 
     Under ``torchrun`` every process predicts its share of the images (writing their
     label images and overlays itself) and rank 0 writes the merged ``submission.csv``
     and ``results.json``, in the images' order.
-
-    ``diameter``: the typical cell diameter in these images (px); they are rescaled so
-    their cells have the size the model trained on (its stored median diameter) and
-    the masks mapped back. ``scale`` gives the factor directly. Default: no rescaling.
-    ``spec``: channels and axes of stacks (:class:`~cellstack.data.images.PlaneSpec`);
-    Z-stacks and time series are segmented plane by plane. ``save_geojson``,
-    ``save_ome_zarr``: also QuPath GeoJSON and OME-Zarr labels (see the writer).
     """
     import contextlib
     import time
 
     from cellstack import ddp
     from cellstack.fileio import output_lock
-    from cellstack.inference.segmenter import Segmenter
 
-    spec = spec or PlaneSpec()
-    todo = check_predict_inputs(images, spec, diameter, scale, label_dtype)
+    options = options or PredictOptions()
+    todo = options.check_inputs(images)
     out = Path(out)
     ddp.pick_device(device, ddp.launched().local_rank)
     main_process = ddp.launched().rank == 0
@@ -212,28 +227,13 @@ def predict_folder(
     with lock:
         if main_process:
             prepare_output(out, [path for _, path in todo], overwrite)
-        seg = Segmenter.load(
-            source,
-            device=device,
-            diameter=diameter,
-            scale=scale,
-            overrides=overrides,
-            allow_unfinished=allow_unfinished,
-        )
+        seg = options.load(source, device)
         world = ddp.setup(seg.device)
-        writer = PredictionWriter(
-            out,
-            seg.class_names,
-            overlays=overlays,
-            save_rois=save_rois,
-            label_dtype=label_dtype,
-            save_geojson=save_geojson,
-            save_ome_zarr=save_ome_zarr,
-        )
+        writer = PredictionWriter(out, seg.class_names, options.outputs)
         mine = ddp.shard(todo, world)
         t0 = time.perf_counter()
         results = seg.iter_many(
-            [path for _, path in mine], spec=spec, progress=progress and world.main
+            [path for _, path in mine], spec=options.spec, progress=progress and world.main
         )
         for (image_id, _), result in zip(mine, results, strict=True):
             writer.add(image_id, result)
@@ -524,3 +524,58 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
         + f"; score {result.before:.4f} -> {result.after:.4f}",
     )
     return result, path
+
+
+#: Images the automatic threshold search predicts at most (a few suffice, and it runs
+#: after every training).
+AUTO_TUNE_IMAGES = 16
+
+
+def tune_run_thresholds(
+    model: torch.nn.Module,
+    cfg: Config,
+    records: list[ImageRecord],
+    data_stats: dict | None,
+    run: Path,
+    device: torch.device,
+    *,
+    on_validation: bool,
+) -> None:
+    """Choose the run's post-processing thresholds on ``records`` (the validation
+    images when ``on_validation``, else the training images) and write
+    ``thresholds.yaml``.
+
+    The grid is every tuning's (:meth:`TuneGrid.for_objects`, minimum sizes relative to
+    the training objects). Per-type thresholds are kept only when every predicted
+    type has at least 4 images; otherwise one default serves all.
+    """
+    from cellstack.data.stats import ObjectStats
+    from cellstack.inference.postprocess import Thresholds, params_from
+    from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
+
+    if len(records) > AUTO_TUNE_IMAGES:  # spread over the pool: its order is by name,
+        step = len(records) / AUTO_TUNE_IMAGES  # and a name prefix can be one cell type
+        records = [records[int(k * step)] for k in range(AUTO_TUNE_IMAGES)]
+    current = Thresholds(params_from(cfg.predict))
+    area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
+    grid = TuneGrid.for_objects(area)
+    src = Source.of_model(model, cfg, current)
+    raws = raw_predictions(src, records, device=device, progress=False)
+    result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
+    per_type = {k: g["images"] for k, g in result.groups.items() if k != "all"}
+    if all(n >= 4 for n in per_type.values()):
+        chosen, before, after = result.thresholds, result.before, result.after
+    else:  # the default alone: its scores are those of the "all" group
+        everything = result.groups["all"]
+        chosen = Thresholds(result.thresholds.default)
+        before, after = everything["before"], everything["after"]
+    which = "validation" if on_validation else "training"
+    summary = (
+        f"{len(records)} {which} images: score {before:.4f} at the config's thresholds -> "
+        f"{after:.4f}"
+    )
+    write_thresholds(run / THRESHOLDS, chosen, f"Chosen after training on {summary}.")
+    print(
+        f"thresholds tuned on {summary} (score_thresh {chosen.default.score_thresh}, "
+        f"mask_thresh {chosen.default.mask_thresh}) -> {run / THRESHOLDS}"
+    )
