@@ -1,6 +1,5 @@
 """DDP under torchrun: 2 gloo processes on CPU against 1 process on the same global batch."""
 
-import csv
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import pytest
 
 from cellstack import ddp
 from cellstack.config import load_config
+from cellstack.engine.runlog import read_log
 from cellstack.engine.trainer import train
 from cellstack.inference.run import PredictOptions, predict_folder
 from tests.conftest import FAST
@@ -37,8 +37,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _losses(run):
-    with open(run / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_log(run / "log.csv")
 
 
 def test_single_process_world():

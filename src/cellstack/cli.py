@@ -330,6 +330,8 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     """``cellstack synth``."""
+    from cellstack.data.synthetic import CELL_TYPES, TYPES
+
     p = sub.add_parser("synth", help="write a synthetic phase-contrast dataset (Sartorius layout)")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--n-images", type=int, default=12, help="number of images (default 12)")
@@ -339,8 +341,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cell-types",
         default=None,
-        help="comma-separated cell types: shsy5y,astro,cort (phase contrast, the "
-        "default), sheet (dense, oblique light), nuclei (fluorescent)",
+        help="comma-separated cell types (default: the phase-contrast ones, "
+        + ",".join(CELL_TYPES)
+        + "): "
+        + "; ".join(f"{t.name}: {t.description}" for t in TYPES.values()),
     )
     p.add_argument("--livecell", action="store_true", help="also write a LIVECell-style COCO json")
     _add_quiet(p)

@@ -12,6 +12,7 @@ import yaml
 
 from cellstack.cli import main
 from cellstack.data.layouts import load_dataset, load_predictions
+from cellstack.engine.runlog import read_log
 from cellstack.evaluation.report import evaluate
 from cellstack.inference.cvfolder import CVFolder
 from cellstack.inference.sources import load_source
@@ -27,8 +28,7 @@ CV_ARGS = [
 
 
 def _log_iterations(run):
-    with open(run / "log.csv", newline="") as f:
-        return [int(r["iteration"]) for r in csv.DictReader(f)]
+    return [int(r["iteration"]) for r in read_log(run / "log.csv")]
 
 
 @pytest.mark.slow

@@ -1,4 +1,3 @@
-import csv
 import re
 
 import pytest
@@ -6,6 +5,7 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
+from cellstack.engine.runlog import read_log
 from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
 from cellstack.engine.trainer import TrainingDiverged, train
 from cellstack.errors import CellstackError
@@ -14,8 +14,7 @@ from tests.conftest import FAST
 
 
 def _log(run):
-    with open(run / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_log(run / "log.csv")
 
 
 def test_schedules_and_loss_decay():
@@ -228,10 +227,9 @@ def test_hooks_run_in_order_and_resume_exactly(small_data, tmp_path):
     _, _, a = load_run(tmp_path / "a")
     _, _, b = load_run(tmp_path / "b")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
-    with open(tmp_path / "a" / "log.csv") as f:
-        log_a = [(r["iteration"], r["val_score"] != "") for r in csv.DictReader(f)]
-    with open(tmp_path / "b" / "log.csv") as f:
-        log_b = [(r["iteration"], r["val_score"] != "") for r in csv.DictReader(f)]
+    log_a, log_b = (
+        [(r["iteration"], r["val_score"] != "") for r in _log(tmp_path / k)] for k in "ab"
+    )
     assert log_a == log_b
     # The resumed run's clock goes on from the rows it kept: seconds never go back.
     seconds = [float(r["seconds"]) for r in _log(tmp_path / "b") if r["seconds"]]

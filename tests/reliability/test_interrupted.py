@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cellstack.config import load_config
+from cellstack.engine.runlog import read_log
 from cellstack.engine.trainer import train
 from tests.conftest import FAST
 from tests.reliability.conftest import checksums
@@ -46,7 +47,6 @@ def test_kill_at_each_write_point_resumes(data, tmp_path, monkeypatch, point, nt
     """A kill while ``point`` is written for the ``nth`` time (a SIGKILL: the partial
     file stays behind) leaves a run that the same command (fresh or ``--resume``, as a
     user would pick) finishes with the log of an uninterrupted run."""
-    import csv
     import os
     import shutil
 
@@ -78,8 +78,7 @@ def test_kill_at_each_write_point_resumes(data, tmp_path, monkeypatch, point, nt
         train(cfg, data, run, progress=False)
     assert torch.load(run / "model.pt", weights_only=True)["class_names"]
     assert not list(run.glob(".*.partial*"))
-    with open(run / "log.csv") as f:
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    assert [int(r["iteration"]) for r in read_log(run / "log.csv")] == [1, 2, 3]
 
 
 def test_train_out_never_overwrites_a_finished_run(cli, run, data):

@@ -1,9 +1,9 @@
 """One typed configuration: frozen dataclasses, loaded from YAML, with dotted overrides.
 
-Defaults are the original solution's recipe for the real data (see
-``shared/reference/original-details.md``) wherever it applies to any dataset; a few
-values that only make sense on a GPU (a ResNeXt backbone, thousands of iterations) live
-in the shipped configs instead. ``modeling/build.py`` is the only reader of ``model``.
+Defaults are the original solution's recipe for the real data wherever it applies to
+any dataset; a few values that only make sense on a GPU (a ResNeXt backbone, thousands
+of iterations) live in the shipped configs instead (``configs/original/``, described in
+``docs/training.md``). ``modeling/build.py`` is the only reader of ``model``.
 
 Three jobs, three modules: :mod:`~cellstack.config.schema` (the sections, their
 defaults, choices and rules), :mod:`~cellstack.config.typed` (plain data and YAML ->

@@ -1,24 +1,10 @@
 """Synthetic microscopy images with exact instance masks.
 
-Our stand-in for real data in tests, the demo and the benchmarks. Three phase-contrast
-cell types mimic the Kaggle ones (:data:`CELL_TYPES`, the default):
-
-- ``shsy5y``: many small elongated cells, in dense clumps where they touch, locally
-  aligned, some with a short neurite.
-- ``astro``: few large irregular flat cells with long thin tapering processes, low
-  contrast and textured.
-- ``cort``: small round cells, sparse, with the dark centre and bright halo of a
-  rounded cell under phase contrast.
-
-Two more (:data:`OTHER_TYPES`) have other looks, so that defaults are not tuned to
-phase contrast alone:
-
-- ``sheet``: a dense confluent sheet of touching polygonal cells (22-32 px) under
-  oblique (DIC-like) transmitted light: a relief, bright on the side facing the light
-  and dark on the other, with no halo.
-- ``nuclei``: widefield fluorescent nuclei (8-16 px) on a dark background, dim and
-  bright, many touching in clusters, some out of focus, with shot noise; the masks are
-  the exact outlines (no annotator's margin).
+Our stand-in for real data in tests, the demo and the benchmarks. Each cell type is one
+:class:`CellType` row of :data:`TYPES` (its description, shape, density and look);
+three phase-contrast ones mimic the Kaggle ones (:data:`CELL_TYPES`, the default), and
+two (:data:`OTHER_TYPES`) have other looks, so that defaults are not tuned to phase
+contrast alone. ``cellstack synth --help`` lists them from the same table.
 
 Phase-contrast rendering: a bright halo outside every cell boundary, a dark rim just
 inside it, textured interiors, uneven illumination, out-of-focus ghosts and debris that
@@ -29,7 +15,7 @@ and keeps its largest connected piece). Everything is drawn from one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +23,6 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-CELL_TYPES = ("shsy5y", "astro", "cort")
-#: Cell types with other imaging looks (relief, fluorescence).
-OTHER_TYPES = ("sheet", "nuclei")
-ALL_TYPES = CELL_TYPES + OTHER_TYPES
 #: Kaggle's image size as (H, W).
 DEFAULT_SHAPE = (520, 704)
 _REFERENCE_AREA = DEFAULT_SHAPE[0] * DEFAULT_SHAPE[1]
@@ -53,7 +35,7 @@ class SyntheticImage:
     Attributes:
         image: uint8[H, W] phase-contrast-like grayscale image.
         labels: int32[H, W] instance ids 1..N, 0 = background.
-        cell_type: one of :data:`CELL_TYPES`.
+        cell_type: one of :data:`ALL_TYPES`.
     """
 
     image: np.ndarray
@@ -90,6 +72,146 @@ def _process_path(
     return start + np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
 
 
+def _neurite(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[tuple]:
+    """shsy5y: sometimes a short neurite leaving from one tip of the body."""
+    if rng.random() >= 0.35:
+        return []
+    tip = body[np.argmax(body @ np.array([np.cos(angle), np.sin(angle)]))]
+    direction = angle + rng.normal(0, 0.3)
+    return [(_process_path(rng, tip, direction, rng.uniform(8, 22), 2.0), 2, 1)]
+
+
+def _astro_processes(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[tuple]:
+    """astro: 2-6 long thin tapering processes, a third of them branched once."""
+    paths = []
+    for _ in range(rng.integers(2, 7)):
+        a = rng.uniform(0, 2 * np.pi)
+        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.7
+        path = _process_path(rng, start, a, rng.uniform(35, 150))
+        paths.append((path, int(rng.integers(4, 8)), 2))
+        if rng.random() < 0.35 and len(path) > 6:  # one branch
+            k = int(rng.integers(len(path) // 3, len(path) - 2))
+            branch = _process_path(rng, path[k], a + rng.choice([-0.8, 0.8]), rng.uniform(20, 60))
+            paths.append((branch, 3, 2))
+    return paths
+
+
+@dataclass(frozen=True)
+class CellType:
+    """One synthetic cell type: what it looks like and how its cells are drawn.
+
+    Attributes:
+        name: the type's name (``synth --cell-types``, the records' cell type).
+        description: one line for docs and ``--help``.
+        look: ``phase`` (phase contrast), ``relief`` (oblique light) or
+            ``fluorescence``.
+        count: cells tried per Kaggle-sized (704x520) image, uniform in this range
+            (scaled with the image area).
+        min_kept: a cell whose largest free piece is under this share of it is dropped.
+        clumps: ``(count range, spread range px)`` of the clumps 80% of the cells
+            gather in (neighbours roughly aligned); None: spread uniformly.
+        radius, elongation, irregularity: the body's blob (:func:`_blob_polygon`).
+        processes: extra thin paths per cell (neurites, processes), or None.
+        phase: the phase-contrast look: halo brightness, halo width, rim darkness,
+            centre darkness, interior offset, texture.
+        sheet: a confluent sheet of Voronoi cells instead of placed blobs.
+    """
+
+    name: str
+    description: str
+    look: str
+    count: tuple[float, float] = (0.0, 0.0)
+    min_kept: float = 0.0
+    clumps: tuple[tuple[int, int], tuple[float, float]] | None = None
+    radius: tuple[float, float] = (0.0, 0.0)
+    elongation: tuple[float, float] = (1.0, 1.0)
+    irregularity: float = 0.0
+    processes: Callable[[np.random.Generator, np.ndarray, float], list[tuple]] | None = None
+    phase: tuple[float, ...] = ()
+    sheet: bool = False
+
+
+#: Every synthetic cell type, by name, in the order ``--help`` lists them.
+TYPES = {
+    t.name: t
+    for t in (
+        CellType(
+            "shsy5y",
+            "many small elongated cells in dense touching clumps, locally aligned, some with "
+            "a short neurite",
+            "phase",
+            count=(110, 320),
+            min_kept=0.55,  # dense: cells press against each other
+            clumps=((2, 7), (35, 110)),
+            radius=(5.0, 8.5),
+            elongation=(1.8, 3.6),
+            irregularity=0.12,
+            processes=_neurite,
+            phase=(34.0, 1.8, 16.0, 10.0, 4.0, 7.0),
+        ),
+        CellType(
+            "astro",
+            "few large irregular flat cells with long thin tapering processes, low contrast "
+            "and textured",
+            "phase",
+            count=(6, 22),
+            min_kept=0.6,
+            radius=(12, 22),
+            elongation=(1.0, 1.7),
+            irregularity=0.3,
+            processes=_astro_processes,
+            phase=(16.0, 1.5, 8.0, 2.0, 6.0, 9.0),
+        ),
+        CellType(
+            "cort",
+            "small round sparse cells with the dark centre and bright halo of a rounded cell",
+            "phase",
+            count=(15, 70),
+            min_kept=0.85,  # sparse: they rarely touch
+            radius=(5.0, 9.0),
+            elongation=(1.0, 1.35),
+            irregularity=0.06,
+            phase=(42.0, 2.2, 12.0, 22.0, -2.0, 5.0),
+        ),
+        CellType(
+            "sheet",
+            "a dense confluent sheet of touching polygonal cells (22-32 px) under oblique "
+            "(DIC-like) light: a relief, bright facing the light, dark on the other side",
+            "relief",
+            sheet=True,
+        ),
+        CellType(
+            "nuclei",
+            "widefield fluorescent nuclei (8-16 px) on a dark background, dim and bright, "
+            "touching in clusters, some out of focus; masks the exact outlines",
+            "fluorescence",
+            count=(250, 700),
+            min_kept=0.7,
+            clumps=((3, 9), (30, 90)),
+            radius=(4.0, 8.0),
+            elongation=(1.0, 1.5),
+            irregularity=0.05,
+        ),
+    )
+}
+#: The Kaggle-like phase-contrast types: ``synth``'s default.
+CELL_TYPES = tuple(name for name, t in TYPES.items() if t.look == "phase")
+#: Cell types with other imaging looks (relief, fluorescence).
+OTHER_TYPES = tuple(name for name, t in TYPES.items() if t.look != "phase")
+ALL_TYPES = tuple(TYPES)
+
+
+def cell_type_of(name: str) -> CellType:
+    """The :class:`CellType` called ``name``.
+
+    Raises:
+        ValueError: no such type.
+    """
+    if name not in TYPES:
+        raise ValueError(f"unknown synthetic cell type {name!r}; choose from {ALL_TYPES}")
+    return TYPES[name]
+
+
 def _draw_cell(
     rng: np.random.Generator, cell_type: str, angle: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -100,35 +222,11 @@ def _draw_cell(
         centre inside it.
     """
     pad = 6
-    if cell_type == "shsy5y":
-        body = _blob_polygon(rng, rng.uniform(5.0, 8.5), rng.uniform(1.8, 3.6), 0.12, angle)
-        paths = []
-        if rng.random() < 0.35:  # a short neurite leaving from one tip
-            tip = body[np.argmax(body @ np.array([np.cos(angle), np.sin(angle)]))]
-            direction = angle + rng.normal(0, 0.3)
-            paths.append((_process_path(rng, tip, direction, rng.uniform(8, 22), 2.0), 2, 1))
-    elif cell_type == "astro":
-        body = _blob_polygon(rng, rng.uniform(12, 22), rng.uniform(1.0, 1.7), 0.3, angle)
-        paths = []
-        for _ in range(rng.integers(2, 7)):
-            a = rng.uniform(0, 2 * np.pi)
-            start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.7
-            path = _process_path(rng, start, a, rng.uniform(35, 150))
-            paths.append((path, int(rng.integers(4, 8)), 2))
-            if rng.random() < 0.35 and len(path) > 6:  # one branch
-                k = int(rng.integers(len(path) // 3, len(path) - 2))
-                branch = _process_path(
-                    rng, path[k], a + rng.choice([-0.8, 0.8]), rng.uniform(20, 60)
-                )
-                paths.append((branch, 3, 2))
-    elif cell_type == "cort":
-        body = _blob_polygon(rng, rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.35), 0.06, angle)
-        paths = []
-    elif cell_type == "nuclei":
-        body = _blob_polygon(rng, rng.uniform(4.0, 8.0), rng.uniform(1.0, 1.5), 0.05, angle)
-        paths = []
-    else:
-        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {ALL_TYPES}")
+    kind = cell_type_of(cell_type)
+    body = _blob_polygon(
+        rng, rng.uniform(*kind.radius), rng.uniform(*kind.elongation), kind.irregularity, angle
+    )
+    paths = kind.processes(rng, body, angle) if kind.processes is not None else []
     points = np.concatenate([body] + [p for p, _, _ in paths])
     lo = np.floor(points.min(axis=0)) - pad
     hi = np.ceil(points.max(axis=0)) + pad
@@ -205,29 +303,19 @@ def synthetic_labels(
     """
     h, w = shape
     area_scale = (h * w) / _REFERENCE_AREA
-    if cell_type == "sheet":
+    kind = cell_type_of(cell_type)
+    if kind.sheet:
         return _sheet_labels(rng, shape)
     labels = np.zeros(shape, dtype=np.int32)
-    if cell_type == "shsy5y":
-        n_target = max(1, round(rng.uniform(110, 320) * area_scale))
-        n_clumps, clumps, spreads, clump_angles = _clumps(rng, shape, (2, 7), (35, 110))
-        min_kept = 0.55  # dense: cells press against each other
-    elif cell_type == "astro":
-        n_target = max(1, round(rng.uniform(6, 22) * area_scale))
-        min_kept = 0.6
-    elif cell_type == "nuclei":
-        n_target = max(1, round(rng.uniform(250, 700) * area_scale))
-        n_clumps, clumps, spreads, clump_angles = _clumps(rng, shape, (3, 9), (30, 90))
-        min_kept = 0.7
-    else:
-        n_target = max(1, round(rng.uniform(15, 70) * area_scale))
-        min_kept = 0.85  # cort cells are sparse and rarely touch
+    n_target = max(1, round(rng.uniform(*kind.count) * area_scale))
+    if kind.clumps is not None:
+        n_clumps, clumps, spreads, clump_angles = _clumps(rng, shape, *kind.clumps)
     if n_cells is not None:
         n_target = n_cells
     placed, attempts = 0, 0
     while placed < n_target and attempts < 6 * n_target:
         attempts += 1
-        if cell_type in ("shsy5y", "nuclei") and rng.random() < 0.8:
+        if kind.clumps is not None and rng.random() < 0.8:
             k = int(rng.integers(n_clumps))
             centre = rng.normal(clumps[k], spreads[k])
             angle = clump_angles[k] + rng.normal(0, 0.5)  # neighbours roughly aligned
@@ -235,7 +323,7 @@ def synthetic_labels(
             centre = rng.uniform([0, 0], [w, h])
             angle = rng.uniform(0, np.pi)
         mask, origin = _draw_cell(rng, cell_type, angle)
-        if _place(labels, mask, centre, origin, placed + 1, min_kept):
+        if _place(labels, mask, centre, origin, placed + 1, kind.min_kept):
             placed += 1
     return labels
 
@@ -283,21 +371,14 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell: int) -
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-_LOOK = {
-    # halo brightness, halo width, rim darkness, centre darkness, interior offset, texture
-    "shsy5y": (34.0, 1.8, 16.0, 10.0, 4.0, 7.0),
-    "astro": (16.0, 1.5, 8.0, 2.0, 6.0, 9.0),
-    "cort": (42.0, 2.2, 12.0, 22.0, -2.0, 5.0),
-}
-
-
 def _render(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.ndarray:
     """uint8[H, W] image of the cells in ``labels`` in the look of their type."""
-    if cell_type == "sheet":
+    kind = cell_type_of(cell_type)
+    if kind.look == "relief":
         return _render_relief(rng, labels)
-    if cell_type == "nuclei":
+    if kind.look == "fluorescence":
         return _render_fluorescent(rng, labels)
-    return _render_phase(rng, labels, cell_type)
+    return _render_phase(rng, labels, kind.phase)
 
 
 def _render_relief(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
@@ -350,10 +431,12 @@ def _render_fluorescent(rng: np.random.Generator, labels: np.ndarray) -> np.ndar
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _render_phase(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.ndarray:
+def _render_phase(
+    rng: np.random.Generator, labels: np.ndarray, look: tuple[float, ...]
+) -> np.ndarray:
     """Phase-contrast-like uint8[H, W] image of the cells in ``labels``."""
     h, w = labels.shape
-    halo_amp, halo_w, rim_amp, centre_amp, offset, texture = _LOOK[cell_type]
+    halo_amp, halo_w, rim_amp, centre_amp, offset, texture = look
     fg = labels > 0
     n = int(labels.max())
     # Per-cell contrast; outside pixels take the contrast of their nearest cell.
@@ -408,15 +491,18 @@ def _ghosts_and_debris(
 
 
 def generate_image(
-    rng: np.random.Generator, cell_type: str, shape: tuple[int, int] = DEFAULT_SHAPE
+    rng: np.random.Generator,
+    cell_type: str,
+    shape: tuple[int, int] = DEFAULT_SHAPE,
+    n_cells: int | None = None,
 ) -> SyntheticImage:
     """Generate one image of ``cell_type`` at ``shape`` = (H, W).
 
-    Cell counts scale with the image area; cell sizes do not (they are in pixels).
+    Cell counts scale with the image area (``n_cells``: try to place this many
+    instead); cell sizes do not (they are in pixels).
     """
-    if cell_type not in ALL_TYPES:
-        raise ValueError(f"unknown synthetic cell type {cell_type!r}; choose from {ALL_TYPES}")
-    labels = synthetic_labels(rng, cell_type, shape)
+    cell_type_of(cell_type)  # an unknown type fails before anything is drawn
+    labels = synthetic_labels(rng, cell_type, shape, n_cells)
     return SyntheticImage(_render(rng, labels, cell_type), labels, cell_type)
 
 

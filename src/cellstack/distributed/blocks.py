@@ -11,14 +11,16 @@ inner edge was cut: it is counted (``cut`` in ``results.json``) and a warning sa
 raise the overlap. The default overlap is twice the largest object the model trained on
 (the 95th percentile of its box sides, at the scale it predicts at).
 
-Two passes, so that no worker ever holds more than a few windows and no two write the
-same file:
+Three passes of tasks, so that no worker ever holds more than a few windows and no two
+write the same file:
 
 1. *segment*: one task per window writes its owned cells (a label window with ids
    1..n, their scores and table rows) to ``OUT/.cellstack-blocks/b{k}.npz`` and
    returns n. Global ids are ``offset[k] + local id`` with ``offset`` the running sum
    of n over blocks in order: a vector of one number per block, not per cell.
-2. *write*: one task per output chunk (``block`` px, aligned to the zarr chunks)
+2. *deduplicate*: one task per window decides which of its cells stay where a
+   neighbour owns a version of the same cell (:func:`kept_cells`).
+3. *write*: one task per output chunk (``block`` px, aligned to the zarr chunks)
    composes the owned cells of every window that overlaps it. Where two blocks' cells
    claim one pixel the higher score wins (ties: the lower block index), the rule
    :func:`compose` states once for both this and :func:`segment_in_memory`.
@@ -354,7 +356,7 @@ def _keep_file(work: Path, blk: Block) -> Path:
 
 
 def _dedup_task(_, blk: Block, near: Sequence[Block], work: str) -> int:
-    """Pass 1b on a worker: which of ``blk``'s cells stay (:func:`kept_cells`)."""
+    """Pass 2 on a worker: which of ``blk``'s cells stay (:func:`kept_cells`)."""
     work = Path(work)
     loaded = []
     for other in near:
@@ -368,7 +370,7 @@ def _dedup_task(_, blk: Block, near: Sequence[Block], work: str) -> int:
 
 
 def _write_task(out: str, region, parts: Sequence[tuple[Block, int]], work: str) -> int:
-    """Pass 2 on a worker: compose one output chunk from the blocks over it."""
+    """Pass 3 on a worker: compose one output chunk from the blocks over it."""
     limit_threads()
     loaded = []
     for blk, offset in parts:
@@ -420,7 +422,7 @@ def segment(
             one after another, with the same files and result.
         overwrite: replace a finished result of this function at ``out`` (a folder
             holding anything else is refused).
-        progress: a progress bar over blocks.
+        progress: a progress bar over tasks (two per block, one per output chunk).
 
     Returns:
         A :class:`BlockSummary`.

@@ -161,14 +161,14 @@ class FinishHook(HookBase):
         self.pool, self.on_validation, self.ema = pool, on_validation, ema
 
     def after_train(self, loop: Loop) -> None:
-        from cellstack.engine.runlog import RunLog, plot_log
+        from cellstack.engine.runlog import plot_log, read_log
         from cellstack.inference.run import tune_run_thresholds
         from cellstack.modeling import files
 
         if not loop.world.main:
             return
         cfg, run, model = loop.cfg, loop.run, loop.model
-        plot_log(RunLog(run / "log.csv", loop.iteration).rows, run / "training.png")
+        plot_log(read_log(run / "log.csv"), run / "training.png")
         with averaged(self.ema, model):
             if cfg.train.auto_thresholds:
                 tune_run_thresholds(

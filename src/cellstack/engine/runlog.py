@@ -13,6 +13,18 @@ from cellstack.fileio import atomic_path, atomic_write, open_text
 LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_NAMES, "val_score", "seconds")
 
 
+def read_log(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``log.csv`` (the columns of :data:`LOG_COLUMNS`, as text;
+    "" where a row has no value), whole rows only: a cut last line is dropped."""
+    with open_text(path, "run log") as f:
+        # A kill mid-append can leave a cut last line: keep whole rows only.
+        return [
+            r
+            for r in csv.DictReader(f)
+            if (r.get("iteration") or "").isdigit() and None not in r.values()
+        ]
+
+
 class RunLog:
     """``RUN/log.csv``: one row per logged iteration; on resume, rows past it are cut.
 
@@ -24,15 +36,7 @@ class RunLog:
         self.path = path
         rows = []
         if start > 0 and path.is_file():
-            with open_text(path, "run log") as f:
-                # A kill mid-append can leave a cut last line: keep whole rows only.
-                rows = [
-                    r
-                    for r in csv.DictReader(f)
-                    if (r.get("iteration") or "").isdigit()
-                    and int(r["iteration"]) <= start
-                    and None not in r.values()
-                ]
+            rows = [r for r in read_log(path) if int(r["iteration"]) <= start]
         with atomic_write(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
             writer.writeheader()

@@ -1,0 +1,209 @@
+"""CPU training speed and peak memory: cellstack's training step against torchvision's.
+
+One training step is forward, backward and the optimizer step (AdamW), on the same batch
+for every row: 2 synthetic shsy5y images of 704x520 with about 150 cells each, random
+weights, the same number of threads. Rows:
+
+- ``torchvision v2``: ``maskrcnn_resnet50_fpn_v2`` (no resize: min_size=520,
+  max_size=704), the gray image repeated over its 3 input channels.
+- ``cellstack maskrcnn``: ours sized as torchvision's (resnet50, ``stem_stride: 2`` so
+  the features have torchvision's resolution, FPN 256, 4-conv mask head, FC 1024,
+  512 RoIs per image, 2000 proposals), called as the trainer calls it
+  (:meth:`cellstack.engine.trainer.Loop.run_step`'s forward and backward).
+- ``cellstack cascade`` / ``cellstack htc``: the same network with the original's
+  three-stage heads.
+- ``builtin NAME``: each built-in model's architecture (its stored config), random
+  weights, on the same batch.
+
+Each row runs in its own process, so its peak RSS is its own; the first ``--warmup``
+steps are not timed. ``--profile ROW`` prints the slowest operators of one row's step
+(``torch.profiler``), to find what to make faster.
+
+Prints a table and writes JSON (default benchmarks/results/train_speed.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+H, W = 520, 704
+#: cellstack sized as torchvision's Mask R-CNN v2.
+EQUAL = [
+    "model.backbone.name=resnet50",
+    "model.backbone.stem_stride=2",
+    "model.backbone.fpn_channels=256",
+    "model.roi.fc_dim=1024",
+    "model.roi.mask_convs=4",
+    "model.roi.mask_pool=14",
+    "model.roi.batch_size_per_image=512",
+    "model.rpn.pre_nms_top_n_train=2000",
+    "model.rpn.post_nms_top_n_train=2000",
+]
+CLASSES = ["shsy5y", "astro", "cort"]
+
+
+def batch(cells: int):
+    """``(images, targets)``: 2 images float32[1, H, W] in [0, 1] and their targets
+    (boxes float32[N, 4] xyxy, labels int64[N], masks uint8[N, H, W])."""
+    import numpy as np
+    import torch
+
+    from cellstack.data.dataset import instances_from_labels, make_target
+    from cellstack.data.synthetic import generate_image
+
+    images, targets = [], []
+    for seed in range(2):
+        synth = generate_image(np.random.default_rng(seed), "shsy5y", (H, W), n_cells=cells)
+        image, labels = synth.image, synth.labels
+        ids, masks = instances_from_labels(labels)
+        images.append(torch.from_numpy(image.astype(np.float32) / 255)[None])
+        targets.append(make_target(masks, np.zeros(len(ids), dtype=np.int64)))
+    return images, targets
+
+
+def build(kind: str):
+    """``(model, takes_rgb)`` of a row, in train mode."""
+    import torch
+
+    if kind == "torchvision v2":
+        from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+        model = maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=4, min_size=H, max_size=W
+        )
+        return model.train(), True
+    from cellstack.config import load_config
+    from cellstack.modeling.build import build_model
+
+    if kind.startswith("builtin "):
+        from cellstack.modeling.files import load_run
+
+        cfg, classes, _ = load_run(kind.split()[1])
+        model = build_model(cfg.model, classes, cfg.predict)
+    else:
+        arch = kind.split()[1]
+        cfg = load_config(None, [*EQUAL, f"model.arch={arch}"])
+        model = build_model(cfg.model, CLASSES, cfg.predict)
+    torch.manual_seed(0)
+    return model.train(), False
+
+
+def _worker(kind: str, steps: int, warmup: int, threads: int, cells: int, profile: bool) -> dict:
+    import resource
+    import time
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    images, targets = batch(cells)
+    model, rgb = build(kind)
+    if rgb:
+        images = [im.expand(3, -1, -1).contiguous() for im in images]
+    targets = [{**t, "labels": t["labels"] + 1} if rgb else t for t in targets]  # tv: 0 = bg
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step() -> None:
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    times = []
+    for k in range(warmup + steps):
+        t0 = time.perf_counter()
+        step()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    out = {
+        "s_per_step": float(np.median(times)),
+        "steps": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cells": [len(t["boxes"]) for t in targets],
+    }
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cells", type=int, default=150, help="cells tried per image")
+    parser.add_argument(
+        "--rows", nargs="+", default=None, help="rows to run (default: all; see the docstring)"
+    )
+    parser.add_argument("--profile", default=None, metavar="ROW", help="profile one row's step")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = _worker(
+            args.worker,
+            args.steps,
+            args.warmup,
+            args.threads,
+            args.cells,
+            args.profile == args.worker,
+        )
+        print(json.dumps(result))
+        return
+    from cellstack.modeling.builtin import builtin_names
+
+    rows = args.rows or [
+        "torchvision v2",
+        "cellstack maskrcnn",
+        "cellstack cascade",
+        "cellstack htc",
+        *(f"builtin {name}" for name in builtin_names()),
+    ]
+    if args.profile and args.profile not in rows:
+        rows.append(args.profile)
+    results = {}
+    for kind in rows:
+        command = [sys.executable, __file__, "--worker", kind]
+        for flag in ("steps", "warmup", "threads", "cells"):
+            command += [f"--{flag}", str(getattr(args, flag))]
+        if args.profile == kind:
+            command += ["--profile", kind]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{kind}: failed\n{done.stderr[-3000:]}")
+        lines = done.stdout.strip().splitlines()
+        if args.profile == kind:
+            print("\n".join(lines[:-1]))
+        results[kind] = json.loads(lines[-1])
+        print(f"{kind}: {results[kind]['s_per_step']:.2f} s/step", flush=True)
+    base = results.get("torchvision v2")
+    print(
+        f"\ntraining step, 2 images {W}x{H} (~{args.cells} cells each), {args.threads} threads, "
+        f"median of {args.steps} steps"
+    )
+    print(f"{'row':<22}{'s/step':>8}{'vs tv':>8}{'peak MB':>9}{'vs tv':>8}")
+    for kind, r in results.items():
+        ratio = r["s_per_step"] / base["s_per_step"] if base else float("nan")
+        mem = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
+        print(f"{kind:<22}{r['s_per_step']:>8.2f}{ratio:>8.2f}{r['peak_rss_mb']:>9.0f}{mem:>8.2f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
+    )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

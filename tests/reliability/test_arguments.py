@@ -1,0 +1,163 @@
+"""Numbers at the edges and the Python API's arguments: every out-of-range value is a
+one-line error naming the option, key or row."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+import cellstack
+from cellstack.errors import ArgumentTypeError, CellstackError
+
+# --- numbers at the edges -------------------------------------------------------------
+
+
+def _first_annotation(data, value: str) -> None:
+    path = data / "train.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0]["annotation"] = value
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize(
+    "value", ["9223372036854775807 10", "1 9223372036854775807", "5 1 9223372036854775000 3"]
+)
+def test_rle_values_past_the_image_are_errors_everywhere(cli, data, tmp_path, value):
+    _first_annotation(data, value)
+    cli.fails("evaluate", data, data / "train.csv", "--quiet", match="past the")
+    out = tmp_path / "prep"
+    assert cli("prepare", "sartorius", data, "--out", out, "--quiet").code == 0
+    assert "past the" in (out / "problems.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "match"),
+    [
+        ("--diameter", "0", "positive finite"),
+        ("--diameter", "inf", "positive finite"),
+        ("--diameter", "nan", "positive finite"),
+        ("--diameter", "-3", "positive finite"),
+        ("--scale", "0", "positive finite"),
+        ("--scale", "1e-3", "outside"),
+        ("--scale", "1e9", "outside"),
+        ("--scale", "inf", "positive finite"),
+        ("--diameter", "1e-3", "outside"),
+        ("--diameter", "1e9", "outside"),
+    ],
+)
+def test_resize_factors_are_bounded(cli, run, images, tmp_path, flag, value, match):
+    cli.fails("predict", run, images, "--out", tmp_path / "p", flag, value, match=match)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("data.augment.hflip=2.5", "data.augment.hflip: must be in [0, 1]"),
+        ("data.augment.scale_jitter=-0.1", "data.augment.scale_jitter: must be >= 0"),
+        ("model.rpn.aspect_ratios=[]", "model.rpn.aspect_ratios: needs at least one value"),
+        ("model.rpn.aspect_ratios=[0.5,0]", "model.rpn.aspect_ratios: ratios must be positive"),
+        ("train.momentum=-3", "train.momentum: must be >= 0"),
+        ("train.momentum=3", "train.momentum: must be in [0, 1]"),
+        ("predict.box_nms_iou=-1", "predict.box_nms_iou: must be >= 0"),
+        ("predict.rpn_nms_iou=.nan", "predict.rpn_nms_iou: must be a finite number"),
+        ("predict.score_thresh=1.5", "predict.score_thresh: must be in [0, 1]"),
+        ("model.rpn.fg_iou=.inf", "model.rpn.fg_iou: must be a finite number"),
+        ("model.roi.stage_ious=[0.5,0.6,1.5]", "model.roi.stage_ious: must be in [0, 1]"),
+        ("model.roi.positive_fraction=2", "model.roi.positive_fraction: must be in [0, 1]"),
+    ],
+)
+def test_config_values_are_range_checked_with_their_key(cli, data, tmp_path, override, match):
+    cli.fails("train", data, "--out", tmp_path / "r", override, match=match)
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_size_zero_is_refused(cli, run):
+    cli.fails("predict", run, "--dry-run", "--dry-run-size", "0", "0", match="dry-run-size")
+
+
+def test_folds_csv_with_a_non_integer_fold(cli, data, tmp_path):
+    assert cli("folds", data, "--k", "2").code == 0
+    path = data / "folds.csv"
+    text = path.read_text().splitlines()
+    head, first = text[0], text[1].split(",")
+    first[1] = "one"
+    path.write_text("\n".join([head, ",".join(first), *text[2:]]) + "\n")
+    cli.fails("train", data, "--out", tmp_path / "r", "data.fold=0", match="is not an integer")
+
+
+def test_a_17000_square_array_is_refused_by_the_api(base_run):
+    seg = cellstack.Segmenter.load(base_run, device="cpu")
+    big = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (17000, 17000), (0, 0))
+    with pytest.raises(CellstackError, match="over the limit"):
+        seg(big)
+
+
+def test_a_scale_that_makes_the_image_too_large_is_refused(base_run):
+    seg = cellstack.Segmenter.load(base_run, device="cpu", scale=16)
+    with pytest.raises(CellstackError, match="resized by 16"):
+        seg(np.zeros((2000, 2000), np.uint8))
+
+
+# --- the Python API checks its arguments ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"path": 123}, ArgumentTypeError, "path must be"),
+        ({"path": None}, ArgumentTypeError, "path must be"),
+        ({"overrides": "predict.score_thresh=0.4"}, ArgumentTypeError, "overrides must be a list"),
+        ({"overrides": [1, 2]}, ArgumentTypeError, "overrides must be a list"),
+        ({"batch_size": 0}, CellstackError, "batch_size must be an integer >= 1"),
+        ({"batch_size": 1.5}, CellstackError, "batch_size must be an integer >= 1"),
+        ({"batch_size": True}, CellstackError, "batch_size must be an integer >= 1"),
+        ({"diameter": True}, CellstackError, "diameter must be a positive finite number"),
+    ],
+)
+def test_load_checks_its_arguments(base_run, kwargs, error, match):
+    path = kwargs.pop("path", base_run)
+    with pytest.raises(error, match=match):
+        cellstack.Segmenter.load(path, device="cpu", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def api_seg(base_run):
+    return cellstack.Segmenter.load(base_run, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        ({"axes": 3}, ArgumentTypeError, "axes must be a string"),
+        ({"channel": 1.5}, ArgumentTypeError, "channel must be a channel index"),
+        ({"channel": True}, ArgumentTypeError, "channel must be a channel index"),
+        ({"channel": "0"}, ArgumentTypeError, "channel must be a channel index"),
+        ({"channel": []}, ArgumentTypeError, "channel must be a channel index"),
+        ({"channel": -1}, CellstackError, "channel indices must be >= 0"),
+    ],
+)
+def test_call_checks_its_arguments(api_seg, call, error, match):
+    with pytest.raises(error, match=match):
+        api_seg(np.zeros((32, 32), np.uint8), **call)
+
+
+def test_a_bool_array_is_refused(api_seg):
+    with pytest.raises(CellstackError, match="bool array is a mask"):
+        api_seg(np.zeros((32, 32), bool))
+
+
+def test_axes_on_a_file_path_is_refused(api_seg, images):
+    path = sorted(images.glob("*.png"))[0]
+    with pytest.raises(CellstackError, match="axes= applies to arrays"):
+        api_seg(path, axes="YX")
+
+
+def test_a_non_array_item_is_refused(api_seg):
+    with pytest.raises(ArgumentTypeError, match="expected a numpy array"):
+        api_seg({"not": "an image"})
