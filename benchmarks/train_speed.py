@@ -4,12 +4,15 @@ One training step is forward, backward and the optimizer step (AdamW), on the sa
 for every row: 2 synthetic shsy5y images of 704x520 with about 150 cells each, random
 weights, the same number of threads. Rows:
 
-- ``torchvision v2``: ``maskrcnn_resnet50_fpn_v2`` (no resize: min_size=520,
-  max_size=704), the gray image repeated over its 3 input channels.
-- ``cellstack maskrcnn``: ours sized as torchvision's (resnet50, ``stem_stride: 2`` so
-  the features have torchvision's resolution, FPN 256, 4-conv mask head, FC 1024,
-  512 RoIs per image, 2000 proposals), called as the trainer calls it
-  (:meth:`cellstack.engine.trainer.Loop.run_step`'s forward and backward).
+- ``torchvision v1``: ``maskrcnn_resnet50_fpn`` (no resize: min_size=520,
+  max_size=704), the gray image repeated over its 3 input channels: the network ours
+  is sized as (two FC 1024 box layers, 4-conv mask head), the baseline of ``vs tv``.
+- ``torchvision v2``: ``maskrcnn_resnet50_fpn_v2``, whose box head adds 4 convs and
+  GroupNorm everywhere (a heavier network than ours; for reference).
+- ``cellstack maskrcnn``: ours sized as torchvision's v1 (resnet50, ``stem_stride: 2``
+  so the features have torchvision's resolution, FPN 256, 4-conv mask head, two FC
+  1024, 512 RoIs per image, 2000 proposals), placed as the trainer places it
+  (:func:`~cellstack.engine.trainer.place_for_training`: channels-last on CPU).
 - ``cellstack cascade`` / ``cellstack htc``: the same network with the original's
   three-stage heads.
 - ``builtin NAME``: each built-in model's architecture (its stored config), random
@@ -69,21 +72,28 @@ def build(kind: str):
     """``(model, takes_rgb)`` of a row, in train mode."""
     import torch
 
-    if kind == "torchvision v2":
-        from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+    if kind.startswith("torchvision"):
+        from torchvision.models import detection
 
-        model = maskrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, num_classes=4, min_size=H, max_size=W
+        make = (
+            detection.maskrcnn_resnet50_fpn
+            if kind.endswith("v1")
+            else detection.maskrcnn_resnet50_fpn_v2
         )
+        model = make(weights=None, weights_backbone=None, num_classes=4, min_size=H, max_size=W)
         return model.train(), True
     from cellstack.config import load_config
     from cellstack.modeling.build import build_model
 
     if kind.startswith("builtin "):
+        from dataclasses import replace
+
         from cellstack.modeling.files import load_run
 
         cfg, classes, _ = load_run(kind.split()[1])
-        model = build_model(cfg.model, classes, cfg.predict)
+        # Random weights: the architecture is what is timed, not the ImageNet start.
+        backbone = replace(cfg.model.backbone, pretrained=False)
+        model = build_model(replace(cfg.model, backbone=backbone), classes, cfg.predict)
     else:
         arch = kind.split()[1]
         cfg = load_config(None, [*EQUAL, f"model.arch={arch}"])
@@ -103,6 +113,10 @@ def _worker(kind: str, steps: int, warmup: int, threads: int, cells: int, profil
     torch.manual_seed(0)
     images, targets = batch(cells)
     model, rgb = build(kind)
+    if not rgb:  # ours in the layout the trainer trains it in
+        from cellstack.engine.trainer import place_for_training
+
+        model = place_for_training(model, torch.device("cpu"))
     if rgb:
         images = [im.expand(3, -1, -1).contiguous() for im in images]
     targets = [{**t, "labels": t["labels"] + 1} if rgb else t for t in targets]  # tv: 0 = bg
@@ -165,6 +179,7 @@ def main() -> None:
     from cellstack.modeling.builtin import builtin_names
 
     rows = args.rows or [
+        "torchvision v1",
         "torchvision v2",
         "cellstack maskrcnn",
         "cellstack cascade",
@@ -188,12 +203,12 @@ def main() -> None:
             print("\n".join(lines[:-1]))
         results[kind] = json.loads(lines[-1])
         print(f"{kind}: {results[kind]['s_per_step']:.2f} s/step", flush=True)
-    base = results.get("torchvision v2")
+    base = results.get("torchvision v1")
     print(
         f"\ntraining step, 2 images {W}x{H} (~{args.cells} cells each), {args.threads} threads, "
         f"median of {args.steps} steps"
     )
-    print(f"{'row':<22}{'s/step':>8}{'vs tv':>8}{'peak MB':>9}{'vs tv':>8}")
+    print(f"{'row':<22}{'s/step':>8}{'vs tv1':>8}{'peak MB':>9}{'vs tv1':>8}")
     for kind, r in results.items():
         ratio = r["s_per_step"] / base["s_per_step"] if base else float("nan")
         mem = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")

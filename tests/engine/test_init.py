@@ -15,12 +15,20 @@ from tests.conftest import FAST
 SHORT = [*FAST, "train.iterations=2", "train.eval_every=100"]
 
 
-def test_finetune_from_a_run_with_another_class_count(base_run, tmp_path, capsys):
-    cfg = load_config(None, [*SHORT, f"init.from={base_run}"])
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory):
+    """A 2-iteration run on 3 classes (astro, cort, shsy5y)."""
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    train(load_config(None, SHORT), small_data, run, progress=False)
+    return run
+
+
+def test_finetune_from_a_run_with_another_class_count(pretrained, tmp_path, capsys):
+    cfg = load_config(None, [*SHORT, f"init.from={pretrained}"])
     model = build_model(cfg.model, ["astro", "cort"], cfg.predict)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    report = init_from_run(model, base_run)
-    _, classes, source = load_run(base_run)
+    report = init_from_run(model, pretrained)
+    _, classes, source = load_run(pretrained)
     assert len(classes) == 3
     class_keys = model.class_specific_keys()
     assert {k.rsplit(".", 1)[0] for k in report.reinitialised} == {
@@ -35,7 +43,7 @@ def test_finetune_from_a_run_with_another_class_count(base_run, tmp_path, capsys
         else:  # backbone, FPN, RPN, box FCs, mask convs: the run's weights
             assert torch.equal(value, source[key]), key
     summary = report.summary()
-    assert f"init from {base_run}: loaded {len(report.loaded)} tensors (backbone" in summary
+    assert f"init from {pretrained}: loaded {len(report.loaded)} tensors (backbone" in summary
     assert (
         "re-initialised 3 class layer(s) (the run's classes astro, cort, shsy5y differ)" in summary
     )
@@ -48,17 +56,17 @@ def test_finetune_from_a_run_with_another_class_count(base_run, tmp_path, capsys
     assert result.iterations == 2
     assert "re-initialised 3 class layer(s)" in capsys.readouterr().out
     ft_cfg, ft_classes, _ = load_run(tmp_path / "ft")
-    assert ft_cfg.init.from_run == str(base_run) and ft_classes == ["astro", "cort"]
+    assert ft_cfg.init.from_run == str(pretrained) and ft_classes == ["astro", "cort"]
 
 
-def test_same_classes_load_everything_and_another_arch_reports_new_stages(base_run):
+def test_same_classes_load_everything_and_another_arch_reports_new_stages(pretrained):
     cfg = load_config(None, SHORT)
     same = build_model(cfg.model, ["astro", "cort", "shsy5y"], cfg.predict)
-    report = init_from_run(same, base_run)
+    report = init_from_run(same, pretrained)
     assert not report.reinitialised and not report.new and not report.mismatched
     cascade = load_config(None, [*SHORT, "model.arch=cascade"])
     model = build_model(cascade.model, ["astro", "cort", "shsy5y"], cascade.predict)
-    report = init_from_run(model, base_run)
+    report = init_from_run(model, pretrained)
     # Mask R-CNN regresses per class, cascade stages class-agnostically: shape differs.
     assert report.mismatched == (
         "roi_heads.stages.0.box_head.bbox_pred.weight",
@@ -70,7 +78,7 @@ def test_same_classes_load_everything_and_another_arch_reports_new_stages(base_r
     assert "not in the run, left at their initialisation" in report.summary()
 
 
-def test_nothing_fits_or_no_run_is_a_clear_error(base_run, tmp_path):
+def test_nothing_fits_or_no_run_is_a_clear_error(pretrained, tmp_path):
     other = load_config(
         None,
         [
@@ -83,6 +91,6 @@ def test_nothing_fits_or_no_run_is_a_clear_error(base_run, tmp_path):
     )
     model = build_model(other.model, ["a"], other.predict)
     with pytest.raises(CellstackError, match="no weight of that run fits this model"):
-        init_from_run(model, base_run)
+        init_from_run(model, pretrained)
     with pytest.raises(CellstackError, match="run folder not found"):
         init_from_run(model, tmp_path / "nowhere")

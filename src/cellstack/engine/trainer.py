@@ -154,7 +154,7 @@ def train(
         report = init_from_run(model, cfg.init.from_run)
         if world.main:
             print(report.summary())
-    model, net = _parallel(model.to(device), device, world, cfg)
+    model, net = _parallel(place_for_training(model, device), device, world, cfg)
     optimizer, scheduler = _optimizer(model, t)
     scaler = torch.amp.GradScaler("cuda", enabled=_uses_amp(t, device))
     loop = Loop(
@@ -404,6 +404,20 @@ def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None
     if run.exists() and not run.is_dir():
         raise CellstackError(f"{run}: exists and is not a folder; choose another --out")
     return cfg, None
+
+
+def place_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``, in the memory layout its training steps run fastest in.
+
+    On CPU that is channels-last (NHWC): oneDNN's convolutions, forward and backward,
+    are most of a step there, and take about 12% less time in it
+    (``benchmarks/train_speed.py``). Elsewhere the layout is left as it is. The saved
+    weights do not depend on it (:func:`~cellstack.modeling.files.final_state`).
+    """
+    model = model.to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _parallel(

@@ -170,9 +170,10 @@ def final_state(
 ) -> dict:
     """What ``model.pt`` holds: weights, the resolved config as a dict, class names,
     the training objects' statistics (:class:`~cellstack.data.stats.ObjectStats`) and
-    the versions of cellstack, torch, torchvision and timm that trained it."""
+    the versions of cellstack, torch, torchvision and timm that trained it. Weights are
+    stored contiguous, whatever memory layout training used."""
     state = {
-        "model": weights,
+        "model": {k: v.contiguous() for k, v in weights.items()},
         "config": config_to_dict(cfg),
         "class_names": class_names,
         "versions": versions(),
