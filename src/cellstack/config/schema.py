@@ -334,7 +334,10 @@ class PredictConfig:
             lab's annotators draw outlines wider or tighter; ``convex_refill``: refill
             each mask's contours as convex polygons, the original's "corrupt astro"
             trick, matching coarse polygon annotations).
-        batch_size, tile_size, tile_overlap: how images go through the model.
+        batch_size, tile_size, tile_overlap: how images go through the model
+            (``batch_size``: planes per forward pass; 1 is fastest on CPU, where
+            batches of 2, 4 and 8 planes gave 0.73-0.86x its images/s,
+            ``benchmarks/batch_sweep.py``; raise it on a GPU).
         amp: on CUDA, run the backbone and FPN in float16 autocast (the heads and
             everything after them stay float32); ignored on other devices.
     """
@@ -351,7 +354,7 @@ class PredictConfig:
     mask_nms_iou: float = 0.1
     min_size: int | str = 0
     convex_refill: bool = False
-    batch_size: int = 2
+    batch_size: int = 1
     tile_size: int = 1024
     tile_overlap: int = 128
     amp: bool = True
