@@ -17,7 +17,6 @@ Prints a table and writes JSON (default ``benchmarks/results/batch_sweep.json``)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,7 +37,8 @@ model, folder, out, batch = sys.argv[1:5]
 options = PredictOptions(overrides=(f"predict.batch_size={batch}",))
 t0 = time.perf_counter()
 summary = predict_folder(model, folder, out, options, device="cpu", progress=False, overwrite=True)
-print(time.perf_counter() - t0, summary.n_cells, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+seconds = time.perf_counter() - t0
+print(seconds, summary.n_cells, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
@@ -116,9 +116,9 @@ def main() -> None:
         r["ratio"] = base / r["seconds"]
         peak = "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         print(f"{name:<20}{r['images_per_s']:>8.2f}{r['ratio']:>8.2f}{r['cells']:>9}{peak:>9}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
-    print(f"wrote {args.json}")
+    from reporting import write_report
+
+    write_report(args.json, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

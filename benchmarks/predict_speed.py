@@ -180,11 +180,9 @@ def main() -> None:
             f"{r['s_per_image'] / base:>8.2f}{'' if post is None else f'{post:.3f}':>8}"
             f"{r['detections']:>7.0f}{r['peak_rss_mb']:>9.0f}"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
-    )
-    print(f"wrote {args.json}")
+    from reporting import write_report
+
+    write_report(args.json, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -213,11 +213,9 @@ def main() -> None:
         ratio = r["s_per_step"] / base["s_per_step"] if base else float("nan")
         mem = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
         print(f"{kind:<22}{r['s_per_step']:>8.2f}{ratio:>8.2f}{r['peak_rss_mb']:>9.0f}{mem:>8.2f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
-    )
-    print(f"wrote {args.json}")
+    from reporting import write_report
+
+    write_report(args.json, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -33,24 +33,36 @@ def rank(module: str) -> int:
     raise AssertionError(f"{module}: not in any layer; add it to tests/test_layers.py")
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """``(line, module)`` of every cellstack import in a file, relative ones resolved."""
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
-    package = list(rel.parts if path.name == "__init__.py" else rel.parts[:-1])
-    if path.name == "__init__.py":
-        package = package[:-1]
+def import_statements(path: Path) -> list[tuple[ast.stmt, str, bool]]:
+    """``(statement, module, under TYPE_CHECKING)`` of every import in a file (module
+    level or in functions), relative ones resolved; ``import a, b`` gives one row each."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {id(n) for child in node.body for n in ast.walk(child)}
+    package = list(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names]
+            found += [(node, a.name, id(node) in typing_only) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - node.level + 1]
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 module = node.module or ""
-            found.append((node.lineno, module))
-    return [(line, m) for line, m in found if m == "cellstack" or m.startswith("cellstack.")]
+            found.append((node, module, id(node) in typing_only))
+    return found
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every cellstack import in a file, relative ones resolved."""
+    return [
+        (node.lineno, m)
+        for node, m, _ in import_statements(path)
+        if m == "cellstack" or m.startswith("cellstack.")
+    ]
 
 
 def module_name(path: Path) -> str:
@@ -87,29 +99,17 @@ def _runtime_imports(path: Path) -> set[str]:
     """The cellstack modules a file imports at run time (module level or in functions;
     not under ``if TYPE_CHECKING:``), ``from package import module`` resolved to the
     module."""
-    tree = ast.parse(path.read_text(), str(path))
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped |= {id(n) for child in node.body for n in ast.walk(child)}
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
-    package = list(rel.parts[:-1])
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
+    for node, module, typing_only in import_statements(path):
+        if typing_only:
             continue
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                module = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                module = node.module or ""
-            for alias in node.names:
-                sub = f"{module}.{alias.name}"
-                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").is_file()
-                found.add(sub if is_module else module)
+            found.add(module)
+            continue
+        for alias in node.names:
+            sub = f"{module}.{alias.name}"
+            is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").is_file()
+            found.add(sub if is_module else module)
     return {m for m in found if m.startswith("cellstack.")}
 
 
