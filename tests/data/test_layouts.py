@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cellstack.data import rle
-from cellstack.data.coco import write_coco_instances
+from cellstack.data.coco import label_annotations, write_coco_instances
 from cellstack.data.images import write_png
 from cellstack.data.labels import write_label_tiff
 from cellstack.data.layouts import LAYOUT_HELP, load_dataset, load_predictions
@@ -53,9 +53,9 @@ def _write(layout: str, root, labels: np.ndarray):
         return root
     if layout == "coco":
         write_png(root / "images" / "a.png", _image())
-        masks = [labels == k for k in range(1, labels.max() + 1)]
         image = {"id": 1, "file_name": "a.png", "width": SHAPE[1], "height": SHAPE[0]}
-        write_coco_instances(root / "a.json", [image], [masks], ["cort"], ["cort"])
+        annotations = label_annotations(labels, 1)
+        write_coco_instances(root / "a.json", [image], [annotations], ["cort"])
         return root / "a.json"
     raise AssertionError(layout)
 

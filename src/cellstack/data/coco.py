@@ -6,7 +6,7 @@ livecell`'s.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,48 +80,66 @@ def write_json(path: str | Path, obj: object) -> None:
         json.dump(obj, f)
 
 
+def label_annotations(labels: np.ndarray, category_id: int) -> list[dict]:
+    """COCO annotations of every instance of a label image int[H, W] (0 = background),
+    in id order: polygon ``segmentation`` (:func:`mask_to_polygons`), ``area``,
+    ``bbox`` [x, y, w, h] of its pixels, ``iscrowd`` 0 and ``category_id``; no ``id``
+    or ``image_id`` (:func:`write_coco_instances` numbers them).
+
+    Each instance is traced inside its box (plus one pixel of background), so an image
+    costs its cells' area, not one full frame per cell.
+    """
+    from scipy import ndimage
+
+    out = []
+    h, w = labels.shape
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        ys, xs = box
+        y0, x0 = max(ys.start - 1, 0), max(xs.start - 1, 0)
+        crop = labels[y0 : min(ys.stop + 1, h), x0 : min(xs.stop + 1, w)] == k
+        polygons = [
+            [v + (x0 if i % 2 == 0 else y0) for i, v in enumerate(poly)]
+            for poly in mask_to_polygons(crop)
+        ]
+        out.append(
+            {
+                "category_id": category_id,
+                "segmentation": polygons,
+                "area": float(crop.sum()),
+                "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
+                "iscrowd": 0,
+            }
+        )
+    return out
+
+
 def write_coco_instances(
     path: str | Path,
     images: Sequence[Mapping],
-    masks_per_image: Sequence[Sequence[np.ndarray]],
-    cell_types: Sequence[str],
+    annotations_per_image: Iterable[list[dict]],
     categories: Sequence[str],
 ) -> None:
-    """Write a LIVECell-style COCO instance json with polygon segmentations.
+    """Write a LIVECell-style COCO instance json, atomically, streaming the annotations
+    (memory: one image's at a time, however many images).
 
     Args:
         images: ``{"id": int, "file_name": str, "width": int, "height": int}`` each.
-        masks_per_image: bool[H, W] masks per image.
-        cell_types: the category name of each image's cells.
+        annotations_per_image: per image, in the order of ``images``, its annotations
+            (:func:`label_annotations`); ``id`` and ``image_id`` are set here.
         categories: every category name, in id order (ids start at 1).
     """
-    cat_id = {name: i + 1 for i, name in enumerate(categories)}
-    annotations = []
-    for img, masks, cell_type in zip(images, masks_per_image, cell_types, strict=True):
-        for mask in masks:
-            ys, xs = np.nonzero(mask)
-            if len(xs) == 0:
-                continue
-            x0, y0 = int(xs.min()), int(ys.min())
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": img["id"],
-                    "category_id": cat_id[cell_type],
-                    "segmentation": mask_to_polygons(mask),
-                    "area": float(mask.sum()),
-                    "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-                    "iscrowd": 0,
-                }
-            )
-    write_json(
-        path,
-        {
-            "images": list(images),
-            "annotations": annotations,
-            "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
-        },
-    )
+    with atomic_write(path) as f:
+        f.write('{"images": ' + json.dumps(list(images)) + ', "annotations": [')
+        n = 0
+        for img, annotations in zip(images, annotations_per_image, strict=True):
+            for ann in annotations:
+                n += 1
+                entry = {"id": n, "image_id": img["id"], **ann}
+                f.write((", " if n > 1 else "") + json.dumps(entry))
+        names = [{"id": i + 1, "name": name} for i, name in enumerate(categories)]
+        f.write('], "categories": ' + json.dumps(names) + "}")
 
 
 def read_json(path: str | Path):

@@ -15,6 +15,8 @@ and keeps its largest connected piece). Everything is drawn from one
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,6 +535,7 @@ def synthesize(
     from tqdm import tqdm
 
     from cellstack.data import rle
+    from cellstack.data.coco import label_annotations
     from cellstack.data.images import write_png, write_tiff
     from cellstack.data.sartorius import write_train_csv
 
@@ -541,7 +544,11 @@ def synthesize(
     root = np.random.SeedSequence(seed)
     plan_rng = np.random.default_rng(root.spawn(1)[0])
     image_seeds = root.spawn(n_images + 1)[1:]
-    rows, ids, coco_images, coco_masks, coco_types = [], [], [], [], []
+    rows, ids, coco_images = [], [], []
+    # Each image's COCO annotations wait here, one json line per image, until the
+    # split is drawn: memory stays flat in the number of images.
+    pending = tempfile.TemporaryFile() if livecell else None
+    offsets: list[int] = []
     sample_left, sample_no, cell_type = 0, 0, cell_types[0]
     type_order = list(plan_rng.permutation(len(cell_types)))
     for i in tqdm(range(n_images), desc="synthesizing", unit="img", disable=not progress):
@@ -558,7 +565,7 @@ def synthesize(
         image_id = f"{plan_rng.integers(16**12):012x}"
         synth = generate_image(np.random.default_rng(image_seeds[i]), cell_type, shape)
         write_png(out_dir / "train" / f"{image_id}.png", synth.image)
-        ids_, rles = rle.encode_labels(synth.labels)
+        _, rles = rle.encode_labels(synth.labels)
         meta = {
             "id": image_id,
             "width": shape[1],
@@ -579,13 +586,16 @@ def synthesize(
             coco_images.append(
                 {"id": i + 1, "file_name": name, "width": shape[1], "height": shape[0]}
             )
-            coco_masks.append([synth.labels == k for k in ids_])
-            coco_types.append(cell_type)
+            offsets.append(pending.tell())
+            category = list(cell_types).index(cell_type) + 1
+            line = json.dumps(label_annotations(synth.labels, category)) + "\n"
+            pending.write(line.encode())
     write_train_csv(out_dir / "train.csv", rows)
     if livecell:
-        _write_livecell(
-            out_dir / "livecell", plan_rng, coco_images, coco_masks, coco_types, cell_types
-        )
+        with pending:
+            _write_livecell(
+                out_dir / "livecell", plan_rng, coco_images, (pending, offsets), cell_types
+            )
     return ids
 
 
@@ -611,10 +621,18 @@ def _check_arguments(n_images: int, shape: tuple[int, int], cell_types: Sequence
         )
 
 
-def _write_livecell(out: Path, rng, images: list, masks: list, types: list, cell_types) -> None:
+def _write_livecell(out: Path, rng, images: list, pending: tuple, cell_types) -> None:
     """The LIVECell-style COCO files of the drawn images: a 70/15/15 train/val/test
-    split drawn with ``rng``; ``masks``: per image, bool[H, W] per instance."""
+    split drawn with ``rng``; ``pending``: ``(file, offsets)``, image ``k``'s annotations
+    as the json line at ``offsets[k]``."""
     from cellstack.data.coco import write_coco_instances
+
+    file, offsets = pending
+
+    def annotations(keep):
+        for k in keep:
+            file.seek(offsets[k])
+            yield json.loads(file.readline())
 
     n = len(images)
     split = np.array(["train"] * n, dtype=object)
@@ -626,7 +644,6 @@ def _write_livecell(out: Path, rng, images: list, masks: list, types: list, cell
         write_coco_instances(
             out / f"livecell_coco_{name}.json",
             [images[k] for k in keep],
-            [masks[k] for k in keep],
-            [types[k] for k in keep],
+            annotations(keep),
             list(cell_types),
         )
