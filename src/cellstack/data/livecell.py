@@ -116,6 +116,125 @@ def read_instances_json(path: str | Path) -> InstancesJson:
     return InstancesJson(path, data["images"], categories, by_image)
 
 
+#: Images whose annotations ``prepare`` holds in memory at once (the rest wait on disk).
+CHUNK_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class InstancesHeader:
+    """A COCO instance file's images and categories, read without its annotations.
+
+    Attributes:
+        path: the file.
+        images: its ``images`` entries, in order.
+        categories: ``{category id: name}``.
+    """
+
+    path: Path
+    images: list
+    categories: dict
+
+
+def _json_error(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not valid json ({str(exc).splitlines()[0]})")
+
+
+def read_instances_header(path: str | Path) -> InstancesHeader:
+    """The images and categories of a COCO instance file, read in one streamed pass
+    that builds nothing of its annotations (LIVECell's train file holds over a million
+    polygons). A file that is not a COCO instance file is a one-line DataError, as in
+    :func:`read_instances_json`."""
+    import ijson
+    from ijson.common import ObjectBuilder
+
+    path = Path(path)
+    keys: set[str] = set()
+    found: dict[str, list] = {"images": [], "categories": []}
+    builder, building = None, ""
+    try:
+        with open(path, "rb") as f:
+            for k, (prefix, event, value) in enumerate(ijson.parse(f, use_float=True)):
+                if k == 0 and (prefix, event) != ("", "start_map"):
+                    raise DataError(f"{path}: not a COCO instance file (not a json object)")
+                if prefix == "" and event == "map_key":
+                    keys.add(value)
+                elif builder is None and prefix in ("images.item", "categories.item"):
+                    builder, building = ObjectBuilder(), prefix.split(".")[0]
+                    if event not in ("start_map", "start_array"):  # a scalar item
+                        builder.event(event, value)
+                        found[building].append(builder.value)
+                        builder = None
+                        continue
+                if builder is not None:
+                    builder.event(event, value)
+                    if prefix == f"{building}.item" and event in ("end_map", "end_array"):
+                        found[building].append(builder.value)
+                        builder = None
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        raise _json_error(path, exc) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the json file ({exc.strerror or exc})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in keys:
+            raise DataError(f"{path}: not a COCO instance file (no {key!r})")
+    try:
+        categories = {c["id"]: c["name"] for c in found["categories"]}
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: a category or annotation lacks {exc}") from None
+    return InstancesHeader(path, found["images"], categories)
+
+
+def annotation_chunks(header: InstancesHeader, chunk: int = CHUNK_IMAGES):
+    """``{image id: [annotation, ...]}`` of the header's images, ``chunk`` images at a
+    time, in the order of ``header.images``: a generator, so that memory holds one
+    chunk's annotations and never the file's.
+
+    One streamed pass sorts every annotation into a temporary file per chunk of
+    images (by the image's position); each chunk is then read back alone. Annotations
+    of images the file does not list are left out, as the whole-file reader does.
+    """
+    import json
+    import tempfile
+
+    import ijson
+
+    chunks_of: dict = {}  # image id -> the chunks of the images with that id
+    for n, img in enumerate(header.images):
+        if isinstance(img, dict) and "id" in img:
+            chunks_of.setdefault(_key(img["id"]), set()).add(n // chunk)
+    n_chunks = max(1, -(-len(header.images) // chunk))
+    with tempfile.TemporaryDirectory(prefix="cellstack-prepare-") as tmp:
+        files = [open(Path(tmp) / f"{b}.jsonl", "w+", encoding="utf-8") for b in range(n_chunks)]
+        try:
+            with open(header.path, "rb") as f:
+                for ann in ijson.items(f, "annotations.item", use_float=True):
+                    try:
+                        owners = chunks_of.get(_key(ann["image_id"]), ())
+                    except (KeyError, TypeError) as exc:
+                        raise DataError(
+                            f"{header.path}: a category or annotation lacks {exc}"
+                        ) from None
+                    for b in owners:
+                        files[b].write(json.dumps(ann) + "\n")
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            for file in files:
+                file.close()
+            raise _json_error(header.path, exc) from None
+        for file in files:
+            file.seek(0)
+            by_image: dict = {}
+            for line in file:
+                ann = json.loads(line)
+                by_image.setdefault(_key(ann["image_id"]), []).append(ann)
+            file.close()
+            yield by_image
+
+
+def _key(image_id: object) -> object:
+    """An image id as a dict key (json ids are ints or strings; lists cannot be keys)."""
+    return image_id if isinstance(image_id, int | str | float) else repr(image_id)
+
+
 def image_entry(img: object, where: str) -> tuple[str, object, int, int]:
     """``(file name, id, height, width)`` of an ``images`` entry, checked.
 
@@ -244,10 +363,14 @@ def prepare_livecell(
     if isinstance(writer, PrepareReport):
         return writer
     for split, json_path in jsons.items():
-        coco = read_instances_json(json_path)
+        coco = read_instances_header(json_path)
+        chunks = annotation_chunks(coco)
+        annotations: dict = {}
         for n, img in enumerate(
             tqdm(coco.images, desc=f"preparing {split}", unit="img", disable=not progress)
         ):
+            if n % CHUNK_IMAGES == 0:
+                annotations = next(chunks)
             where = f"{json_path} images[{n}]"
             try:
                 name, entry_id, height, width = image_entry(img, where)
@@ -255,7 +378,7 @@ def prepare_livecell(
                 writer.problems.append(Problem(where, "", str(exc).split(": ", 1)[-1]))
                 continue
             image_id = Path(name).stem
-            anns = coco.annotations.get(entry_id, [])
+            anns = annotations.get(_key(entry_id), [])
             cell_type, sample_id = image_identity(img, anns, coco.categories)
             if name not in images:
                 where = f"{json_path} image {entry_id}"
