@@ -5,9 +5,11 @@ polygon segmentations) beside ``.tif`` images. Its cell type is per image; we ta
 from the category of the image's annotations (the per-cell-line json files use one
 category per file) or from the file-name prefix (``A172_Phase_...``).
 
-One reader of the json (:func:`read_instances_json`), one decoder of a segmentation
-(:func:`segmentation_pixels`, which scans only the object's box) and one rule for
-finding an image file by name (:func:`image_files`) serve both
+One streamed reader of the json (:func:`read_instances_header` and
+:func:`annotation_chunks`: memory holds one chunk of images' annotations, never the
+file's), one decoder of a segmentation (:func:`segmentation_pixels`, which scans only
+the object's box) and one rule for finding an image file by name (:func:`image_files`)
+serve both
 :func:`read_coco_instances` (a json given as data: strict, the first bad entry is the
 error) and :func:`prepare_livecell` (a dataset folder: lenient, bad entries are listed
 in ``problems.csv`` and left out).
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cellstack.data import rle
-from cellstack.data.coco import coded_segmentation, read_json
+from cellstack.data.coco import coded_segmentation
 from cellstack.data.limits import check_id, check_image_size
 from cellstack.data.prepare import (
     PrepareReport,
@@ -78,44 +80,6 @@ def livecell_sample_id(file_name: str) -> str:
     return m.group("well") if m else stem
 
 
-@dataclass(frozen=True)
-class InstancesJson:
-    """A COCO instance file, checked for its structure.
-
-    Attributes:
-        path: the file.
-        images: its ``images`` entries, in order.
-        categories: ``{category id: name}``.
-        annotations: ``{image id: [annotation, ...]}``.
-    """
-
-    path: Path
-    images: list
-    categories: dict
-    annotations: dict
-
-
-def read_instances_json(path: str | Path) -> InstancesJson:
-    """Read a COCO instance file; a file that is not one is a one-line DataError."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a COCO instance file (not a json object)")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DataError(f"{path}: not a COCO instance file (no {key!r})")
-    try:
-        categories = {c["id"]: c["name"] for c in data["categories"]}
-        by_image: dict = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(ann["image_id"], []).append(ann)
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}: a category or annotation lacks {exc}") from None
-    if not isinstance(data["images"], list):
-        raise DataError(f"{path}: not a COCO instance file ('images' is not a list)")
-    return InstancesJson(path, data["images"], categories, by_image)
-
-
 #: Images whose annotations ``prepare`` holds in memory at once (the rest wait on disk).
 CHUNK_IMAGES = 256
 
@@ -136,28 +100,42 @@ class InstancesHeader:
 
 
 def _json_error(path: Path, exc: Exception) -> DataError:
-    return DataError(f"{path}: not valid json ({str(exc).splitlines()[0]})")
+    """The one-line error of a file the streamed parser rejects: not UTF-8 (said as
+    :func:`~cellstack.fileio.read_text` says it), else not valid json, with the first
+    line of the parser's message."""
+    from cellstack.errors import CellstackError
+    from cellstack.fileio import read_text
+
+    try:
+        read_text(path, "json file")  # only on this error path: is it text at all?
+    except CellstackError as text_error:
+        return DataError(str(text_error))
+    arg = exc.args[0] if exc.args else exc
+    message = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return DataError(f"{path}: not valid json ({message.strip().splitlines()[0]})")
 
 
 def read_instances_header(path: str | Path) -> InstancesHeader:
     """The images and categories of a COCO instance file, read in one streamed pass
     that builds nothing of its annotations (LIVECell's train file holds over a million
-    polygons). A file that is not a COCO instance file is a one-line DataError, as in
-    :func:`read_instances_json`."""
+    polygons). A file that is not a COCO instance file is a one-line DataError."""
     import ijson
     from ijson.common import ObjectBuilder
 
     path = Path(path)
     keys: set[str] = set()
+    kinds: dict[str, str] = {}  # top-level key -> the first event of its value
     found: dict[str, list] = {"images": [], "categories": []}
     builder, building = None, ""
     try:
-        with open(path, "rb") as f:
+        with _open_json(path) as f:
             for k, (prefix, event, value) in enumerate(ijson.parse(f, use_float=True)):
                 if k == 0 and (prefix, event) != ("", "start_map"):
                     raise DataError(f"{path}: not a COCO instance file (not a json object)")
                 if prefix == "" and event == "map_key":
                     keys.add(value)
+                elif prefix in keys and prefix not in kinds:
+                    kinds[prefix] = event
                 elif builder is None and prefix in ("images.item", "categories.item"):
                     builder, building = ObjectBuilder(), prefix.split(".")[0]
                     if event not in ("start_map", "start_array"):  # a scalar item
@@ -177,11 +155,28 @@ def read_instances_header(path: str | Path) -> InstancesHeader:
     for key in ("images", "annotations", "categories"):
         if key not in keys:
             raise DataError(f"{path}: not a COCO instance file (no {key!r})")
+    for key in ("images", "annotations", "categories"):
+        if kinds.get(key) != "start_array":
+            raise DataError(f"{path}: not a COCO instance file ({key!r} is not a list)")
     try:
         categories = {c["id"]: c["name"] for c in found["categories"]}
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: a category or annotation lacks {exc}") from None
     return InstancesHeader(path, found["images"], categories)
+
+
+def _open_json(path: Path):
+    """``path`` opened for ijson (bytes), past a UTF-8 byte-order mark.
+
+    Raises:
+        DataError: no such file.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: json file not found")
+    f = open(path, "rb")
+    if f.read(3) != b"\xef\xbb\xbf":
+        f.seek(0)
+    return f
 
 
 def annotation_chunks(header: InstancesHeader, chunk: int = CHUNK_IMAGES):
@@ -206,7 +201,7 @@ def annotation_chunks(header: InstancesHeader, chunk: int = CHUNK_IMAGES):
     with tempfile.TemporaryDirectory(prefix="cellstack-prepare-") as tmp:
         files = [open(Path(tmp) / f"{b}.jsonl", "w+", encoding="utf-8") for b in range(n_chunks)]
         try:
-            with open(header.path, "rb") as f:
+            with _open_json(header.path) as f:
                 for ann in ijson.items(f, "annotations.item", use_float=True):
                     try:
                         owners = chunks_of.get(_key(ann["image_id"]), ())
@@ -292,14 +287,18 @@ def read_coco_instances(
         images_dir: where the images' ``file_name`` are found, in any subfolder
             (:func:`image_files`); default: the json's folder.
     """
-    coco = read_instances_json(json_path)
+    coco = read_instances_header(json_path)
     base = Path(images_dir) if images_dir is not None else coco.path.parent
     files = image_files(base)
     records = []
+    chunks = annotation_chunks(coco)
+    annotations: dict = {}
     for n, img in enumerate(coco.images):
+        if n % CHUNK_IMAGES == 0:
+            annotations = next(chunks)
         name, entry_id, h, w = image_entry(img, f"{coco.path} images[{n}]")
         where = f"{coco.path} image {name}"
-        anns = coco.annotations.get(entry_id, [])
+        anns = annotations.get(_key(entry_id), [])
         cell_type, sample_id = image_identity(img, anns, coco.categories)
         rles = []
         for a in anns:
