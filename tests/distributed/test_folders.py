@@ -10,7 +10,7 @@ import tifffile
 
 from cellstack.distributed.folders import predict_images
 from cellstack.errors import CellstackError
-from cellstack.inference.export import PARTS
+from cellstack.inference.export import PARTS, PredictionWriter
 from cellstack.inference.run import PredictOptions, predict_folder
 
 POST = PredictOptions(
@@ -60,7 +60,7 @@ def test_a_stopped_run_finishes_only_the_missing_images(
     out = tmp_path / "out"
     with pytest.raises(CellstackError, match=f"{last.stem}.*run the same command again"):
         predict_images(base_run, images, out, client=client, options=POST, progress=False)
-    done = {p.stem for p in (out / PARTS).glob("*.json")} - {"job"}
+    done = PredictionWriter.done_parts(out) - {"job"}
     assert 0 < len(done) < 20 and last.stem not in done
     stamps = {i: (out / "labels" / f"{i}.tif").stat().st_mtime_ns for i in done}
     last.write_bytes(good)  # the user fixes the file and runs the same command again

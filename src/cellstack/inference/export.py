@@ -292,9 +292,19 @@ class PredictionWriter:
 
     @staticmethod
     def done_parts(out: str | Path) -> set[str]:
-        """The image ids whose outputs an earlier run in ``out`` completed."""
+        """The image ids whose outputs an earlier run in ``out`` completed: one per
+        summary, never a summary still being written (an atomic write's hidden
+        partial file, which a task that outlived its stopped job may leave there)."""
+        from cellstack.fileio import PARTIAL
+
         folder = Path(out) / PARTS
-        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        if not folder.is_dir():
+            return set()
+        return {
+            p.stem
+            for p in folder.glob("*.json")
+            if not (p.name.startswith(".") and PARTIAL in p.name)
+        }
 
     @staticmethod
     def load_part(out: str | Path, image_id: str) -> tuple[dict[str, list[str]], list[dict]]:
