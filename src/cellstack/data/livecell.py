@@ -225,6 +225,19 @@ def annotation_chunks(header: InstancesHeader, chunk: int = CHUNK_IMAGES):
             yield by_image
 
 
+def image_annotations(header: InstancesHeader):
+    """``(position, image entry, its annotations)`` for every image of ``header``, in
+    order, the annotations read a chunk at a time (:func:`annotation_chunks`); an entry
+    without an ``id`` gets none (its own check names what it lacks)."""
+    chunks = annotation_chunks(header)
+    annotations: dict = {}
+    for n, img in enumerate(header.images):
+        if n % CHUNK_IMAGES == 0:
+            annotations = next(chunks)
+        has_id = isinstance(img, dict) and "id" in img
+        yield n, img, annotations.get(_key(img["id"]), []) if has_id else []
+
+
 def _key(image_id: object) -> object:
     """An image id as a dict key (json ids are ints or strings; lists cannot be keys)."""
     return image_id if isinstance(image_id, int | str | float) else repr(image_id)
@@ -291,14 +304,9 @@ def read_coco_instances(
     base = Path(images_dir) if images_dir is not None else coco.path.parent
     files = image_files(base)
     records = []
-    chunks = annotation_chunks(coco)
-    annotations: dict = {}
-    for n, img in enumerate(coco.images):
-        if n % CHUNK_IMAGES == 0:
-            annotations = next(chunks)
-        name, entry_id, h, w = image_entry(img, f"{coco.path} images[{n}]")
+    for n, img, anns in image_annotations(coco):
+        name, _, h, w = image_entry(img, f"{coco.path} images[{n}]")
         where = f"{coco.path} image {name}"
-        anns = annotations.get(_key(entry_id), [])
         cell_type, sample_id = image_identity(img, anns, coco.categories)
         rles = []
         for a in anns:
@@ -363,13 +371,13 @@ def prepare_livecell(
         return writer
     for split, json_path in jsons.items():
         coco = read_instances_header(json_path)
-        chunks = annotation_chunks(coco)
-        annotations: dict = {}
-        for n, img in enumerate(
-            tqdm(coco.images, desc=f"preparing {split}", unit="img", disable=not progress)
+        for n, img, anns in tqdm(
+            image_annotations(coco),
+            total=len(coco.images),
+            desc=f"preparing {split}",
+            unit="img",
+            disable=not progress,
         ):
-            if n % CHUNK_IMAGES == 0:
-                annotations = next(chunks)
             where = f"{json_path} images[{n}]"
             try:
                 name, entry_id, height, width = image_entry(img, where)
@@ -377,7 +385,6 @@ def prepare_livecell(
                 writer.problems.append(Problem(where, "", str(exc).split(": ", 1)[-1]))
                 continue
             image_id = Path(name).stem
-            anns = annotations.get(_key(entry_id), [])
             cell_type, sample_id = image_identity(img, anns, coco.categories)
             if name not in images:
                 where = f"{json_path} image {entry_id}"
