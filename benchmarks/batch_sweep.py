@@ -7,8 +7,9 @@ through the Dask folder path.
 The folder holds ``--images`` 512x512 crops of the two shipped nuclei samples (each
 crop flipped and shifted, so no two are the same). Each batch size predicts the whole
 folder with ``predict_folder`` in a fresh child process (its peak RSS its own), on the
-same threads; then ``predict_images`` on a ``LocalCluster`` of ``--workers`` processes
-(one thread each) at the default batch size. Reported: images/s, the ratio to batch 1,
+same threads (``--device cuda``: on the GPU, with ``predict.amp`` unless ``--no-amp``);
+then ``predict_images`` on a ``LocalCluster`` of ``--workers`` processes (one thread
+each, on CPU) at the default batch size. Reported: images/s, the ratio to batch 1,
 peak RSS. The default batch size is chosen from these numbers (see docs/benchmarks.md).
 
 Prints a table and writes JSON (default ``benchmarks/results/batch_sweep.json``).
@@ -33,10 +34,10 @@ SAMPLES = Path(cellstack.__file__).parent / "samples" / "nuclei" / "images"
 ONE = """
 import resource, sys, time
 from cellstack.inference.run import PredictOptions, predict_folder
-model, folder, out, batch = sys.argv[1:5]
-options = PredictOptions(overrides=(f"predict.batch_size={batch}",))
+model, folder, out, batch, device, amp = sys.argv[1:7]
+options = PredictOptions(overrides=(f"predict.batch_size={batch}", f"predict.amp={amp}"))
 t0 = time.perf_counter()
-summary = predict_folder(model, folder, out, options, device="cpu", progress=False, overwrite=True)
+summary = predict_folder(model, folder, out, options, device=device, progress=False, overwrite=True)
 seconds = time.perf_counter() - t0
 print(seconds, summary.n_cells, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -60,9 +61,11 @@ def make_folder(folder: Path, n: int) -> None:
         tifffile.imwrite(folder / f"img{k:03d}.tif", np.ascontiguousarray(crop))
 
 
-def one_process(model: str, folder: Path, out: Path, batch: int, threads: int) -> dict:
+def one_process(
+    model: str, folder: Path, out: Path, batch: int, threads: int, device: str, amp: bool
+) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", ONE, model, str(folder), str(out), str(batch)],
+        [sys.executable, "-c", ONE, model, str(folder), str(out), str(batch), device, str(amp)],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": str(threads)},
@@ -91,6 +94,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the Dask row stays on CPU)")
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=True, help="predict.amp (CUDA)"
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/batch_sweep.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cellstack-batch-"))
@@ -98,7 +105,13 @@ def main() -> None:
     rows = {}
     for batch in args.batches:
         rows[f"batch {batch}"] = one_process(
-            args.model, work / "images", work / f"b{batch}", batch, args.threads
+            args.model,
+            work / "images",
+            work / f"b{batch}",
+            batch,
+            args.threads,
+            args.device,
+            args.amp,
         )
         print(f"batch {batch}: {args.images / rows[f'batch {batch}']['seconds']:.2f} img/s")
     if args.workers:
@@ -107,7 +120,8 @@ def main() -> None:
         print(f"{name}: {args.images / rows[name]['seconds']:.2f} img/s")
     base = rows[f"batch {args.batches[0]}"]["seconds"]
     print(
-        f"\n{args.images} images 512x512, model {args.model}, {args.threads} threads "
+        f"\n{args.images} images 512x512, model {args.model}, {args.device}"
+        f"{' AMP' if args.amp and args.device.startswith('cuda') else ''}, {args.threads} threads "
         f"(Dask: one thread per worker)"
     )
     print(f"{'how':<20}{'img/s':>8}{'ratio':>8}{'cells':>9}{'peak MB':>9}")

@@ -20,7 +20,9 @@ weights, the same number of threads. Rows:
 
 Each row runs in its own process, so its peak RSS is its own; the first ``--warmup``
 steps are not timed. ``--profile ROW`` prints the slowest operators of one row's step
-(``torch.profiler``), to find what to make faster.
+(``torch.profiler``), to find what to make faster. ``--device cuda --amp`` runs the
+rows on a GPU in the trainer's mixed precision (autocast forward, scaled backward); the
+peak is then the GPU's (``torch.cuda.max_memory_allocated``).
 
 Prints a table and writes JSON (default benchmarks/results/train_speed.json).
 """
@@ -102,36 +104,58 @@ def build(kind: str):
     return model.train(), False
 
 
-def _worker(kind: str, steps: int, warmup: int, threads: int, cells: int, profile: bool) -> dict:
+def _worker(
+    kind: str,
+    steps: int,
+    warmup: int,
+    threads: int,
+    cells: int,
+    profile: bool,
+    device: str = "cpu",
+    amp: bool = False,
+) -> dict:
     import resource
     import time
 
     import numpy as np
     import torch
 
+    from cellstack.engine.trainer import place_for_training
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
     images, targets = batch(cells)
     model, rgb = build(kind)
-    if not rgb:  # ours in the layout the trainer trains it in
-        from cellstack.engine.trainer import place_for_training
-
-        model = place_for_training(model, torch.device("cpu"))
+    # Ours in the layout the trainer trains it in (channels-last on CPU); torchvision's
+    # as its users run it.
+    model = model.to(dev) if rgb else place_for_training(model, dev)
     if rgb:
         images = [im.expand(3, -1, -1).contiguous() for im in images]
     targets = [{**t, "labels": t["labels"] + 1} if rgb else t for t in targets]  # tv: 0 = bg
+    images = [im.to(dev) for im in images]
+    targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
+    # The trainer's mixed precision: autocast forward, scaled backward (CUDA only).
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
 
     def step() -> None:
-        losses = model(images, targets)
-        loss = sum(losses.values())
+        with torch.autocast(dev.type, enabled=amp and cuda):
+            losses = model(images, targets)
+        loss = sum(v.float() for v in losses.values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if cuda:
+            torch.cuda.synchronize()
 
     times = []
     for k in range(warmup + steps):
+        if k == warmup and cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         step()
         if k >= warmup:
@@ -142,6 +166,8 @@ def _worker(kind: str, steps: int, warmup: int, threads: int, cells: int, profil
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cells": [len(t["boxes"]) for t in targets],
     }
+    if cuda:
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -162,6 +188,8 @@ def main() -> None:
         "--rows", nargs="+", default=None, help="rows to run (default: all; see the docstring)"
     )
     parser.add_argument("--profile", default=None, metavar="ROW", help="profile one row's step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_speed.json"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,6 +201,8 @@ def main() -> None:
             args.threads,
             args.cells,
             args.profile == args.worker,
+            args.device,
+            args.amp,
         )
         print(json.dumps(result))
         return
@@ -191,8 +221,9 @@ def main() -> None:
     results = {}
     for kind in rows:
         command = [sys.executable, __file__, "--worker", kind]
-        for flag in ("steps", "warmup", "threads", "cells"):
+        for flag in ("steps", "warmup", "threads", "cells", "device"):
             command += [f"--{flag}", str(getattr(args, flag))]
+        command += ["--amp"] if args.amp else []
         if args.profile == kind:
             command += ["--profile", kind]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -204,15 +235,18 @@ def main() -> None:
         results[kind] = json.loads(lines[-1])
         print(f"{kind}: {results[kind]['s_per_step']:.2f} s/step", flush=True)
     base = results.get("torchvision v1")
+    on = f"{args.device}{' AMP' if args.amp else ''}, {args.threads} threads"
     print(
-        f"\ntraining step, 2 images {W}x{H} (~{args.cells} cells each), {args.threads} threads, "
+        f"\ntraining step, 2 images {W}x{H} (~{args.cells} cells each), {on}, "
         f"median of {args.steps} steps"
     )
+    # On CUDA the memory that matters is the GPU's.
+    mem_key = "cuda_peak_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     print(f"{'row':<22}{'s/step':>8}{'vs tv1':>8}{'peak MB':>9}{'vs tv1':>8}")
     for kind, r in results.items():
         ratio = r["s_per_step"] / base["s_per_step"] if base else float("nan")
-        mem = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
-        print(f"{kind:<22}{r['s_per_step']:>8.2f}{ratio:>8.2f}{r['peak_rss_mb']:>9.0f}{mem:>8.2f}")
+        mem = r[mem_key] / base[mem_key] if base else float("nan")
+        print(f"{kind:<22}{r['s_per_step']:>8.2f}{ratio:>8.2f}{r[mem_key]:>9.0f}{mem:>8.2f}")
     from reporting import write_report
 
     write_report(args.json, {"args": vars(args), "results": results})

@@ -6,6 +6,15 @@ mirrors of each other, which cost the original solution accuracy under flip TTA.
 always align, and map RoIs to levels as mmdet does (the original's setting): a RoI of
 scale ``sqrt(w * h)`` goes to level ``floor(log2(scale / finest_scale))`` clamped to the
 available levels, so RoIs under ``2 * finest_scale`` px use the finest map.
+
+Training on CPU pools through :func:`roi_align_matrix` instead of torchvision's kernel:
+RoIAlign is linear in the features, ``pooled = A @ features`` with ``A`` a sparse
+matrix of bilinear weights (the same samples and weights as ``roi_align(aligned=True)``
+with adaptive sampling, to rounding), so its backward is ``A.T @ grad``: two
+multi-threaded sparse products where torchvision's CPU backward scatters every sample
+of every RoI, channel by channel, on one thread (11% of a Mask R-CNN training step,
+``benchmarks/train_speed.py --profile``). Without gradients, and on GPUs, torchvision's
+kernel runs.
 """
 
 from __future__ import annotations
@@ -68,13 +77,139 @@ class AlignedMultiScaleRoIAlign(nn.Module):
             idx = torch.nonzero(levels == level).squeeze(1)
             if len(idx) == 0:
                 continue
-            pooled = roi_align(
-                feat,
-                rois[idx],
-                self.output_size,
-                spatial_scale=1.0 / stride,
-                sampling_ratio=self.sampling_ratio,
-                aligned=True,
-            )
+            if _as_matrix(feat, self.sampling_ratio):
+                pooled = matrix_roi_align(feat, rois[idx], self.output_size, 1.0 / stride)
+            else:
+                pooled = roi_align(
+                    feat,
+                    rois[idx],
+                    self.output_size,
+                    spatial_scale=1.0 / stride,
+                    sampling_ratio=self.sampling_ratio,
+                    aligned=True,
+                )
             out[idx] = pooled.to(out.dtype)
         return out
+
+
+def _as_matrix(feat: torch.Tensor, sampling_ratio: int) -> bool:
+    """Whether to pool ``feat`` with :func:`matrix_roi_align`: on CPU, when gradients
+    flow (training), with adaptive sampling (the only kind the matrix builds)."""
+    return (
+        feat.device.type == "cpu"
+        and feat.requires_grad
+        and torch.is_grad_enabled()
+        and sampling_ratio == 0
+    )
+
+
+def _axis_samples(
+    start: torch.Tensor, length: torch.Tensor, size: int, grid: torch.Tensor, g_max: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear taps along one axis of ``size`` bins for K RoIs: ``(index int64[K, size,
+    2 * g_max], weight float[K, size, 2 * g_max])``, the low then the high neighbour of
+    each of ``g_max`` samples per bin, weights divided by the RoI's ``grid`` samples per
+    bin; samples past a RoI's own ``grid``, or outside ``[-1, n]``, weigh 0 (torchvision's
+    rules: clamp below 0, and from ``n - 1`` on both neighbours are the last pixel)."""
+    g = torch.arange(g_max, dtype=start.dtype, device=start.device)
+    i = torch.arange(size, dtype=start.dtype, device=start.device)
+    bin_len = (length / size)[:, None, None]
+    v = (
+        start[:, None, None]
+        + i[None, :, None] * bin_len
+        + (g + 0.5) * bin_len / grid[:, None, None]
+    )
+    valid = (g < grid[:, None, None]) & (v >= -1.0) & (v <= n)
+    v = v.clamp(min=0)
+    low = v.floor()
+    top = low >= n - 1
+    low = torch.where(top, torch.full_like(low, n - 1), low)
+    frac = torch.where(top, torch.zeros_like(v), v - low)
+    low_i = low.to(torch.int64)
+    high_i = torch.where(top, low_i, low_i + 1)
+    w = valid.to(v.dtype) / grid[:, None, None].clamp(min=1)
+    return torch.cat([low_i, high_i], -1), torch.cat([(1 - frac) * w, frac * w], -1)
+
+
+def roi_align_matrix(
+    rois: torch.Tensor, shape: tuple[int, int, int], output_size: int, spatial_scale: float
+) -> torch.Tensor:
+    """The sparse matrix of ``roi_align(..., sampling_ratio=0, aligned=True)``.
+
+    Args:
+        rois: float[K, 5] ``(image index, x1, y1, x2, y2)`` in input pixels.
+        shape: ``(B, H, W)`` of the feature map.
+        output_size: S, the side of each pooled square.
+        spatial_scale: feature pixels per input pixel (1 / stride).
+
+    Returns:
+        A sparse COO float[K * S * S, B * H * W] (uncoalesced): row ``(k * S + y) * S + x``
+        holds bin ``(y, x)`` of RoI k as weights over the flattened ``(b, h, w)`` pixels.
+        Rows of RoIs with the same adaptive sample count are built together, so no RoI
+        carries padding samples of a larger one.
+    """
+    n_images, height, width = shape
+    s = output_size
+    x1 = rois[:, 1] * spatial_scale - 0.5
+    y1 = rois[:, 2] * spatial_scale - 0.5
+    roi_w = rois[:, 3] * spatial_scale - 0.5 - x1
+    roi_h = rois[:, 4] * spatial_scale - 0.5 - y1
+    # Adaptive sampling: ceil(RoI side / S) samples per bin side (0 for an empty RoI).
+    grid_h = torch.ceil(roi_h / s).clamp(min=0)
+    grid_w = torch.ceil(roi_w / s).clamp(min=0)
+    # The samples' average divides by both grids: one axis carries each.
+    group = torch.maximum(grid_h, grid_w).to(torch.int64)
+    rows, cols, vals = [], [], []
+    image = rois[:, 0].to(torch.int64)
+    for g_max in torch.unique(group).tolist():
+        k = torch.nonzero(group == g_max).squeeze(1)
+        if g_max == 0:
+            continue  # empty RoIs pool to zeros
+        yi, yw = _axis_samples(y1[k], roi_h[k], s, grid_h[k], g_max, height)
+        xi, xw = _axis_samples(x1[k], roi_w[k], s, grid_w[k], g_max, width)
+        # [K', S, S, taps_y, taps_x]: bin (y, x) of each RoI, each pair of taps.
+        base = (image[k] * height)[:, None, None, None, None]
+        col = (base + yi[:, :, None, :, None]) * width + xi[:, None, :, None, :]
+        val = (yw[:, :, None, :, None] * xw[:, None, :, None, :]).reshape(-1)
+        # Only non-zero weights are kept; a kept entry's row follows from its position.
+        at = torch.nonzero(val).squeeze(1)
+        taps = col.shape[-1] * col.shape[-2]
+        rows.append(k[at // (s * s * taps)] * (s * s) + (at // taps) % (s * s))
+        cols.append(col.reshape(-1)[at])
+        vals.append(val[at])
+    n_rows, n_cols = len(rois) * s * s, n_images * height * width
+    if not rows:
+        return torch.sparse_coo_tensor(
+            torch.zeros((2, 0), dtype=torch.int64, device=rois.device),
+            rois.new_zeros(0),
+            (n_rows, n_cols),
+        )
+    index = torch.stack([torch.cat(rows), torch.cat(cols)])
+    return torch.sparse_coo_tensor(index, torch.cat(vals), (n_rows, n_cols))
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``matrix @ dense`` with the gradient ``matrix.T @ grad`` for ``dense`` only."""
+
+    @staticmethod
+    def forward(ctx, dense: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        ctx.matrix = matrix
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.sparse.mm(ctx.matrix.t(), grad.contiguous()), None
+
+
+def matrix_roi_align(
+    feat: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float
+) -> torch.Tensor:
+    """``roi_align(feat, rois, output_size, spatial_scale, 0, aligned=True)`` as a sparse
+    product (see the module docstring): float[K, C, S, S] (channels-last memory) from
+    ``feat`` float[B, C, H, W] and ``rois`` float[K, 5]."""
+    n, c, h, w = feat.shape
+    matrix = roi_align_matrix(rois.detach(), (n, h, w), output_size, spatial_scale)
+    # (B*H*W, C): a view of channels-last features (a copy otherwise).
+    flat = feat.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    pooled = _SparseProduct.apply(flat, matrix.to(feat.dtype))
+    return pooled.view(len(rois), output_size, output_size, c).permute(0, 3, 1, 2)
