@@ -3,6 +3,8 @@ files, the least recently used dropped back to ``meta`` to stay within a budget.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from collections.abc import Callable, Sequence
 
@@ -20,6 +22,21 @@ def weight_bytes(model: nn.Module) -> int:
 
 def is_meta(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free memory back to the system (glibc's ``malloc_trim``).
+
+    A dropped model's tensors are freed, but glibc keeps most of them (a few MB each,
+    under its mmap threshold) on the heap, where the next model's tensors and the
+    backbone's activations fragment it. Measured on the original's recipes (6 fold runs,
+    one loaded at a time, 16 loads for one 704x520 image): peak RSS 2,394 MB without
+    this, 2,122 MB with it. Elsewhere (no glibc) it does nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class WeightCache:
@@ -65,8 +82,12 @@ class WeightCache:
             self.loaded.append(index)
             return model
         budget = self.budget_mb * 2**20
+        dropped = False
         while self.loaded and sum(self.sizes[i] for i in self.loaded) + self.sizes[index] > budget:
             self.models[self.loaded.pop(0)].to("meta")
+            dropped = True
+        if dropped:
+            _return_freed_memory()
         self.loaders[index](model)
         self.loads += 1
         model.to(self.device).eval()
