@@ -14,7 +14,8 @@
 # Usage, in the repository root of the GPU machine (its python3 holds torch,
 # torchvision and timm; the rest of cellstack's needs travel as wheels in .whl/):
 #
-#   bash benchmarks/gpu_check.sh --fetch-wheels   # here, with PyPI: fills .whl/ (Python 3.12)
+#   bash benchmarks/gpu_check.sh --fetch-wheels   # here, with PyPI and .venv: fills .whl/
+#                                                 # (Python 3.12, .venv's versions, ~14 MB)
 #   bash benchmarks/gpu_check.sh [OUTDIR]         # there (default benchmarks/results/gpu)
 #
 # Every step has its own time limit and writes OUTDIR/NAME.log; OUTDIR/summary.txt has
@@ -30,10 +31,14 @@ WHEELS=(pycocotools albumentations albucore stringzilla simsimd pydantic pydanti
 if [ "${1:-}" = "--fetch-wheels" ]; then
   mkdir -p .whl
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  rm -f .whl/*.whl
   for name in "${WHEELS[@]}"; do
+    # The versions .venv holds (make's install): tested together here.
+    version=$(.venv/bin/python -m pip show "$name" 2> /dev/null | awk '/^Version:/ {print $2}')
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 -d .whl "$name" || echo "no wheel for $name"
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+      "$name${version:+==$version}" || echo "no wheel for $name"
   done
   du -sh .whl
   exit 0

@@ -20,9 +20,11 @@ weights, the same number of threads. Rows:
 
 Each row runs in its own process, so its peak RSS is its own; the first ``--warmup``
 steps are not timed. ``--profile ROW`` prints the slowest operators of one row's step
-(``torch.profiler``), to find what to make faster. ``--device cuda --amp`` runs the
-rows on a GPU in the trainer's mixed precision (autocast forward, scaled backward); the
-peak is then the GPU's (``torch.cuda.max_memory_allocated``).
+(``torch.profiler``), to find what to make faster; ``--pooling`` times RoIAlign alone,
+torchvision's kernel against the sparse matrix CPU training pools through.
+``--device cuda --amp`` runs the rows on a GPU in the trainer's mixed precision
+(autocast forward, scaled backward); the peak is then the GPU's
+(``torch.cuda.max_memory_allocated``).
 
 Prints a table and writes JSON (default benchmarks/results/train_speed.json).
 """
@@ -178,6 +180,44 @@ def _worker(
     return out
 
 
+def pooling(threads: int, repeats: int = 3) -> dict:
+    """Seconds of RoIAlign alone, forward and backward, through torchvision's kernel
+    (what prediction uses) and through the sparse matrix CPU training uses: the box
+    head's 7x7 on 1,024 RoIs and the mask head's 14x14 on 256, boxes of 8-68 px on the
+    finest FPN level of 2 images of 704x520 (stride 4, 256 channels, channels-last)."""
+    import time
+
+    import torch
+    from torchvision.ops import roi_align
+
+    from cellstack.modeling.poolers import matrix_roi_align
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    feat = torch.randn(2, 256, -(-H // 4), -(-W // 4))
+    feat = feat.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = {}
+    for head, size, n in (("box 7x7", 7, 1024), ("mask 14x14", 14, 256)):
+        centre = torch.rand(n, 2) * torch.tensor([float(W), float(H)])
+        side = torch.rand(n, 2) * 60 + 8
+        image = torch.randint(0, 2, (n, 1)).float()
+        rois = torch.cat([image, centre - side / 2, centre + side / 2], 1)
+        kernels = {
+            "torchvision": lambda r, s: roi_align(feat, r, s, 0.25, 0, aligned=True),
+            "sparse matrix": lambda r, s: matrix_roi_align(feat, r, s, 0.25),
+        }
+        for kernel, pool in kernels.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                pooled = pool(rois, size)
+                pooled.backward(torch.ones_like(pooled))
+                times.append(time.perf_counter() - t0)
+            out[f"{head}, {kernel}"] = min(times)
+            print(f"RoIAlign {head}, {kernel}: {min(times):.3f} s forward + backward")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per row")
@@ -191,8 +231,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument(
+        "--pooling", action="store_true", help="time RoIAlign alone: torchvision vs sparse"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pooling:
+        from reporting import write_report
+
+        result = pooling(args.threads)
+        write_report(args.json.with_name("roi_pooling.json"), {"args": vars(args), **result})
+        return
     if args.worker:
         result = _worker(
             args.worker,
