@@ -347,3 +347,36 @@ def test_weight_budget_in_an_ensemble_yaml(base_run, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("models: [a]\nweights_budget_mb: -1\n")
     with pytest.raises(CellstackError, match="weights_budget_mb must be > 0"):
         load_source(tmp_path / "bad.yaml")
+
+
+def test_the_view_bar_ends_at_its_total_through_the_type_pass(base_run, tmp_path, capsys):
+    """One image of a typed 3-model x 4-flip ensemble: the type pass (2 identity views
+    through proposals and boxes), then its type's models through all three stages."""
+    from tqdm import tqdm
+
+    models = [_model("maskrcnn", seed=s) for s in range(3)]
+    ens = Ensemble(
+        models, flips=tuple(FLIPS.values()), type_from=[0, 1], type_models={CLASSES[0]: [2]}
+    ).eval()
+    bars = {}
+
+    class Recorded(tqdm):
+        def close(self):  # tqdm closes again when collected: the first close counts
+            bars.setdefault(id(self), (self.n, self.total, self.disable))
+            super().close()
+
+    import tqdm as tqdm_module
+
+    real = tqdm_module.tqdm
+    tqdm_module.tqdm = Recorded
+    try:
+        with torch.no_grad():
+            ens(_images()[:1])  # no bar unless asked
+            ens.show_views = True
+            ens(_images()[:1])
+    finally:
+        tqdm_module.tqdm = real
+    (_, _, first_disabled), (done, total, second_disabled) = bars.values()
+    assert first_disabled and not second_disabled
+    # type pass: 2 proposal + 2 box passes; merge: 1 + 4 + 4 (type 0) or 2 + 8 + 8 (else)
+    assert done == total in (4 + 9, 4 + 18)

@@ -100,6 +100,11 @@ class Ensemble(nn.Module):
     Calling it on images (list of float[C, H, W] in [0, 1]) in eval mode returns, as a
     single :class:`CellDetector` does, one Instances per image with ``boxes``,
     ``scores``, ``classes`` and ``roi_masks``.
+
+    Attributes:
+        show_views: show a progress bar over each image's view passes (a view through
+            one stage), for ensembles whose one image takes minutes; set for a call by
+            :meth:`~cellstack.inference.segmenter.Segmenter.iter_many` with its bar.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class Ensemble(nn.Module):
         )
         self.feature_cache_mb = float(feature_cache_mb)
         self.feature_dtype = feature_dtype
+        self.show_views = False
         self.weights = WeightCache(self.models, loaders, weights_budget_mb)
         names = set(self.class_names)
         for key in (*self.type_settings, *self.type_models):
@@ -254,24 +260,41 @@ class Ensemble(nn.Module):
 
     def _one(self, image: torch.Tensor) -> Instances:
         """All stages for one image, its views' features within the cache budget."""
+        from tqdm import tqdm
+
         image_list = self.models[0].preprocess([image])
         size = tuple(image_list.tensors.shape[-2:])
         (window,) = image_windows(image_list)
-        views = ViewCache(
-            self.member, self.flips, image_list, self.feature_cache_mb * 2**20, self.feature_dtype
-        )
         models, settings = self.default_models, self.settings
-        if self.typed:
-            ident = self.identity_flip()
-            _, _, classes = self.merge_boxes(
-                views, [(m, ident) for m in self.type_from], window, size, self.settings
-            )
-            cell_type = majority_type(classes, self.class_names)
-            models = self.type_models.get(cell_type, self.default_models)
-            settings = self.type_settings.get(cell_type, self.settings)
-        every = [(m, i) for m in models for i in range(len(self.flips))]
-        boxes, scores, classes = self.merge_boxes(views, every, window, size, settings)
-        masks = self.merge_masks(views, every, size, boxes, classes)
+        flips = range(len(self.flips))
+        type_keys = [(m, self.identity_flip()) for m in self.type_from] if self.typed else []
+        # The bar's total grows once the type pass has chosen the models.
+        bar = tqdm(
+            total=self._passes(type_keys, masks=False)
+            + self._passes([(m, f) for m in models for f in flips]),
+            desc="views",
+            unit="view",
+            leave=False,
+            disable=not self.show_views,
+        )
+        views = ViewCache(
+            self.member,
+            self.flips,
+            image_list,
+            self.feature_cache_mb * 2**20,
+            self.feature_dtype,
+            on_view=bar.update,
+        )
+        with bar:
+            if type_keys:
+                _, _, classes = self.merge_boxes(views, type_keys, window, size, self.settings)
+                cell_type = majority_type(classes, self.class_names)
+                models = self.type_models.get(cell_type, self.default_models)
+                settings = self.type_settings.get(cell_type, self.settings)
+            every = [(m, f) for m in models for f in flips]
+            bar.total = self._passes(type_keys, masks=False) + self._passes(every)
+            boxes, scores, classes = self.merge_boxes(views, every, window, size, settings)
+            masks = self.merge_masks(views, every, size, boxes, classes)
         return Instances(
             (int(window[3]), int(window[2])),
             boxes=boxes,
@@ -279,6 +302,18 @@ class Ensemble(nn.Module):
             classes=classes,
             roi_masks=masks,
         )
+
+    def rpn_keys(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Those of the views ``keys`` whose RPN outputs make the proposals."""
+        models = sorted({m for m, _ in keys})
+        return [k for k in self.rpn_views(models) if k in keys] or keys[:1]
+
+    def _passes(self, keys: list[tuple[int, int]], masks: bool = True) -> int:
+        """View passes of merging ``keys``: proposals, boxes and (unless the type pass,
+        which stops after boxes) masks."""
+        if not keys:
+            return 0
+        return len(self.rpn_keys(keys)) + len(keys) * (2 if masks else 1)
 
     # ------------------------------------------------------------------ stages
     def merge_boxes(
@@ -292,7 +327,7 @@ class Ensemble(nn.Module):
         """Stages 1 and 2 over the views ``keys``: ``(boxes, scores, classes)`` after
         box NMS. Proposals come from those of ``keys`` that :meth:`rpn_views` names."""
         models = sorted({m for m, _ in keys})
-        rpn_keys = [k for k in self.rpn_views(models) if k in keys] or keys[:1]
+        rpn_keys = self.rpn_keys(keys)
         objectness = deltas = anchors = None
         for key in views.first_last(rpn_keys):
             raw = views.raw(key)

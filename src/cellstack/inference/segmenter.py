@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from cellstack.data.limits import check_image_size
 from cellstack.data.masks import pixels_to_labels, sparse_from_labels
 from cellstack.data.stats import median_diameter
 from cellstack.errors import ArgumentTypeError, CellstackError
+from cellstack.inference.ensemble import Ensemble
 from cellstack.inference.postprocess import Thresholds
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.result import Result, object_table
@@ -46,6 +48,20 @@ from cellstack.inference.tune import (
     score_images,
 )
 from cellstack.structures import Instances
+
+
+@contextmanager
+def _view_bars(model: torch.nn.Module, show: bool) -> Iterator[None]:
+    """An ensemble's bar over each image's views (:attr:`Ensemble.show_views`) for the
+    duration of a call that shows its own bar."""
+    if not isinstance(model, Ensemble):
+        yield
+        return
+    before, model.show_views = model.show_views, show
+    try:
+        yield
+    finally:
+        model.show_views = before
 
 
 class Segmenter:
@@ -259,7 +275,8 @@ class Segmenter:
         bar = tqdm(total=len(items), desc="segmenting", unit="img", disable=not progress)
         pending: list[tuple[np.ndarray, str]] = []  # images whose planes wait for a batch
         queued = 0
-        with torch.inference_mode(), bar:  # closed on errors too: the error line stands alone
+        # closed on errors too: the error line stands alone
+        with torch.inference_mode(), bar, _view_bars(self.predictor.model, progress):
             for n, item in enumerate(items):
                 image, lead = self._planes(item, axes, spec, f"image {n}", limits)
                 pending.append((image, lead))

@@ -3,7 +3,7 @@ demand and kept between the merge stages within a byte budget."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torchvision.models.detection.image_list import ImageList
@@ -24,6 +24,8 @@ class ViewCache:
         image_list: the (padded) image.
         budget_bytes: RoI features kept at most; dtype: kept as this dtype (None: as
             computed).
+        on_view: called with 1 after each view a stage has used (a progress bar's
+            ``update``).
     """
 
     def __init__(
@@ -33,8 +35,10 @@ class ViewCache:
         image_list: ImageList,
         budget_bytes: float,
         dtype: torch.dtype | None,
+        on_view: Callable[[int], object] | None = None,
     ) -> None:
         self.member = member
+        self.on_view = on_view
         self.flips = flips
         self.image_list = image_list
         self.budget = budget_bytes
@@ -70,11 +74,15 @@ class ViewCache:
             return self.last[1]
         return self.offer(key, self.raw(key))
 
-    def first_last(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """``keys`` with the view in hand first, so it is not computed again."""
+    def first_last(self, keys: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        """``keys`` with the view in hand first, so it is not computed again; each
+        view, once the stage has used it, is counted (``on_view``)."""
         if self.last is not None and self.last[0] in keys:
             keys = [self.last[0], *(k for k in keys if k != self.last[0])]
-        return keys
+        for key in keys:
+            yield key
+            if self.on_view is not None:
+                self.on_view(1)
 
 
 def view_bytes(model: CellDetector, image_size: tuple[int, int]) -> float:
