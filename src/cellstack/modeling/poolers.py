@@ -157,7 +157,7 @@ def roi_align_matrix(
     # Adaptive sampling: ceil(RoI side / S) samples per bin side (0 for an empty RoI).
     grid_h = torch.ceil(roi_h / s).clamp(min=0)
     grid_w = torch.ceil(roi_w / s).clamp(min=0)
-    # The samples' average divides by both grids: one axis carries each.
+    # RoIs are built in groups of one larger grid side, so few taps are padding.
     group = torch.maximum(grid_h, grid_w).to(torch.int64)
     rows, cols, vals = [], [], []
     image = rois[:, 0].to(torch.int64)
@@ -179,13 +179,13 @@ def roi_align_matrix(
         vals.append(val[at])
     n_rows, n_cols = len(rois) * s * s, n_images * height * width
     if not rows:
-        return torch.sparse_coo_tensor(
-            torch.zeros((2, 0), dtype=torch.int64, device=rois.device),
-            rois.new_zeros(0),
-            (n_rows, n_cols),
-        )
-    index = torch.stack([torch.cat(rows), torch.cat(cols)])
-    return torch.sparse_coo_tensor(index, torch.cat(vals), (n_rows, n_cols))
+        index = torch.zeros((2, 0), dtype=torch.int64, device=rois.device)
+        values = rois.new_zeros(0)
+    else:
+        index = torch.stack([torch.cat(rows), torch.cat(cols)])
+        values = torch.cat(vals)
+    # The indices are in range by construction: torch's invariant checks would only cost.
+    return torch.sparse_coo_tensor(index, values, (n_rows, n_cols), check_invariants=False)
 
 
 class _SparseProduct(torch.autograd.Function):
