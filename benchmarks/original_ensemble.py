@@ -8,7 +8,7 @@ models and settings, its ``weights_budget_mb``) on one 704x520 image.
 1. *layout*: the 11 CV folders as ``cellstack cv`` leaves them, each fold run's
    ``model.pt`` holding its recipe's architecture with random weights (seeded per run),
    written once into ``--cache`` (default ``~/.cache/cellstack-bench/original_ensemble``,
-   about 17 GB; reused by later runs, each file written atomically) with the YAML
+   16.6 GB; reused by later runs, each file written atomically) with the YAML
    beside them, its paths pointing there.
 2. For each of ``--types``: one synthetic 704x520 image of that type in a folder, and
    ``cellstack predict ENSEMBLE.yaml IMAGES --out OUT`` in a child process: seconds end
@@ -18,10 +18,14 @@ models and settings, its ``weights_budget_mb``) on one 704x520 image.
 
 Random weights are what a benchmark without the competition's data can have: the type
 pass (the ``type_from`` folds on the identity view) routes the image to whichever
-type's six models its random classes favour, and every stage keeps as many boxes as
-the random scores let through, up to the recipes' ``max_detections``, so the mask
-stage does its most work. ``--every-model`` drops ``type_models``: all 55 runs merge
-every image (220 views), the bound of the YAML's memory and time.
+type's six models its random classes favour (six models of 5 folds each: 120 views),
+and the random scores sit near chance, under most of the original's thresholds, so few
+boxes reach the mask stage and no cell survives post-processing on the benchmark's
+image. The time is therefore a lower bound for trained models, which keep hundreds of
+cells per image; the peak is set by the weights held and one view's backbone, not by
+the masks, which the mask heads take 128 boxes at a time. ``--every-model`` drops
+``type_models``: all 55 runs merge every image (220 views), the bound of the YAML's
+memory and time.
 
 Goal (issue 33): under 4 GB peak. Prints a table and writes JSON (default
 ``benchmarks/results/original_ensemble.json``).

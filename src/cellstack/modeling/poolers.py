@@ -10,11 +10,12 @@ available levels, so RoIs under ``2 * finest_scale`` px use the finest map.
 Training on CPU pools through :func:`roi_align_matrix` instead of torchvision's kernel:
 RoIAlign is linear in the features, ``pooled = A @ features`` with ``A`` a sparse
 matrix of bilinear weights (the same samples and weights as ``roi_align(aligned=True)``
-with adaptive sampling, to rounding), so its backward is ``A.T @ grad``: two
-multi-threaded sparse products where torchvision's CPU backward scatters every sample
-of every RoI, channel by channel, on one thread (11% of a Mask R-CNN training step,
-``benchmarks/train_speed.py --profile``). Without gradients, and on GPUs, torchvision's
-kernel runs.
+with adaptive sampling, to rounding), so its backward is ``A.T @ grad``: two sparse
+products, each weight applied to a whole row of channels (contiguous in channels-last
+features), where torchvision's CPU backward scatters every sample of every RoI channel
+by channel (11% of a Mask R-CNN training step, ``benchmarks/train_speed.py
+--profile``; pooling alone is 3-4x faster, docs/benchmarks.md). Without gradients, and
+on GPUs, torchvision's kernel runs.
 """
 
 from __future__ import annotations
