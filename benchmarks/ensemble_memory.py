@@ -172,36 +172,17 @@ def main() -> None:
 def original_plan(budget_mb: float | None) -> str:
     """The dry-run plan of configs/original/ensemble.yaml (with ``weights_budget_mb``
     when given), its 11 CV folders laid out (5 fold runs each, configs only) in a
-    temporary folder."""
+    temporary folder (:func:`original_ensemble.layout`)."""
     import tempfile
 
-    import yaml
+    from original_ensemble import ensemble_yaml, layout
 
-    from cellstack.config import load_config
     from cellstack.inference.run import dry_run
-    from cellstack.modeling.files import FINAL, final_state, save
 
-    original = Path(__file__).resolve().parent.parent / "configs" / "original"
-    spec = yaml.safe_load((original / "ensemble.yaml").read_text())
     work = Path(tempfile.mkdtemp(prefix="original_plan_"))
-    names = {Path(m).name for m in spec["models"]}
-    for name in sorted(names):
-        cfg = load_config(original / f"{name}.yaml")
-        cv = work / "runs" / "cv" / name
-        (cv / "oof").mkdir(parents=True)
-        (cv / "config.yaml").write_text(yaml.safe_dump({"data": {"folds": 5}}))
-        for fold in range(5):
-            (cv / f"fold{fold}").mkdir()
-            # No weights: the plan reads configs only (runs are skeletons until needed).
-            save(final_state({}, cfg, CLASSES), cv / f"fold{fold}" / FINAL)
-            (cv / "oof" / f"fold{fold}.pt").write_bytes(b"")
-    ens = work / "configs" / "original" / "ensemble.yaml"
-    ens.parent.mkdir(parents=True)
-    if budget_mb is not None:
-        spec["weights_budget_mb"] = budget_mb
-    ens.write_text(yaml.safe_dump(spec))
     try:
-        return dry_run(ens)
+        layout(work, 5, weights=False)
+        return dry_run(ensemble_yaml(work, budget_mb, every_model=False))
     finally:
         shutil.rmtree(work)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -51,10 +50,12 @@ ORIGINAL = ROOT / "configs" / "original"
 CLASSES = ["shsy5y", "astro", "cort"]
 
 
-def layout(cache: Path, folds: int) -> dict:
-    """The 11 CV folders under ``cache/runs/cv`` with random-weight fold runs (written
-    only where missing) and the ensemble YAML at ``cache/configs/original``; returns the
-    weights' total size and the seconds spent writing them."""
+def layout(cache: Path, folds: int, weights: bool = True) -> dict:
+    """The 11 CV folders of the shipped YAML under ``cache/runs/cv``, as ``cellstack cv``
+    leaves them, their fold runs written only where missing: with random weights, or
+    (``weights=False``) skeletons holding only the config and class names, enough for
+    a plan (``predict --dry-run`` with a weight budget reads no weights). Returns the
+    runs' total size and the seconds spent writing them."""
     import torch
 
     from cellstack.config import load_config
@@ -76,13 +77,17 @@ def layout(cache: Path, folds: int) -> dict:
         for fold in range(folds):
             run = cv / f"fold{fold}"
             if not (run / FINAL).is_file():
-                torch.manual_seed(1000 * seed + fold)
-                model = build_model(cfg.model, CLASSES, cfg.predict, encoder_weights=False)
+                state = {}
+                if weights:
+                    torch.manual_seed(1000 * seed + fold)
+                    model = build_model(cfg.model, CLASSES, cfg.predict, encoder_weights=False)
+                    state = model.state_dict()
                 run.mkdir(exist_ok=True)
-                save(final_state(model.state_dict(), cfg, CLASSES), run / FINAL)
-                del model
+                save(final_state(state, cfg, CLASSES), run / FINAL)
+                del state
                 written += 1
-                print(f"  wrote {run / FINAL}", flush=True)
+                if weights:
+                    print(f"  wrote {run / FINAL}", flush=True)
             total += (run / FINAL).stat().st_size
             oof = cv / "oof" / f"fold{fold}.pt"
             if not oof.is_file():
@@ -140,11 +145,12 @@ def run_predict(ens: Path, images: Path, out: Path) -> dict:
         (float(line.split()[2]) for line in plan.splitlines() if "estimated peak" in line), None
     )
     t0 = time.perf_counter()
-    # Each case runs after the layout in a fresh child, so RUSAGE_CHILDREN's maximum is
-    # the largest child so far: the dry runs are far smaller than predict itself.
-    subprocess.run([*cli, "predict", str(ens), str(images), "--out", str(out)], check=True)
+    child = subprocess.Popen([*cli, "predict", str(ens), str(images), "--out", str(out)])
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest yet
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"cellstack predict {ens} failed")
+    peak = usage.ru_maxrss / 1024
     from cellstack.inference.export import PredictionFolder
 
     folder = PredictionFolder.open(out)
@@ -171,7 +177,7 @@ def main() -> None:
         / "original_ensemble",
     )
     parser.add_argument("--types", nargs="+", default=["shsy5y"], choices=CLASSES)
-    parser.add_argument("--weights-budget-mb", type=float, help="instead of the YAML's 3000")
+    parser.add_argument("--weights-budget-mb", type=float, help="instead of the YAML's")
     parser.add_argument(
         "--folds",
         type=int,

@@ -266,12 +266,11 @@ class Ensemble(nn.Module):
         size = tuple(image_list.tensors.shape[-2:])
         (window,) = image_windows(image_list)
         models, settings = self.default_models, self.settings
-        flips = range(len(self.flips))
         type_keys = [(m, self.identity_flip()) for m in self.type_from] if self.typed else []
-        # The bar's total grows once the type pass has chosen the models.
+        type_passes = self._passes(type_keys, masks=False)
+        # The bar's total is set again once the type pass has chosen the models.
         bar = tqdm(
-            total=self._passes(type_keys, masks=False)
-            + self._passes([(m, f) for m in models for f in flips]),
+            total=type_passes + self._passes(self._views_of(models)),
             desc="views",
             unit="view",
             leave=False,
@@ -291,8 +290,8 @@ class Ensemble(nn.Module):
                 cell_type = majority_type(classes, self.class_names)
                 models = self.type_models.get(cell_type, self.default_models)
                 settings = self.type_settings.get(cell_type, self.settings)
-            every = [(m, f) for m in models for f in flips]
-            bar.total = self._passes(type_keys, masks=False) + self._passes(every)
+            every = self._views_of(models)
+            bar.total = type_passes + self._passes(every)
             boxes, scores, classes = self.merge_boxes(views, every, window, size, settings)
             masks = self.merge_masks(views, every, size, boxes, classes)
         return Instances(
@@ -308,11 +307,13 @@ class Ensemble(nn.Module):
         models = sorted({m for m, _ in keys})
         return [k for k in self.rpn_views(models) if k in keys] or keys[:1]
 
+    def _views_of(self, models: Sequence[int]) -> list[tuple[int, int]]:
+        """Every view ``(model, flip)`` of ``models``."""
+        return [(m, f) for m in models for f in range(len(self.flips))]
+
     def _passes(self, keys: list[tuple[int, int]], masks: bool = True) -> int:
         """View passes of merging ``keys``: proposals, boxes and (unless the type pass,
         which stops after boxes) masks."""
-        if not keys:
-            return 0
         return len(self.rpn_keys(keys)) + len(keys) * (2 if masks else 1)
 
     # ------------------------------------------------------------------ stages
