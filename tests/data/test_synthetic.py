@@ -101,3 +101,36 @@ def test_fluorescent_nuclei_are_bright_on_dark():
     n, areas, _ = _stats(synth.labels)
     assert synth.image[fg].mean() > synth.image[~fg].mean() + 40
     assert 6 < 2 * np.sqrt(np.median(areas) / np.pi) < 18 and n > 20
+
+
+@pytest.mark.parametrize("cell_type", ["cyto", "macrophage", "neuron"])
+def test_whole_cells_in_a_cytoplasm_stain(cell_type):
+    sizes, contrasts = [], []
+    for seed in range(4):
+        synth = generate_image(np.random.default_rng(seed), cell_type, (256, 256))
+        fg = synth.labels > 0
+        _, areas, _ = _stats(synth.labels)
+        sizes.append(2 * np.sqrt(np.median(areas) / np.pi))
+        contrasts.append(np.median(synth.image[fg]) - np.median(synth.image[~fg]))
+        assert synth.image.dtype == np.uint8 and synth.labels.max() >= 1
+    assert 14 < np.median(sizes) < 50  # whole cells: larger than the nuclei look
+    assert min(contrasts) > 5  # stained cells brighter than the background, even when dim
+
+
+def test_membrane_stain_outlines_a_confluent_sheet():
+    synth = generate_image(np.random.default_rng(5), "membrane", (256, 256))
+    labels, img = synth.labels, synth.image.astype(float)
+    from cellstack.data.synthetic import _cell_interiors
+
+    depth, _ = _cell_interiors(labels)
+    assert (labels > 0).mean() > 0.6  # confluent
+    # bright outlines: the pixels at a cell's outline outshine its interior
+    assert img[(labels > 0) & (depth <= 1.5)].mean() > img[(labels > 0) & (depth >= 4)].mean() + 10
+
+
+def test_whole_cell_densities_span_sparse_to_confluent():
+    cover = [
+        (generate_image(np.random.default_rng(s), "cyto", (256, 256)).labels > 0).mean()
+        for s in range(12)
+    ]
+    assert min(cover) < 0.2 and max(cover) > 0.45

@@ -3,8 +3,10 @@
 Our stand-in for real data in tests, the demo and the benchmarks. Each cell type is one
 :class:`CellType` row of :data:`TYPES` (its description, shape, density and look);
 three phase-contrast ones mimic the Kaggle ones (:data:`CELL_TYPES`, the default), and
-two (:data:`OTHER_TYPES`) have other looks, so that defaults are not tuned to phase
-contrast alone. ``cellstack synth --help`` lists them from the same table.
+the others (:data:`OTHER_TYPES`) have other looks, so that defaults are not tuned to
+phase contrast alone: oblique light, fluorescent nuclei, and fluorescent whole cells
+(cytoplasm and membrane stains, with or without a nucleus channel). ``cellstack synth
+--help`` lists them from the same table.
 
 Phase-contrast rendering: a bright halo outside every cell boundary, a dark rim just
 inside it, textured interiors, uneven illumination, out-of-focus ghosts and debris that
@@ -98,6 +100,26 @@ def _astro_processes(rng: np.random.Generator, body: np.ndarray, angle: float) -
     return paths
 
 
+def _neuron_neurites(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[tuple]:
+    """neuron: 2-5 thin neurites of 20-90 px leaving the soma in any direction."""
+    paths = []
+    for _ in range(rng.integers(2, 6)):
+        a = rng.uniform(0, 2 * np.pi)
+        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.8
+        paths.append((_process_path(rng, start, a, rng.uniform(20, 90), 2.5), 3, 1))
+    return paths
+
+
+def _lamellipodia(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[tuple]:
+    """macrophage: 0-4 short broad protrusions (lamellipodia, filopodia)."""
+    paths = []
+    for _ in range(rng.integers(0, 5)):
+        a = rng.uniform(0, 2 * np.pi)
+        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.8
+        paths.append((_process_path(rng, start, a, rng.uniform(6, 20), 2.0), 7, 2))
+    return paths
+
+
 @dataclass(frozen=True)
 class CellType:
     """One synthetic cell type: what it looks like and how its cells are drawn.
@@ -105,8 +127,10 @@ class CellType:
     Attributes:
         name: the type's name (``synth --cell-types``, the records' cell type).
         description: one line for docs and ``--help``.
-        look: ``phase`` (phase contrast), ``relief`` (oblique light) or
-            ``fluorescence``.
+        look: ``phase`` (phase contrast), ``relief`` (oblique light),
+            ``fluorescence`` (nuclei), ``cytoplasm`` or ``membrane`` (whole cells in
+            fluorescence: a cytoplasm or membrane stain, half of the images with a
+            nucleus channel averaged in, as ``--channel C N`` reads a two-channel file).
         count: cells tried per Kaggle-sized (704x520) image, uniform in this range
             (scaled with the image area).
         min_kept: a cell whose largest free piece is under this share of it is dropped.
@@ -193,6 +217,50 @@ TYPES = {
             radius=(4.0, 8.0),
             elongation=(1.0, 1.5),
             irregularity=0.05,
+        ),
+        CellType(
+            "cyto",
+            "round to oval whole cells (18-32 px) in a cytoplasm stain, sparse to confluent "
+            "in clumps, dim to saturated, the nucleus darker or brighter; half with a "
+            "nucleus channel averaged in",
+            "cytoplasm",
+            count=(15, 500),
+            min_kept=0.6,
+            clumps=((2, 8), (30, 120)),
+            radius=(9.0, 16.0),
+            elongation=(1.0, 1.6),
+            irregularity=0.12,
+        ),
+        CellType(
+            "macrophage",
+            "spread irregular whole cells (25-45 px) with short broad protrusions in a "
+            "cytoplasm stain, sparse to touching",
+            "cytoplasm",
+            count=(8, 90),
+            min_kept=0.6,
+            clumps=((2, 6), (40, 140)),
+            radius=(12.0, 22.0),
+            elongation=(1.0, 2.2),
+            irregularity=0.35,
+            processes=_lamellipodia,
+        ),
+        CellType(
+            "neuron",
+            "small somata (14-24 px) with 2-5 thin neurites in a cytoplasm stain, sparse",
+            "cytoplasm",
+            count=(10, 70),
+            min_kept=0.6,
+            radius=(7.0, 12.0),
+            elongation=(1.0, 1.5),
+            irregularity=0.12,
+            processes=_neuron_neurites,
+        ),
+        CellType(
+            "membrane",
+            "a confluent sheet of polygonal cells (22-32 px) in a membrane stain: bright "
+            "outlines, dim interiors, some gaps",
+            "membrane",
+            sheet=True,
         ),
     )
 }
@@ -380,6 +448,8 @@ def _render(rng: np.random.Generator, labels: np.ndarray, cell_type: str) -> np.
         return _render_relief(rng, labels)
     if kind.look == "fluorescence":
         return _render_fluorescent(rng, labels)
+    if kind.look in ("cytoplasm", "membrane"):
+        return _render_whole_cells(rng, labels, kind.look)
     return _render_phase(rng, labels, kind.phase)
 
 
@@ -431,6 +501,72 @@ def _render_fluorescent(rng: np.random.Generator, labels: np.ndarray) -> np.ndar
     img = rng.poisson(np.clip(img, 0, None) / 2.0).astype(np.float32) * 2.0  # shot noise
     img += rng.normal(0, 2.0, size=(h, w)).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _cell_interiors(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(depth float32[H, W], core bool[H, W])``: each pixel's distance to its own
+    cell's outline (outlines between touching cells count), and the cell's inner core
+    (depth over 45% of the cell's deepest pixel): where its nucleus sits."""
+    edges = np.zeros(labels.shape, dtype=bool)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    depth = ndimage.distance_transform_edt(~edges & (labels > 0)).astype(np.float32)
+    n = int(labels.max())
+    deepest = np.concatenate(
+        [[np.inf], ndimage.maximum(depth, labels, np.arange(1, n + 1)) if n else []]
+    ).astype(np.float32)
+    return depth, (labels > 0) & (depth > 0.45 * deepest[labels])
+
+
+def _microscope(rng: np.random.Generator, signal: np.ndarray) -> np.ndarray:
+    """A widefield camera's view of ``signal`` (float32[H, W], ~0-1 per unit of stain):
+    out-of-focus haze, the optics' blur, a dark offset with uneven illumination, a gain
+    that leaves some images dim and saturates others, shot and read noise. uint8."""
+    h, w = signal.shape
+    haze = cv2.GaussianBlur(signal, (0, 0), rng.uniform(6, 14)) * rng.uniform(0.0, 0.35)
+    img = cv2.GaussianBlur(signal + haze, (0, 0), rng.uniform(0.7, 2.0))
+    img *= 1 + rng.uniform(0.0, 0.25) * _smooth_field(rng, (h, w), 200)
+    img = img * 255 * np.exp(rng.uniform(np.log(0.25), np.log(1.8)))  # dim ... saturated
+    img += rng.uniform(4, 30)
+    photons = rng.uniform(0.3, 3.0)  # photons per grey level: lower is noisier
+    img = rng.poisson(np.clip(img, 0, None) * photons).astype(np.float32) / photons
+    img += rng.normal(0, rng.uniform(1.0, 4.0), size=(h, w)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _render_whole_cells(rng: np.random.Generator, labels: np.ndarray, look: str) -> np.ndarray:
+    """Whole cells in fluorescence, uint8[H, W].
+
+    ``cytoplasm``: each cell filled with stain (a 6x range between cells, thinner and
+    dimmer at its edge, textured), its nucleus darker (excluded) or brighter;
+    ``membrane``: bright outlines, dim interiors. Half of the images average in a
+    nucleus channel (each channel scaled to its own range first, as ``--channel C N``
+    reads a two-channel file). The labels stay the exact outlines.
+    """
+    h, w = labels.shape
+    n = int(labels.max())
+    fg = labels > 0
+    depth, core = _cell_interiors(labels)
+    stain = np.concatenate([[0.0], np.exp(rng.uniform(np.log(0.15), np.log(0.9), n))])
+    stain = stain.astype(np.float32)[labels]
+    texture = 1 + rng.uniform(0.05, 0.3) * _smooth_field(rng, (h, w), 3)
+    if look == "membrane":
+        width = rng.uniform(0.6, 1.6)
+        interior = rng.uniform(0.02, 0.25)
+        signal = stain * (interior + (1 - interior) * np.exp(-np.maximum(depth - 1, 0) / width))
+    else:
+        edge = rng.uniform(1.5, 5.0)
+        signal = stain * (0.35 + 0.65 * (1 - np.exp(-depth / edge)))
+        signal = np.where(core, signal * rng.uniform(0.45, 1.4), signal)
+    cyto = _microscope(rng, signal * texture * fg)
+    if rng.random() < 0.5:
+        return cyto
+    nucleus = np.concatenate([[0.0], np.exp(rng.uniform(np.log(0.3), np.log(1.0), n))])
+    nuclei = _microscope(rng, nucleus.astype(np.float32)[labels] * core * texture)
+    from cellstack.data.images import to_gray_uint8
+
+    both = (to_gray_uint8(cyto).astype(np.float32) + to_gray_uint8(nuclei)) / 2
+    return to_gray_uint8(both)
 
 
 def _render_phase(

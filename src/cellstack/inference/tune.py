@@ -13,10 +13,20 @@ without re-running anything:
   result at the lowest one: one post-processing per (NMS, min size) serves the whole
   confidence grid, and so does one truth-vs-prediction IoU matrix.
 
-Images are grouped by predicted cell type (the majority label, as at prediction time);
-each type gets the combination with the best mean competition score, and ``default``
-the best over all images. The current thresholds are always part of the grid, so tuning
-never lowers the score on the data it ran on.
+Images are grouped by predicted cell type (the majority label, as at prediction time).
+With few images the best point of a large grid is partly luck, so the choice is made
+for images the search did not see (:class:`_Search`):
+
+* the evidence comes in units: each image, or with a single image its four quadrants
+  (cells by their centre);
+* each type (and ``default``) takes, among the points whose mean score is within one
+  standard error of the best (the spread of their difference over units), the point
+  nearest the current thresholds (fewest grid steps, scale steps included): a point
+  only wins over the current one on evidence, and a tie keeps the current one;
+* the gain this rule gives on a unit it did not see is estimated by leaving each unit
+  out in turn; when that estimate is not above zero, the current thresholds and scale
+  are kept and the result says so. The current thresholds are always part of the grid,
+  so tuning never lowers the score on the data it ran on.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from cellstack.data.records import ImageRecord
 from cellstack.evaluation.matching import overlaps_disjoint
@@ -116,13 +127,16 @@ class TuneResult:
     Attributes:
         thresholds: the tuned thresholds.
         groups: ``{group: {"images", "before", "after", "params"}}``.
-        before, after: mean score over all images with the old and the tuned thresholds
-            (each image with its type's thresholds) at the old and the chosen scale.
-        loo: leave-one-image-out score: each image scored with what the search chooses
-            on the other images (their scale too); how well the choice carries to an
-            image it did not see. NaN with one image.
+        before, after: mean score over all units with the old and the tuned thresholds
+            (each unit with its type's thresholds) at the old and the chosen scale.
+        loo: leave-one-out score: each unit (an image, or a quadrant of a single
+            image) scored with what the search chooses on the others (their scale
+            too); how well the choice carries to data it did not see. NaN with one unit.
         scale: the resize factor chosen (``scale_before`` the one the model had);
             ``scales``: those searched.
+        units: ``"images"`` or ``"tiles"`` (a single image's quadrants).
+        kept: the search found no evidence of a gain on unseen units (``loo`` not above
+            ``before``), so ``thresholds`` and ``scale`` are the model's own.
     """
 
     thresholds: Thresholds
@@ -133,6 +147,14 @@ class TuneResult:
     scale: float = 1.0
     scale_before: float = 1.0
     scales: tuple[float, ...] = (1.0,)
+    units: str = "images"
+    kept: bool = False
+
+    @property
+    def estimated_gain(self) -> float:
+        """What the search is expected to add on new images: ``loo - before`` (NaN with
+        one unit)."""
+        return self.loo - self.before
 
     def table(self) -> str:
         lines = [f"{'group':<10}{'images':>7}{'before':>9}{'after':>9}  thresholds"]
@@ -150,10 +172,17 @@ class TuneResult:
                 + ", ".join(f"{s:.3g}" for s in self.scales)
                 + ")"
             )
+        unit = "image" if self.units == "images" else "tile"
         if not np.isnan(self.loo):
             lines.append(
-                f"leave-one-image-out score {self.loo:.4f} (each image scored with what the "
-                "other images chose: what to expect on new images)"
+                f"leave-one-{unit}-out score {self.loo:.4f} (each {unit} scored with what the "
+                f"other {unit}s chose: what to expect on new images); estimated gain "
+                f"{self.estimated_gain:+.4f}"
+            )
+        if self.kept:
+            lines.append(
+                "kept the model's thresholds and scale: no gain on data the search did not "
+                "see" + ("" if not np.isnan(self.loo) else " (one unit: no estimate)")
             )
         return "\n".join(lines)
 
@@ -213,50 +242,87 @@ def score_grid(
 
 @dataclass(frozen=True)
 class _Scored:
-    """One scale's search: per image its predicted type and its score at every grid
-    point (float64[images, points], columns in ``points`` order)."""
+    """One scale's search: per unit (an image, or a quadrant of a single image) its
+    predicted type and its score at every grid point (float64[units, points], columns
+    in ``points`` order)."""
 
     scale: float
     types: list[str | None]
     scores: np.ndarray
+    units: str = "images"
 
 
 class _Search:
-    """Chooses thresholds (per type and default) and a scale on any subset of images:
-    the one rule behind the tuned result and its leave-one-image-out score."""
+    """Chooses thresholds (per type and default) and a scale on any subset of units:
+    the one rule behind the tuned result and its leave-one-out score (see the module
+    docstring): the point nearest the current thresholds among those within noise of
+    the best."""
 
-    def __init__(self, scored: list[_Scored], points: list[tuple], current: Thresholds) -> None:
+    def __init__(
+        self, scored: list[_Scored], points: list[tuple], current: Thresholds, grid: TuneGrid
+    ) -> None:
         self.scored, self.points, self.current = scored, points, current
         self.index = {p: k for k, p in enumerate(points)}
+        # Each point's position along every key's sorted values: distances in grid steps.
+        self.ranks = np.array(
+            [[getattr(grid, k).index(v) for k, v in zip(KEYS, p, strict=True)] for p in points]
+        )
+        own = scored[0].scale
+        order = sorted(range(len(scored)), key=lambda k: abs(np.log(scored[k].scale / own)))
+        self.scale_steps = {k: step for step, k in enumerate(order)}
 
     def current_column(self, cell_type: str | None) -> int:
         return self.index[key_of(self.current.per_type.get(cell_type, self.current.default))]
 
+    def steps(self, cell_type: str | None) -> np.ndarray:
+        """int[points]: grid steps from the current thresholds of ``cell_type``."""
+        return np.abs(self.ranks - self.ranks[self.current_column(cell_type)]).sum(axis=1)
+
+    @staticmethod
+    def within_noise(scores: np.ndarray) -> np.ndarray:
+        """bool[columns]: the columns of ``scores`` (float[units, columns]) whose mean
+        is within one standard error of the best column's (the spread over units of
+        their paired difference; with one unit, only ties)."""
+        means = scores.mean(axis=0)
+        best = int(np.argmax(means))
+        if len(scores) < 2:
+            return means >= means[best]
+        diff = scores[:, [best]] - scores
+        se = diff.std(axis=0, ddof=1) / np.sqrt(len(scores))
+        return means >= means[best] - se
+
+    def pick(self, scores: np.ndarray, cell_type: str | None) -> int:
+        """The column nearest the current thresholds among those within noise of the
+        best (the higher mean on a tie of distance)."""
+        candidates = np.flatnonzero(self.within_noise(scores))
+        means = scores.mean(axis=0)
+        steps = self.steps(cell_type)
+        return int(min(candidates, key=lambda c: (steps[c], -means[c])))
+
     def choose(self, at: _Scored, members: np.ndarray) -> tuple[int, dict[str, int]]:
-        """Best default column over ``members`` (bool[images]) and the best per type."""
-        default = int(np.argmax(at.scores[members].mean(axis=0)))
+        """The default column over ``members`` (bool[units]) and one per type."""
+        default = self.pick(at.scores[members], None)
         per_type = {}
         for t in sorted({t for t, m in zip(at.types, members, strict=True) if m and t}):
             rows = members & np.array([x == t for x in at.types])
-            per_type[t] = int(np.argmax(at.scores[rows].mean(axis=0)))
+            per_type[t] = self.pick(at.scores[rows], t)
         return default, per_type
 
     @staticmethod
     def applied(at: _Scored, default: int, per_type: dict[str, int], rows) -> np.ndarray:
-        """Each image's score with its type's column (the default for other types)."""
+        """Each unit's score with its type's column (the default for other types)."""
         return np.array([at.scores[i, per_type.get(at.types[i], default)] for i in rows])
 
     def best(self, members: np.ndarray) -> tuple[_Scored, int, dict[str, int], float]:
-        """The scale (and its choice) with the best mean score over ``members``; the
-        earliest scale wins a tie (the model's own comes first)."""
-        top = None
+        """The scale (and its choice) over ``members``: the one nearest the model's own
+        among those within noise of the best mean."""
         rows = np.flatnonzero(members)
-        for at in self.scored:
-            default, per_type = self.choose(at, members)
-            mean = float(self.applied(at, default, per_type, rows).mean())
-            if top is None or mean > top[3]:
-                top = (at, default, per_type, mean)
-        return top
+        choices = [(at, *self.choose(at, members)) for at in self.scored]
+        applied = np.stack([self.applied(*c, rows) for c in choices], axis=1)
+        near = np.flatnonzero(self.within_noise(applied))
+        means = applied.mean(axis=0)
+        k = int(min(near, key=lambda j: (self.scale_steps[j], -means[j])))
+        return (*choices[k], float(means[k]))
 
     def loo(self) -> float:
         n = len(self.scored[0].types)
@@ -281,19 +347,47 @@ def score_images(
     scale: float = 1.0,
     progress: bool = True,
 ) -> _Scored:
-    """Every image's score at every point of ``grid`` (see the module docstring)."""
+    """Every unit's score at every point of ``grid`` (see the module docstring): each
+    image, or a single image's four quadrants (:func:`quadrants`), so that even one
+    image gives the search an estimate of what it gains on data it did not see."""
     from tqdm import tqdm
 
+    pairs = [
+        (raw, truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec)
+        for raw, rec in zip(raws, records, strict=True)
+    ]
+    units = "images"
+    if len(pairs) == 1:
+        pairs, units = quadrants(*pairs[0]), "tiles"
     types, rows = [], []
-    for raw, rec in tqdm(
-        list(zip(raws, records, strict=True)), desc="scoring grid", unit="img", disable=not progress
-    ):
+    for raw, truth in tqdm(pairs, desc="scoring grid", unit=units[:-1], disable=not progress):
         cell_type = majority_type(raw.classes, class_names)
         base = current.per_type.get(cell_type, current.default)
-        truth = truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec
         rows.append(list(score_grid(raw, truth, grid, convex=base.convex_refill).values()))
         types.append(cell_type)
-    return _Scored(scale, types, np.asarray(rows, dtype=np.float64))
+    return _Scored(scale, types, np.asarray(rows, dtype=np.float64), units)
+
+
+def quadrants(raw: Instances, truth: sp.csr_matrix) -> list[tuple[Instances, sp.csr_matrix]]:
+    """One image's detections and truth (sparse bool[N, H*W]) split into its four
+    quadrants, each cell whole in the quadrant of its centre (a detection's box centre,
+    a true cell's pixel centroid): four units of evidence from a single image."""
+    h, w = raw.image_size
+    boxes = raw.boxes.float().numpy()
+    det_x, det_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    truth = sp.csr_matrix(truth)
+    counts = np.maximum(np.diff(truth.indptr), 1)
+    rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))
+    ys, xs = np.divmod(truth.indices, w)
+    true_y = np.bincount(rows, ys, truth.shape[0]) / counts
+    true_x = np.bincount(rows, xs, truth.shape[0]) / counts
+    out = []
+    for top in (True, False):
+        for left in (True, False):
+            det = ((det_y < h / 2) == top) & ((det_x < w / 2) == left)
+            cells = ((true_y < h / 2) == top) & ((true_x < w / 2) == left)
+            out.append((raw[torch.from_numpy(det)], truth[np.flatnonzero(cells)]))
+    return out
 
 
 def grid_with(grid: TuneGrid | None, current: Thresholds) -> TuneGrid:
@@ -308,12 +402,21 @@ def grid_with(grid: TuneGrid | None, current: Thresholds) -> TuneGrid:
 def choose(scored: list[_Scored], grid: TuneGrid, current: Thresholds) -> TuneResult:
     """The tuned result from one search per scale (``scored[0]``: the model's own)."""
     points = grid.points()
-    search = _Search(scored, points, current)
+    search = _Search(scored, points, current, grid)
     n = len(scored[0].types)
     everything = np.ones(n, dtype=bool)
-    at, default_col, per_type_cols, after = search.best(everything)
     own = scored[0]
     before = [own.scores[i, search.current_column(t)] for i, t in enumerate(own.types)]
+    loo = search.loo()
+    # No evidence that the search carries to unseen data: keep the model's own.
+    kept = not loo > float(np.mean(before))
+    if kept:
+        at = own
+        default_col = search.current_column(None)
+        per_type_cols = {t: search.current_column(t) for t in sorted(set(own.types) - {None})}
+        after = float(np.mean(before))
+    else:
+        at, default_col, per_type_cols, after = search.best(everything)
     default = params_at(points[default_col], current.default)
     per_type = {
         t: params_at(points[c], current.per_type.get(t, current.default))
@@ -338,14 +441,16 @@ def choose(scored: list[_Scored], grid: TuneGrid, current: Thresholds) -> TuneRe
         "params": default,
     }
     return TuneResult(
-        Thresholds(default, per_type),
+        current if kept else Thresholds(default, per_type),
         groups,
         float(np.mean(before)),
         after,
-        search.loo(),
+        loo,
         at.scale,
         own.scale,
         tuple(s.scale for s in scored),
+        own.units,
+        kept,
     )
 
 
