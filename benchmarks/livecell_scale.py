@@ -2,14 +2,17 @@
 loader, at several numbers of images.
 
     python benchmarks/livecell_scale.py [--sizes 500 2000 5239] [--base 200]
-        [--work DIR] [--steps 6]
+        [--work DIR] [--steps 6] [--distinct] [--types shsy5y] [--seed 0]
 
 1. *synth*: ``cellstack synth --livecell`` of ``--base`` distinct 704x520 images of
    ``--types`` (default shsy5y, the densest, about 215 cells per image; LIVECell has
    about 300) in a child process: seconds per image and peak RSS, so
    the time for LIVECell's 5,239 images follows.
 2. For each size N: a LIVECell folder of N images (the base images, each under new
-   names, with their annotations: the json written streamed), then in child processes:
+   names, with their annotations: the json written streamed; with ``--distinct``, N
+   distinct images synthesized for that size instead, ``synth --livecell``'s own 70/15/15
+   split, so that nothing a distinct image costs can hide behind repeated ones), then in
+   child processes:
    ``cellstack prepare livecell`` (seconds, peak RSS, the cache's size on disk), the
    start of training with ``configs/demo.yaml`` (reading the records, the folds and
    every ``auto``: seconds, peak RSS), and the loader's share of a CPU training step
@@ -41,7 +44,7 @@ t0 = time.perf_counter()
 out = {}
 if job == "synth":
     from cellstack.data.synthetic import synthesize
-    synthesize(args[0], int(args[1]), seed=0, livecell=True, progress=False,
+    synthesize(args[0], int(args[1]), seed=int(args[3]), livecell=True, progress=False,
                cell_types=tuple(args[2].split(",")))
 elif job == "prepare":
     from cellstack.cli import main
@@ -157,6 +160,10 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=200, help="distinct synthetic images")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--types", default="shsy5y", help="synthetic cell types, comma-separated")
+    parser.add_argument("--seed", type=int, default=0, help="the synthetic images' seed")
+    parser.add_argument(
+        "--distinct", action="store_true", help="N distinct images per size, not repeated ones"
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/livecell_scale.json"))
     args = parser.parse_args()
@@ -164,7 +171,7 @@ def main() -> None:
     synth = work / "synth"
     if not (synth / "livecell" / "livecell_coco_test.json").is_file():
         shutil.rmtree(synth, ignore_errors=True)
-        row = child("synth", synth, args.base, args.types)
+        row = child("synth", synth, args.base, args.types, args.seed)
         report = {"synth": {**row, "s_per_image": row["seconds"] / args.base}}
     else:
         report = {"synth": json.loads((work / "synth.json").read_text())}
@@ -180,7 +187,12 @@ def main() -> None:
         src, out = work / f"livecell_{n}", work / f"prepared_{n}"
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
-        cells = replicate(synth / "livecell", src, n)
+        if args.distinct:
+            child("synth", src, n, args.types, args.seed)
+            src = src / "livecell"
+            cells = len(json.loads((src / "livecell_coco_train.json").read_text())["annotations"])
+        else:
+            cells = replicate(synth / "livecell", src, n)
         prep = child("prepare", src, out)
         row = {
             "images": n,

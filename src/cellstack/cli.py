@@ -609,8 +609,10 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
             "new model folder (weights copied, the tuned thresholds, the scale that fits "
             "the labels' cell size, a model card line) and leave MODEL as it was: the way "
             "to calibrate a built-in. Without it, write thresholds.yaml into the run (or "
-            "next to the ensemble YAML), which predict then uses. With several images a "
-            "leave-one-image-out score says what to expect on new ones. A CV folder "
+            "next to the ensemble YAML), which predict then uses. A leave-one-out score "
+            "(over the images, or a single image's quadrants) estimates the gain on new "
+            "images; of the settings within noise of the best, the nearest to the model's "
+            "is taken, and without an estimated gain the model's own are kept. A CV folder "
             "(cellstack cv) is tuned on its stored out-of-fold predictions."
         ),
     )

@@ -6,9 +6,9 @@ from the category of the image's annotations (the per-cell-line json files use o
 category per file) or from the file-name prefix (``A172_Phase_...``).
 
 One streamed reader of the json (:func:`read_instances_header` and
-:func:`annotation_chunks`: memory holds one chunk of images' annotations, never the
-file's), one decoder of a segmentation (:func:`segmentation_pixels`, which scans only
-the object's box) and one rule for finding an image file by name (:func:`image_files`)
+:func:`image_annotations`: memory holds one image's annotations, never the file's), one
+decoder of a segmentation (:func:`segmentation_pixels`, which scans only the object's
+box) and one rule for finding an image file by name (:func:`image_files`)
 serve both
 :func:`read_coco_instances` (a json given as data: strict, the first bad entry is the
 error) and :func:`prepare_livecell` (a dataset folder: lenient, bad entries are listed
@@ -78,10 +78,6 @@ def livecell_sample_id(file_name: str) -> str:
     stem = Path(file_name).stem
     m = _LIVECELL_NAME.match(stem)
     return m.group("well") if m else stem
-
-
-#: Images whose annotations ``prepare`` holds in memory at once (the rest wait on disk).
-CHUNK_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -179,63 +175,57 @@ def _open_json(path: Path):
     return f
 
 
-def annotation_chunks(header: InstancesHeader, chunk: int = CHUNK_IMAGES):
-    """``{image id: [annotation, ...]}`` of the header's images, ``chunk`` images at a
-    time, in the order of ``header.images``: a generator, so that memory holds one
-    chunk's annotations and never the file's.
+def image_annotations(header: InstancesHeader):
+    """``(position, image entry, its annotations)`` for every image of ``header``, in
+    order: a generator whose memory holds one image's annotations, never the file's
+    (LIVECell's train file holds over a million polygons, hundreds per image).
 
-    One streamed pass sorts every annotation into a temporary file per chunk of
-    images (by the image's position); each chunk is then read back alone. Annotations
-    of images the file does not list are left out, as the whole-file reader does.
+    One streamed pass copies every annotation of a listed image, as one json line, into
+    a temporary file, noting the line's offset and the positions of the images it
+    belongs to (int64 pairs, 16 bytes an annotation); each image then reads back its
+    own lines, in file order. Annotations of images the file does not list are left
+    out, as the whole-file reader does; an entry without an ``id`` gets none (its own
+    check names what it lacks).
     """
     import json
     import tempfile
+    from array import array
 
     import ijson
 
-    chunks_of: dict = {}  # image id -> the chunks of the images with that id
+    positions_of: dict = {}  # image id -> the positions of the images with that id
     for n, img in enumerate(header.images):
         if isinstance(img, dict) and "id" in img:
-            chunks_of.setdefault(_key(img["id"]), set()).add(n // chunk)
-    n_chunks = max(1, -(-len(header.images) // chunk))
-    with tempfile.TemporaryDirectory(prefix="cellstack-prepare-") as tmp:
-        files = [open(Path(tmp) / f"{b}.jsonl", "w+", encoding="utf-8") for b in range(n_chunks)]
+            positions_of.setdefault(_key(img["id"]), []).append(n)
+    with tempfile.TemporaryFile("w+b", prefix="cellstack-prepare-") as lines:
+        owners, offsets = array("q"), array("q")  # 8 bytes each, not a Python int
         try:
             with _open_json(header.path) as f:
                 for ann in ijson.items(f, "annotations.item", use_float=True):
                     try:
-                        owners = chunks_of.get(_key(ann["image_id"]), ())
+                        owned = positions_of.get(_key(ann["image_id"]), ())
                     except (KeyError, TypeError) as exc:
                         raise DataError(
                             f"{header.path}: a category or annotation lacks {exc}"
                         ) from None
-                    for b in owners:
-                        files[b].write(json.dumps(ann) + "\n")
+                    if owned:
+                        offset = lines.tell()
+                        lines.write(json.dumps(ann).encode() + b"\n")
+                        owners.extend(owned)
+                        offsets.extend([offset] * len(owned))
         except (ijson.JSONError, UnicodeDecodeError) as exc:
-            for file in files:
-                file.close()
             raise _json_error(header.path, exc) from None
-        for file in files:
-            file.seek(0)
-            by_image: dict = {}
-            for line in file:
-                ann = json.loads(line)
-                by_image.setdefault(_key(ann["image_id"]), []).append(ann)
-            file.close()
-            yield by_image
-
-
-def image_annotations(header: InstancesHeader):
-    """``(position, image entry, its annotations)`` for every image of ``header``, in
-    order, the annotations read a chunk at a time (:func:`annotation_chunks`); an entry
-    without an ``id`` gets none (its own check names what it lacks)."""
-    chunks = annotation_chunks(header)
-    annotations: dict = {}
-    for n, img in enumerate(header.images):
-        if n % CHUNK_IMAGES == 0:
-            annotations = next(chunks)
-        has_id = isinstance(img, dict) and "id" in img
-        yield n, img, annotations.get(_key(img["id"]), []) if has_id else []
+        owner = np.frombuffer(owners, dtype=np.int64)
+        offset = np.frombuffer(offsets, dtype=np.int64)
+        order = np.argsort(owner, kind="stable")  # by image, file order within one
+        owner, offset = owner[order], offset[order]
+        bounds = np.searchsorted(owner, np.arange(len(header.images) + 1))
+        for n, img in enumerate(header.images):
+            anns = []
+            for at in offset[bounds[n] : bounds[n + 1]]:
+                lines.seek(int(at))
+                anns.append(json.loads(lines.readline()))
+            yield n, img, anns
 
 
 def _key(image_id: object) -> object:

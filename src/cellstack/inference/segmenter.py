@@ -347,9 +347,10 @@ class Segmenter:
             ``(segmenter, result)``: a segmenter sharing this one's model with the tuned
             thresholds and scale, and the search (``result.before`` / ``result.after``:
             mean competition score at the current and the tuned settings;
-            ``result.loo``: the leave-one-image-out score, what to expect on new images;
-            ``table()``). Nothing is written: ``cellstack tune MODEL DATA --out NEW``
-            writes a tuned model folder.
+            ``result.loo``: the leave-one-out score over the images, or a single image's
+            quadrants, what to expect on new images; ``result.kept``: no estimated gain,
+            so the current thresholds and scale were kept; ``table()``). Nothing is
+            written: ``cellstack tune MODEL DATA --out NEW`` writes a tuned model folder.
         """
         images, labels = list(images), list(labels)
         if not images or len(images) != len(labels):
