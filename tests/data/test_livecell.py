@@ -54,3 +54,18 @@ def test_pixel_runs_encode_as_the_mask_does():
     for _ in range(20):
         mask = rng.random((7, 9)) < rng.random()
         assert rle.encode_pixels(np.flatnonzero(mask)) == rle.encode(mask)
+
+
+def test_each_image_gets_its_own_annotations_in_file_order(tmp_path):
+    from cellstack.data.livecell import image_annotations, read_instances_header
+
+    images = [{"id": i, "file_name": f"{i}.tif", "width": 8, "height": 8} for i in (3, 1, 2)]
+    # Interleaved across images, one for an image the file does not list; image 2 none.
+    anns = [{"id": 10 + k, "image_id": i} for k, i in enumerate([1, 3, 9, 1, 3, 3])]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    got = [
+        (n, img["id"], [a["id"] for a in a_])
+        for n, img, a_ in image_annotations(read_instances_header(path))
+    ]
+    assert got == [(0, 3, [11, 14, 15]), (1, 1, [10, 13]), (2, 2, [])]
