@@ -37,8 +37,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every step runs in a child process whose own peak RSS is measured; the parent stays
+# small, since Linux counts the RSS a child was forked with into its ru_maxrss (a
+# parent holding a parsed json would inflate every child's figure).
 CHILD = r"""
 import json, resource, sys, time
+from pathlib import Path
 job, args = sys.argv[1], sys.argv[2:]
 t0 = time.perf_counter()
 out = {}
@@ -59,6 +63,14 @@ elif job == "start":
     train, val, _ = split_records(records, cfg, args[0])
     resolve_auto(cfg, train)
     out["records"] = len(records)
+elif job == "replicate":
+    sys.path.insert(0, args[3])
+    from livecell_scale import replicate
+    out["cells"] = replicate(Path(args[0]), Path(args[1]), int(args[2]))
+elif job == "count":
+    import ijson
+    with open(args[0], "rb") as f:
+        out["cells"] = sum(1 for _ in ijson.items(f, "annotations.item"))
 elif job == "loader":
     import numpy as np, torch
     from torch.utils.data import DataLoader
@@ -190,9 +202,10 @@ def main() -> None:
         if args.distinct:
             child("synth", src, n, args.types, args.seed)
             src = src / "livecell"
-            cells = len(json.loads((src / "livecell_coco_train.json").read_text())["annotations"])
+            cells = child("count", src / "livecell_coco_train.json")["cells"]
         else:
-            cells = replicate(synth / "livecell", src, n)
+            here = Path(__file__).resolve().parent
+            cells = child("replicate", synth / "livecell", src, n, here)["cells"]
         prep = child("prepare", src, out)
         row = {
             "images": n,

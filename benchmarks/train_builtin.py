@@ -58,7 +58,7 @@ NUCLEI_ITERATIONS = 600
 #: The synthetic whole-cell fluorescence looks ``cyto`` trains on (``cellstack synth``).
 CYTO_TYPES = ("cyto", "macrophage", "neuron", "membrane")
 CYTO_PER_LOOK = 12
-CYTO_ITERATIONS = 1000
+CYTO_ITERATIONS = 600
 NUCLEI_TRANSFER_ITERATIONS = 600
 RECIPES = {
     "nuclei": {
