@@ -47,13 +47,6 @@ ARCH = [
 NUCLEI_LEVERS = ["model.roi.mask_pool=28", "data.augment.zoom=1", "data.augment.intensity=0.5"]
 #: Synthetic fluorescent nuclei images (seed 21) mixed with mnfinder's.
 NUCLEI_SYNTHETIC = 12
-#: Dense synthetic fields (seed 22, 37-70% of the frame covered by touching nuclei)
-#: mixed in too: mnfinder's images cover at most 12% of their pixels with nuclei, and a
-#: model that never saw a confluent field misses obvious nuclei there (issue 42).
-NUCLEI_DENSE = 12
-#: The held-out "source" of confluent synthetic fields (seed 32) that thresholds are
-#: chosen on beside mnfinder's sources.
-DENSE_SOURCE = "dense fields"
 NUCLEI_ITERATIONS = 600
 #: The synthetic whole-cell fluorescence looks ``cyto`` trains on (``cellstack synth``).
 CYTO_TYPES = ("cyto", "macrophage", "neuron", "membrane")
@@ -72,10 +65,9 @@ RECIPES = {
             "train.eval_every=0",
         ],
         "synthetic": NUCLEI_SYNTHETIC,
-        "dense": NUCLEI_DENSE,
         # Thresholds are chosen on the held-out sources of these leave-one-source-out
         # runs (benchmarks/transfer.py --variant ship ...), never on training images.
-        "transfer": f"dense_{NUCLEI_TRANSFER_ITERATIONS}",
+        "transfer": f"ship_{NUCLEI_TRANSFER_ITERATIONS}",
         "class": "nucleus",
         "description": "fluorescent nuclei (DAPI, H2B, NLS stains; widefield, confocal)",
     },
@@ -307,8 +299,7 @@ def datasets(name: str, work: Path) -> tuple[Path, dict[str, Path]]:
         root = realdata.mnfinder_folders()
         real = _relabel(root / "train", work / "data_train", "nucleus")
         synthetic = synthetic_nuclei(work, NUCLEI_SYNTHETIC, seed=21)
-        dense = synthetic_nuclei(work, NUCLEI_DENSE, seed=22, dense=True)
-        train = union([real, synthetic, dense], work / "data_train_mix_dense", "nucleus")
+        train = union([real, synthetic], work / "data_train_mix", "nucleus")
         return train, {
             "mnfinder test": _relabel(root / "test", work / "data_test", "nucleus"),
             "dense fields (synthetic, JPEG, U2OS window)": dense_cases(work),
@@ -423,7 +414,6 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
                 tag.split("_")[0],
                 *NUCLEI_LEVERS,
                 f"synthetic={NUCLEI_SYNTHETIC}",
-                f"dense={NUCLEI_DENSE}",
             ]
         )
         raise SystemExit(
@@ -431,14 +421,6 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
             f"benchmarks/transfer.py --no-base --iterations {tag.split('_')[-1]} "
             f"--variant {variant} (found {sorted(folds)} in {args.transfer})"
         )
-    # Confluent fields weigh as one more source: thresholds chosen on mnfinder's sparse
-    # sources alone (confidence 0.65) dropped touching nuclei whose confidence is lower
-    # (issue 42). This run predicts them; the fields are not the scored dense cases.
-    import transfer
-
-    folds[DENSE_SOURCE] = (run, synthetic_nuclei(work, 4, seed=32, dense=True))
-    # As trained: with the thresholds tuned on the training images, before they change.
-    dense_as_trained = transfer.score(run, folds[DENSE_SOURCE][1], work / "pred_dense_source")
     print(f"choosing thresholds on the held-out sources of {tag}_*", flush=True)
     thresholds, report = held_out_thresholds(run, folds)
     kept = run / "thresholds_train.yaml"
@@ -451,9 +433,7 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
         f"(mean {report['mean']:.4f}); tuned on the training images: thresholds_train.yaml",
     )
     for source, row in report["sources"].items():
-        row["as_trained"] = (
-            dense_as_trained if source == DENSE_SOURCE else rows[f"{tag}_{source}"]["held_out"]
-        )
+        row["as_trained"] = rows[f"{tag}_{source}"]["held_out"]
     done.write_text(json.dumps(report, indent=1))
     return report
 
@@ -571,10 +551,7 @@ def held_out_lines(report: dict) -> list[str]:
         "lines, stains, microscopes and dtypes) and scored on the third "
         "(`benchmarks/transfer.py`, docs/learning.md section 9). *as trained*: with the "
         "thresholds it tuned on its training images; *held-out thresholds*: with the "
-        "thresholds chosen on the other two held-out sources, never this one.",
-        "",
-        f"*{DENSE_SOURCE}*: 4 confluent synthetic fields (seed 32) that this model "
-        "predicts, never trained on (it trained on other dense fields).",
+        "thresholds chosen on the other held-out sources, never this one.",
         "",
         "| held out | as trained | held-out thresholds | AP50 | recall at IoU 0.5 "
         "| matched IoU | area ratio |",
@@ -595,6 +572,19 @@ def held_out_lines(report: dict) -> list[str]:
         "",
     ]
     return lines
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the card's machine line."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, overrides) -> None:
@@ -628,7 +618,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
         f"- Command: `python benchmarks/train_builtin.py {name}` (resumable; "
         f"`configs/demo.yaml` with {' '.join(overrides)}).",
         f"- Budget: {cfg['train']['iterations']} iterations of batch {cfg['train']['batch_size']}, "
-        f"{scores['train_seconds'] / 60:.0f} min on a 2-core CPU (AMD EPYC, no GPU; other "
+        f"{scores['train_seconds'] / 60:.0f} min on a 2-core CPU ({cpu_name()}, no GPU; other "
         "jobs shared the cores, so alone it is faster).",
         f"- Training objects: {stats.get('objects', '?')} in {stats.get('images', '?')} images; "
         f"equivalent diameter median {stats.get('diameter_median', float('nan')):.1f} px "
@@ -681,8 +671,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "- mnfinder 1.2.3 (MIT; Lucian DiPeso 2023): 31 training + validation images "
             "(RPE-1, U2OS, HeLa, HFF, MCC13; DAPI, H2B, NLS stains) with hand-painted "
             "nucleus masks; the image duplicated in its test split was left out of training.",
-            f"- {NUCLEI_SYNTHETIC} synthetic fluorescent nuclei images and {NUCLEI_DENSE} dense "
-            "synthetic fields (cellstack's generator, "
+            f"- {NUCLEI_SYNTHETIC} synthetic fluorescent nuclei images (cellstack's generator, "
             "MIT; `synth`'s `nuclei` look, seed 21, resized so their nuclei are 15-45 px): "
             "exact outlines, dim and bright, touching, some out of focus.",
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
