@@ -85,13 +85,18 @@ def _neurite(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[t
     return [(_process_path(rng, tip, direction, rng.uniform(8, 22), 2.0), 2, 1)]
 
 
+def _edge_towards(body: np.ndarray, a: float, inset: float) -> np.ndarray:
+    """The body's outline point farthest along direction ``a``, pulled in to ``inset`` of
+    its distance from the centre: where a process leaves the cell."""
+    return body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * inset
+
+
 def _astro_processes(rng: np.random.Generator, body: np.ndarray, angle: float) -> list[tuple]:
     """astro: 2-6 long thin tapering processes, a third of them branched once."""
     paths = []
     for _ in range(rng.integers(2, 7)):
         a = rng.uniform(0, 2 * np.pi)
-        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.7
-        path = _process_path(rng, start, a, rng.uniform(35, 150))
+        path = _process_path(rng, _edge_towards(body, a, 0.7), a, rng.uniform(35, 150))
         paths.append((path, int(rng.integers(4, 8)), 2))
         if rng.random() < 0.35 and len(path) > 6:  # one branch
             k = int(rng.integers(len(path) // 3, len(path) - 2))
@@ -105,8 +110,8 @@ def _neuron_neurites(rng: np.random.Generator, body: np.ndarray, angle: float) -
     paths = []
     for _ in range(rng.integers(2, 6)):
         a = rng.uniform(0, 2 * np.pi)
-        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.8
-        paths.append((_process_path(rng, start, a, rng.uniform(20, 90), 2.5), 3, 1))
+        path = _process_path(rng, _edge_towards(body, a, 0.8), a, rng.uniform(20, 90), 2.5)
+        paths.append((path, 3, 1))
     return paths
 
 
@@ -115,8 +120,8 @@ def _lamellipodia(rng: np.random.Generator, body: np.ndarray, angle: float) -> l
     paths = []
     for _ in range(rng.integers(0, 5)):
         a = rng.uniform(0, 2 * np.pi)
-        start = body[np.argmax(body @ np.array([np.cos(a), np.sin(a)]))] * 0.8
-        paths.append((_process_path(rng, start, a, rng.uniform(6, 20), 2.0), 7, 2))
+        path = _process_path(rng, _edge_towards(body, a, 0.8), a, rng.uniform(6, 20), 2.0)
+        paths.append((path, 7, 2))
     return paths
 
 
