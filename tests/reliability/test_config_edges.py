@@ -102,7 +102,7 @@ def test_predict_batch_size_zero_and_bad_device(cli, run, images, tmp_path):
         (("--n-images", "0"), "--n-images must be at least 1"),
         (("--width", "0"), "width and height must be at least 16"),
         (("--height", "-5"), "width and height must be at least 16"),
-        (("--cell-types", "neuron"), "unknown synthetic cell type(s) neuron"),
+        (("--cell-types", "hela"), "unknown synthetic cell type(s) hela"),
         (("--cell-types", ""), "no cell types given"),
     ],
 )
