@@ -13,7 +13,7 @@ and scored on the source's other images:
 - *best on the k images*: the rule before issue 42, the grid point (and scale) with the
   best mean score on the calibration images, for comparison.
 
-    python benchmarks/calibration_floor.py [--sizes 1 2 3] [--folds dense_600]
+    python benchmarks/calibration_floor.py [--sizes 1 2 3] [--folds ship_600]
         [--out benchmarks/results/calibration_floor.json]
 
 Prints a table and writes JSON.
@@ -103,7 +103,7 @@ def samples_of(folder: Path) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--folds", default="dense_600")
+    parser.add_argument("--folds", default="ship_600")
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/calibration_floor.json")

@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", help="only the sets whose name holds one of these")
     parser.add_argument("--peer-python", type=Path, default=PEER)
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
-    parser.add_argument("--folds", default="dense_600", help="transfer.py's fold runs' tag")
+    parser.add_argument("--folds", default="ship_600", help="transfer.py's fold runs' tag")
     parser.add_argument("--dense-work", type=Path, default=Path.home() / ".cache/cellstack-dense")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-peers")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peers.json"))
