@@ -383,9 +383,9 @@ def run_tune(
     what = f"{len(records)} images of {data}" + (f" (fold {fold})" if fold is not None else "")
     summary = f"score {result.before:.4f} -> {result.after:.4f}"
     if not np.isnan(result.loo):
-        unit = "image" if result.units == "images" else "tile"
         summary += (
-            f" (leave-one-{unit}-out {result.loo:.4f}, estimated gain {result.estimated_gain:+.4f})"
+            f" (leave-one-{result.unit}-out {result.loo:.4f}, estimated gain "
+            f"{result.estimated_gain:+.4f})"
         )
     if result.kept:
         summary += "; no gain on data the search did not see: the model's thresholds kept"

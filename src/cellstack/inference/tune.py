@@ -151,6 +151,11 @@ class TuneResult:
     kept: bool = False
 
     @property
+    def unit(self) -> str:
+        """What was left out in turn: ``"image"`` or ``"tile"``."""
+        return "image" if self.units == "images" else "tile"
+
+    @property
     def estimated_gain(self) -> float:
         """What the search is expected to add on new images: ``loo - before`` (NaN with
         one unit)."""
@@ -172,7 +177,7 @@ class TuneResult:
                 + ", ".join(f"{s:.3g}" for s in self.scales)
                 + ")"
             )
-        unit = "image" if self.units == "images" else "tile"
+        unit = self.unit
         if not np.isnan(self.loo):
             lines.append(
                 f"leave-one-{unit}-out score {self.loo:.4f} (each {unit} scored with what the "
