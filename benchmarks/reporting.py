@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for a table's machine line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(threads: int) -> str:
+    """What a timing was measured on: CPU, cores, memory and the threads used."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu_name()}, {os.cpu_count()} cores, {memory:.0f} GB, {threads} threads"
 
 
 def write_report(path: Path, report: dict) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import realdata
+from reporting import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = [
@@ -572,19 +573,6 @@ def held_out_lines(report: dict) -> list[str]:
         "",
     ]
     return lines
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for the card's machine line."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, overrides) -> None:

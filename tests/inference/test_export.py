@@ -84,3 +84,33 @@ def test_outline_of_tiny_masks(n):
     mask[2, 2] = bool(n)
     rings = outlines(mask)
     assert (rings == []) if not n else np.array_equal(rasterise(rings[0], mask.shape), mask)
+
+
+def test_outputs_are_written_behind_in_order_and_a_failed_write_stops_the_run():
+    from cellstack.inference.run import write_behind
+
+    class Writer:
+        def __init__(self, fail_on=None):
+            self.added, self.fail_on = [], fail_on
+
+        def add(self, image_id, result):
+            if image_id == self.fail_on:
+                raise OSError(f"{image_id}: disk full")
+            self.added.append((image_id, result))
+
+    segmented = []
+
+    def results():
+        for k in range(5):
+            segmented.append(k)
+            yield k
+
+    writer = Writer()
+    write_behind(writer, list("abcde"), results())
+    assert writer.added == list(zip("abcde", range(5), strict=True))
+    segmented.clear()
+    writer = Writer(fail_on="b")
+    with pytest.raises(OSError, match="b: disk full"):
+        write_behind(writer, list("abcde"), results())
+    # at most one image is segmented ahead of the failed write; nothing after it is written
+    assert writer.added == [("a", 0)] and len(segmented) <= 3

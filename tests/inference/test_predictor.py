@@ -8,7 +8,7 @@ import yaml
 from cellstack.cli import main
 from cellstack.data.sartorius import read_submission
 from cellstack.inference.postprocess import PostprocessParams
-from cellstack.inference.predictor import Predictor, tile_starts
+from cellstack.inference.predictor import Predictor, plan_tiles, tile_starts
 from cellstack.structures import Instances
 
 
@@ -17,6 +17,35 @@ def test_tile_starts_cover_the_image():
     starts = tile_starts(2000, 1024, 128)
     assert starts[0] == 0 and starts[-1] == 2000 - 1024
     assert all(b - a <= 1024 - 128 for a, b in itertools.pairwise(starts))
+
+
+@pytest.mark.parametrize(
+    "shape", [(700, 1100), (512, 1024), (1040, 1392), (2048, 2048), (64, 5000), (3000, 97)]
+)
+def test_tiles_fit_the_budget_cover_the_image_and_overlap(shape):
+    budget, overlap = 1024**2, 128
+    layout = plan_tiles(shape, budget, overlap)
+    th, tw = layout.tile
+    assert th <= shape[0] and tw <= shape[1] and th * tw <= budget
+    covered = np.zeros(shape, bool)
+    for y, x in layout.offsets:
+        covered[y : y + th, x : x + tw] = True
+    assert covered.all()
+    for axis, side in ((0, th), (1, tw)):
+        starts = sorted({offset[axis] for offset in layout.offsets})
+        assert all(a + side - b >= overlap for a, b in itertools.pairwise(starts))
+    if shape[0] * shape[1] <= budget:  # one pass, the image itself: no padding, no tiles
+        assert layout.offsets == ((0, 0),) and layout.tile == shape
+
+
+def test_tiles_are_the_fewest_that_fit():
+    # The old square 1024 px tiles cut 1040x1392 into 4 and 2048x2048 into 9.
+    assert len(plan_tiles((1040, 1392), 1024**2, 128).offsets) == 2
+    # 4 tiles of 2048x2048 would need 1088x1088 px each, over the budget.
+    assert len(plan_tiles((2048, 2048), 1024**2, 128).offsets) == 5
+    # An overlap as wide as the budget's side leaves no tile.
+    with pytest.raises(ValueError, match="tile_overlap"):
+        plan_tiles((500, 500), 100, 10)
 
 
 class _GridModel(torch.nn.Module):

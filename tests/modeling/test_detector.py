@@ -113,3 +113,33 @@ def test_feature_autocast_runs_the_backbone_in_low_precision_and_returns_float32
     # Training ignores it (the trainer has its own autocast).
     model.train()
     assert next(iter(model.features(model.preprocess([img])).values())).dtype == torch.float32
+
+
+def test_inference_runs_channels_last_on_cpu_with_the_same_detections():
+    """Inference on CPU computes in channels-last memory (faster oneDNN convolutions):
+    the same features and detections as the default layout, and training untouched."""
+    from cellstack.modeling.heads import base, layers
+
+    cfg = load_config(None, [*TINY, "predict.box_score_thresh=0", "predict.max_detections=50"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ["a", "b"], cfg.predict).eval()
+    img, _ = two_cells()
+    batch = model.preprocess([img])
+    with torch.no_grad():
+        feats = model.features(batch)
+        plain = model.backbone(batch.tensors)
+        (fast,) = model([img])
+        layout = layers.inference_layout
+        base.inference_layout = lambda x: x  # the mask head's input as pooled
+        try:
+            (slow,) = model([img])
+        finally:
+            base.inference_layout = layout
+    assert all(v.is_contiguous(memory_format=torch.channels_last) for v in feats.values())
+    for k in feats:
+        assert torch.allclose(feats[k], plain[k], atol=1e-5)
+    assert len(fast) == len(slow) > 0
+    assert torch.allclose(fast.roi_masks, slow.roi_masks, atol=1e-5)
+    model.train()
+    train_feats = model.features(model.preprocess([img]))
+    assert all(v.is_contiguous() for v in train_feats.values())

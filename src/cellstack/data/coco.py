@@ -51,24 +51,51 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist() for c in contours]
 
 
-def encode_coco_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of bool[H, W] with a json-ready ``counts`` string."""
-    coded = _mask_utils().encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in coded["size"]], "counts": coded["counts"].decode("ascii")}
+def encode_coco_rle(pixels: np.ndarray, shape: tuple[int, int]) -> dict:
+    """COCO compressed RLE (json-ready ``counts`` string) of the mask whose pixels are
+    ``pixels`` (int64[K] flat row-major indices into ``shape`` (H, W), any order).
+
+    The runs come from the pixel indices themselves (in COCO's column-major order), so a
+    cell costs its own area, not a full H x W frame."""
+    h, w = shape
+    p = np.asarray(pixels, dtype=np.int64)
+    if len(p):
+        col = np.sort((p % w) * h + p // w)
+        breaks = np.flatnonzero(np.diff(col) != 1) + 1
+        starts = col[np.r_[0, breaks]]
+        ends = col[np.r_[breaks - 1, len(col) - 1]] + 1
+        bounds = np.concatenate([[0], np.column_stack([starts, ends]).ravel(), [h * w]])
+    else:
+        bounds = np.array([0, h * w])
+    counts = np.diff(bounds)
+    if len(counts) > 1 and counts[-1] == 0:  # no background after the last run
+        counts = counts[:-1]
+    coded = _mask_utils().frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+    return {"size": [h, w], "counts": coded["counts"].decode("ascii")}
 
 
 def result_entry(
-    image_id: str, mask: np.ndarray, score: float, category_id: int, **extra: object
+    image_id: str,
+    pixels: np.ndarray,
+    shape: tuple[int, int],
+    score: float,
+    category_id: int,
+    **extra: object,
 ) -> dict:
-    """One COCO results entry (json-ready) for bool[H, W] ``mask``: compressed RLE,
-    ``bbox`` [x, y, w, h] of the mask's pixels, ``score``, and ``extra`` fields."""
-    seg = encode_coco_rle(mask)
-    bbox = _mask_utils().toBbox({"size": seg["size"], "counts": seg["counts"].encode()})
+    """One COCO results entry (json-ready) for the mask of ``pixels`` (int64[K] flat
+    row-major indices into ``shape`` (H, W)): compressed RLE, ``bbox`` [x, y, w, h] of
+    the mask's pixels ([0, 0, 0, 0] when empty), ``score`` and ``extra`` fields."""
+    p = np.asarray(pixels, dtype=np.int64)
+    bbox = [0.0, 0.0, 0.0, 0.0]
+    if len(p):
+        y, x = np.divmod(p, shape[1])
+        x0, y0 = int(x.min()), int(y.min())
+        bbox = [float(x0), float(y0), float(x.max() - x0 + 1), float(y.max() - y0 + 1)]
     return {
         "image_id": image_id,
         "category_id": int(category_id),
-        "segmentation": seg,
-        "bbox": [float(v) for v in bbox.tolist()],
+        "segmentation": encode_coco_rle(p, shape),
+        "bbox": bbox,
         "score": float(score),
         **extra,
     }

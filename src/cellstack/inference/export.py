@@ -215,12 +215,11 @@ class PredictionWriter:
             if not lead:
                 self.submission[image_id] = rle.encode_labels(labels)[1]
             for j in range(len(inst)):
-                mask = np.zeros(h * w, dtype=bool)
-                mask[inst.pixels[j]] = True
                 self.coco.append(
                     result_entry(
                         image_id,
-                        mask.reshape(h, w),
+                        inst.pixels[j],
+                        (h, w),
                         inst.scores[j],
                         int(inst.classes[j]) + 1,
                         cell_type=self.class_names[int(inst.classes[j])],

@@ -1,16 +1,19 @@
 """Run a trained detector on images of any size.
 
-Images up to ``tile_size`` on both sides go through the model whole (padded to the
-stride). Larger ones are cut into overlapping tiles; a detection is kept only by the
-tile whose core (the tile minus half the overlap on each inner side) holds its box
-centre, so a cell seen by two tiles is kept once. Cells up to ``tile_overlap / 2`` px
-from a core edge are seen whole by the tile that keeps them.
+An image of at most ``tile_size**2`` pixels (the memory budget of one pass) goes
+through the model whole, whatever its shape (padded to the stride by the model). A
+larger one is cut into the fewest tiles of one size that fit the budget and cover it
+with at least ``tile_overlap`` px of overlap (:func:`plan_tiles`); a detection is kept
+only by the tile whose core (the tile minus half the overlap on each inner side) holds
+its box centre, so a cell seen by two tiles is kept once. Cells up to
+``tile_overlap / 2`` px from a core edge are seen whole by the tile that keeps them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,6 +42,63 @@ def tile_core(start: int, tile: int, overlap: int, total: int) -> tuple[float, f
     return lo, hi
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How an image of ``shape`` (H, W) goes through the model.
+
+    Attributes:
+        tile: (rows, columns) of every tile, at most the image's.
+        offsets: the (y, x) top-left corner of each tile, row-major.
+    """
+
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    offsets: tuple[tuple[int, int], ...]
+
+
+def _tile_side(length: int, count: int, overlap: int) -> int:
+    """The shortest side of ``count`` tiles covering ``length`` px with ``overlap`` px
+    between neighbours, capped at ``length``."""
+    return min(length, math.ceil((length + (count - 1) * overlap) / count))
+
+
+def plan_tiles(shape: tuple[int, int], max_pixels: int, overlap: int) -> Tiling:
+    """The fewest tiles of one size, each of at most ``max_pixels`` pixels, that cover an
+    image of ``shape`` (H, W) with at least ``overlap`` px between neighbours (ties: the
+    fewest pixels in all). An image within the budget is one tile: itself.
+
+    Raises:
+        ValueError: ``overlap`` leaves no tile within the budget (``overlap`` must be
+            under ``sqrt(max_pixels)``, as the config's ``tile_overlap < tile_size``).
+    """
+    h, w = shape
+    if h * w <= max_pixels:
+        return Tiling(shape, (h, w), ((0, 0),))
+    best = None  # ((tiles, pixels), rows, columns)
+    for ny in range(1, h + 1):
+        if best is not None and ny > best[0][0]:
+            break  # this many rows already need more tiles than the best
+        th = _tile_side(h, ny, overlap)
+        widest = max_pixels // th
+        if widest <= overlap:
+            continue  # rows still too tall for any column to fit
+        # The fewest columns whose side fits (the ceil in _tile_side may need one more).
+        nx = max(1, math.ceil((w - overlap) / (widest - overlap)))
+        while _tile_side(w, nx, overlap) > widest:
+            nx += 1
+        tw = _tile_side(w, nx, overlap)
+        key = (ny * nx, ny * nx * th * tw)
+        if best is None or key < best[0]:
+            best = (key, th, tw)
+    if best is None:
+        raise ValueError(f"tile_overlap {overlap} leaves no tile of at most {max_pixels} px")
+    _, th, tw = best
+    offsets = tuple(
+        (y, x) for y in tile_starts(h, th, overlap) for x in tile_starts(w, tw, overlap)
+    )
+    return Tiling(shape, (th, tw), offsets)
+
+
 class Predictor:
     """Detections for images, from a model and post-processing thresholds.
 
@@ -47,7 +107,8 @@ class Predictor:
             eval mode here).
         params: post-processing thresholds, for all images or per cell type.
         device: where the model runs.
-        tile_size, tile_overlap: tiling of large images (pixels).
+        tile_size, tile_overlap: tiling of large images (pixels): one pass holds at
+            most ``tile_size**2`` pixels (:func:`plan_tiles`).
         batch_size: images (or tiles) per forward pass.
         scale: resize factor applied to images before the model (masks map back).
         amp: on CUDA, the backbone and FPN of every detector (an ensemble's too) run
@@ -86,12 +147,12 @@ class Predictor:
     ) -> list[Instances]:
         """Model detections (boxes, scores, labels, roi_masks) for uint8[H, W] images.
 
-        Images that fit in one tile go through the model ``batch_size`` at a time;
-        larger ones are tiled. ``box_params`` replaces a single detector's own box
+        Images that fit in one pass go through the model ``batch_size`` at a time;
+        larger ones are tiled (:meth:`tiling`). ``box_params`` replaces a single detector's own box
         selection (ensembles select their own).
         """
         out: list[Instances | None] = [None] * len(images)
-        small = [k for k, im in enumerate(images) if max(im.shape) <= self.tile_size]
+        small = [k for k, im in enumerate(images) if im.size <= self.tile_size**2]
         forward = [images[k] for k in small]
         for k, inst in zip(small, self._forward(forward, box_params), strict=True):
             out[k] = inst.to("cpu")
@@ -156,26 +217,24 @@ class Predictor:
             results.extend(self.model(tensors, **extra))
         return results
 
-    def _tiles(self, image: np.ndarray) -> Iterator[tuple[int, int]]:
-        h, w = image.shape
-        for y in tile_starts(h, self.tile_size, self.tile_overlap):
-            for x in tile_starts(w, self.tile_size, self.tile_overlap):
-                yield y, x
+    def tiling(self, h: int, w: int) -> Tiling:
+        """The tiles an image of ``h`` x ``w`` pixels (as the model sees it) is cut into."""
+        return plan_tiles((h, w), self.tile_size**2, self.tile_overlap)
 
     def _tiled(self, image: np.ndarray, box_params: BoxParams | None = None) -> Instances:
         h, w = image.shape
-        t, o = self.tile_size, self.tile_overlap
-        offsets = list(self._tiles(image))
-        crops = [image[y : y + t, x : x + t] for y, x in offsets]
+        layout = self.tiling(h, w)
+        (th, tw), o = layout.tile, self.tile_overlap
+        crops = [image[y : y + th, x : x + tw] for y, x in layout.offsets]
         parts = []
-        for (y, x), inst in zip(offsets, self._forward(crops, box_params), strict=True):
+        for (y, x), inst in zip(layout.offsets, self._forward(crops, box_params), strict=True):
             inst = inst.to("cpu")
             shift = torch.tensor([x, y, x, y], dtype=inst.boxes.dtype)
             boxes = inst.boxes + shift
             cx = (boxes[:, 0] + boxes[:, 2]) / 2
             cy = (boxes[:, 1] + boxes[:, 3]) / 2
-            x_lo, x_hi = tile_core(x, t, o, w)
-            y_lo, y_hi = tile_core(y, t, o, h)
+            x_lo, x_hi = tile_core(x, tw, o, w)
+            y_lo, y_hi = tile_core(y, th, o, h)
             keep = (cx >= x_lo) & (cx < x_hi) & (cy >= y_lo) & (cy < y_hi)
             parts.append(Instances((h, w), **{**inst.fields, "boxes": boxes})[keep])
         return Instances.cat(parts)

@@ -6,7 +6,7 @@ model folder :func:`write_tuned`). The pure threshold search is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from cellstack.inference.tune import (
 if TYPE_CHECKING:
     from cellstack.config import Config
     from cellstack.data.records import ImageRecord
+    from cellstack.inference.result import Result
     from cellstack.inference.segmenter import Segmenter
     from cellstack.inference.sources import Source
     from cellstack.structures import Instances
@@ -235,8 +236,7 @@ def predict_folder(
         results = seg.iter_many(
             [path for _, path in mine], spec=options.spec, progress=progress and world.main
         )
-        for (image_id, _), result in zip(mine, results, strict=True):
-            writer.add(image_id, result)
+        write_behind(writer, [image_id for image_id, _ in mine], results)
         parts = ddp.gather((writer.submission, writer.coco), world)
         merged = writer.merged(parts, [image_id for image_id, _ in todo])
         if world.main:
@@ -244,6 +244,27 @@ def predict_folder(
         ddp.barrier(world)
     n_cells = len(merged.coco)
     return PredictSummary(Path(out), len(todo), n_cells, time.perf_counter() - t0)
+
+
+def write_behind(
+    writer: PredictionWriter, image_ids: Sequence[str], results: Iterator[Result]
+) -> None:
+    """``writer.add`` each result in a thread while the next image is segmented.
+
+    Encoding and writing an image's outputs (TIFF, PNG, RLE: C code that releases the
+    GIL) then overlaps the model's next forward pass. At most one image waits to be
+    written, so memory stays that of two results; a failed write raises before the next
+    image is written, and images are added in order (the submission's order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellstack-writer") as pool:
+        pending = None
+        for image_id, result in zip(image_ids, results, strict=True):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.add, image_id, result)
+        if pending is not None:
+            pending.result()
 
 
 def dry_run(

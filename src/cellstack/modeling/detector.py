@@ -23,7 +23,7 @@ from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import ProposalParams, RPNOutputs, select_proposals
 from cellstack.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, TimmFPN
 from cellstack.modeling.heads.base import RoIHeads
-from cellstack.modeling.heads.layers import BoxHead, MaskHead
+from cellstack.modeling.heads.layers import BoxHead, MaskHead, inference_layout
 from cellstack.modeling.heads.results import RoIFeatures, Window
 from cellstack.modeling.heads.select import BoxParams, select_detections
 from cellstack.structures import Instances
@@ -114,14 +114,17 @@ class CellDetector(nn.Module):
         return ImageList(batch, sizes)
 
     def features(self, images: ImageList) -> dict[str, torch.Tensor]:
-        """FPN levels float32[B, C, H / s, W / s]. In eval mode with
+        """FPN levels float32[B, C, H / s, W / s] (channels-last in memory at inference on
+        CPU: :func:`~cellstack.modeling.heads.layers.inference_layout`). In eval mode with
         ``feature_autocast`` set (a dtype, e.g. float16 on CUDA), the backbone and FPN
         run under autocast and their outputs come back as float32 for the heads."""
-        if self.training or self.feature_autocast is None:
+        if self.training:
             return self.backbone(images.tensors)
-        device = images.tensors.device.type
-        with torch.autocast(device, dtype=self.feature_autocast):
-            feats = self.backbone(images.tensors)
+        tensors = inference_layout(images.tensors)
+        if self.feature_autocast is None:
+            return self.backbone(tensors)
+        with torch.autocast(tensors.device.type, dtype=self.feature_autocast):
+            feats = self.backbone(tensors)
         return {k: v.float() for k, v in feats.items()}
 
     def roi_levels(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:

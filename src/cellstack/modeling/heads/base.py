@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from cellstack.modeling.anchors import clip_to_window
+from cellstack.modeling.heads.layers import inference_layout
 from cellstack.modeling.heads.results import (
     BoxPredictions,
     HeadLosses,
@@ -204,7 +205,8 @@ class RoIHeads(nn.Module):
                     image_boxes[s : s + MASK_CHUNK] if j == i else b[:0]
                     for j, b in enumerate(boxes)
                 ]
-                logits = self.mask_logits(self.mask_features(feats, chunk), len(self.stages) - 1)
+                x = inference_layout(self.mask_features(feats, chunk))
+                logits = self.mask_logits(x, len(self.stages) - 1)
                 lab = image_labels[s : s + MASK_CHUNK]
                 idx = torch.arange(len(lab), device=lab.device)
                 parts.append(
