@@ -10,9 +10,10 @@ output, as a user runs it:
 - **start-up**: ``import cellstack.cli`` in a fresh process, and loading the model;
 - **profile**: the same command in this process under ``cProfile``, the outputs
   written in the same thread (cProfile sees one; ``predict`` writes them in a second
-  thread while the next image is segmented); each stage's cumulative seconds per image (read, normalise, backbone + FPN, proposals, box head,
-  mask head, post-processing, label image, each output written). cProfile adds its own
-  overhead to Python-heavy stages: read shares, not absolute figures.
+  thread while the next image is segmented); each stage's cumulative seconds per image
+  (read, normalise, backbone + FPN, proposals, box head, mask head, post-processing,
+  label image, each output written). cProfile adds its own overhead to Python-heavy
+  stages: read shares, not absolute figures.
 
     python benchmarks/folder_speed.py [--model nuclei] [--n 40] [--threads 2]
         [--out benchmarks/results/folder_speed.json]
@@ -132,11 +133,13 @@ def profile(model: str, images: Path, out: Path, n: int) -> list[dict]:
     shutil.rmtree(out, ignore_errors=True)
     prof = cProfile.Profile()
     # cProfile sees one thread: the outputs are written in it here, not behind the model.
-    behind, run.write_behind = run.write_behind, serial
+    behind = getattr(run, "write_behind", None)  # None: cellstack before issue 43
+    run.write_behind = serial
     try:
         prof.runcall(main, ["predict", model, str(images), "--out", str(out), "--quiet"])
     finally:
-        run.write_behind = behind
+        if behind is not None:
+            run.write_behind = behind
     stats = pstats.Stats(prof).stats
     rows = []
     for stage, suffix, name in STAGES:

@@ -60,6 +60,13 @@ def tiles_of(segmenter, shape: tuple[int, int]) -> tuple[int, str]:
 
     predictor = segmenter.predictor
     h, w = rescale_image(np.zeros(shape, np.uint8), predictor.scale).shape
+    if not hasattr(predictor, "tiling"):  # cellstack before issue 43: square tiles
+        from cellstack.inference.predictor import tile_starts
+
+        t, o = predictor.tile_size, predictor.tile_overlap
+        if max(h, w) <= t:
+            return 1, f"{h}x{w}"
+        return len(tile_starts(h, t, o)) * len(tile_starts(w, t, o)), f"{min(h, t)}x{min(w, t)}"
     layout = predictor.tiling(h, w)
     return len(layout.offsets), f"{layout.tile[0]}x{layout.tile[1]}"
 

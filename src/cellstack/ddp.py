@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from cellstack.errors import CellstackError
+from cellstack.errors import ArgumentTypeError, CellstackError
 
 T = TypeVar("T")
 
@@ -113,6 +113,10 @@ def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
 
     if isinstance(name, torch.device):
         return name
+    if not isinstance(name, str):
+        raise ArgumentTypeError(
+            f"device must be auto, cpu, cuda, cuda:N or mps (a str or torch.device), got {name!r}"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):

@@ -230,3 +230,97 @@ def test_corrected_mask_of_wrong_size_is_reported(tmp_path):
         DataError, match="no usable image.*corrected mask is 10x10, the image is 40x40"
     ):
         prepare_sartorius(data, tmp_path / "p", corrected=tmp_path / "fix", progress=False)
+
+
+# Each was a signal (exit -11), a 65 s polygon, a garbage mask or a silent drop (issue 44).
+BAD_SEGMENTATIONS = {
+    "coordinate 3e9": [[1.0, 1.0, 3e9, 1.0, 4.0, 4.0]],
+    "coordinate 1e12": [[1.0, 1.0, 1e12, 1.0, 4.0, 4.0]],
+    "coordinate 1.7e308": [[1.0, 1.0, 4.0, 1.7e308, 4.0, 4.0]],
+    "coordinate -1e8": [[-1e8, 1.0, 4.0, 1.0, 4.0, 4.0]],
+    "not a number": [[1.0, 1.0, "4", 1.0, 4.0, 4.0]],
+    "corrupt RLE": {"counts": "zzz", "size": None},
+    "two points": [[1.0, 1.0, 4.0, 4.0]],
+    "one repeated point": [[2.0, 2.0, 2.0, 2.0, 2.0, 2.0]],
+    "empty list": [],
+    "wholly outside": None,  # filled in with the image's size below
+}
+
+
+def test_every_bad_segmentation_is_a_reported_problem_in_bounded_time(synth_dir, tmp_path):
+    import time
+
+    src = _copy_livecell(synth_dir, tmp_path)
+    path = src / "livecell_coco_train.json"
+    coco = json.loads(path.read_text())
+    img = coco["images"][0]
+    h, w = img["height"], img["width"]
+    bad = dict(BAD_SEGMENTATIONS)
+    bad["wholly outside"] = [[w + 5.0, 5.0, w + 20.0, 5.0, w + 20.0, 20.0]]
+    bad["corrupt RLE"] = {"counts": "zzz", "size": [h, w]}
+    next_id = max(a["id"] for a in coco["annotations"]) + 1
+    ids = {}
+    for k, (name, seg) in enumerate(bad.items()):
+        ids[next_id + k] = name
+        coco["annotations"].append(
+            {"id": next_id + k, "image_id": img["id"], "category_id": 1, "segmentation": seg}
+        )
+    path.write_text(json.dumps(coco))
+    t0 = time.perf_counter()
+    report = prepare_livecell(src, tmp_path / "out", progress=False)
+    assert time.perf_counter() - t0 < 60
+    reported = {int(p.where.rsplit(" ", 1)[-1]) for p in report.problems if "annotation" in p.where}
+    assert reported == set(ids), {ids[i] for i in set(ids) - reported}
+    assert all("bad segmentation" in p.reason for p in report.problems)
+    rec = next(r for r in load_dataset(tmp_path / "out") if r.image_id == img["file_name"][:-4])
+    own = sum(a["image_id"] == img["id"] for a in coco["annotations"]) - len(bad)
+    assert rec.sparse_masks().shape[0] == own
+
+
+def test_rle_strings_are_read_as_pycocotools_writes_them_and_bad_ones_refused():
+    from pycocotools import mask as mask_utils
+
+    from cellstack.data.coco import coded_segmentation, rle_string_counts
+    from cellstack.errors import DataError
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = rng.random((9, 13)) < rng.random()
+        coded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        runs = rle_string_counts(coded["counts"])
+        assert sum(runs) == 9 * 13
+        flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(bool)
+        assert np.array_equal(flat, mask.ravel(order="F"))
+    for counts, match in (
+        ("zzz", "covers|alphabet|negative|truncated"),
+        ("0", "runs cover 0"),
+        ("\x7f", "alphabet"),
+        ("1", "runs cover 1 pixels"),
+    ):
+        with pytest.raises(DataError, match=match):
+            coded_segmentation({"counts": counts, "size": [9, 13]}, 9, 13)
+    with pytest.raises(DataError, match="size"):
+        coded_segmentation({"counts": [117], "size": [13, 9]}, 9, 13)
+    with pytest.raises(DataError, match="runs cover 116"):
+        coded_segmentation({"counts": [100, 16], "size": [9, 13]}, 9, 13)
+    with pytest.raises(DataError, match="non-negative"):
+        coded_segmentation({"counts": [120, -3], "size": [9, 13]}, 9, 13)
+
+
+def test_two_images_sharing_an_id_are_both_left_out_or_refused(synth_dir, tmp_path):
+    from cellstack.data.livecell import read_coco_instances
+    from cellstack.errors import DataError
+
+    src = _copy_livecell(synth_dir, tmp_path)
+    path = src / "livecell_coco_train.json"
+    coco = json.loads(path.read_text())
+    first, second = coco["images"][:2]
+    second["id"] = first["id"]
+    path.write_text(json.dumps(coco))
+    report = prepare_livecell(src, tmp_path / "out", progress=False)
+    shared = [p for p in report.problems if "shared by images[0, 1]" in p.reason]
+    assert {p.image_id for p in shared} == {first["file_name"][:-4], second["file_name"][:-4]}
+    kept = {r.image_id for r in load_dataset(tmp_path / "out")}
+    assert not kept & {p.image_id for p in shared}
+    with pytest.raises(DataError, match=r"images\[0\]: image id .* is shared by images\[0, 1\]"):
+        read_coco_instances(path)

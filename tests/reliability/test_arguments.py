@@ -118,12 +118,14 @@ def test_a_scale_that_makes_the_image_too_large_is_refused(base_run):
         ({"batch_size": 1.5}, CellstackError, "batch_size must be an integer >= 1"),
         ({"batch_size": True}, CellstackError, "batch_size must be an integer >= 1"),
         ({"diameter": True}, CellstackError, "diameter must be a positive finite number"),
+        ({"device": 3}, ArgumentTypeError, "device must be auto, cpu, cuda"),
+        ({"device": None}, ArgumentTypeError, "device must be auto, cpu, cuda"),
     ],
 )
 def test_load_checks_its_arguments(base_run, kwargs, error, match):
     path = kwargs.pop("path", base_run)
     with pytest.raises(error, match=match):
-        cellstack.Segmenter.load(path, device="cpu", **kwargs)
+        cellstack.Segmenter.load(path, **{"device": "cpu", **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,9 @@ def api_seg(base_run):
         ({"channel": "0"}, ArgumentTypeError, "channel must be a channel index"),
         ({"channel": []}, ArgumentTypeError, "channel must be a channel index"),
         ({"channel": -1}, CellstackError, "channel indices must be >= 0"),
+        # (5, 5) and (10, 5) found 0 cells, silently
+        ({"normalize": (5, 5)}, CellstackError, "needs lo < hi"),
+        ({"normalize": (10, 5)}, CellstackError, "needs lo < hi"),
     ],
 )
 def test_call_checks_its_arguments(api_seg, call, error, match):
@@ -161,3 +166,44 @@ def test_axes_on_a_file_path_is_refused(api_seg, images):
 def test_a_non_array_item_is_refused(api_seg):
     with pytest.raises(ArgumentTypeError, match="expected a numpy array"):
         api_seg({"not": "an image"})
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "error", "match"),
+    [
+        ([np.zeros((32, 32), np.uint8)], None, ArgumentTypeError, "labels must be a list"),
+        (None, [np.zeros((32, 32), np.int32)], ArgumentTypeError, "images must be a list"),
+        ("a.png", ["b.tif"], ArgumentTypeError, "images must be a list"),
+    ],
+)
+def test_optimize_thresholds_checks_its_arguments(api_seg, images, labels, error, match):
+    with pytest.raises(error, match=match):
+        api_seg.optimize_thresholds(images, labels)
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "kwargs", "error", "match"),
+    [
+        # compared as flat pixels before
+        (np.zeros((10, 11), int), np.zeros((11, 10), int), {}, CellstackError, "not the same"),
+        # a background of 0.5 or NaN was an object
+        (np.full((4, 4), 0.5), np.zeros((4, 4), int), {}, CellstackError, "fractional"),
+        (np.full((4, 4), np.nan), np.zeros((4, 4), int), {}, CellstackError, "NaN"),
+        # an int label stack was read as one mask per plane
+        (np.full((2, 4, 4), 3), np.zeros((2, 4, 4), int), {}, CellstackError, "label images"),
+        (np.zeros((4, 4), bool), np.zeros((4, 4), int), {}, CellstackError, "one object or many"),
+        (
+            np.zeros((4, 4), int),
+            np.zeros((4, 4), int),
+            {"thresh": "0.5"},
+            ArgumentTypeError,
+            "thresh",
+        ),
+        (None, np.zeros((4, 4), int), {}, ArgumentTypeError, "y_true must be a label image"),
+    ],
+)
+def test_matching_checks_its_arguments(y_true, y_pred, kwargs, error, match):
+    from cellstack.evaluation.matching import matching
+
+    with pytest.raises(error, match=match):
+        matching(y_true, y_pred, **kwargs)

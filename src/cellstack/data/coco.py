@@ -14,6 +14,62 @@ import numpy as np
 from cellstack.errors import CellstackError, DataError
 from cellstack.fileio import atomic_write, read_text
 
+#: Containers deeper than this are refused before a json file is parsed: a COCO file
+#: needs 5 (file, annotations, annotation, polygons, polygon), and the streamed parser
+#: keeps a path string per open level, so 100,000 nested brackets (200 KB) took 10 GB.
+MAX_JSON_DEPTH = 32
+_CHUNK = 1 << 22
+
+
+def check_json_depth(path: Path, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a json file whose arrays and objects nest deeper than ``limit``, in one
+    pass over its bytes with bounded memory (4 MB at a time, about 50 MB of arrays;
+    brackets inside strings do not count).
+
+    Raises:
+        DataError: ``path: json nested deeper than LIMIT levels``.
+    """
+    depth, in_string, backslashes = 0, False, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            # A quote ends or starts a string unless an odd run of backslashes escapes it.
+            quotes = np.flatnonzero(data == ord('"'))
+            escaped = np.zeros(len(quotes), bool)
+            slash = data == ord("\\")
+            if slash.any() or backslashes:
+                run = _backslash_runs(slash, backslashes)
+                escaped = (quotes > 0) & (run[np.maximum(quotes - 1, 0)] % 2 == 1)
+                if len(quotes) and quotes[0] == 0:
+                    escaped[0] = backslashes % 2 == 1
+                backslashes = int(run[-1]) if slash[-1] else 0
+            real = quotes[~escaped]
+            opens = np.flatnonzero((data == ord("[")) | (data == ord("{")))
+            closes = np.flatnonzero((data == ord("]")) | (data == ord("}")))
+            brackets = np.concatenate([opens, closes])
+            step = np.concatenate([np.ones(len(opens), np.int64), -np.ones(len(closes), np.int64)])
+            order = np.argsort(brackets, kind="stable")
+            brackets, step = brackets[order], step[order]
+            # Outside a string: an even number of real quotes before it (with the carry).
+            outside = (np.searchsorted(real, brackets) + in_string) % 2 == 0
+            levels = depth + np.cumsum(step[outside])
+            if len(levels) and levels.max() > limit:
+                raise DataError(f"{path}: json nested deeper than {limit} levels")
+            depth = int(levels[-1]) if len(levels) else depth
+            in_string = (in_string + len(quotes) - int(escaped.sum())) % 2 == 1
+
+
+def _backslash_runs(slash: np.ndarray, carried: int) -> np.ndarray:
+    """For each byte, the length of the run of backslashes ending at it (0 where it is
+    not one), the run carried over from the previous chunk included."""
+    idx = np.arange(len(slash), dtype=np.int32)
+    last_break = np.maximum.accumulate(np.where(slash, -1, idx))
+    run = np.where(slash, idx - last_break, 0)
+    if carried:
+        lead = slash & (last_break == -1)  # still in the run the last chunk ended with
+        run = np.where(lead, run + carried, run)
+    return run
+
 
 def _mask_utils():
     from pycocotools import mask as mask_utils
@@ -21,16 +77,117 @@ def _mask_utils():
     return mask_utils
 
 
-def coded_segmentation(segmentation, height: int, width: int) -> dict | None:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as pycocotools'
-    compressed RLE; None for polygons with fewer than 3 points (an empty mask)."""
+# A polygon may run past the image (a cell cut by its border), but not by more than the
+# image's own size: pycocotools rasterises a polygon's whole extent, so one vertex at 1e9
+# costs minutes and gigabytes, and at 3e9 or more crashes the process (a signal).
+_MARGIN = 1.0
+
+
+def coded_segmentation(segmentation, height: int, width: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) of a
+    ``height`` x ``width`` image as pycocotools' compressed RLE, checked before any C
+    code sees it.
+
+    Raises:
+        DataError: a polygon that is not a list of numbers or has an odd count, fewer
+            than 3 points, a coordinate that is not finite or lies beyond the image by
+            more than its size; an RLE whose ``size`` is not the image's or whose
+            counts are not runs that fill it (negative, truncated, a bad character,
+            the wrong total); any other value. The message is the reason alone: the
+            caller names the file and the annotation.
+    """
     mu = _mask_utils()
     if isinstance(segmentation, list):
-        polys = [p for p in segmentation if len(p) >= 6]
-        return mu.merge(mu.frPyObjects(polys, height, width)) if polys else None
-    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        return mu.frPyObjects(segmentation, height, width)
-    return segmentation
+        if not segmentation:
+            raise DataError("an empty polygon list")
+        return mu.merge(
+            mu.frPyObjects(_checked_polygons(segmentation, height, width), height, width)
+        )
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(size, list) and [_plain_int(v) for v in size] == [height, width]):
+            raise DataError(f"RLE size {size!r} is not the image's [{height}, {width}]")
+        if isinstance(counts, list):
+            if not all(_plain_int(c) is not None and c >= 0 for c in counts):
+                raise DataError("RLE counts are not non-negative integers")
+            runs = counts
+        elif isinstance(counts, str | bytes):
+            raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+            runs = rle_string_counts(raw)
+            coded = {"size": [height, width], "counts": raw}
+        else:
+            raise DataError(f"RLE counts of type {type(counts).__name__}")
+        if sum(runs) != height * width:
+            raise DataError(f"RLE runs cover {sum(runs)} pixels, not the image's {height * width}")
+        if isinstance(counts, list):
+            return mu.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return coded
+    raise DataError(f"a segmentation of type {type(segmentation).__name__}")
+
+
+def _plain_int(value: object) -> int | None:
+    """``value`` if it is an int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _checked_polygons(polygons: list, height: int, width: int) -> list[list[float]]:
+    """COCO polygons ``[[x0, y0, x1, y1, ...], ...]``, each checked (see
+    :func:`coded_segmentation`)."""
+    out = []
+    for poly in polygons:
+        if not isinstance(poly, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in poly
+        ):
+            raise DataError("a polygon is not a list of numbers")
+        if len(poly) % 2:
+            raise DataError(f"a polygon with an odd number of coordinates ({len(poly)})")
+        if len(poly) < 6:
+            raise DataError(f"a polygon of {len(poly) // 2} point(s) (3 are needed)")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            raise DataError("a polygon coordinate that is not finite")
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        if (lo < [-_MARGIN * width, -_MARGIN * height]).any() or (
+            hi > [(1 + _MARGIN) * width, (1 + _MARGIN) * height]
+        ).any():
+            raise DataError(
+                f"a polygon reaching x {lo[0]:.6g}..{hi[0]:.6g}, y {lo[1]:.6g}..{hi[1]:.6g}: "
+                f"far outside the {width}x{height} image"
+            )
+        out.append([float(v) for v in poly])
+    return out
+
+
+def rle_string_counts(counts: bytes) -> list[int]:
+    """The runs of a COCO compressed RLE string (pycocotools' ``rleFrString``: 5-bit
+    groups from ``'0'``, a continuation bit, a sign bit, each count after the second
+    stored as the difference to the one two before).
+
+    Raises:
+        DataError: a character outside the alphabet, a truncated count or a negative run.
+    """
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise DataError("a truncated RLE string")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise DataError(f"RLE string character {chr(counts[p])!r} is not in its alphabet")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise DataError("an RLE string with a negative run")
+        runs.append(value)
+    return runs
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:

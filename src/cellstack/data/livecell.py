@@ -21,12 +21,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from cellstack.data import rle
-from cellstack.data.coco import coded_segmentation
+from cellstack.data.coco import check_json_depth, coded_segmentation
 from cellstack.data.limits import check_id, check_image_size
 from cellstack.data.prepare import (
     PrepareReport,
@@ -94,6 +95,31 @@ class InstancesHeader:
     images: list
     categories: dict
 
+    @cached_property
+    def positions_of(self) -> dict:
+        """``{image id: [positions of the entries with that id]}`` (entries without an
+        id left out)."""
+        positions: dict = {}
+        for n, img in enumerate(self.images):
+            if isinstance(img, dict) and "id" in img:
+                positions.setdefault(_key(img["id"]), []).append(n)
+        return positions
+
+    def shared_id(self, n: int) -> str | None:
+        """Why ``images[n]`` cannot be read: None, or a reason naming the other entries
+        that share its ``id`` (an annotation names its image by id alone, so theirs
+        cannot be told apart)."""
+        img = self.images[n]
+        if not isinstance(img, dict) or "id" not in img:
+            return None
+        same = self.positions_of[_key(img["id"])]
+        if len(same) < 2:
+            return None
+        return (
+            f"image id {img['id']!r} is shared by images{same}: their annotations cannot be "
+            "told apart"
+        )
+
 
 def _json_error(path: Path, exc: Exception) -> DataError:
     """The one-line error of a file the streamed parser rejects: not UTF-8 (said as
@@ -125,6 +151,7 @@ def read_instances_header(path: str | Path) -> InstancesHeader:
     builder, building = None, ""
     try:
         with _open_json(path) as f:
+            check_json_depth(path)  # before the parser, whose memory grows with the depth
             for k, (prefix, event, value) in enumerate(ijson.parse(f, use_float=True)):
                 if k == 0 and (prefix, event) != ("", "start_map"):
                     raise DataError(f"{path}: not a COCO instance file (not a json object)")
@@ -193,10 +220,7 @@ def image_annotations(header: InstancesHeader):
 
     import ijson
 
-    positions_of: dict = {}  # image id -> the positions of the images with that id
-    for n, img in enumerate(header.images):
-        if isinstance(img, dict) and "id" in img:
-            positions_of.setdefault(_key(img["id"]), []).append(n)
+    positions_of = header.positions_of
     with tempfile.TemporaryFile("w+b", prefix="cellstack-prepare-") as lines:
         owners, offsets = array("q"), array("q")  # 8 bytes each, not a Python int
         try:
@@ -251,22 +275,32 @@ def image_entry(img: object, where: str) -> tuple[str, object, int, int]:
 
 
 def segmentation_pixels(segmentation, height: int, width: int, *, where: str) -> np.ndarray:
-    """Flat row-major indices int64[K] (ascending) of a COCO segmentation (polygons or
-    RLE) in a ``height`` x ``width`` image. Only the object's box is scanned: a
-    whole-image scan would dominate for small cells."""
+    """Flat row-major indices int64[K] (ascending, K >= 1) of a COCO segmentation
+    (polygons or RLE) in a ``height`` x ``width`` image. Only the object's box is
+    scanned: a whole-image scan would dominate for small cells.
+
+    Raises:
+        DataError: ``where: bad segmentation (reason)``: what
+            :func:`~cellstack.data.coco.coded_segmentation` refuses, or a segmentation
+            that covers no pixel of the image (a line, a point, wholly outside).
+    """
     from pycocotools import mask as mu
 
     if segmentation is None:
         raise DataError(f"{where}: bad segmentation (none given)")
     try:
         coded = coded_segmentation(segmentation, height, width)
-        if coded is None:
-            return np.zeros(0, dtype=np.int64)
         x, y, w, h = (int(v) for v in mu.toBbox(coded))
         crop = mu.decode(coded)[y : y + h + 1, x : x + w + 1]
+    except DataError as exc:
+        raise DataError(f"{where}: bad segmentation ({exc})") from None
     except Exception as exc:  # pycocotools raises bare TypeErrors etc.
         raise DataError(f"{where}: bad segmentation ({type(exc).__name__}: {exc})") from None
     ys, xs = np.nonzero(crop)
+    if len(ys) == 0:
+        raise DataError(
+            f"{where}: bad segmentation (covers no pixel of the {width}x{height} image)"
+        )
     return np.sort((ys + y).astype(np.int64) * width + xs + x)
 
 
@@ -297,14 +331,16 @@ def read_coco_instances(
     for n, img, anns in image_annotations(coco):
         name, _, h, w = image_entry(img, f"{coco.path} images[{n}]")
         where = f"{coco.path} image {name}"
+        shared = coco.shared_id(n)
+        if shared:
+            raise DataError(f"{coco.path} images[{n}]: {shared}")
         cell_type, sample_id = image_identity(img, anns, coco.categories)
         rles = []
         for a in anns:
             pixels = segmentation_pixels(
                 a.get("segmentation"), h, w, where=f"{where} annotation {a.get('id')}"
             )
-            if len(pixels):
-                rles.append(rle.encode_pixels(pixels))
+            rles.append(rle.encode_pixels(pixels))
         records.append(
             ImageRecord(
                 image_id=Path(name).stem,
@@ -375,6 +411,10 @@ def prepare_livecell(
                 writer.problems.append(Problem(where, "", str(exc).split(": ", 1)[-1]))
                 continue
             image_id = Path(name).stem
+            shared = coco.shared_id(n)
+            if shared:
+                writer.problems.append(Problem(where, image_id, shared))
+                continue
             cell_type, sample_id = image_identity(img, anns, coco.categories)
             if name not in images:
                 where = f"{json_path} image {entry_id}"
@@ -400,9 +440,8 @@ def prepare_livecell(
                 except DataError as exc:
                     writer.problems.append(Problem(where, image_id, str(exc).split(": ", 1)[-1]))
                     continue
-                if len(pixels):
-                    rows.append(np.full(len(pixels), len(rows)))
-                    cols.append(pixels)
+                rows.append(np.full(len(pixels), len(rows)))
+                cols.append(pixels)
             masks = sparse_rows(rows, cols, (len(rows), rec.height * rec.width))
             writer.add(rec, masks, split=split)
     return writer.finish(options)

@@ -19,35 +19,108 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellstack.data.masks import sparse_from_dense, sparse_from_labels
+from cellstack.errors import ArgumentTypeError, CellstackError
 
 
-def as_sparse(masks: object, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
-    """Accept a sparse matrix, a label image int[H, W] or a mask stack bool[N, H, W].
+def as_sparse(
+    masks: object, shape: tuple[int, int] | None = None, *, name: str = "masks"
+) -> sp.csr_matrix:
+    """Accept a sparse matrix bool[N, H*W], a label image int[H, W] or a mask stack
+    bool[N, H, W] (a 0/1 array of any number dtype too).
 
     Args:
         masks: the instance masks in any of those forms.
         shape: ``(H, W)``, checked against the input when given.
+        name: the argument's name in errors.
+
+    Raises:
+        CellstackError: any other array (a colour or 4-D array, a 2-D bool mask, which
+            could be one object or many), a label image with negative, fractional or
+            non-finite ids (a background of 0.5 or NaN would be an object), a 3-D array
+            with values other than 0 and 1 (a stack of label images: match its planes
+            one by one), or a size other than ``shape``.
     """
+    masks, found = masks_and_shape(masks, name)
+    if shape is not None:
+        if found is not None and tuple(found) != tuple(shape):
+            raise CellstackError(
+                f"{name} are {found[0]}x{found[1]} (HxW), the image is {shape[0]}x{shape[1]}"
+            )
+        if masks.shape[1] != shape[0] * shape[1]:
+            raise CellstackError(
+                f"{name} have {masks.shape[1]} pixels, the image {shape[0]}x{shape[1]}"
+            )
+    return masks
+
+
+def masks_and_shape(masks: object, name: str) -> tuple[sp.csr_matrix, tuple[int, int] | None]:
+    """:func:`as_sparse` of ``masks`` and their ``(H, W)`` (None for sparse input)."""
     if sp.issparse(masks):
         out = sp.csr_matrix(masks)
-        if shape is not None and out.shape[1] != shape[0] * shape[1]:
-            raise ValueError(f"sparse masks have {out.shape[1]} pixels, image is {shape}")
-        return out
-    array = np.asarray(masks)
-    if array.ndim == 2 and array.dtype != bool:
-        found = array.shape
-        out = sparse_from_labels(array)
-    elif array.ndim == 3:
-        found = array.shape[1:]
-        out = sparse_from_dense(array)
-    else:
-        raise ValueError(
-            f"masks must be a label image int[H, W] or bool[N, H, W], got {array.dtype}"
-            f"{list(array.shape)}"
+        if out.ndim != 2:
+            raise CellstackError(f"{name}: sparse masks must be 2-D bool[N, H*W]")
+        return out, None
+    if isinstance(masks, str | bytes) or masks is None:
+        raise ArgumentTypeError(_kinds(name, type(masks).__name__))
+    try:
+        array = np.asarray(masks)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(_kinds(name, type(masks).__name__)) from None
+    if array.dtype.kind not in "biuf" or array.ndim not in (2, 3) or 0 in array.shape[-2:]:
+        raise ArgumentTypeError(_kinds(name, f"{array.dtype}{list(array.shape)}"))
+    if array.ndim == 3:
+        if array.dtype != bool:
+            if not np.isin(array, (0, 1)).all():
+                raise CellstackError(
+                    f"{name}: a 3-D array is a mask stack bool[N, H, W] and this one holds "
+                    "values other than 0 and 1 (a stack of label images? match its planes "
+                    "one by one)"
+                )
+        return sparse_from_dense(array), array.shape[1:]
+    if array.dtype == bool:
+        raise CellstackError(
+            f"{name}: a 2-D bool mask could be one object or many; give a label image "
+            "(e.g. scipy.ndimage.label(mask)[0]) or a stack bool[1, H, W]"
         )
-    if shape is not None and tuple(found) != tuple(shape):
-        raise ValueError(f"masks are {found[0]}x{found[1]} (HxW), image is {shape[0]}x{shape[1]}")
-    return out
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise CellstackError(f"{name}: a label image with NaN or infinite values")
+        if not (np.mod(array, 1) == 0).all():
+            raise CellstackError(f"{name}: a label image with fractional ids (e.g. 0.5)")
+    if array.size and array.min() < 0:
+        raise CellstackError(f"{name}: a label image with negative ids")
+    return sparse_from_labels(array), array.shape
+
+
+def paired_masks(
+    truth: object,
+    pred: object,
+    shape: tuple[int, int] | None = None,
+    names: tuple[str, str] = ("y_true", "y_pred"),
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """:func:`as_sparse` of a truth and a prediction of one image, checked to cover the
+    same pixels: a 10x11 and an 11x10 label image are not one image, flat or not."""
+    t = as_sparse(truth, shape, name=names[0])
+    p = as_sparse(pred, shape, name=names[1])
+    t_shape = None if sp.issparse(truth) else np.shape(truth)[-2:]
+    p_shape = None if sp.issparse(pred) else np.shape(pred)[-2:]
+    if t_shape is not None and p_shape is not None and tuple(t_shape) != tuple(p_shape):
+        raise CellstackError(
+            f"{names[0]} is {t_shape[0]}x{t_shape[1]} (HxW) and {names[1]} "
+            f"{p_shape[0]}x{p_shape[1]}: not the same pixels"
+        )
+    if t.shape[1] != p.shape[1]:
+        raise CellstackError(
+            f"{names[0]} covers {t.shape[1]} pixels and {names[1]} {p.shape[1]}: not the same image"
+        )
+    return t, p
+
+
+def _kinds(name: str, got: str) -> str:
+    return (
+        f"{name} must be a label image int[H, W], a mask stack bool[N, H, W] or sparse "
+        f"masks bool[N, H*W], got {got}"
+    )
 
 
 @dataclass(frozen=True)
@@ -168,10 +241,21 @@ def matching(y_true: object, y_pred: object, thresh: float = 0.5) -> Matching:
             masks (:func:`as_sparse`), over the same pixels.
         thresh: IoU threshold in [0, 1).
     """
+    if isinstance(thresh, bool) or not isinstance(thresh, int | float | np.number):
+        raise ArgumentTypeError(f"thresh must be a number in [0, 1), got {thresh!r}")
     if not 0 <= thresh < 1:
-        raise ValueError(f"thresh must be in [0, 1), got {thresh}")
-    truth = as_sparse(y_true)
-    pred = as_sparse(y_pred)
+        raise CellstackError(f"thresh must be in [0, 1), got {thresh}")
+    truth, true_shape = masks_and_shape(y_true, "y_true")
+    pred, pred_shape = masks_and_shape(y_pred, "y_pred")
+    if true_shape is not None and pred_shape is not None and true_shape != pred_shape:
+        raise CellstackError(
+            f"y_true is {true_shape[0]}x{true_shape[1]} (HxW) and y_pred "
+            f"{pred_shape[0]}x{pred_shape[1]}: not the same pixels"
+        )
+    if truth.shape[1] != pred.shape[1]:
+        raise CellstackError(
+            f"y_true covers {truth.shape[1]} pixels and y_pred {pred.shape[1]}: not the same image"
+        )
     tp = int(count_matches(overlaps(truth, pred), np.array([thresh]))[0])
     n_true, n_pred = truth.shape[0], pred.shape[0]
     fp, fn = n_pred - tp, n_true - tp

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellstack.evaluation.matching import Overlaps, as_sparse, count_matches, overlaps
+from cellstack.evaluation.matching import Overlaps, count_matches, overlaps, paired_masks
 
 #: The competition's IoU thresholds, float64[10]: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -65,8 +65,7 @@ def score_image(
         shape: ``(H, W)``, needed to check sizes when either side is sparse.
         thresholds: IoU thresholds (default: the competition's ten).
     """
-    t = as_sparse(truth, shape)
-    p = as_sparse(pred, shape)
+    t, p = paired_masks(truth, pred, shape, ("truth", "pred"))
     return score_overlaps(overlaps(t, p), thresholds)
 
 

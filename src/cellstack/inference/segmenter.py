@@ -352,6 +352,11 @@ class Segmenter:
             so the current thresholds and scale were kept; ``table()``). Nothing is
             written: ``cellstack tune MODEL DATA --out NEW`` writes a tuned model folder.
         """
+        for name, value in (("images", images), ("labels", labels)):
+            if isinstance(value, str | bytes | Path | dict) or not isinstance(value, Iterable):
+                raise ArgumentTypeError(
+                    f"{name} must be a list of {name} (arrays or files), got {type(value).__name__}"
+                )
         images, labels = list(images), list(labels)
         if not images or len(images) != len(labels):
             raise CellstackError(
@@ -486,6 +491,9 @@ def _limits(normalize: object) -> tuple[float, float] | None:
         raise ArgumentTypeError(
             f"normalize must be True or a (lo, hi) intensity range, got {normalize!r}"
         )
+    if not normalize[0] < normalize[1]:
+        # (5, 5) or (10, 5) maps every pixel to 0 or 255: no cell, silently.
+        raise CellstackError(f"normalize=(lo, hi) needs lo < hi, got {tuple(normalize)!r}")
     return float(normalize[0]), float(normalize[1])
 
 
