@@ -50,7 +50,7 @@ def source_image(args) -> tuple[np.ndarray, str]:
         return image, args.image.name
     from cellstack.data.synthetic import generate_image
 
-    sample = generate_image(np.random.default_rng(args.seed), args.look, 512, 512)
+    sample = generate_image(np.random.default_rng(args.seed), args.look, (512, 512))
     return sample.image, f"synthetic {args.look} (seed {args.seed})"
 
 

@@ -207,3 +207,23 @@ def test_matching_checks_its_arguments(y_true, y_pred, kwargs, error, match):
 
     with pytest.raises(error, match=match):
         matching(y_true, y_pred, **kwargs)
+
+
+@pytest.mark.parametrize("image", [np.full((48, 48), np.nan), np.full((48, 48), 7.0)])
+def test_calibration_on_images_without_signal_keeps_the_model_as_it_is(api_seg, image):
+    """0.0 -> 0.0 once moved every threshold to the grid's extremes (72 cells where the
+    model found 32): a tie keeps the current thresholds and scale."""
+    label = np.zeros((48, 48), np.int32)
+    label[5:15, 5:15], label[25:40, 20:35] = 1, 2
+    for images in ([image], [image, image]):
+        tuned, result = api_seg.optimize_thresholds(images, [label] * len(images))
+        assert result.kept and result.after == result.before
+        assert tuned.predictor.thresholds == api_seg.predictor.thresholds
+        assert tuned.scale == api_seg.scale
+
+
+def test_calibration_on_empty_labels_names_them(api_seg):
+    with pytest.raises(CellstackError, match="the 2 label images hold no object"):
+        api_seg.optimize_thresholds(
+            [np.zeros((32, 32), np.uint8)] * 2, [np.zeros((32, 32), int)] * 2
+        )

@@ -170,3 +170,24 @@ def test_a_bad_recorded_diameter_is_named_not_reported_missing(cli, run, images,
         match="data_stats.json: diameter_median is",
     )
     assert "did not record" not in res.err
+
+
+def test_an_ensemble_reads_and_checks_its_members_tuned_thresholds(cli, run, images, tmp_path):
+    """A member's thresholds.yaml was never read: 7 was accepted and a tuned folder ran
+    with its config's values."""
+    from cellstack.inference.sources import load_source
+
+    path = tmp_path / "ens.yaml"
+    path.write_text("models: [run]\n")
+    # the run folder is tmp_path/run: the YAML beside it names it
+    assert run == tmp_path / "run"
+    (run / "thresholds.yaml").write_text("default: {score_thresh: 7}\n")
+    res = cli.fails("predict", path, images, "--out", tmp_path / "p", match="score_thresh")
+    assert "run/thresholds.yaml" in res.err
+    (run / "thresholds.yaml").write_text("default: {score_thresh: 0.77, mask_thresh: 0.33}\n")
+    default = load_source(path).thresholds.default
+    assert (default.score_thresh, default.mask_thresh) == (0.77, 0.33)
+    # the YAML's own postprocess beats the member's, key by key
+    path.write_text("models: [run]\npostprocess: {default: {score_thresh: 0.5}}\n")
+    default = load_source(path).thresholds.default
+    assert (default.score_thresh, default.mask_thresh) == (0.5, 0.33)

@@ -164,3 +164,52 @@ def test_float_label_ids_past_int32_stay_distinct(tmp_path):
     assert got.dtype == np.int32 and got.min() == 0
     assert len(np.unique(got)) == 4 and got[0, 0] != got[8, 8] and got[0, 15] > 0
     assert (got == 0).sum() == (label == 0).sum()
+
+
+# --- issue 44: messages that named the wrong thing ----------------------------------------
+
+
+def test_a_tuned_folder_without_its_weights_names_the_missing_file(cli, run, base_data, tmp_path):
+    root = _label_folder(tmp_path, base_data)
+    tuned = tmp_path / "tuned"
+    assert cli("tune", run, root, "--out", tuned, "--quiet").code == 0
+    (tuned / "model.safetensors").unlink()
+    res = cli.fails("predict", tuned, root / "images", "--out", tmp_path / "p", match="tuned")
+    assert "without its model.safetensors" in res.err and "has training run" not in res.err
+
+
+def test_a_stacked_label_file_is_refused_without_predicts_axis_advice(
+    cli, run, base_data, tmp_path
+):
+    root = _label_folder(tmp_path, base_data)
+    one = tifffile.imread(root / "labels" / "im0.tif")
+    tifffile.imwrite(root / "labels" / "im0.tif", np.stack([one, one]), photometric="minisblack")
+    res = cli.fails("tune", run, root, "--out", tmp_path / "t", match="im0.tif")
+    assert "is not one 2-D image" in res.err and "--z-axis" not in res.err
+
+
+def test_tune_out_must_be_a_new_folder_outside_the_labels(cli, run, base_data, tmp_path):
+    root = _label_folder(tmp_path, base_data)
+    (tmp_path / "afile").write_text("x")
+    cli.fails("tune", run, root, "--out", tmp_path / "afile", match="exists and is not a folder")
+    cli.fails("tune", run, root, "--out", root / "tuned", match="inside the annotated images")
+    assert not (root / "tuned").exists()
+
+
+def test_init_from_another_backbone_says_how_little_it_loaded(cli, run, data, tmp_path):
+    from tests.conftest import FAST
+
+    res = cli(
+        "train",
+        data,
+        "--out",
+        tmp_path / "r",
+        *FAST,
+        "model.backbone.name=efficientnet_b0",  # the run is a resnet18: its FPN and heads fit
+        f"init.from={run}",
+        "train.iterations=1",
+        "train.eval_every=100",
+        "train.auto_thresholds=false",
+    )
+    assert res.code == 0, res.err
+    assert "warning: init.from=" in res.err and "fits only" in res.err

@@ -297,6 +297,9 @@ def gray_planes(
 
 def _one_plane(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     """``array`` with axes ``axes`` as [H, W] or [H, W, C]; a stack is an error."""
+    if any(n > 1 and a not in "YXS" for a, n in zip(axes, array.shape, strict=True)):
+        # Said before the axis checks, whose advice (--z-axis ...) only predict takes.
+        raise DataError(_stack_message(path, array.shape, axes))
     planes, lead = select_planes(array, axes, PlaneSpec(), path)
     if lead:
         raise DataError(_stack_message(path, array.shape, axes))

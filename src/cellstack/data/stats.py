@@ -91,18 +91,18 @@ class ObjectStats:
         return cls(**values)
 
 
-def median_diameter(masks: Sequence[sp.spmatrix]) -> float:
+def median_diameter(masks: Sequence[sp.spmatrix], where: str = "the annotated images") -> float:
     """Median equivalent diameter ``2 sqrt(area / pi)`` (px) of the objects of sparse
     bool[N, H*W] masks (one matrix per image), empty objects left out.
 
     Raises:
-        DataError: no object at all.
+        DataError: no object at all (``where`` names the images).
     """
     areas = [np.diff(m.tocsr().indptr) for m in masks]
     area = np.concatenate(areas) if areas else np.zeros(0)
     area = area[area > 0].astype(np.float64)
     if not len(area):
-        raise DataError("the annotated images hold no object")
+        raise DataError(f"{where} hold no object: every label image is empty")
     return float(np.median(2 * np.sqrt(area / math.pi)))
 
 

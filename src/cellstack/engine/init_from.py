@@ -28,6 +28,29 @@ class InitReport:
     source_classes: tuple[str, ...]
     seeded: tuple[str, ...] = ()  # class layers copied from a one-class run's class
 
+    #: Below this share of the model's tensors loaded, init.from says so on stderr: a
+    #: run of another architecture or backbone shares only a part (a Mask R-CNN's 24
+    #: of a cascade's 104), and a user who meant to continue a model should hear it.
+    PARTIAL = 0.5
+
+    def fraction(self) -> float:
+        """The share of the new model's tensors that came from the run (loaded or seeded)."""
+        total = len(self.loaded) + len(self.reinitialised) + len(self.mismatched) + len(self.new)
+        total += len(self.seeded)
+        return (len(self.loaded) + len(self.seeded)) / total if total else 0.0
+
+    def warning(self) -> str | None:
+        """A line for stderr when the run fits less than :attr:`PARTIAL` of the model."""
+        if self.fraction() >= self.PARTIAL:
+            return None
+        n = len(self.loaded) + len(self.seeded)
+        total = n + len(self.reinitialised) + len(self.mismatched) + len(self.new)
+        return (
+            f"warning: init.from={self.run} fits only {n} of this model's {total} tensors "
+            f"({self.fraction():.0%}: another architecture or backbone?); the rest start "
+            "from their initialisation"
+        )
+
     def summary(self) -> str:
         def by_part(keys: tuple[str, ...]) -> str:
             counts = Counter(k.split(".")[0] for k in keys)

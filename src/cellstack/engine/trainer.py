@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,8 @@ def train(
         report = init_from_run(model, cfg.init.from_run)
         if world.main:
             print(report.summary())
+            if report.warning():
+                print(report.warning(), file=sys.stderr)
     model, net = _parallel(place_for_training(model, device), device, world, cfg)
     optimizer, scheduler = _optimizer(model, t)
     scaler = torch.amp.GradScaler("cuda", enabled=_uses_amp(t, device))

@@ -358,7 +358,7 @@ class Ensemble(nn.Module):
             probs = pred.probs if probs is None else probs + pred.probs
             boxes = unflipped if boxes is None else boxes + unflipped
         merged = BoxPredictions(proposals, probs / len(keys), boxes / len(keys))
-        return select_detections(merged, settings.boxes)
+        return select_detections(merged, settings.boxes, window)
 
     def merge_masks(
         self,

@@ -331,7 +331,9 @@ def calibrate(
     current = resize_factor(src, None, None)
     factors = (current,)
     if scales and src.diameter:
-        labels = median_diameter([r.sparse_masks() for r in records])
+        folders = sorted({str(r.image_path.parent) for r in records})
+        where = f"the {len(records)} annotated images of {', '.join(folders[:2])}"
+        labels = median_diameter([r.sparse_masks() for r in records], where)
         factors = candidate_scales(current, src.diameter, labels)
     grid = grid_with(grid or TuneGrid.for_objects(src.area_p1), src.thresholds)
     scored = []
@@ -383,7 +385,7 @@ def run_tune(
     folder = resolve_run(source_path, quiet=True)
     builtin = folder.resolve().is_relative_to(models_root().resolve())
     if out is not None:
-        _check_out(Path(out), folder)
+        _check_out(Path(out), folder, Path(data))
     elif builtin:
         raise CellstackError(
             f"{source_path} is a built-in model, which tune never changes; give --out NEW "
@@ -419,9 +421,10 @@ def run_tune(
     return result, src.thresholds_path
 
 
-def _check_out(out: Path, source: Path) -> None:
-    """Refuse an ``--out`` that would write into the package, the source or a folder
-    that holds anything: a tuned model is always a new folder."""
+def _check_out(out: Path, source: Path, data: Path) -> None:
+    """Refuse an ``--out`` that would write into the package, the source, the annotated
+    images (as predict refuses its inputs' folder) or a folder that holds anything: a
+    tuned model is always a new folder."""
     from cellstack.modeling.builtin import models_root
 
     where = out.resolve()
@@ -429,7 +432,14 @@ def _check_out(out: Path, source: Path) -> None:
         raise CellstackError(f"{out}: inside cellstack's built-in models; choose another --out")
     if where == source.resolve() or where.is_relative_to(source.resolve()):
         raise CellstackError(f"{out}: inside the model being tuned; choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    inputs = data.resolve() if data.is_dir() else data.resolve().parent
+    if where.is_relative_to(inputs):
+        raise CellstackError(
+            f"{out}: inside the annotated images' folder {data}; choose an --out outside it"
+        )
+    if out.exists() and not out.is_dir():
+        raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
         raise CellstackError(f"{out}: exists and is not an empty folder; choose another --out")
 
 

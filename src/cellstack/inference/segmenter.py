@@ -378,7 +378,9 @@ class Segmenter:
             truths.append(label.astype(np.int64))
         factors = (self.scale,)
         if scales and self.source.diameter:
-            diameter = median_diameter([sparse_from_labels(t) for t in truths])
+            diameter = median_diameter(
+                [sparse_from_labels(t) for t in truths], f"the {len(truths)} label images"
+            )
             factors = candidate_scales(self.scale, self.source.diameter, diameter)
         current = self.predictor.thresholds
         grid = grid_with(TuneGrid.for_objects(self.source.area_p1), current)

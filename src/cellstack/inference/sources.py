@@ -189,13 +189,15 @@ def resolve_thresholds(
     post: dict | None = None,
     post_source: str = "postprocess",
     tuned: Path | Thresholds | None = None,
+    base: Thresholds | None = None,
 ) -> Thresholds:
     """The post-processing thresholds that apply: the one place that decides it, for
     runs, CV folders, ensembles, ``predict``, ``tune`` and the trainer.
 
     In order, each beating the one before:
 
-    1. the config's ``predict`` section (``cfg``, overrides already applied);
+    1. ``base`` when given (an ensemble's first member's tuned thresholds), else the
+       config's ``predict`` section (``cfg``, overrides already applied);
     2. an ensemble YAML's ``postprocess`` (``post``: its ``default`` on top of the
        config's, and its ``per_type``);
     3. ``tuned``: ``thresholds.yaml`` (``cellstack tune``), or its path (used when the
@@ -206,7 +208,7 @@ def resolve_thresholds(
        other tuned value stays as it was.
     """
 
-    chosen = Thresholds(params_from(cfg.predict))
+    chosen = base or Thresholds(params_from(cfg.predict))
     if isinstance(tuned, Path):
         tuned = read_thresholds(tuned) if tuned.is_file() else None
     if tuned is not None:
@@ -324,6 +326,12 @@ def _load_ensemble(
             if full not in resolved:
                 resolved.append(full)
             type_from.append(resolved.index(full))
+    # A member's own tuned thresholds are checked like the ensemble's; the first
+    # member's are where the ensemble's post-processing starts from (a tuned folder
+    # counts as its thresholds.yaml, as it would alone).
+    member_tuned = [
+        read_thresholds(r / THRESHOLDS) if (r / THRESHOLDS).is_file() else None for r in resolved
+    ]
     # With a weight budget, runs are skeletons until a stage needs them.
     lazy = math.isfinite(spec.weights_budget_mb)
     loaded = [_load_run(r, overrides, allow_unfinished, lazy) for r in resolved]
@@ -370,8 +378,16 @@ def _load_ensemble(
         check_cell_types(post.get("per_type") or {}, names, f"{path}: postprocess")
     if tuned is not None:
         check_cell_types(tuned.per_type, names, tpath)
+    for run, own in zip(resolved, member_tuned, strict=True):
+        if own is not None:
+            check_cell_types(own.per_type, names, run / THRESHOLDS)
     thresholds = resolve_thresholds(
-        cfg, overrides, post=post, post_source=f"{path}: postprocess", tuned=tuned
+        cfg,
+        overrides,
+        post=post,
+        post_source=f"{path}: postprocess",
+        tuned=tuned,
+        base=member_tuned[0],
     )
     return Source(ensemble, names, cfg, thresholds, tpath, **trained_sizes(resolved[0]))
 

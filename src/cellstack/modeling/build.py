@@ -38,7 +38,8 @@ def build_model(
     ``model.backbone.pretrained`` says: for a caller that loads trained weights next
     (a run being loaded for prediction needs neither network nor weight package).
     ``trained_on``: the training objects' statistics (at the model's scale); with them
-    the test-time proposal budget grows with a tile's area (:func:`proposal_density`).
+    the test-time proposal budget and the detections kept grow with a pass's area
+    (:func:`proposal_density`).
     """
 
     if not class_names:
@@ -98,21 +99,24 @@ def build_model(
             predict.box_nms_iou,
             predict.max_detections,
             predict.score_mode,
+            per_megapixel=proposal_density(predict.max_detections, trained_on),
         ),
     )
 
 
 def proposal_density(proposals: int, trained_on: ObjectStats | None) -> float:
-    """Test-time proposals per 10**6 pixels that keep a dense tile uncapped.
+    """Test-time proposals (or detections) per 10**6 pixels that keep a dense pass
+    uncapped.
 
-    ``model.rpn.post_nms_top_n_test`` proposals served the training image with the most
-    objects; a tile of any size gets at least as many per object at the densest
-    training image's density: ``proposals / max_objects_per_image *
-    max_objects_per_megapixel``. A 1024 px tile thus has the budget of four 512 px ones,
-    whatever tiling or block size predicts it. 0 (the fixed count) without statistics.
-    (Detections stay ``predict.max_detections``, derived from the most objects in a
-    training image: raising them with the area too kept low-scored boxes that cost
-    score and mask-head time on the dense benchmark, ``benchmarks/dense_tiles.py``.)
+    ``proposals`` (``model.rpn.post_nms_top_n_test``, or ``predict.max_detections``)
+    served the training image with the most objects; a pass of any size gets at least
+    as many per object at the densest training image's density: ``proposals /
+    max_objects_per_image * max_objects_per_megapixel``. A 1024 px tile thus has the
+    budget of four 512 px ones, whatever tiling or block size predicts it; a 700x1100
+    frame in one pass keeps as many cells as its tiles did (a fixed 348 detections had
+    cut a dense one to 340 of 1,316 nuclei). The extra detections cost no mask-head
+    time below the score threshold (:meth:`Predictor.final_box_params` drops them
+    first). 0 (the fixed count) without statistics.
     """
     if trained_on is None or trained_on.max_objects_per_image < 1:
         return 0.0

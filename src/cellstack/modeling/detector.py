@@ -213,7 +213,9 @@ class CellDetector(nn.Module):
         """Boxes and RoI masks from proposals (inference, one view)."""
         box_params = box_params or self.box_params
         preds = self.roi_heads.predict_boxes(feats, proposals, windows)
-        selected = [select_detections(p, box_params) for p in preds]
+        selected = [
+            select_detections(p, box_params, win) for p, win in zip(preds, windows, strict=True)
+        ]
         masks = self.roi_heads.predict_masks(
             feats, [s[0] for s in selected], [s[2] for s in selected]
         )

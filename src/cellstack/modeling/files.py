@@ -100,7 +100,13 @@ def load_run(
     """
     import sys
 
-    from cellstack.modeling.builtin import is_builtin_folder, read_builtin, resolve_run
+    from cellstack.modeling.builtin import (
+        META,
+        WEIGHTS,
+        is_builtin_folder,
+        read_builtin,
+        resolve_run,
+    )
 
     run = resolve_run(run, quiet=True)
     if not run.is_dir():
@@ -125,6 +131,14 @@ def load_run(
                 "--allow-unfinished to use the checkpoint"
             )
         print(f"warning: {run} is unfinished; using {CHECKPOINT} at {progress}", file=sys.stderr)
+    elif (run / META).is_file() or (run / WEIGHTS).is_file():
+        # A tuned or built-in model folder missing half of its pair of files.
+        missing = WEIGHTS if (run / META).is_file() else META
+        raise CellstackError(
+            f"{run}: a model folder without its {missing} (its weights and model.json "
+            "travel together); copy the whole folder again, or write it again with "
+            "cellstack tune --out"
+        )
     else:
         raise CellstackError(f"{run}: no {FINAL} or {CHECKPOINT} (has training run?)")
     for key in ("config", "class_names", "model"):
