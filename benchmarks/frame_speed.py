@@ -8,9 +8,16 @@ block of the image and its flips, repeated), so a larger frame holds proportiona
 more cells and the ratio measures the per-pixel cost of the size alone.
 
 The source image is a synthetic nuclei field (``--look``, made here, 512x512) or a real
-one (``--image PATH``, e.g. mnfinder's U2OS test image). Reported per size: the median
+one (``--image PATH``, e.g. mnfinder's U2OS test image, with ``--labels PATH`` for its
+cells' diameter). Reported per size: the median
 of ``--repeats`` calls after one warm-up, seconds per megapixel, the ratio of that to
 the 512x512 frame, the tiles the predictor cut (count and size) and the cells found.
+
+With Cellpose's venv present (``--peer-python``, as ``benchmarks/peers.py``), Cellpose
+``cyto`` segments the same frames with the same threads, told the true median cell
+diameter (its faster path: no size model; it rescales the frame to its 30 px cells
+first, so an image of 13 px nuclei costs it 5x the pixels), after one warm-up frame; its seconds and
+cellstack's lead (Cellpose's seconds over cellstack's) are added to each row.
 
     python benchmarks/frame_speed.py [--model nuclei] [--image PATH] [--threads 2]
         [--out benchmarks/results/frame_speed.json]
@@ -32,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIZES = [(512, 512), (512, 1024), (700, 1100), (1040, 1392), (2048, 2048)]
+PEER = Path.home() / ".cache/cellstack-bench/cellpose-venv/bin/python"
 
 
 def seamless(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -42,16 +50,25 @@ def seamless(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.tile(block, reps)[: shape[0], : shape[1]]
 
 
-def source_image(args) -> tuple[np.ndarray, str]:
+def source_image(args) -> tuple[np.ndarray, str, float | None]:
+    """The image frames are cut from, its name, and its cells' median diameter (px;
+    None for a real image given without labels)."""
+    from cellstack.data.masks import sparse_from_labels
+    from cellstack.data.stats import median_diameter
+
     if args.image is not None:
         from cellstack.data.images import read_image
+        from cellstack.data.labels import read_label_image
 
-        image = read_image(args.image)
-        return image, args.image.name
+        diameter = None
+        if args.labels is not None:
+            diameter = median_diameter([sparse_from_labels(read_label_image(args.labels))])
+        return read_image(args.image), args.image.name, diameter
     from cellstack.data.synthetic import generate_image
 
     sample = generate_image(np.random.default_rng(args.seed), args.look, (512, 512))
-    return sample.image, f"synthetic {args.look} (seed {args.seed})"
+    diameter = median_diameter([sparse_from_labels(sample.labels)])
+    return sample.image, f"synthetic {args.look} (seed {args.seed})", diameter
 
 
 def tiles_of(segmenter, shape: tuple[int, int]) -> tuple[int, str]:
@@ -71,14 +88,45 @@ def tiles_of(segmenter, shape: tuple[int, int]) -> tuple[int, str]:
     return len(layout.offsets), f"{layout.tile[0]}x{layout.tile[1]}"
 
 
+def cellpose_seconds(frames: dict, diameter: float, work: Path, args) -> dict[str, float]:
+    """Cellpose ``cyto``'s seconds per frame (``benchmarks/cellpose_worker.py``)."""
+    import subprocess
+
+    import realdata
+    import tifffile
+
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for name, frame in [("warm-up", frames["512x512"]), *frames.items()]:
+        tifffile.imwrite(work / f"{name}.tif", frame)
+        jobs.append(
+            {
+                "image": str(work / f"{name}.tif"),
+                "name": name,
+                "diameter": diameter,
+                "channels": [0, 0],
+            }
+        )
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    worker = Path(__file__).resolve().parent / "cellpose_worker.py"
+    weights = str(realdata.cellpose_cyto())
+    cmd = [str(args.peer_python), str(worker), weights, str(work / "jobs.json"), str(work / "out")]
+    subprocess.run([*cmd, str(args.threads)], check=True, stderr=subprocess.DEVNULL)
+    timings = json.loads((work / "out" / "timings.json").read_text())
+    return {name: timings[name]["seconds"] for name in frames}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--image", type=Path, default=None)
+    parser.add_argument("--labels", type=Path, default=None, help="--image's labels")
     parser.add_argument("--look", default="nuclei")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer-python", type=Path, default=PEER)
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-frames")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frame_speed.json"))
     args = parser.parse_args()
 
@@ -88,11 +136,12 @@ def main() -> None:
     import cellstack
 
     torch.set_num_threads(args.threads)
-    image, name = source_image(args)
+    image, name, diameter = source_image(args)
     seg = cellstack.Segmenter.load(args.model, device="cpu")
+    frames = {f"{h}x{w}": seamless(image, (h, w)) for h, w in SIZES}
     rows = []
     for shape in SIZES:
-        frame = seamless(image, shape)
+        frame = frames[f"{shape[0]}x{shape[1]}"]
         seg(frame)  # warm-up: allocator and kernels for this size
         times = []
         for _ in range(args.repeats):
@@ -115,18 +164,35 @@ def main() -> None:
     base = rows[0]["s_per_mpx"]
     for row in rows:
         row["per_pixel_vs_512"] = row["s_per_mpx"] / base
+    peer = args.peer_python.is_file()
+    if peer:
+        seconds = cellpose_seconds(frames, diameter, args.work, args)
+        for row in rows:
+            row["cellpose_s"] = seconds[row["size"]]
+            row["lead"] = row["cellpose_s"] / row["seconds"]
     machine = machine_line(args.threads)
     print(f"{args.model} on {name}; {machine}")
-    print("| frame | seconds | s per Mpx | per pixel vs 512x512 | tiles | cells |")
-    print("|---|---|---|---|---|---|")
+    extra = " Cellpose cyto (s) | lead |" if peer else ""
+    print(f"| frame | seconds | s per Mpx | per pixel vs 512x512 | tiles | cells |{extra}")
+    print("|---|---|---|---|---|---|" + ("---|---|" if peer else ""))
     for r in rows:
+        tail = f" {r['cellpose_s']:.2f} | {r['lead']:.1f}x |" if peer else ""
         print(
             f"| {r['size']} | {r['seconds']:.2f} | {r['s_per_mpx']:.2f} | "
-            f"{r['per_pixel_vs_512']:.2f}x | {r['tiles']} x {r['tile']} | {r['cells']} |"
+            f"{r['per_pixel_vs_512']:.2f}x | {r['tiles']} x {r['tile']} | {r['cells']} |{tail}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"model": args.model, "image": name, "machine": machine, "rows": rows}, indent=1)
+        json.dumps(
+            {
+                "model": args.model,
+                "image": name,
+                "diameter": diameter,
+                "machine": machine,
+                "rows": rows,
+            },
+            indent=1,
+        )
     )
 
 

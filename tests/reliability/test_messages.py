@@ -213,3 +213,46 @@ def test_init_from_another_backbone_says_how_little_it_loaded(cli, run, data, tm
     )
     assert res.code == 0, res.err
     assert "warning: init.from=" in res.err and "fits only" in res.err
+
+
+def test_an_architecture_override_on_a_trained_model_names_the_override(cli, run, images, tmp_path):
+    res = cli.fails(
+        "predict",
+        run,
+        images,
+        "--out",
+        tmp_path / "p",
+        "model.backbone.name=resnet34",
+        match="model.backbone.name=resnet34:",
+    )
+    assert "architecture is fixed by its weights" in res.err
+    assert not (tmp_path / "p").exists()  # a refused predict leaves no empty --out
+
+
+def test_a_resize_past_the_limit_names_the_file(cli, run, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "wide.tif", np.zeros((1100, 1100), np.uint8))
+    cli.fails("predict", run, folder, "--out", tmp_path / "p", "--scale", "16", match="wide.tif")
+
+
+def test_a_named_channel_axis_of_length_one_is_channel_0(base_run):
+    import cellstack
+
+    seg = cellstack.Segmenter.load(base_run, device="cpu")
+    stack = np.random.default_rng(0).integers(0, 255, (1, 1, 1, 40, 48), dtype=np.uint8)
+    for channel in (None, 0, [0]):
+        assert seg(stack, axes="TZCYX", channel=channel).labels.shape == (40, 48)
+    with pytest.raises(CellstackError, match="channel 1 does not exist; .* has 1 channel"):
+        seg(stack, axes="TZCYX", channel=1)
+
+
+def test_overwrite_refuses_a_symlinked_output_before_removing_anything(cli, run, images, tmp_path):
+    out = tmp_path / "p"
+    assert cli("predict", run, images, "--out", out, "--quiet").code == 0
+    first, second = sorted((out / "labels").iterdir())
+    first.unlink()
+    first.symlink_to(sorted(images.iterdir())[0])
+    before = sorted(p.name for p in out.rglob("*"))
+    cli.fails("predict", run, images, "--out", out, "--overwrite", match="a symbolic link inside")
+    assert sorted(p.name for p in out.rglob("*")) == before and second.is_file()

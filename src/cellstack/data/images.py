@@ -195,16 +195,18 @@ def _plan(shape: tuple[int, ...], axes: str, spec: PlaneSpec, where: object) -> 
     channel_axis = None
     if spec.channel is not None:
         channel_axis = "C" if "C" in left else "S" if "S" in left else None
-        if channel_axis is None:
+        if channel_axis is None and "C" not in names and "S" not in names:
             raise DataError(
                 f"{where}: a channel was chosen (channel= / --channel), but {found} has no "
                 "channel axis"
             )
-        n = shape[keep[left.index(channel_axis)]]
+        # A named channel axis of length 1 (axes="TZCYX" with one C) is channel 0 alone.
+        n = 1 if channel_axis is None else shape[keep[left.index(channel_axis)]]
         bad = [c for c in spec.channel if not 0 <= c < n]
         if bad:
             raise DataError(
-                f"{where}: channel {bad[0]} does not exist; {found} has {n} channels (0..{n - 1})"
+                f"{where}: channel {bad[0]} does not exist; {found} has {n} channel"
+                f"{'s' if n > 1 else ''} (0..{n - 1})"
             )
     else:
         # Several channels (C), or more samples than colour has (S), need a choice.

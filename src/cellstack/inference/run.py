@@ -127,11 +127,42 @@ def prepare_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
                 f"{out}: folder is not empty; pass --overwrite to replace earlier predictions "
                 "there, or choose another --out"
             )
+        # Checked before anything is removed: the run would refuse to write through it
+        # later, with the earlier predictions already gone.
+        link = next(_links_under(out), None)
+        if link is not None:
+            raise CellstackError(
+                f"{link}: a symbolic link inside --out {out}; predict writes only files of "
+                "its own there: remove the link, or choose another --out"
+            )
         remove_outputs(out)
         for name in OUTPUTS:
             remove_partials(out / name)
         remove_partials(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _links_under(folder: Path) -> Iterator[Path]:
+    """Symbolic links anywhere under ``folder`` (never followed)."""
+    import os
+
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if os.path.islink(os.path.join(root, name)):
+                yield Path(root) / name
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` if it holds no file, only empty folders (never a file)."""
+    import os
+
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for root, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(root)
+        except OSError:
+            return  # not empty: something was written, keep it
 
 
 @dataclass(frozen=True)
@@ -211,11 +242,8 @@ def predict_folder(
     label images and overlays itself) and rank 0 writes the merged ``submission.csv``
     and ``results.json``, in the images' order.
     """
-    import contextlib
-    import time
 
     from cellstack import ddp
-    from cellstack.fileio import output_lock
 
     options = options or PredictOptions()
     todo = options.check_inputs(images)
@@ -224,6 +252,32 @@ def predict_folder(
     main_process = ddp.launched().rank == 0
     if out.exists() and not out.is_dir():
         raise CellstackError(f"{out}: exists and is not a folder; choose another --out")
+    created = not out.exists()
+    try:
+        return _predict_into(source, todo, out, options, device, progress, overwrite)
+    except BaseException:
+        if created and main_process:  # a refused run leaves no empty --out behind
+            _remove_empty_tree(out)
+        raise
+
+
+def _predict_into(
+    source: str | Path,
+    todo: list[tuple[str, Path]],
+    out: Path,
+    options: PredictOptions,
+    device: str,
+    progress: bool,
+    overwrite: bool,
+) -> PredictSummary:
+    """:func:`predict_folder` once its inputs are checked."""
+    import contextlib
+    import time
+
+    from cellstack import ddp
+    from cellstack.fileio import output_lock
+
+    main_process = ddp.launched().rank == 0
     lock = output_lock(out, "cellstack predict") if main_process else contextlib.nullcontext()
     with lock:
         if main_process:

@@ -278,7 +278,8 @@ class Segmenter:
         # closed on errors too: the error line stands alone
         with torch.inference_mode(), bar, _view_bars(self.predictor.model, progress):
             for n, item in enumerate(items):
-                image, lead = self._planes(item, axes, spec, f"image {n}", limits)
+                where = str(item) if isinstance(item, str | Path) else f"image {n}"
+                image, lead = self._planes(item, axes, spec, where, limits)
                 pending.append((image, lead))
                 queued += int(np.prod(image.shape[: len(lead)]))
                 if queued >= self.batch_size or n == len(items) - 1:
@@ -365,7 +366,8 @@ class Segmenter:
             )
         planes, truths = [], []
         for k, (image, label) in enumerate(zip(images, labels, strict=True)):
-            plane, lead = self._planes(image, None, _spec(None, channel), f"image {k}")
+            where = str(image) if isinstance(image, str | Path) else f"image {k}"
+            plane, lead = self._planes(image, None, _spec(None, channel), where)
             label = np.asarray(label)
             if lead:
                 raise CellstackError(f"image {k}: a {lead}YX stack; pass its 2-D planes")

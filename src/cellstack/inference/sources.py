@@ -251,10 +251,21 @@ def _load_run(
             return build_model(
                 cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
             ).eval(), cfg
-    model = build_model(
-        cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
-    )
-    load_weights(model, state, run)
+    try:
+        model = build_model(
+            cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
+        )
+        load_weights(model, state, run)
+    except CellstackError as exc:
+        changed = [o for o in overrides if o.strip().startswith("model.")]
+        if not changed:
+            raise
+        # The weights fixed the architecture when they were trained: name what changed it.
+        raise CellstackError(
+            f"{', '.join(changed)}: {run}'s weights do not fit the model this override "
+            "describes (a trained model's architecture is fixed by its weights; when "
+            "predicting, override predict.* settings)"
+        ) from exc
     return model.eval(), cfg
 
 

@@ -1,0 +1,75 @@
+"""The property-based probes of every reader and of the public API, run long.
+
+``make test`` runs ``tests/reliability/test_fuzz.py`` with a few hundred examples a
+reader (hypothesis profile ``default``); this runs the same probes with the ``long``
+profile (5,000 examples a reader, fewer where an example runs a model) and reports
+each probe's outcome and seconds.
+
+    python benchmarks/fuzz.py [--profile long] [-k PATTERN]
+        [--out benchmarks/results/fuzz.json]
+
+Prints a table and writes JSON. A failure prints hypothesis' smallest failing example
+(and a ``@reproduce_failure`` blob) above the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reporting import machine_line, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="long")
+    parser.add_argument("-k", default=None, help="only the probes whose name matches")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fuzz.json"))
+    args = parser.parse_args()
+
+    junit = args.out.with_suffix(".xml")
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "tests/reliability/test_fuzz.py"),
+        f"--hypothesis-profile={args.profile}",
+        "--hypothesis-show-statistics",
+        f"--junitxml={junit}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    if args.k:
+        cmd += ["-k", args.k]
+    t0 = time.perf_counter()
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    total = time.perf_counter() - t0
+    rows = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        outcome = "failed" if failed else "skipped" if case.find("skipped") is not None else "ok"
+        rows.append(
+            {"probe": case.get("name"), "outcome": outcome, "seconds": float(case.get("time"))}
+        )
+    junit.unlink()
+    print(f"\nprofile {args.profile}; {machine_line(1)}")
+    print("| probe | outcome | seconds |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['probe']} | {r['outcome']} | {r['seconds']:.1f} |")
+    write_report(args.out, {"profile": args.profile, "seconds": total, "rows": rows})
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
