@@ -70,6 +70,7 @@ RECIPES = {
         # runs (benchmarks/transfer.py --variant ship ...), never on training images.
         "transfer": f"ship_{NUCLEI_TRANSFER_ITERATIONS}",
         "class": "nucleus",
+        "look": "nuclei",  # the synthetic field its speed is measured on
         "description": "fluorescent nuclei (DAPI, H2B, NLS stains; widefield, confocal)",
     },
     "cyto": {
@@ -84,6 +85,7 @@ RECIPES = {
             "train.eval_every=0",
         ],
         "class": "cell",
+        "look": "cyto",
         "description": "fluorescent whole cells (a cytoplasm or membrane stain, optionally "
         "with a nucleus channel: `--channel C N` averages the two)",
     },
@@ -98,6 +100,7 @@ RECIPES = {
             "train.eval_every=0",
         ],
         "class": "cell",
+        "look": "shsy5y",
         "description": "whole cells in phase contrast and oblique light (synthetic looks)",
     },
 }
@@ -439,22 +442,25 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
     return report
 
 
-def predict_seconds(source, size: int = 512, repeats: int = 3) -> float:
-    """Median seconds for one ``size`` x ``size`` image, end to end (after a warm-up)."""
+def predict_seconds(source, look: str, size: int = 512, repeats: int = 3) -> dict:
+    """Median seconds for one ``size`` x ``size`` synthetic field of ``look``, end to end
+    (after a warm-up), and the cells found: an image with cells, not an empty one
+    (which costs a fraction: no mask head)."""
     import torch
 
+    from cellstack.data.synthetic import generate_image
     from cellstack.inference.segmenter import Segmenter
 
     seg = Segmenter.load(source, device="cpu")
-    image = (np.random.default_rng(0).random((size, size)) * 255).astype(np.uint8)
-    seg(image)
+    image = generate_image(np.random.default_rng(0), look, (size, size)).image
+    cells = int(seg(image).labels.max())
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
             t0 = time.perf_counter()
             seg(image)
             times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return {"seconds": float(np.median(times)), "cells": cells, "look": look}
 
 
 def main() -> None:
@@ -522,7 +528,7 @@ def main() -> None:
         abs(s["float16"]["score"] - s["float32"]["score"]) <= 0.005 for s in scores["sets"].values()
     )
     scores["weights_dtype"] = "float16" if keep_half else "float32"
-    scores["predict_seconds_512"] = predict_seconds(half if keep_half else run)
+    scores["predict_512"] = predict_seconds(half if keep_half else run, recipe["look"])
     (work / "scores.json").write_text(json.dumps(scores, indent=1))
     if args.no_export:
         return
@@ -624,6 +630,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
         lines.append(
             f"| {set_name} | {m['score']:.4f} | {s['otsu']['score']:.4f} | {m['ap50']:.4f} |"
         )
+    speed = scores["predict_512"]
     lines += [
         "",
         "Float32 vs float16 weights: "
@@ -632,7 +639,9 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             for k, v in scores["sets"].items()
         )
         + ".",
-        f"One 512x512 image end to end on 2 CPU cores: {scores['predict_seconds_512']:.2f} s.",
+        f"One 512x512 synthetic {speed['look']} field ({speed['cells']} cells) end to end on 2 "
+        f"CPU cores: {speed['seconds']:.2f} s; frame sizes and Cellpose beside it: "
+        "docs/benchmarks.md.",
         "",
         *held_out_lines(scores.get("held_out_sources") or {}),
         "## Data and licences",
