@@ -227,3 +227,20 @@ def test_calibration_on_empty_labels_names_them(api_seg):
         api_seg.optimize_thresholds(
             [np.zeros((32, 32), np.uint8)] * 2, [np.zeros((32, 32), int)] * 2
         )
+
+
+def test_automatic_thresholds_of_a_run_that_learnt_nothing_stay_the_configs(cli, data, tmp_path):
+    """A 4-iteration run scored 0.0 at every grid point and wrote the grid's extremes
+    (mask 0.2, score 0.05, offset -0.12); now a tie keeps the config's values."""
+    import yaml
+
+    from cellstack.config import PredictConfig
+    from tests.conftest import FAST
+
+    run = tmp_path / "r"
+    args = ["train.iterations=4", "train.eval_every=100", "train.auto_thresholds=true"]
+    assert cli("train", data, "--out", run, *FAST, *args).code == 0
+    written = yaml.safe_load((run / "thresholds.yaml").read_text())["default"]
+    config = PredictConfig()
+    for key in ("mask_thresh", "score_thresh", "mask_offset", "mask_nms_iou"):
+        assert written[key] == getattr(config, key), key

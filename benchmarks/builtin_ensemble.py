@@ -1,0 +1,137 @@
+"""The original's method on the built-in ``nuclei``: flips and fold ensembles, measured.
+
+The three-stage ensemble (proposals, boxes, masks merged over models and flips) on:
+
+- mnfinder's test split, which no model here trained on: the shipped ``nuclei`` alone
+  and with flips (none, h, v, hv); the ``nuclei`` recipe's three leave-one-source-out
+  runs (``benchmarks/transfer.py``'s fold runs, ``--folds TAG``) merged, without and
+  with flips;
+- each held-out source: the fold run that never saw it, alone and with flips (the
+  ensemble of folds cannot be scored there: two of its three members trained on it).
+
+Per row: competition score, recall at IoU 0.5 and seconds per image (model loading
+excluded; every method on the same images and threads).
+
+    python benchmarks/builtin_ensemble.py [--folds dense_600] [--threads 2]
+        [--out benchmarks/results/builtin_ensemble.json]
+
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import realdata
+import transfer
+from reporting import machine_line, write_report
+
+FLIPS = "flips: [none, h, v, hv]\n"
+
+
+def score(source: str | Path, records) -> dict:
+    """Score, recall50 and seconds per image of a model or ensemble YAML on records."""
+    import cellstack
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.masks import sparse_from_labels
+    from cellstack.evaluation.report import evaluate
+
+    seg = cellstack.Segmenter.load(source, device="cpu")
+    seg(np.zeros((64, 64), np.uint8))  # warm-up
+    preds, seconds = {}, []
+    for rec in records:
+        image, _ = load_sample(rec)
+        t0 = time.perf_counter()
+        labels = seg(image).labels
+        seconds.append(time.perf_counter() - t0)
+        preds[rec.image_id] = sparse_from_labels(labels)
+    return {
+        "score": evaluate(records, preds, progress=False).to_dict()["score"],
+        "recall50": transfer.quality(records, preds)["recall50"],
+        "seconds": float(np.mean(seconds)),
+        "images": len(records),
+    }
+
+
+def ensemble(work: Path, name: str, models: list[Path | str], flips: bool) -> Path:
+    """An ensemble YAML of ``models`` (absolute paths or built-in names)."""
+    path = work / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    listed = ", ".join(str(m) for m in models)
+    path.write_text(f"models: [{listed}]\n" + (FLIPS if flips else ""))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", default="dense_600")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-ensemble")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/builtin_ensemble.json")
+    )
+    args = parser.parse_args()
+
+    import torch
+
+    from cellstack.data.layouts import load_dataset
+
+    torch.set_num_threads(args.threads)
+    root = realdata.mnfinder_folders()
+    sources = transfer.source_folders(root, args.transfer)
+    folds = {s: args.transfer / "runs" / f"{args.folds}_{s}" for s in sources}
+    folds = {s: run for s, run in folds.items() if (run / "model.pt").is_file()}
+    rows = []
+    print("| set | method | score | recall50 | s/image |")
+    print("|---|---|---|---|---|")
+
+    def add(set_name: str, method: str, source, records) -> None:
+        row = {"set": set_name, "method": method, **score(source, records)}
+        rows.append(row)
+        print(
+            f"| {set_name} | {method} | {row['score']:.4f} | {row['recall50']:.3f} | "
+            f"{row['seconds']:.2f} |",
+            flush=True,
+        )
+        write_report(
+            args.out, {"folds": args.folds, "machine": machine_line(args.threads), "rows": rows}
+        )
+
+    test = load_dataset(root / "test")
+    add("mnfinder test", "nuclei", "nuclei", test)
+    add("mnfinder test", "nuclei + 4 flips", ensemble(args.work, "flips", ["nuclei"], True), test)
+    if len(folds) > 1:
+        runs = list(folds.values())
+        add(
+            "mnfinder test",
+            f"{len(runs)} fold runs",
+            ensemble(args.work, "folds", runs, False),
+            test,
+        )
+        add(
+            "mnfinder test",
+            f"{len(runs)} fold runs + 4 flips",
+            ensemble(args.work, "folds_flips", runs, True),
+            test,
+        )
+    for source, run in folds.items():
+        records = load_dataset(sources[source])
+        add(f"held-out {source}", "fold run", run, records)
+        add(
+            f"held-out {source}",
+            "fold run + 4 flips",
+            ensemble(args.work, source, [run], True),
+            records,
+        )
+
+
+if __name__ == "__main__":
+    main()
