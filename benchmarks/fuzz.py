@@ -15,6 +15,7 @@ Prints a table and writes JSON. A failure prints hypothesis' smallest failing ex
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -42,7 +43,6 @@ def main() -> None:
         "-m",
         "pytest",
         str(ROOT / "tests/reliability/test_fuzz.py"),
-        f"--hypothesis-profile={args.profile}",
         "--hypothesis-show-statistics",
         f"--junitxml={junit}",
         "-q",
@@ -52,7 +52,8 @@ def main() -> None:
     if args.k:
         cmd += ["-k", args.k]
     t0 = time.perf_counter()
-    code = subprocess.run(cmd, cwd=ROOT).returncode
+    env = {**os.environ, "HYPOTHESIS_PROFILE": args.profile}  # read by tests/conftest.py
+    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     total = time.perf_counter() - t0
     rows = []
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -62,7 +63,7 @@ def main() -> None:
             {"probe": case.get("name"), "outcome": outcome, "seconds": float(case.get("time"))}
         )
     junit.unlink()
-    print(f"\nprofile {args.profile}; {machine_line(1)}")
+    print(f"\nprofile {args.profile}; {machine_line()}")
     print("| probe | outcome | seconds |")
     print("|---|---|---|")
     for r in rows:

@@ -19,10 +19,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_line(threads: int) -> str:
-    """What a timing was measured on: CPU, cores, memory and the threads used."""
+def machine_line(threads: int | None = None) -> str:
+    """What a timing was measured on: CPU, cores, memory (and the threads used)."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu_name()}, {os.cpu_count()} cores, {memory:.0f} GB, {threads} threads"
+    line = f"{cpu_name()}, {os.cpu_count()} cores, {memory:.0f} GB"
+    return line if threads is None else f"{line}, {threads} threads"
 
 
 def write_report(path: Path, report: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,12 @@ from cellstack.data.synthetic import synthesize
 from tests.modeling.conftest import TINY
 
 # The property-based probes (tests/reliability/test_fuzz.py): a few hundred examples a
-# reader in `make test`, thousands from benchmarks/fuzz.py (--hypothesis-profile=long).
+# reader in `make test`, thousands from benchmarks/fuzz.py (HYPOTHESIS_PROFILE=long).
 # No deadline (a shared CI machine's pauses are not the bound: each reader's own input
 # limits keep an example fast) and no example database written into the checkout.
 settings.register_profile("default", max_examples=200, deadline=None, database=None)
 settings.register_profile("long", max_examples=5000, deadline=None, database=None)
-settings.load_profile("default")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: A tiny model that trains in seconds on small images: the suite's one fast setting.
 FAST = [

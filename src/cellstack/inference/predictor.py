@@ -47,6 +47,7 @@ class Tiling:
     """How an image of ``shape`` (H, W) goes through the model.
 
     Attributes:
+        shape: the image's (H, W), as the model sees it (after any resize).
         tile: (rows, columns) of every tile, at most the image's.
         offsets: the (y, x) top-left corner of each tile, row-major.
     """
