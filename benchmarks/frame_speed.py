@@ -11,7 +11,8 @@ The source image is a synthetic nuclei field (``--look``, made here, 512x512) or
 one (``--image PATH``, e.g. mnfinder's U2OS test image, with ``--labels PATH`` for its
 cells' diameter). Reported per size: the median
 of ``--repeats`` calls after one warm-up, seconds per megapixel, the ratio of that to
-the 512x512 frame, the tiles the predictor cut (count and size) and the cells found.
+the 512x512 frame's (timed call for call beside it, so the ratio does not drift), the
+tiles the predictor cut (count and size) and the cells found.
 
 With Cellpose's venv present (``--peer-python``, as ``benchmarks/peers.py``), Cellpose
 ``cyto`` segments the same frames with the same threads, told the true median cell
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--look", default="nuclei")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer-python", type=Path, default=PEER)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-frames")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frame_speed.json"))
@@ -140,15 +141,22 @@ def main() -> None:
     seg = cellstack.Segmenter.load(args.model, device="cpu")
     frames = {f"{h}x{w}": seamless(image, (h, w)) for h, w in SIZES}
     rows = []
+    base_frame = frames["512x512"]
     for shape in SIZES:
         frame = frames[f"{shape[0]}x{shape[1]}"]
         seg(frame)  # warm-up: allocator and kernels for this size
-        times = []
+        times, base = [], []
+        # Each call of the frame beside one of the 512x512 frame: the ratio of their
+        # medians does not drift with the machine's state over the run.
         for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            seg(base_frame)
+            base.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             result = seg(frame)
             times.append(time.perf_counter() - t0)
         seconds = statistics.median(times)
+        base_per_mpx = statistics.median(base) / (512 * 512 / 1e6)
         n_tiles, tile = tiles_of(seg, shape)
         rows.append(
             {
@@ -159,11 +167,9 @@ def main() -> None:
                 "tiles": n_tiles,
                 "tile": tile,
                 "cells": int(result.labels.max()),
+                "per_pixel_vs_512": seconds / (shape[0] * shape[1] / 1e6) / base_per_mpx,
             }
         )
-    base = rows[0]["s_per_mpx"]
-    for row in rows:
-        row["per_pixel_vs_512"] = row["s_per_mpx"] / base
     peer = args.peer_python.is_file()
     if peer:
         seconds = cellpose_seconds(frames, diameter, args.work, args)

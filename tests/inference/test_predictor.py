@@ -22,18 +22,24 @@ def test_tile_starts_cover_the_image():
 @pytest.mark.parametrize(
     "shape", [(700, 1100), (512, 1024), (1040, 1392), (2048, 2048), (64, 5000), (3000, 97)]
 )
-def test_tiles_fit_the_budget_cover_the_image_and_overlap(shape):
-    budget, overlap = 1024**2, 128
-    layout = plan_tiles(shape, budget, overlap)
+def test_tiles_fit_the_budget_cover_the_image_overlap_and_sit_on_the_grid(shape):
+    from cellstack.inference.predictor import band_cores
+
+    budget, overlap, stride = 1024**2, 128, 32
+    layout = plan_tiles(shape, budget, overlap, stride)
     th, tw = layout.tile
     assert th <= shape[0] and tw <= shape[1] and th * tw <= budget
-    covered = np.zeros(shape, bool)
-    for y, x in layout.offsets:
-        covered[y : y + th, x : x + tw] = True
-    assert covered.all()
-    for axis, side in ((0, th), (1, tw)):
-        starts = sorted({offset[axis] for offset in layout.offsets})
-        assert all(a + side - b >= overlap for a, b in itertools.pairwise(starts))
+    for bands, length in ((layout.rows, shape[0]), (layout.cols, shape[1])):
+        assert bands[0][0] == 0 and bands[-1][1] == length  # covered, end to end
+        assert all(start % stride == 0 for start, _ in bands)  # the one-pass feature grid
+        assert all(b[0] + overlap <= a[1] for a, b in itertools.pairwise(bands))
+        assert all(stop - start < (bands[0][1] - bands[0][0]) + stride for start, stop in bands)
+        cores = band_cores(bands)  # a partition: every centre kept by exactly one band
+        assert cores[0][0] == 0 and cores[-1][1] == length
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(cores))
+        for (start, stop), (lo, hi) in zip(bands, cores, strict=True):
+            assert lo == 0 or lo - start >= overlap / 2
+            assert hi == length or stop - hi >= overlap / 2
     if shape[0] * shape[1] <= budget:  # one pass, the image itself: no padding, no tiles
         assert layout.offsets == ((0, 0),) and layout.tile == shape
 
@@ -41,8 +47,7 @@ def test_tiles_fit_the_budget_cover_the_image_and_overlap(shape):
 def test_tiles_are_the_fewest_that_fit():
     # The old square 1024 px tiles cut 1040x1392 into 4 and 2048x2048 into 9.
     assert len(plan_tiles((1040, 1392), 1024**2, 128).offsets) == 2
-    # 4 tiles of 2048x2048 would need 1088x1088 px each, over the budget.
-    assert len(plan_tiles((2048, 2048), 1024**2, 128).offsets) == 5
+    assert len(plan_tiles((2048, 2048), 1024**2, 128).offsets) == 6
     # An overlap as wide as the budget's side leaves no tile.
     with pytest.raises(ValueError, match="tile_overlap"):
         plan_tiles((500, 500), 100, 10)

@@ -227,9 +227,11 @@ def kept_cells(
 
     Two windows can both own a version of one cell near a core edge (each sees a
     slightly different mask, so each box centre falls in its own core). A cell goes
-    when at least :data:`DUPLICATE_COVER` of its pixels lie in one cell of another
-    block that ranks higher (higher score; on a tie the lower block index). Every
-    cell lies inside its window, so ``blk``'s window and its neighbours' decide it.
+    when at least :data:`DUPLICATE_COVER` of its pixels lie in cells of other blocks
+    that rank higher (higher score; on a tie the lower block index), counted together:
+    :func:`compose` gives those pixels to them, so a kept cell keeps more than half of
+    its own (two neighbours' cells, each under half, once hid one whole). Every cell
+    lies inside its window, so ``blk``'s window and its neighbours' decide it.
 
     Args:
         near: ``(block, labels, scores)`` of the windows that overlap ``blk``'s.
@@ -239,6 +241,7 @@ def kept_cells(
     if n == 0:
         return keep
     area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    covered = np.zeros(n, dtype=np.int64)  # pixels of each cell in higher-ranked cells
     for other, theirs, their_scores in near:
         if other.index == blk.index:
             continue
@@ -255,9 +258,8 @@ def kept_cells(
         mine, its = np.divmod(pairs, len(their_scores) + 1)
         s_mine, s_its = scores[mine - 1], their_scores[its - 1]
         ranks_higher = (s_its > s_mine) | ((s_its == s_mine) & (other.index < blk.index))
-        covered = inter >= DUPLICATE_COVER * area[mine - 1]
-        keep[mine[ranks_higher & covered] - 1] = False
-    return keep
+        np.add.at(covered, mine[ranks_higher] - 1, inter[ranks_higher])
+    return covered < DUPLICATE_COVER * area
 
 
 def segment_in_memory(
