@@ -9,6 +9,9 @@ The three-stage ensemble (proposals, boxes, masks merged over models and flips) 
 - each held-out source: the fold run that never saw it, alone and with flips (the
   ensemble of folds cannot be scored there: two of its three members trained on it).
 
+An ensemble the loader refuses (fold runs whose ``auto`` anchors were derived apart
+cannot share proposals) is a row that says so.
+
 Per row: competition score, recall at IoU 0.5 and seconds per image (model loading
 excluded; every method on the same images and threads).
 
@@ -94,7 +97,14 @@ def main() -> None:
     print("|---|---|---|---|---|")
 
     def add(set_name: str, method: str, source, records) -> None:
-        row = {"set": set_name, "method": method, **score(source, records)}
+        from cellstack.errors import CellstackError
+
+        try:
+            row = {"set": set_name, "method": method, **score(source, records)}
+        except CellstackError as exc:  # e.g. fold runs whose derived anchors differ
+            rows.append({"set": set_name, "method": method, "refused": str(exc)})
+            print(f"| {set_name} | {method} | refused: {str(exc)[:160]} | | |", flush=True)
+            return
         rows.append(row)
         print(
             f"| {set_name} | {method} | {row['score']:.4f} | {row['recall50']:.3f} | "
