@@ -87,7 +87,7 @@ def seconds_per_step(
 ) -> float:
     """Seconds per training step of a recipe: ``steps`` steps after 3 warm-up steps."""
     from cellstack.config import load_config
-    from cellstack.engine.hooks import HookBase
+    from cellstack.engine.loop import HookBase
     from cellstack.engine.trainer import train as train_loop
 
     times = []

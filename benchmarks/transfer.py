@@ -73,7 +73,7 @@ def source_folders(root: Path, work: Path) -> dict[str, Path]:
 def held_out_curve(records: list, every: int, path: Path):
     """A training hook: the held-out score every ``every`` iterations (raw weights, the
     config's thresholds), appended to ``path`` as json lines (kept across resumes)."""
-    from cellstack.engine.hooks import HookBase
+    from cellstack.engine.loop import HookBase
 
     class HeldOutCurve(HookBase):
         def after_step(self, loop) -> None:

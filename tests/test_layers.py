@@ -95,14 +95,13 @@ def test_the_checker_sees_imports_inside_functions():
     assert rank("cellstack.distributed.blocks") > rank("cellstack.inference.segmenter")
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """The cellstack modules a file imports at run time (module level or in functions;
-    not under ``if TYPE_CHECKING:``), ``from package import module`` resolved to the
-    module."""
+def _module_imports(path: Path) -> set[str]:
+    """The cellstack modules a file imports (module level, in functions, and under
+    ``if TYPE_CHECKING:``: a type-only import is a dependency too, and a cycle through
+    it is one module knowing another's internals both ways), ``from package import
+    module`` resolved to the module."""
     found = set()
-    for node, module, typing_only in import_statements(path):
-        if typing_only:
-            continue
+    for node, module, _ in import_statements(path):
         if isinstance(node, ast.Import):
             found.add(module)
             continue
@@ -151,11 +150,19 @@ def test_no_import_cycle_inside_a_layer():
         layer = me.split(".")[1] if me.count(".") else ""
         graph[me] = {
             m
-            for m in _runtime_imports(path)
+            for m in _module_imports(path)
             if m != me and m.split(".")[1] == layer and m.count(".") >= 2
         }
     cycles = _cycles(graph)
     assert not cycles, "import cycles inside a layer:\n" + "\n".join(map(" <-> ".join, cycles))
+
+
+def test_the_cycle_check_sees_type_only_imports():
+    # The hooks <-> trainer cycle of issue 45 went through an ``if TYPE_CHECKING:`` import.
+    hooks = PACKAGE / "engine" / "hooks.py"
+    typing_only = {m for _, m, typing in import_statements(hooks) if typing}
+    assert "cellstack.data.records" in typing_only
+    assert "cellstack.data.records" in _module_imports(hooks)
 
 
 def test_the_cycle_finder_finds_a_cycle():

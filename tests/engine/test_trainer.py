@@ -5,9 +5,10 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.data.synthetic import synthesize
+from cellstack.engine.loop import TrainingDiverged
 from cellstack.engine.runlog import read_log
 from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
-from cellstack.engine.trainer import TrainingDiverged, train
+from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
 from cellstack.modeling.files import load_run
 from tests.conftest import FAST
@@ -167,7 +168,7 @@ def test_corrupt_image_is_named(small_data, tmp_path):
 
 
 def test_hooks_run_in_order_and_resume_exactly(small_data, tmp_path):
-    from cellstack.engine.hooks import HookBase
+    from cellstack.engine.loop import HookBase
 
     class Record(HookBase):
         """Sees every step after the built-in hooks: the EMA, validation, log and

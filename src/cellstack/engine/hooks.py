@@ -1,20 +1,13 @@
-"""Hooks: what happens around the training steps, each in its own small class.
+"""The trainer's hooks: what happens around the training steps, each in its own small
+class (the contract, :class:`~cellstack.engine.loop.HookBase`, and the loop that calls
+them are in :mod:`cellstack.engine.loop`).
 
-The loop (:meth:`cellstack.engine.trainer.Loop.train`) does only the step itself: a batch,
-the losses, the optimiser and the schedule. Everything else is a :class:`HookBase`
-called in a fixed order, as detectron2's hooks are:
-
-- ``before_train(loop)`` once, after a resume has restored the state;
-- ``after_step(loop)`` after every optimiser step, with ``loop.iteration`` the number
-  of iterations done and ``loop.metrics`` the step's all-reduced losses;
-- ``after_train(loop)`` once the last iteration is done.
-
-The trainer's hooks, in order: :class:`EMAHook` (the averaged weights),
-:class:`ValidationHook` (uses them), :class:`LogHook` (writes the row, with the
-validation score), :class:`CheckpointHook` (saves everything, the other hooks' state
-included, so a resumed run continues exactly), :class:`FinishHook` (the plot, the
-tuned thresholds, then ``model.pt``). A hook that carries state returns it from
-``state_dict`` and gets it back from ``load_state_dict``.
+In order: :class:`EMAHook` (the averaged weights, which the loop's
+:meth:`~cellstack.engine.loop.Loop.averaged` hands to whoever scores or saves),
+:class:`ValidationHook`, :class:`LogHook` (writes the row, with the validation score),
+:class:`CheckpointHook` (saves everything, the other hooks' state included, so a
+resumed run continues exactly; also where a call that stops early saves),
+:class:`FinishHook` (the plot, the tuned thresholds, then ``model.pt``).
 """
 
 from __future__ import annotations
@@ -28,34 +21,12 @@ import numpy as np
 import torch
 
 from cellstack import ddp
+from cellstack.engine.loop import HookBase, Loop
 
 if TYPE_CHECKING:
     from cellstack.config import Config
     from cellstack.data.records import ImageRecord
     from cellstack.engine.runlog import RunLog
-    from cellstack.engine.trainer import Loop
-
-
-class HookBase:
-    """The hook contract; every method does nothing unless overridden."""
-
-    #: Key of this hook's state in the checkpoint ("" = no state).
-    state_key = ""
-
-    def before_train(self, loop: Loop) -> None:
-        pass
-
-    def after_step(self, loop: Loop) -> None:
-        pass
-
-    def after_train(self, loop: Loop) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 class EMAHook(HookBase):
@@ -72,6 +43,9 @@ class EMAHook(HookBase):
     def after_step(self, loop: Loop) -> None:
         self.ema.update(loop.model)
 
+    def weights(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        return self.ema.applied(model)
+
     def state_dict(self) -> dict[str, Any]:
         return self.ema.state_dict()
 
@@ -79,24 +53,18 @@ class EMAHook(HookBase):
         self.ema.load_state_dict(state)
 
 
-def averaged(ema: EMAHook | None, model: torch.nn.Module):
-    """A context in which ``model`` holds the weights that are scored and saved: the
-    EMA's when there is one (restored on exit), else the model's own."""
-    return ema.ema.applied(model) if ema is not None else contextlib.nullcontext()
-
-
 class ValidationHook(HookBase):
-    """Scores the model (its EMA when there is one) on the validation records every
-    ``every`` iterations and at the end; sets ``loop.val_score`` and adds it to the
-    step's log row."""
+    """Scores the model (the loop's :meth:`~cellstack.engine.loop.Loop.averaged`
+    weights) on the validation records every ``every`` iterations and at the end; sets
+    ``loop.val_score`` and adds it to the step's log row."""
 
-    def __init__(self, records: list, every: int, ema: EMAHook | None = None) -> None:
-        self.records, self.every, self.ema = records, every, ema
+    def __init__(self, records: list, every: int) -> None:
+        self.records, self.every = records, every
 
     def after_step(self, loop: Loop) -> None:
         if not (loop.iteration % self.every == 0 or loop.iteration == loop.total):
             return
-        with averaged(self.ema, loop.model):
+        with loop.averaged():
             score = validate(loop.model, self.records, loop.cfg, loop.device, loop.world)
         loop.net.train()
         loop.val_score = score
@@ -142,7 +110,8 @@ class LogHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """Saves the full state every ``every`` iterations and at the end."""
+    """Saves the full state every ``every`` iterations, at the end, and where a call
+    stops early (``stop_after``), so it can be resumed there."""
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -151,14 +120,18 @@ class CheckpointHook(HookBase):
         if loop.iteration % self.every == 0 or loop.iteration == loop.total:
             loop.save_checkpoint()
 
+    def on_stop(self, loop: Loop) -> None:
+        loop.save_checkpoint()
+
 
 class FinishHook(HookBase):
     """Finishes the run on rank 0: plots ``log.csv`` into ``training.png``, tunes the
     thresholds on ``pool`` (when ``train.auto_thresholds``), then writes ``model.pt``,
-    last, as it says "finished". Both use the EMA weights when there are some."""
+    last, as it says "finished". Both use the loop's
+    :meth:`~cellstack.engine.loop.Loop.averaged` weights (the EMA's when there is one)."""
 
-    def __init__(self, pool: list, on_validation: bool, ema: EMAHook | None = None) -> None:
-        self.pool, self.on_validation, self.ema = pool, on_validation, ema
+    def __init__(self, pool: list, on_validation: bool) -> None:
+        self.pool, self.on_validation = pool, on_validation
 
     def after_train(self, loop: Loop) -> None:
         from cellstack.engine.runlog import plot_log, read_log
@@ -169,7 +142,7 @@ class FinishHook(HookBase):
             return
         cfg, run, model = loop.cfg, loop.run, loop.model
         plot_log(read_log(run / "log.csv"), run / "training.png")
-        with averaged(self.ema, model):
+        with loop.averaged():
             if cfg.train.auto_thresholds:
                 tune_run_thresholds(
                     model,

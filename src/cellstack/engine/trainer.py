@@ -1,26 +1,27 @@
-"""The training loop: ``cellstack train DATA --config CFG --out RUN``.
+"""The training recipe: ``cellstack train DATA --config CFG --out RUN``.
 
-One iteration = one batch of random crops -> weighted sum of the losses -> AdamW/SGD
-step with gradient clipping (and AMP on CUDA) -> per-iteration LR schedule. Every
-``checkpoint_every`` iterations the full state is written atomically; ``resume=True``
-restores it and continues exactly (the data of sample ``i`` depends only on the seed
-and ``i``; RNG states are restored). A NaN/inf loss stops training with a message that
-names the last good checkpoint, which is left untouched.
+:func:`train` opens the run (or its checkpoint), resolves the config's ``auto`` values,
+builds the model, optimizer, data and hooks, and hands them to the
+:class:`~cellstack.engine.loop.Loop`. One iteration = one batch of random crops ->
+weighted sum of the losses -> AdamW/SGD step with gradient clipping (and AMP on CUDA) ->
+per-iteration LR schedule. Every ``checkpoint_every`` iterations the full state is
+written atomically; ``resume=True`` restores it and continues exactly (the data of
+sample ``i`` depends only on the seed and ``i``; RNG states are restored). A NaN/inf
+loss stops training with a message that names the last good checkpoint, which is left
+untouched.
 
-Under ``torchrun`` the same function trains with DDP (see
-:mod:`cellstack.ddp`): ``train.batch_size`` is the global batch, split
-evenly over the processes (rank ``r`` takes its slice of the very samples one process
-would take), gradients are averaged, rank 0 writes the run folder, and validation is
-sharded over the ranks.
+Under ``torchrun`` the same function trains with DDP (see :mod:`cellstack.ddp`):
+``train.batch_size`` is the global batch, split evenly over the processes (rank ``r``
+takes its slice of the very samples one process would take), gradients are averaged,
+rank 0 writes the run folder, and validation is sharded over the ranks.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,30 +33,13 @@ from cellstack.data.layouts import load_dataset
 from cellstack.data.records import ImageRecord
 from cellstack.data.splits import class_names_of, split_records
 from cellstack.data.stats import ObjectStats, derive, inherit_sizes, measure
-from cellstack.engine import rng
-from cellstack.engine.hooks import (
-    CheckpointHook,
-    EMAHook,
-    FinishHook,
-    HookBase,
-    LogHook,
-    ValidationHook,
-)
+from cellstack.engine.hooks import CheckpointHook, EMAHook, FinishHook, LogHook, ValidationHook
 from cellstack.engine.init_from import init_from_run
-from cellstack.engine.schedule import (
-    LOSS_NAMES,
-    combine_losses,
-    loss_weights,
-    losses_by_kind,
-    lr_factor,
-)
+from cellstack.engine.loop import HookBase, Loop, uses_amp
+from cellstack.engine.schedule import lr_factor
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, remove_partials
 from cellstack.modeling import files
-
-
-class TrainingDiverged(CellstackError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -115,15 +99,17 @@ def train(
     Args:
         cfg: the configuration (ignored with ``resume``: the run's own is used).
         resume: continue the run in ``run`` from its checkpoint.
-        stop_after: stop after this many iterations of this call, as a job with a time
-            limit would, leaving a checkpoint to ``resume`` from (the LR schedule still
-            spans ``train.iterations``).
+        stop_after: stop after this many iterations (at least 1) of this call, as a job
+            with a time limit would, leaving a checkpoint to ``resume`` from (the LR
+            schedule still spans ``train.iterations``).
         progress: show a progress bar (rank 0 only under torchrun).
         hooks: extra :class:`~cellstack.engine.hooks.HookBase` run after the built-in
             ones (EMA, validation, log, checkpoint), in the order given.
     """
     from cellstack.modeling.build import build_model
 
+    if stop_after is not None and stop_after < 1:
+        raise CellstackError(f"stop_after must be at least 1 iteration, got {stop_after}")
     data, run = Path(data), Path(run)
     cfg, state = _open_run(run, cfg, resume)
     t = cfg.train
@@ -159,7 +145,7 @@ def train(
                 print(report.warning(), file=sys.stderr)
     model, net = _parallel(place_for_training(model, device), device, world, cfg)
     optimizer, scheduler = _optimizer(model, t)
-    scaler = torch.amp.GradScaler("cuda", enabled=_uses_amp(t, device))
+    scaler = torch.amp.GradScaler("cuda", enabled=uses_amp(t, device))
     loop = Loop(
         cfg=cfg,
         run=run,
@@ -174,14 +160,12 @@ def train(
         class_names=class_names,
         data_stats=data_stats,
     )
-    ema = EMAHook(model, t.ema) if t.ema > 0 else None
-    finish = FinishHook(val_records or train_records, bool(val_records), ema)
     loop.hooks = [
-        *([ema] if ema is not None else []),
-        *([ValidationHook(val_records, t.eval_every, ema)] if val_records and t.eval_every else []),
+        *([EMAHook(model, t.ema)] if t.ema > 0 else []),
+        *([ValidationHook(val_records, t.eval_every)] if val_records and t.eval_every else []),
         LogHook(run / "log.csv", t.log_every),
         CheckpointHook(t.checkpoint_every),
-        finish,
+        FinishHook(val_records or train_records, bool(val_records)),
         *hooks,
     ]
     start = loop.restore(state) if state is not None else 0
@@ -192,7 +176,7 @@ def train(
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
         # Killed while the run was being finished: the last checkpoint holds it all.
         loop.iteration = start
-        finish.after_train(loop)
+        loop.finish()
         ddp.barrier(world)
         return TrainResult(run, start, float("nan"), None)
 
@@ -213,173 +197,6 @@ def _write_run_files(run: Path, cfg: Config, data_stats, folds, records) -> None
             json.dump(data_stats, f, indent=1)
     if folds is not None:
         write_folds_csv(run / "folds.csv", records, folds)
-
-
-@dataclass(eq=False)
-class Loop:
-    """The training loop (:meth:`train`) and the state that
-    :mod:`~cellstack.engine.hooks` see and act on.
-
-    Attributes:
-        model: the detector (unwrapped); ``net`` is what the step runs (DDP or model).
-        iteration: iterations done; ``total`` of the run.
-        metrics: the last step's all-reduced losses (``loss`` and one per kind).
-        row: extra columns hooks add to this step's log row (``val_score``).
-        lr: the learning rate after the last step.
-        val_score: the latest validation score.
-        last_saved: the iteration of the latest checkpoint (0: none).
-    """
-
-    cfg: Config
-    run: Path
-    model: torch.nn.Module
-    net: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    world: ddp.World
-    total: int
-    class_names: list[str]
-    data_stats: dict | None
-    hooks: list[HookBase] = field(default_factory=list)
-    iteration: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    row: dict[str, float] = field(default_factory=dict)
-    lr: float = 0.0
-    val_score: float | None = None
-    last_saved: int = 0
-    say: Callable[[str], None] = print
-
-    @property
-    def amp(self) -> bool:
-        """Whether the steps run in mixed precision (:func:`_uses_amp`)."""
-        return _uses_amp(self.cfg.train, self.device)
-
-    def train(
-        self, loader: Iterable, start: int, stop_after: int | None, progress: bool
-    ) -> tuple[int, float]:
-        """The loop itself: every hook's ``before_train``, then a step and every hook's
-        ``after_step`` per batch, then every ``after_train`` once the loader ends. Stops
-        early, with a checkpoint, after ``stop_after`` steps. Returns ``(iterations done,
-        the last loss)``."""
-        from tqdm import tqdm
-
-        self.iteration = self.last_saved = start
-        # Closed on any way out (an error included), so a one-line error never shares
-        # the bar's line.
-        with tqdm(
-            total=self.total,
-            initial=start,
-            desc="training" if self.world.size == 1 else f"training ({self.world.size} processes)",
-            unit="it",
-            disable=not (progress and self.world.main),
-            dynamic_ncols=True,
-        ) as bar:
-            self.say = bar.write
-            self.net.train()
-            for hook in self.hooks:
-                hook.before_train(self)
-            loss_value = float("nan")
-            for it, (images, targets) in enumerate(loader, start=start):
-                if stop_after is not None and it - start >= stop_after:
-                    self.save_checkpoint()
-                    return it, loss_value
-                loss_value = self.run_step(it, images, targets)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self.lr:.2e}")
-                for hook in self.hooks:
-                    hook.after_step(self)
-        for hook in self.hooks:
-            hook.after_train(self)
-        return self.total, loss_value
-
-    def run_step(self, it: int, images: list[torch.Tensor], targets: list[dict]) -> float:
-        """One optimisation step on this rank's batch (iteration ``it``, 0-based): the
-        losses (weighted by the schedule of ``train.loss_decay``), all-reduced for the
-        log and the divergence check, then backward, clipping and the optimizer and LR
-        steps. Sets ``iteration``, ``lr``, ``metrics``; returns the mean loss.
-
-        Raises:
-            TrainingDiverged: the all-reduced loss is not finite (every rank stops).
-        """
-        t = self.cfg.train
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [
-            {k: v.to(self.device, non_blocking=True) for k, v in tg.items()} for tg in targets
-        ]
-        with torch.autocast(self.device.type, enabled=self.amp):
-            losses = self.net(images, targets)
-        losses = {k: v.float() for k, v in losses.items()}
-        loss = combine_losses(losses, loss_weights(it / t.iterations, t.loss_decay))
-        # One all-reduce gives every rank the same view: the logged means and the
-        # NaN check (a rank that stopped alone would leave the others waiting).
-        kinds = losses_by_kind(losses)
-        stats = ddp.mean(
-            torch.tensor(
-                [loss.item(), *[kinds.get(k, 0.0) for k in LOSS_NAMES]], device=self.device
-            ),
-            self.world,
-        ).tolist()
-        if not math.isfinite(stats[0]):
-            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            saved = (
-                f"The last good checkpoint is {self.run / files.CHECKPOINT} "
-                f"(iteration {self.last_saved})"
-                if self.last_saved > 0
-                else "No checkpoint was written before it"
-            )
-            raise TrainingDiverged(
-                f"loss became {stats[0]} at iteration {it + 1} ({bad}); stopped. {saved}. "
-                "Lower train.lr or check the data"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if t.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], t.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.iteration, self.lr, self.row = it + 1, self.scheduler.get_last_lr()[0], {}
-        self.metrics = {
-            "loss": stats[0],
-            **{k: v for k, v in zip(LOSS_NAMES, stats[1:], strict=True) if k in kinds},
-        }
-        return stats[0]
-
-    def restore(self, state: dict) -> int:
-        """Load a checkpoint's model, optimizer, scheduler, scaler, hook states and
-        every rank's RNG state; returns the iteration it was written at."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        for hook in self.hooks:
-            if hook.state_key:
-                hook.load_state_dict(state[hook.state_key])
-        _restore_rng(state["rng"], self.world, self.run)
-        return int(state["iteration"])
-
-    def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
-        rng_states = ddp.gather(rng.rng_state(), self.world)
-        if self.world.main:
-            files.save(
-                {
-                    **files.final_state(
-                        self.model.state_dict(), self.cfg, self.class_names, self.data_stats
-                    ),
-                    **{h.state_key: h.state_dict() for h in self.hooks if h.state_key},
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "rng": rng_states,
-                    "iteration": self.iteration,
-                },
-                self.run / files.CHECKPOINT,
-            )
-        self.last_saved = self.iteration
 
 
 def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None]:
@@ -483,11 +300,6 @@ def _loader(
     )
 
 
-def _uses_amp(t: TrainConfig, device: torch.device) -> bool:
-    """Mixed precision: asked for (``train.amp``) and on CUDA, where it pays."""
-    return t.amp and device.type == "cuda"
-
-
 def _optimizer(
     model: torch.nn.Module, t: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -503,14 +315,3 @@ def _optimizer(
         optimizer, lr_factor(t.schedule, t.iterations, t.warmup_fraction)
     )
     return optimizer, scheduler
-
-
-def _restore_rng(saved: dict | list, world: ddp.World, run: Path) -> None:
-    """Set this rank's RNG state from a checkpoint (one state per rank that wrote it)."""
-    states = saved if isinstance(saved, list) else [saved]
-    if len(states) != world.size and world.main:
-        print(
-            f"note: {run} was checkpointed by {len(states)} process(es), resuming with "
-            f"{world.size}: training continues, but not bit-exactly"
-        )
-    rng.set_rng_state(states[min(world.rank, len(states) - 1)])
