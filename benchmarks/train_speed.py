@@ -135,7 +135,11 @@ def _worker(
     model = model.to(dev) if rgb else place_for_training(model, dev)
     if rgb:
         images = [im.expand(3, -1, -1).contiguous() for im in images]
-    targets = [{**t, "labels": t["labels"] + 1} if rgb else t for t in targets]  # tv: 0 = bg
+    # torchvision's heads read "labels", 0 = background; ours "classes", 0 = the first
+    targets = [
+        {"boxes": t["boxes"], "labels": t["classes"] + 1, "masks": t["masks"]} if rgb else t
+        for t in targets
+    ]
     images = [im.to(dev) for im in images]
     targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -253,7 +253,7 @@ def test_rpn_learns_cells_by_a_wide_margin():
         img, boxes = _many_cells(seed)
         target = {
             "boxes": boxes,
-            "labels": torch.zeros(len(boxes), dtype=torch.int64),
+            "classes": torch.zeros(len(boxes), dtype=torch.int64),
             "masks": torch.zeros(len(boxes), *img.shape[1:], dtype=torch.uint8),
         }
         for k, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):

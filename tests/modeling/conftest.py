@@ -31,7 +31,7 @@ def two_cells(h=64, w=96):
     masks[1, 40:58, 50:70] = 1
     target = {
         "boxes": torch.tensor([[10.0, 10, 30, 22], [50, 40, 70, 58]]),
-        "labels": torch.tensor([0, 1]),
+        "classes": torch.tensor([0, 1]),
         "masks": masks,
     }
     return img, target

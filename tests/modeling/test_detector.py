@@ -51,7 +51,7 @@ def test_overfits_two_cells_and_predicts_them(arch):
 def _flip_target(t, w):
     boxes = t["boxes"].clone()
     boxes[:, [0, 2]] = w - t["boxes"][:, [2, 0]]
-    return {"boxes": boxes, "labels": t["labels"], "masks": t["masks"].flip(-1)}
+    return {"boxes": boxes, "classes": t["classes"], "masks": t["masks"].flip(-1)}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -60,7 +60,7 @@ def test_empty_targets_train_and_empty_images_predict(arch):
     img = torch.full((1, 40, 50), 0.5)
     empty = {
         "boxes": torch.zeros(0, 4),
-        "labels": torch.zeros(0, dtype=torch.int64),
+        "classes": torch.zeros(0, dtype=torch.int64),
         "masks": torch.zeros(0, 40, 50, dtype=torch.uint8),
     }
     model.train()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellstack.errors import CellstackError, DataError
-from cellstack.fileio import atomic_write, read_text
+from cellstack.errors import DataError
+from cellstack.fileio import atomic_write
 
 #: Containers deeper than this are refused before a json file is parsed: a COCO file
 #: needs 5 (file, annotations, annotation, polygons, polygon), and the streamed parser
@@ -324,13 +324,3 @@ def write_coco_instances(
                 f.write((", " if n > 1 else "") + json.dumps(entry))
         names = [{"id": i + 1, "name": name} for i, name in enumerate(categories)]
         f.write('], "categories": ' + json.dumps(names) + "}")
-
-
-def read_json(path: str | Path):
-    """Parse a json file (UTF-8) with one-line errors naming it."""
-    try:
-        return json.loads(read_text(path, "json file"))
-    except CellstackError as exc:
-        raise DataError(str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid json ({exc})") from None

@@ -10,7 +10,7 @@ a run resumed at iteration ``k`` sees exactly the samples it would have seen, wh
 the number of data-loader workers or processes.
 
 Images are served as float32[1, H, W] in [0, 1] (grayscale; colour is averaged); targets
-as ``boxes`` float32[N, 4] xyxy (pixel ``(y, x)`` spans ``[x, x+1)``), ``labels``
+as ``boxes`` float32[N, 4] xyxy (pixel ``(y, x)`` spans ``[x, x+1)``), ``classes``
 int64[N] class indices and ``masks`` uint8[N, H, W].
 """
 
@@ -60,13 +60,13 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def make_target(masks: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+def make_target(masks: np.ndarray, classes: np.ndarray) -> dict[str, torch.Tensor]:
     """Target dict from masks uint8[N, H, W] and class indices int[N]; empty masks dropped."""
     keep = masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
-    masks, labels = masks[keep], np.asarray(labels)[keep]
+    masks, classes = masks[keep], np.asarray(classes)[keep]
     return {
         "boxes": torch.from_numpy(boxes_from_masks(masks)),
-        "labels": torch.as_tensor(labels, dtype=torch.int64),
+        "classes": torch.as_tensor(classes, dtype=torch.int64),
         "masks": torch.from_numpy(np.ascontiguousarray(masks)),
     }
 

@@ -48,10 +48,6 @@ class ImageRecord:
     def shape(self) -> tuple[int, int]:
         return (self.height, self.width)
 
-    @property
-    def has_annotations(self) -> bool:
-        return self.rles is not None or self.label_path is not None or self.mask_path is not None
-
     def for_training(self) -> ImageRecord:
         """This record with its cleaned training masks in place of the raw ones, if any."""
         if self.train_mask_path is None:

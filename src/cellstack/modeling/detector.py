@@ -143,7 +143,7 @@ class CellDetector(nn.Module):
         for Mask R-CNN, ``s0.cls ... s2.mask`` for cascades, ``semantic`` for HTC).
         Inference: one Instances per image.
 
-        Targets per image: ``boxes`` float32[N, 4] xyxy, ``labels`` int64[N] class index,
+        Targets per image: ``boxes`` float32[N, 4] xyxy, ``classes`` int64[N] class index,
         ``masks`` uint8[N, H, W]. ``box_params`` (inference only) replaces the model's
         own box selection for this call.
         """

@@ -110,7 +110,7 @@ class RoIHeads(nn.Module):
         Args:
             feats: from :meth:`prepare`.
             proposals: per image float[P_i, 4] xyxy, detached.
-            targets: per image ``boxes`` float32[N, 4], ``labels`` int64[N], ``masks``
+            targets: per image ``boxes`` float32[N, 4], ``classes`` int64[N], ``masks``
                 uint8[N, H, W].
             image_sizes: per image (height, width) before padding.
         """

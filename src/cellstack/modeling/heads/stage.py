@@ -69,7 +69,7 @@ class RoIStage(nn.Module):
             else:
                 match = self.matcher(box_ops.box_iou(gt_boxes, props))
                 matched = match.clamp(min=0)
-                labels = target["labels"][matched] + 1
+                labels = target["classes"][matched] + 1
                 labels[match < 0] = 0
             pos, neg = self.sampler([labels])
             keep = torch.nonzero(pos[0] | neg[0]).squeeze(1)
