@@ -15,7 +15,7 @@ from cellstack.inference.postprocess import (
     convex_refill,
     postprocess,
 )
-from cellstack.inference.tune import TuneGrid, score_grid, tune_thresholds
+from cellstack.inference.tune import TuneGrid, calibrate, score_grid
 from cellstack.structures import Instances
 
 SIZE = (64, 80)
@@ -71,7 +71,7 @@ def test_tune_improves_on_bad_thresholds_and_never_lowers_the_score():
         rles = rle.encode_labels(truth)[1]
         records.append(ImageRecord(f"im{seed}", Path("x.png"), *SIZE, cell_type="astro", rles=rles))
     bad = Thresholds(PostprocessParams(score_thresh=0.85, mask_nms_iou=0.9))
-    result = tune_thresholds(raws, records, ("cort", "astro"), bad, progress=False)
+    result = calibrate(lambda _: raws, records, ("cort", "astro"), bad, progress=False)
     assert result.after > result.before
     assert result.after == pytest.approx(1.0)  # the grid can drop every false positive
     tuned = result.thresholds.per_type["astro"]
@@ -82,7 +82,7 @@ def test_tune_improves_on_bad_thresholds_and_never_lowers_the_score():
     # Of the points that reach 1.0, the nearest to the current thresholds: a confidence
     # of 0.45 drops the duplicates, so the mask NMS stays where it was.
     assert tuned.score_thresh == 0.45 and tuned.mask_nms_iou == 0.9
-    again = tune_thresholds(raws, records, ("cort", "astro"), result.thresholds, progress=False)
+    again = calibrate(lambda _: raws, records, ("cort", "astro"), result.thresholds, progress=False)
     assert again.after >= again.before == pytest.approx(result.after)
 
 
@@ -164,7 +164,7 @@ def test_a_run_trained_at_a_scale_is_tuned_on_its_images_at_that_scale(base_run,
         full = load_sample(rec)[1]
         assert abs(truth.sum() - (full > 0).sum() / 4) < 0.1 * (full > 0).sum() / 4
         assert truth_at(rec, rec.shape).shape == (len(rec.rles), rec.shape[0] * rec.shape[1])
-    result = tune_thresholds(raws, records, src.class_names, src.thresholds, progress=False)
+    result = calibrate(lambda _: raws, records, src.class_names, src.thresholds, progress=False)
     assert result.after >= result.before
 
 
@@ -260,7 +260,7 @@ def test_one_image_is_searched_as_its_four_quadrants():
     current = Thresholds(PostprocessParams(score_thresh=0.3))
     scored = score_images([raw], [sparse], ("cort", "astro"), current, grid, progress=False)
     assert scored.units == "tiles" and scored.scores.shape == (4, 2)
-    result = tune_thresholds([raw], [sparse], ("cort", "astro"), current, grid, progress=False)
+    result = calibrate(lambda _: [raw], [sparse], ("cort", "astro"), current, grid, progress=False)
     assert result.units == "tiles" and not np.isnan(result.loo)
     assert "leave-one-tile-out" in result.table()
 
@@ -274,3 +274,23 @@ def test_candidate_scales_start_at_the_models_own_and_centre_on_the_labels_size(
     assert candidate_scales(1.0, 30.0, 30.0) == (1.0, round(2**-0.25, 4), round(2**0.25, 4))
     assert candidate_scales(1.0, None, 15.0)[0] == 1.0  # unknown size: around its own
     assert max(candidate_scales(1.0, 30.0, 0.1)) == 16.0  # within the resize limits
+
+
+def test_the_api_and_the_folder_calibrate_the_same_images_alike(base_run, base_data):
+    """One calibration routine: ``Segmenter.optimize_thresholds`` on arrays and
+    ``cellstack tune``'s search on the folder give one result, scale search included."""
+    import cellstack
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.sartorius import read_train_csv
+    from cellstack.inference.run import calibrate_source
+    from cellstack.inference.sources import load_source
+
+    records = read_train_csv(base_data / "train.csv")[:2]
+    folder = calibrate_source(load_source(base_run), records, device="cpu", progress=False)
+    samples = [load_sample(r) for r in records]
+    seg = cellstack.Segmenter.load(base_run, device="cpu")
+    _, api = seg.optimize_thresholds([s[0] for s in samples], [s[1] for s in samples])
+    assert len(folder.scales) > 1  # the scale was searched
+    assert api.scales == folder.scales and api.scale == folder.scale
+    assert api.thresholds == folder.thresholds
+    assert api.before == pytest.approx(folder.before) and api.after == pytest.approx(folder.after)

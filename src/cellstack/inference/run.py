@@ -23,15 +23,7 @@ from cellstack.inference.export import (
     check_unique_outputs,
     remove_outputs,
 )
-from cellstack.inference.tune import (
-    TuneGrid,
-    TuneResult,
-    candidate_scales,
-    choose,
-    grid_with,
-    score_images,
-    tune_thresholds,
-)
+from cellstack.inference.tune import TuneGrid, TuneResult, calibrate
 
 if TYPE_CHECKING:
     from cellstack.config import Config
@@ -351,7 +343,7 @@ def dry_run(
     )
 
 
-def calibrate(
+def calibrate_source(
     src,
     records: Sequence[ImageRecord],
     *,
@@ -360,9 +352,9 @@ def calibrate(
     device: str = "auto",
     progress: bool = True,
 ) -> TuneResult:
-    """Calibrate a model to annotated images without training: the thresholds of
-    :meth:`TuneGrid.for_objects` per cell type and, with ``scales``, the resize factor
-    (:func:`candidate_scales`: the labels' median diameter against the model's).
+    """:func:`~cellstack.inference.tune.calibrate` a model to annotated records: the
+    thresholds of :meth:`TuneGrid.for_objects` per cell type and, with ``scales``, the
+    resize factor.
 
     Args:
         src: a :class:`~cellstack.inference.sources.Source`, or what
@@ -374,31 +366,24 @@ def calibrate(
     Returns:
         The search; ``result.scale`` is the factor to predict at.
     """
-    from cellstack.data.stats import median_diameter
-    from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import Source, load_source, resize_factor
 
     if not isinstance(src, Source):
         src = load_source(src)
     if not records:
         raise CellstackError("calibration needs at least one annotated image")
-    current = resize_factor(src, None, None)
-    factors = (current,)
-    if scales and src.diameter:
-        folders = sorted({str(r.image_path.parent) for r in records})
-        where = f"the {len(records)} annotated images of {', '.join(folders[:2])}"
-        labels = median_diameter([r.sparse_masks() for r in records], where)
-        factors = candidate_scales(current, src.diameter, labels)
-    grid = grid_with(grid or TuneGrid.for_objects(src.area_p1), src.thresholds)
-    scored = []
-    for s in factors:
-        raws = raw_predictions(src, records, device=device, scale=s, progress=progress)
-        scored.append(
-            score_images(
-                raws, records, src.class_names, src.thresholds, grid, scale=s, progress=progress
-            )
-        )
-    return choose(scored, grid, src.thresholds)
+    folders = sorted({str(r.image_path.parent) for r in records})
+    return calibrate(
+        lambda s: raw_predictions(src, records, device=device, scale=s, progress=progress),
+        records,
+        src.class_names,
+        src.thresholds,
+        grid or TuneGrid.for_objects(src.area_p1),
+        scale=resize_factor(src, None, None),
+        diameter=src.diameter if scales else None,
+        where=f"the {len(records)} annotated images of {', '.join(folders[:2])}",
+        progress=progress,
+    )
 
 
 def run_tune(
@@ -454,7 +439,7 @@ def run_tune(
         )
     records = _fold_records(load_dataset(data), data, fold)
     grid = grid or TuneGrid.for_objects(src.area_p1)
-    result = calibrate(
+    result = calibrate_source(
         src, records, grid=grid, scales=out is not None, device=device, progress=progress
     )
     what = f"{len(records)} images of {data}" + (f" (fold {fold})" if fold is not None else "")
@@ -602,8 +587,13 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     # line beat thresholds.yaml).
     current = resolve_thresholds(cfg, overrides, tuned=cv.path / THRESHOLDS)
     grid = grid or TuneGrid.for_objects(trained_sizes(cv.fold_run(0))["area_p1"])
-    result = tune_thresholds(
-        [raws[r.image_id] for r in records], records, class_names, current, grid, progress
+    result = calibrate(
+        lambda _: [raws[r.image_id] for r in records],
+        records,
+        class_names,
+        current,
+        grid,
+        progress=progress,
     )
     path = cv.path / THRESHOLDS
     write_thresholds(
@@ -650,8 +640,14 @@ def tune_run_thresholds(
     area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
     grid = TuneGrid.for_objects(area)
     src = Source.of_model(model, cfg, current)
-    raws = raw_predictions(src, records, device=device, progress=False)
-    result = tune_thresholds(raws, records, src.class_names, current, grid, progress=False)
+    result = calibrate(
+        lambda _: raw_predictions(src, records, device=device, progress=False),
+        records,
+        src.class_names,
+        current,
+        grid,
+        progress=False,
+    )
     per_type = {k: g["images"] for k, g in result.groups.items() if k != "all"}
     if all(n >= 4 for n in per_type.values()):
         chosen, before, after = result.thresholds, result.before, result.after

@@ -28,25 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellstack.data.dataset import rescale_sample
+from cellstack.data.dataset import rescale_image
 from cellstack.data.images import PlaneSpec, gray_planes, read_planes, select_planes
 from cellstack.data.limits import check_image_size
-from cellstack.data.masks import pixels_to_labels, sparse_from_labels
-from cellstack.data.stats import median_diameter
+from cellstack.data.masks import pixels_to_labels
 from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.ensemble import Ensemble
 from cellstack.inference.postprocess import Thresholds
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.result import Result, object_table
 from cellstack.inference.sources import Source, load_source, resize_factor
-from cellstack.inference.tune import (
-    TuneGrid,
-    TuneResult,
-    candidate_scales,
-    choose,
-    grid_with,
-    score_images,
-)
+from cellstack.inference.tune import TuneGrid, TuneResult, calibrate
 from cellstack.structures import Instances
 
 
@@ -378,27 +370,17 @@ class Segmenter:
                 )
             planes.append(plane)
             truths.append(label.astype(np.int64))
-        factors = (self.scale,)
-        if scales and self.source.diameter:
-            diameter = median_diameter(
-                [sparse_from_labels(t) for t in truths], f"the {len(truths)} label images"
-            )
-            factors = candidate_scales(self.scale, self.source.diameter, diameter)
-        current = self.predictor.thresholds
-        grid = grid_with(TuneGrid.for_objects(self.source.area_p1), current)
-        scored = []
-        for factor in factors:
-            raws, sparse = [], []
-            for plane, truth in zip(planes, truths, strict=True):
-                plane, truth = rescale_sample(plane, truth, factor)  # as the model sees it
-                raws.extend(self.raw([plane]))
-                sparse.append(sparse_from_labels(truth))
-            scored.append(
-                score_images(
-                    raws, sparse, self.class_names, current, grid, scale=factor, progress=progress
-                )
-            )
-        result = choose(scored, grid, current)
+        result = calibrate(
+            lambda factor: [raw for p in planes for raw in self.raw([rescale_image(p, factor)])],
+            truths,
+            self.class_names,
+            self.predictor.thresholds,
+            TuneGrid.for_objects(self.source.area_p1),
+            scale=self.scale,
+            diameter=self.source.diameter if scales else None,
+            where=f"the {len(truths)} label images",
+            progress=progress,
+        )
         return self._sharing_model(scale=result.scale, thresholds=result.thresholds), result
 
     def _planes(

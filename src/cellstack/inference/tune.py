@@ -1,6 +1,9 @@
 """``cellstack tune``: search post-processing thresholds per cell type on annotated images.
 
-The model (or ensemble) runs once per image; its raw detections (boxes, scores, labels,
+:func:`calibrate` is the one calibration routine: ``cellstack tune``, the API's
+``Segmenter.optimize_thresholds``, training's automatic thresholds and the tuning of a
+CV folder all call it (the first two with the scale search on). The model (or
+ensemble) runs once per image and candidate scale; its raw detections (boxes, scores, labels,
 RoI mask probabilities) are kept and every threshold combination is scored from them
 without re-running anything:
 
@@ -32,7 +35,7 @@ for images the search did not see (:class:`_Search`):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -61,6 +64,11 @@ KEYS = ("mask_thresh", "mask_offset", "mask_nms_iou", "min_size", "score_thresh"
 #: Scales searched around the one that gives the labels' cells the model's size: the
 #: factors 2**-0.25, 1 and 2**0.25 of it (a median diameter is known to about 20%).
 SCALE_STEPS = (2**-0.25, 1.0, 2**0.25)
+
+#: What a calibration scores against, per image: an annotated record, an int[H, W] label
+#: image at the image's own size, or truth masks (sparse bool[N, H*W]) at the size of
+#: the detections.
+Truth = ImageRecord | np.ndarray | sp.csr_matrix
 
 
 @dataclass(frozen=True)
@@ -344,7 +352,7 @@ class _Search:
 
 def score_images(
     raws: list[Instances],
-    records: Sequence[ImageRecord | sp.csr_matrix],
+    truths: Sequence[Truth],
     class_names: Sequence[str],
     current: Thresholds,
     grid: TuneGrid,
@@ -357,10 +365,7 @@ def score_images(
     image gives the search an estimate of what it gains on data it did not see."""
     from tqdm import tqdm
 
-    pairs = [
-        (raw, truth_at(rec, raw.image_size) if isinstance(rec, ImageRecord) else rec)
-        for raw, rec in zip(raws, records, strict=True)
-    ]
+    pairs = [(raw, truth_at(t, raw.image_size)) for raw, t in zip(raws, truths, strict=True)]
     units = "images"
     if len(pairs) == 1:
         pairs, units = quadrants(*pairs[0]), "tiles"
@@ -459,28 +464,48 @@ def choose(scored: list[_Scored], grid: TuneGrid, current: Thresholds) -> TuneRe
     )
 
 
-def tune_thresholds(
-    raws: list[Instances],
-    records: Sequence[ImageRecord | sp.csr_matrix],
+def calibrate(
+    raw_at: Callable[[float], list[Instances]],
+    truths: Sequence[Truth],
     class_names: Sequence[str],
     current: Thresholds,
     grid: TuneGrid | None = None,
+    *,
+    scale: float = 1.0,
+    diameter: float | None = None,
+    where: str = "the annotated images",
     progress: bool = True,
 ) -> TuneResult:
-    """Search the grid per predicted cell type (see the module docstring), at the scale
-    the detections were made at.
+    """Calibrate a model to annotated images without training: for each candidate
+    scale, its raw detections once, every grid point scored from them per unit, then
+    the choice of :func:`choose` (see the module docstring).
 
     Args:
-        raws: raw detections per image (:meth:`Segmenter.raw`).
-        records: the annotated images, or their truth masks as sparse bool[N, H*W]
-            (:func:`~cellstack.data.masks.sparse_from_labels`), in the same order.
+        raw_at: the model's raw detections (:meth:`Segmenter.raw`) of every image, in
+            ``truths``' order, with the images resized by the factor given.
+        truths: one per image (:data:`Truth`).
         class_names: the model's cell types; current: the thresholds to start from
             (always part of the grid); grid: default :meth:`TuneGrid.for_objects` with
             the training objects' sizes unknown.
+        scale: the model's own resize factor, searched first (the point to beat).
+        diameter: the median cell diameter the model trained on: the scale is searched
+            too (:func:`candidate_scales`, around the factor that gives the truths'
+            median cell that size); None: at ``scale`` only.
+        where: the truths, for a message that they hold no cell.
     """
+    from cellstack.data.stats import median_diameter
+
+    factors = (scale,)
+    if diameter:
+        factors = candidate_scales(
+            scale, diameter, median_diameter([_sparse(t) for t in truths], where)
+        )
     grid = grid_with(grid, current)
-    scored = score_images(raws, records, class_names, current, grid, progress=progress)
-    return choose([scored], grid, current)
+    scored = [
+        score_images(raw_at(f), truths, class_names, current, grid, scale=f, progress=progress)
+        for f in factors
+    ]
+    return choose(scored, grid, current)
 
 
 def candidate_scales(current: float, model_diameter: float | None, labels_diameter: float):
@@ -500,15 +525,29 @@ def candidate_scales(current: float, model_diameter: float | None, labels_diamet
     return tuple(out)
 
 
-def truth_at(rec: ImageRecord, size: tuple[int, int]) -> sp.csr_matrix:
-    """A record's truth masks, sparse bool[N, h*w], at ``size`` (h, w): the pixels of
-    raw detections made at the model's scale (nearest neighbour, as training resizes
-    labels); its own masks when the sizes agree."""
+def truth_at(truth: Truth, size: tuple[int, int]) -> sp.csr_matrix:
+    """Truth masks, sparse bool[N, h*w], at ``size`` (h, w): the pixels of raw
+    detections made at the model's scale (nearest neighbour, as training resizes
+    labels); the truth's own masks when the sizes agree (sparse masks are taken as
+    they are: they carry no size)."""
     from cellstack.data.dataset import resize_labels
     from cellstack.data.masks import sparse_from_labels, sparse_to_labels
 
-    masks = rec.sparse_masks()
-    if tuple(size) == tuple(rec.shape):
+    if isinstance(truth, sp.csr_matrix):
+        return truth
+    if isinstance(truth, np.ndarray):
+        return sparse_from_labels(resize_labels(truth, size))
+    masks = truth.sparse_masks()
+    if tuple(size) == tuple(truth.shape):
         return masks
     # The masks already read, painted and resized: the image itself is not read again.
-    return sparse_from_labels(resize_labels(sparse_to_labels(masks, rec.shape), size))
+    return sparse_from_labels(resize_labels(sparse_to_labels(masks, truth.shape), size))
+
+
+def _sparse(truth: Truth) -> sp.csr_matrix:
+    """Truth masks, sparse bool[N, H*W], at the truth's own size."""
+    from cellstack.data.masks import sparse_from_labels
+
+    if isinstance(truth, ImageRecord):
+        return truth.sparse_masks()
+    return sparse_from_labels(truth) if isinstance(truth, np.ndarray) else truth
