@@ -90,7 +90,7 @@ def test_widget_inputs_are_checked_before_any_model_loads(base_run, tmp_path):
         ((None, str(base_run), None, "im"), "no image layer selected"),
         ((image, "", None, "im"), "choose a model"),
         ((image, str(tmp_path / "missing"), None, "im"), "not a built-in model"),
-        ((image, str(base_run), -1.0, "im"), "cell diameter must be positive"),
+        ((image, str(base_run), -1.0, "im"), "diameter must be a positive finite number"),
         ((np.zeros((2, 2, 2, 2, 2)), str(base_run), None, "im"), "has 5 dimensions"),
     ]
     for args, match in cases:

@@ -88,6 +88,7 @@ def check_inputs(
             model that is neither a built-in nor an existing path.
     """
     from cellstack.errors import CellstackError
+    from cellstack.inference.sources import resize_factor
     from cellstack.modeling.builtin import builtin_names, resolve_run
 
     if data is None:
@@ -102,8 +103,8 @@ def check_inputs(
             f"{model}: not a built-in model ({', '.join(builtin_names())}) and no such run "
             "folder or ensemble YAML"
         )
-    if diameter is not None and not diameter > 0:
-        raise CellstackError(f"cell diameter must be positive (0 = as trained), got {diameter}")
+    if diameter is not None:
+        resize_factor(None, diameter, None)  # the one check predict and the API make
     ndim = np.ndim(data)
     axes = ("YXS" if ndim == 3 else None) if rgb else AXES_BY_NDIM.get(ndim)
     if axes is None:

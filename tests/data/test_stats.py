@@ -6,7 +6,7 @@ from cellstack.data.images import write_png
 from cellstack.data.labels import write_label_tiff
 from cellstack.data.layouts import load_dataset
 from cellstack.data.stats import derive, measure
-from cellstack.errors import DataError
+from cellstack.errors import CellstackError, DataError
 
 
 def _discs(tmp_path, diameter: int, n_images: int = 2, shape=(200, 240)):
@@ -81,3 +81,31 @@ def test_auto_is_the_only_string_accepted():
 
     with pytest.raises(ConfigError, match="expected a number or 'auto'"):
         load_config(None, ["data.crop_size=big"])
+
+
+def test_every_scale_rule_shares_one_ratio_and_one_limit():
+    """The trained/given diameter ratio and the 1/16..16 limit are decided once: a
+    finetuning's inherited ``data.scale``, a calibration's scale search and predict's
+    ``--diameter`` all go through them."""
+    import dataclasses
+
+    from cellstack.config.schema import MAX_RESIZE
+    from cellstack.data.stats import ObjectStats, inherit_sizes, size_ratio, within_resize_limit
+    from cellstack.inference.sources import resize_factor
+    from cellstack.inference.tune import candidate_scales
+
+    assert size_ratio(26.0, 13.0) == 2.0
+    assert within_resize_limit(100.0) == MAX_RESIZE[1]
+    assert within_resize_limit(1e-6) == MAX_RESIZE[0]
+    assert max(candidate_scales(1.0, 1000.0, 1.0)) == MAX_RESIZE[1]
+    assert min(candidate_scales(1.0, 1.0, 1000.0)) == MAX_RESIZE[0]
+    # Cells 1,000 times smaller than the source's: the inherited scale stops at the limit.
+    names = [f.name for f in dataclasses.fields(ObjectStats)]
+    tiny = ObjectStats(**dict.fromkeys(names, 1.0))
+    cfg = load_config(None, ["data.scale=auto"])
+    inherited, _ = inherit_sizes(cfg, tiny, load_config(None), {"diameter_median": 1000.0})
+    assert inherited.data.scale == MAX_RESIZE[1]
+    # --diameter past the limit is refused by the same limit.
+    source = type("S", (), {"diameter": 1000.0, "cfg": cfg})()
+    with pytest.raises(CellstackError, match="outside 0.0625..16"):
+        resize_factor(source, 1.0, None)

@@ -29,6 +29,13 @@ AUTO_KEYS = (
 )
 
 
+#: The resize factors an image may get before the model (``data.scale``, predict's
+#: ``--scale``/``--diameter``, a calibration's scale search, finetuning's inherited
+#: scale): beyond them an image becomes a few pixels or far more than memory holds,
+#: never a meaningful request.
+MAX_RESIZE = (1 / 16, 16.0)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One check of a section: ``ok(section)``, or a :class:`ConfigError` saying
@@ -251,7 +258,7 @@ class DataConfig:
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(lambda s: at_least(s.crop_size, 32), "{p}crop_size must be at least 32"),
         Rule(
-            lambda s: s.scale == AUTO or 1 / 16 <= s.scale <= 16,
+            lambda s: s.scale == AUTO or MAX_RESIZE[0] <= s.scale <= MAX_RESIZE[1],
             "{p}scale must be in 1/16..16 or auto",
         ),
         Rule(lambda s: s.folds >= 2, "{p}folds must be at least 2"),

@@ -224,13 +224,29 @@ INHERITED = (
 )
 
 
+def size_ratio(trained: float, given: float) -> float:
+    """The resize factor that brings cells ``given`` px across to the ``trained`` px a
+    model learnt (both median equivalent diameters), within
+    :data:`~cellstack.config.schema.MAX_RESIZE` (unclipped: the caller decides whether
+    a factor outside is an error or a bound)."""
+    return trained / given
+
+
+def within_resize_limit(factor: float) -> float:
+    """``factor`` clipped to :data:`~cellstack.config.schema.MAX_RESIZE`."""
+    from cellstack.config.schema import MAX_RESIZE
+
+    return float(np.clip(factor, *MAX_RESIZE))
+
+
 def inherit_sizes(
     cfg: Config, stats: ObjectStats, source: Config, source_stats: dict | None
 ) -> tuple[Config, dict[str, object]]:
     """``cfg`` for finetuning from a run trained with ``source`` on objects described by
     ``source_stats`` (its ``data_stats.json``): every ``auto`` of :data:`INHERITED`
     takes the source's value, and ``data.scale: auto`` becomes the factor that brings
-    these objects' median diameter to the source's (within 1/16..16), so the
+    these objects' median diameter to the source's (:func:`size_ratio`, within the
+    resize limit), so the
     pretrained model sees objects at the size it learnt instead of re-deriving sizes
     for them. Returns the config and ``{dotted key: value}`` of what it set.
     """
@@ -246,6 +262,6 @@ def inherit_sizes(
         if node[last] == AUTO and src_node[last] != AUTO:
             node[last] = out[key] = src_node[last]
     if cfg.data.scale == AUTO and source_stats and source_stats.get("diameter_median"):
-        factor = float(source_stats["diameter_median"]) / stats.diameter_median
-        data["data"]["scale"] = out["data.scale"] = round(float(np.clip(factor, 1 / 16, 16)), 3)
+        factor = size_ratio(float(source_stats["diameter_median"]), stats.diameter_median)
+        data["data"]["scale"] = out["data.scale"] = round(within_resize_limit(factor), 3)
     return config_from_dict(data), out

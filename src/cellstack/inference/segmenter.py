@@ -84,7 +84,6 @@ class Segmenter:
         from cellstack import ddp
 
         self.source = source
-        self.scale = resize_factor(source, diameter, scale)
         p = source.cfg.predict
         self.batch_size = p.batch_size if batch_size is None else batch_size
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -96,7 +95,7 @@ class Segmenter:
             tile_size=p.tile_size,
             tile_overlap=p.tile_overlap,
             batch_size=self.batch_size,
-            scale=self.scale,
+            scale=resize_factor(source, diameter, scale),
             amp=p.amp,
         )
 
@@ -138,6 +137,11 @@ class Segmenter:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.source.class_names)
+
+    @property
+    def scale(self) -> float:
+        """The resize factor images get before the model (held once, by the predictor)."""
+        return self.predictor.scale
 
     @property
     def device(self) -> torch.device:
@@ -225,7 +229,7 @@ class Segmenter:
         out = copy.copy(self)
         out.predictor = copy.copy(self.predictor)
         if scale is not None:
-            out.scale = out.predictor.scale = scale
+            out.predictor.scale = scale
         if thresholds is not None:
             out.predictor.thresholds = thresholds
         return out

@@ -429,15 +429,15 @@ def _stage_settings(data: dict, model, where: str):
     return out
 
 
-#: The resize factors ``diameter``/``scale`` may give: beyond them an image becomes a few
-#: pixels or far more than memory holds, never a meaningful request.
-MAX_RESIZE = (1 / 16, 16.0)
-
-
 def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
-    """The resize factor for ``diameter`` or ``scale``, checked (1 when neither).
+    """The resize factor for ``diameter`` or ``scale``, checked (the run's trained
+    ``data.scale`` when neither): the one check of both arguments, wherever a user gives
+    them (the API, ``predict``, napari).
 
     ``source`` None checks the arguments only (before a model is loaded)."""
+    from cellstack.config.schema import MAX_RESIZE
+    from cellstack.data.stats import size_ratio
+
     if diameter is not None and scale is not None:
         raise CellstackError("give diameter or scale, not both")
     for name, value in (("diameter", diameter), ("scale", scale)):
@@ -462,7 +462,7 @@ def resize_factor(source: Source | None, diameter: float | None, scale: float | 
             "give scale instead of diameter"
         )
     else:
-        factor = source.diameter / diameter
+        factor = size_ratio(source.diameter, diameter)
     lo, hi = MAX_RESIZE
     if not lo <= factor <= hi:
         if diameter is not None:

@@ -512,14 +512,13 @@ def candidate_scales(current: float, model_diameter: float | None, labels_diamet
     """The resize factors a calibration searches: ``current`` first (the model's own),
     then :data:`SCALE_STEPS` around the factor that brings the labels' median diameter
     to the model's (around ``current`` when the model's is unknown), within
-    :data:`~cellstack.inference.sources.MAX_RESIZE`."""
-    from cellstack.inference.sources import MAX_RESIZE
+    :data:`~cellstack.config.schema.MAX_RESIZE`."""
+    from cellstack.data.stats import size_ratio, within_resize_limit
 
-    centre = current if not model_diameter else model_diameter / labels_diameter
-    lo, hi = MAX_RESIZE
+    centre = current if not model_diameter else size_ratio(model_diameter, labels_diameter)
     out = [current]
     for step in SCALE_STEPS:
-        s = float(np.clip(round(centre * step, 4), lo, hi))
+        s = within_resize_limit(round(centre * step, 4))
         if all(abs(np.log(s / x)) > 0.05 for x in out):
             out.append(s)
     return tuple(out)
