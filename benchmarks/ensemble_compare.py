@@ -98,7 +98,7 @@ def main() -> None:
     from cellstack.data.masks import pixels_to_sparse
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.postprocess import Thresholds, params_from
+    from cellstack.inference.postprocess import PostprocessParams, Thresholds
     from cellstack.inference.predictor import Predictor
     from cellstack.inference.sources import load_source
     from cellstack.inference.tta import FLIPS
@@ -109,7 +109,7 @@ def main() -> None:
     sources = [load_source(r) for r in args.runs]
     models = [s.model for s in sources]
     names = [f"{s.cfg.model.arch}" for s in sources]
-    thresholds = Thresholds(params_from(sources[0].cfg.predict))
+    thresholds = Thresholds(PostprocessParams.of(sources[0].cfg.predict))
     flips = tuple(FLIPS.values())
 
     def run(model) -> tuple[dict, float]:

@@ -44,3 +44,23 @@ def test_original_ensemble_lists_shipped_models_six_per_type():
 @pytest.mark.parametrize("path", [CONFIGS / "demo.yaml"])
 def test_demo_config_loads(path):
     assert load_config(path).train.iterations > 0
+
+
+def test_each_post_processing_key_is_defined_once():
+    """The predict section owns the post-processing keys: thresholds files, the tune
+    grid and override parsing take its fields, defaults and range rules."""
+    import dataclasses
+
+    from cellstack.config import PostprocessParams, PredictConfig
+    from cellstack.config.schema import POSTPROCESS_RULES
+    from cellstack.inference.sources import override_keys
+    from cellstack.inference.tune import KEYS
+
+    predict = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
+    for f in dataclasses.fields(PostprocessParams):
+        assert predict[f.name] == f.default, f.name
+    assert set(KEYS) <= set(predict)
+    assert all(rule in PredictConfig.RULES for rule in POSTPROCESS_RULES)
+    assert PostprocessParams.RULES is POSTPROCESS_RULES
+    # An override is read by the typed parser, spaces and all.
+    assert override_keys(["predict.score_thresh = 0.5", "train.lr=1"]) == ["score_thresh"]

@@ -233,7 +233,7 @@ def test_settings_per_call_apply_to_that_call_only(seg, plane):
         seg(plane, score_thresh="0.5")
     with pytest.raises(TypeError, match="min_size must be an integer"):
         seg(plane, min_size=2.5)
-    with pytest.raises(CellstackError, match="score_thresh out of range"):
+    with pytest.raises(CellstackError, match=r"score_thresh: must be in \[0, 1\], got 1.5"):
         seg(plane, score_thresh=1.5)
 
 

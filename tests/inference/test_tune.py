@@ -192,8 +192,8 @@ def test_an_outline_offset_grows_and_shrinks_by_a_share_of_each_cells_diameter()
     ((cut,),) = offset_masks([edge], size, (-0.1,))
     assert np.any(cut < size[1]) and len(cut) < len(edge)
     assert offset_masks([np.zeros(0, np.int64)], size, (0.2,))[0][0].size == 0
-    with pytest.raises(CellstackError, match="mask_offset out of range"):
-        PostprocessParams(mask_offset=0.6)
+    with pytest.raises(CellstackError, match="default.mask_offset out of range: 0.6"):
+        Thresholds(PostprocessParams(mask_offset=0.6))  # the config's rule, where made
 
 
 def test_leave_one_image_out_scores_each_image_with_what_the_others_chose():

@@ -244,3 +244,14 @@ def test_automatic_thresholds_of_a_run_that_learnt_nothing_stay_the_configs(cli,
     config = PredictConfig()
     for key in ("mask_thresh", "score_thresh", "mask_offset", "mask_nms_iou"):
         assert written[key] == getattr(config, key), key
+
+
+def test_matching_a_stack_of_no_mask_counts_no_object():
+    # The fuzzer's find: bool[0, H, W] once crashed reshaping an empty stack.
+    from cellstack.evaluation.matching import matching
+
+    empty = np.zeros((0, 4, 5), bool)
+    labels = np.zeros((4, 5), np.int32)
+    labels[1:3, 1:3] = 1
+    m = matching(labels, empty)
+    assert (m.n_true, m.n_pred, m.fn) == (1, 0, 1)

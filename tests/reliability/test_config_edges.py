@@ -12,7 +12,10 @@ from tests.conftest import FAST
     [
         ('default: {convex_refill: "no"}\n', "default.convex_refill: expected bool"),
         ("default: {min_size: big}\n", "default.min_size: expected int"),
-        ("per_type: {astro: {score_thresh: 2}}\n", "score_thresh out of range"),
+        (
+            "per_type: {astro: {score_thresh: 2}}\n",
+            "per_type.astro.score_thresh: must be in [0, 1]",
+        ),
         ("per_type: {astro: {mask_thres: 0.5}}\n", "unknown config key per_type.astro.mask_thres"),
         ("defaults: {}\n", "unknown key defaults"),
         ("per_type: [astro]\n", "per_type must be a mapping"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 #: A value derived from the training data when a run starts (see ``data/stats.py``).
@@ -325,6 +325,22 @@ class TrainConfig:
     )
 
 
+#: The post-processing keys' ranges, one rule each: the ``predict`` section's and every
+#: thresholds file's (:class:`PostprocessParams`) share these very rules. The other
+#: bounds (``score_thresh`` and ``mask_nms_iou`` in [0, 1], ``min_size`` >= 0) are the
+#: generic ones of :func:`~cellstack.config.checks.check_numbers`.
+POSTPROCESS_RULES: tuple[Rule, ...] = (
+    Rule(
+        lambda s: 0 < s.mask_thresh < 1,
+        lambda s, p: f"{p}mask_thresh out of range: {s.mask_thresh!r} (must be in (0, 1))",
+    ),
+    Rule(
+        lambda s: -0.5 <= s.mask_offset <= 0.5,
+        lambda s, p: f"{p}mask_offset out of range: {s.mask_offset!r} (must be in -0.5..0.5)",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Inference and post-processing (the original's order, see inference/postprocess).
@@ -369,8 +385,7 @@ class PredictConfig:
     amp: bool = True
 
     RULES: ClassVar[tuple[Rule, ...]] = (
-        Rule(lambda s: 0 < s.mask_thresh < 1, "{p}mask_thresh must be in (0, 1)"),
-        Rule(lambda s: -0.5 <= s.mask_offset <= 0.5, "{p}mask_offset must be in -0.5..0.5"),
+        *POSTPROCESS_RULES,
         Rule(lambda s: s.tile_overlap < s.tile_size, "{p}tile_overlap must be < tile_size"),
         Rule(lambda s: s.batch_size >= 1, "{p}batch_size must be at least 1"),
         Rule(lambda s: at_least(s.max_detections, 1), "{p}max_detections must be >= 1"),
@@ -378,6 +393,31 @@ class PredictConfig:
         Rule(lambda s: s.tile_size >= 32, "{p}tile_size must be at least 32"),
         Rule(lambda s: s.tile_overlap >= 0, "{p}tile_overlap must be >= 0"),
     )
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """The post-processing thresholds (the original's order:
+    :mod:`cellstack.inference.postprocess`): the post-processing keys of
+    :class:`PredictConfig`, their defaults and their ranges (:data:`POSTPROCESS_RULES`)
+    taken from there, so a key is defined once. What a thresholds file, an ensemble's
+    ``postprocess`` and the API's ``score_thresh=`` hold; checked, as every section is,
+    by :func:`~cellstack.config.checks.validate` where it is built (a file's reader,
+    ``inference.postprocess.Thresholds``)."""
+
+    mask_thresh: float = PredictConfig.mask_thresh
+    score_thresh: float = PredictConfig.score_thresh
+    mask_nms_iou: float = PredictConfig.mask_nms_iou
+    min_size: int = PredictConfig.min_size
+    convex_refill: bool = PredictConfig.convex_refill
+    mask_offset: float = PredictConfig.mask_offset
+
+    RULES: ClassVar[tuple[Rule, ...]] = POSTPROCESS_RULES
+
+    @classmethod
+    def of(cls, predict: PredictConfig) -> PostprocessParams:
+        """The post-processing part of a (resolved) ``predict`` section."""
+        return cls(**{f.name: getattr(predict, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

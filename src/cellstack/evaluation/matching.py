@@ -76,6 +76,8 @@ def masks_and_shape(masks: object, name: str) -> tuple[sp.csr_matrix, tuple[int,
                     "values other than 0 and 1 (a stack of label images? match its planes "
                     "one by one)"
                 )
+        if not len(array):  # a stack of no mask: no object
+            return sp.csr_matrix((0, array.shape[1] * array.shape[2]), dtype=bool), array.shape[1:]
         return sparse_from_dense(array), array.shape[1:]
     if array.dtype == bool:
         raise CellstackError(

@@ -22,41 +22,16 @@ bool[N, H, W] stack of a 2000 x 2000 image with 2000 cells would need 8 GB.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellstack.config import ConfigError, PredictConfig, build_typed
+from cellstack.config import ConfigError, PostprocessParams, build_typed
+from cellstack.config.checks import validate
 from cellstack.data.masks import pixels_to_sparse
 from cellstack.structures import Instances
-
-
-@dataclass(frozen=True)
-class PostprocessParams:
-    """Thresholds of :func:`postprocess` (see the module docstring): the
-    post-processing keys of the ``predict`` config section, with its defaults (the
-    config defines them once; :func:`params_from` copies them by name)."""
-
-    mask_thresh: float = PredictConfig.mask_thresh
-    score_thresh: float = PredictConfig.score_thresh
-    mask_nms_iou: float = PredictConfig.mask_nms_iou
-    min_size: int = PredictConfig.min_size
-    convex_refill: bool = PredictConfig.convex_refill
-    mask_offset: float = PredictConfig.mask_offset
-
-    def __post_init__(self) -> None:
-
-        for name, ok in (
-            ("mask_thresh", 0 < self.mask_thresh < 1),
-            ("mask_offset", -0.5 <= self.mask_offset <= 0.5),
-            ("score_thresh", 0 <= self.score_thresh <= 1),
-            ("mask_nms_iou", 0 <= self.mask_nms_iou <= 1),
-            ("min_size", self.min_size >= 0),
-        ):
-            if not ok:
-                raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
 
 
 def majority_type(classes: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
@@ -80,6 +55,12 @@ class Thresholds:
 
     default: PostprocessParams = field(default_factory=PostprocessParams)
     per_type: dict[str, PostprocessParams] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The config's rules, wherever thresholds are made (a file, the API, a search).
+        validate(self.default, "default", "threshold")
+        for cell_type, params in self.per_type.items():
+            validate(params, f"per_type.{cell_type}", "threshold")
 
     def for_classes(self, classes: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
         """The params of the image's type: the majority of ``classes`` int[N]."""
@@ -395,8 +376,3 @@ def postprocess(
         result = result.replace(pixels=convex_refill(result.pixels, size))
     result = result.replace(pixels=remove_overlaps(result.pixels, size), index=None)
     return result[np.array([len(p) > 0 for p in result.pixels], dtype=bool)]
-
-
-def params_from(cfg: PredictConfig) -> PostprocessParams:
-    """The post-processing part of a predict config (its keys of the same names)."""
-    return PostprocessParams(**{f.name: getattr(cfg, f.name) for f in fields(PostprocessParams)})

@@ -630,13 +630,13 @@ def tune_run_thresholds(
     type has at least 4 images; otherwise one default serves all.
     """
     from cellstack.data.stats import ObjectStats
-    from cellstack.inference.postprocess import Thresholds, params_from
+    from cellstack.inference.postprocess import PostprocessParams, Thresholds
     from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
 
     if len(records) > AUTO_TUNE_IMAGES:  # spread over the pool: its order is by name,
         step = len(records) / AUTO_TUNE_IMAGES  # and a name prefix can be one cell type
         records = [records[int(k * step)] for k in range(AUTO_TUNE_IMAGES)]
-    current = Thresholds(params_from(cfg.predict))
+    current = Thresholds(PostprocessParams.of(cfg.predict))
     area = ObjectStats.from_dict(data_stats).area_p1 if data_stats else 0.0
     grid = TuneGrid.for_objects(area)
     src = Source.of_model(model, cfg, current)

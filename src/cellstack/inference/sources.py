@@ -44,9 +44,10 @@ from cellstack.config import (
     load_yaml,
     unresolved,
 )
+from cellstack.config.typed import parse_override
 from cellstack.errors import CellstackError
 from cellstack.inference.cvfolder import CVFolder
-from cellstack.inference.postprocess import PostprocessParams, Thresholds, params_from
+from cellstack.inference.postprocess import PostprocessParams, Thresholds
 
 THRESHOLDS = "thresholds.yaml"
 #: Config keys that set post-processing: given as overrides, each replaces that one key
@@ -208,7 +209,7 @@ def resolve_thresholds(
        other tuned value stays as it was.
     """
 
-    chosen = base or Thresholds(params_from(cfg.predict))
+    chosen = base or Thresholds(PostprocessParams.of(cfg.predict))
     if isinstance(tuned, Path):
         tuned = read_thresholds(tuned) if tuned.is_file() else None
     if tuned is not None:
@@ -223,7 +224,7 @@ def resolve_thresholds(
 def override_keys(overrides: Sequence[str]) -> list[str]:
     """The post-processing keys (``score_thresh``, ...) that ``overrides`` set, in
     their order, each once."""
-    keys = [o.split("=")[0].strip() for o in overrides]
+    keys = [parse_override(o)[0] for o in overrides]  # the typed parser's reading
     return list(dict.fromkeys(k.split(".", 1)[1] for k in keys if k in POSTPROCESS_KEYS))
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,8 +59,6 @@ from cellstack.inference.postprocess import (
 )
 from cellstack.structures import Instances
 
-#: The searched keys, in the order of a grid point ``(mask_thresh, mask_offset, ...)``.
-KEYS = ("mask_thresh", "mask_offset", "mask_nms_iou", "min_size", "score_thresh")
 #: Scales searched around the one that gives the labels' cells the model's size: the
 #: factors 2**-0.25, 1 and 2**0.25 of it (a median diameter is known to about 20%).
 SCALE_STEPS = (2**-0.25, 1.0, 2**0.25)
@@ -115,6 +113,11 @@ class TuneGrid:
         """Every grid point ``(mask_thresh, mask_offset, mask_nms_iou, min_size,
         score_thresh)``, in the order :func:`score_grid` scores them."""
         return list(itertools.product(*(getattr(self, k) for k in KEYS)))
+
+
+#: The searched keys (post-processing keys, :class:`TuneGrid`'s fields), in the order of
+#: a grid point ``(mask_thresh, mask_offset, mask_nms_iou, min_size, score_thresh)``.
+KEYS = tuple(f.name for f in fields(TuneGrid))
 
 
 def key_of(p: PostprocessParams) -> tuple:
