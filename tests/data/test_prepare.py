@@ -324,3 +324,24 @@ def test_two_images_sharing_an_id_are_both_left_out_or_refused(synth_dir, tmp_pa
     assert not kept & {p.image_id for p in shared}
     with pytest.raises(DataError, match=r"images\[0\]: image id .* is shared by images\[0, 1\]"):
         read_coco_instances(path)
+
+
+def test_categories_that_are_no_name_or_id_are_refused_or_ignored(tmp_path):
+    # Two finds of the fuzzer: a category named True crashed on .lower(), an annotation
+    # whose category_id is a list crashed counting the votes.
+    write_png(tmp_path / "a.png", np.zeros((12, 16), np.uint8))
+    square = [[1, 1, 8, 1, 8, 8, 1, 8]]
+    doc = {
+        "images": [{"id": 0, "file_name": "a.png", "height": 12, "width": 16}],
+        "annotations": [{"id": 1, "image_id": 0, "category_id": 0, "segmentation": square}],
+        "categories": [{"id": 0, "name": True}],
+    }
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"bad.json: categories\[0\]: .* name True"):
+        read_coco_instances(path)
+    doc["categories"] = [{"id": 0, "name": "HeLa"}]
+    doc["annotations"][0]["category_id"] = []
+    path.write_text(json.dumps(doc))
+    (record,) = read_coco_instances(path)
+    assert record.cell_type == "a.png"  # no category: the file-name rule

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import cellstack
-from cellstack.config import load_config
+from cellstack.config import ThresholdsSpec, load_config
 from cellstack.inference.postprocess import PostprocessParams, Thresholds
 from cellstack.inference.sources import load_source, resolve_thresholds, write_thresholds
 
@@ -14,7 +14,7 @@ from cellstack.inference.sources import load_source, resolve_thresholds, write_t
 def test_the_order_config_ensemble_tuned_overrides(tmp_path):
     cfg = load_config(None, ["predict.score_thresh=0.2"])
     assert resolve_thresholds(cfg).default.score_thresh == 0.2
-    post = {"default": {"mask_thresh": 0.6}, "per_type": {"astro": {"min_size": 50}}}
+    post = ThresholdsSpec({"mask_thresh": 0.6}, {"astro": {"min_size": 50}})
     merged = resolve_thresholds(cfg, post=post)
     assert merged.default.score_thresh == 0.2 and merged.default.mask_thresh == 0.6
     assert merged.per_type["astro"].min_size == 50

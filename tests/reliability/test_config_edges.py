@@ -41,7 +41,7 @@ def test_bad_thresholds_yaml(cli, run, images, tmp_path, text, match):
         ("models: [run]\nweights: [1]\n", "unknown config key weights"),
         ("models: [run]\ntype_models: {astro: run}\n", "type_models.astro: expected a list"),
         ("models: [run]\npostprocess: {default: {min_size: big}}\n", "default.min_size"),
-        ("models: [run]\npostprocess: {typo: {}}\n", "unknown key postprocess.typo"),
+        ("models: [run]\npostprocess: {typo: {}}\n", "unknown config key postprocess.typo"),
         ("models: [nowhere]\n", "nowhere"),
     ],
 )

@@ -39,6 +39,8 @@ from cellstack.config.schema import (
     RoIConfig,
     RPNConfig,
     Rule,
+    StageSpec,
+    ThresholdsSpec,
     TrainConfig,
     unresolved,
 )
@@ -62,6 +64,8 @@ __all__ = [
     "RPNConfig",
     "RoIConfig",
     "Rule",
+    "StageSpec",
+    "ThresholdsSpec",
     "TrainConfig",
     "build_typed",
     "check_numbers",

@@ -442,6 +442,32 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
 
 
+#: A post-processing or box/proposal setting as a file gives it (checked by the section
+#: it sets, :class:`PostprocessParams` or the model's own selection settings).
+Setting = int | float | bool | str | None
+
+
+@dataclass(frozen=True)
+class ThresholdsSpec:
+    """Thresholds as a file gives them (``thresholds.yaml``, an ensemble's
+    ``postprocess``): keys of :class:`PostprocessParams` for the default and per cell
+    type, each mapping partial (a key not given keeps the value beneath it:
+    ``inference.sources.resolve_thresholds``)."""
+
+    default: dict[str, Setting] = field(default_factory=dict)
+    per_type: dict[str, dict[str, Setting]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One cell type's proposal and box selection in an ensemble YAML's
+    ``type_settings`` (keys of the model's ``ProposalParams`` and ``BoxParams``, each
+    partial: the model's own values beneath)."""
+
+    proposals: dict[str, Setting] = field(default_factory=dict)
+    boxes: dict[str, Setting] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class EnsembleConfig:
     """An ensemble YAML (see :mod:`cellstack.inference.sources`).
@@ -450,7 +476,8 @@ class EnsembleConfig:
         models: run or CV folders, relative to the YAML.
         flips: test-time flips (none, h, v, hv).
         rpn_flips: average proposals over flips too.
-        type_settings: ``original``, ``none`` or ``{type: {proposals: {..}, boxes: {..}}}``.
+        type_settings: ``original``, ``none`` or ``{type: {proposals: {..}, boxes: {..}}}``
+            (:class:`StageSpec` per type).
         type_models: ``{type: [run, ...]}``, a subset of ``models`` per cell type.
         type_from: runs whose identity view decides an image's cell type when some type
             has its own settings or models (default: the first of ``models``); runs
@@ -463,19 +490,20 @@ class EnsembleConfig:
         weights_budget_mb: the most model weights loaded at once, in MB; runs are
             read from their files when first needed and the least recently used is
             dropped to make room (``.inf``, the default: every run stays loaded).
-        postprocess: ``{default: {...}, per_type: {type: {...}}}`` thresholds.
+        postprocess: ``{default: {...}, per_type: {type: {...}}}`` thresholds
+            (:class:`ThresholdsSpec`).
     """
 
     models: tuple[str, ...] = ()
     flips: tuple[str, ...] = ("none",)
     rpn_flips: bool = False
-    type_settings: str | dict = "original"
+    type_settings: str | dict[str, StageSpec] = "original"
     type_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
     type_from: tuple[str, ...] = ()
     feature_cache_mb: float = 0.0
     feature_dtype: str = "float32"
     weights_budget_mb: float = math.inf
-    postprocess: dict = field(default_factory=dict)
+    postprocess: ThresholdsSpec = field(default_factory=ThresholdsSpec)
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(lambda s: bool(s.models), "{p}models must list at least one run folder"),

@@ -40,8 +40,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
         _, item = typing.get_args(hint)
         return {str(k): coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-    if hint is dict and isinstance(value, dict):
-        return value
+    if dataclasses.is_dataclass(hint):  # a section inside a mapping or a union
+        return build(hint, value if value is not None else {}, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")

@@ -59,7 +59,10 @@ def image_identity(img: dict, anns: list[dict], categories: dict) -> tuple[str, 
     entry's ``sample_id`` when it has one, else the LIVECell well
     (:func:`livecell_sample_id`).
     """
-    votes = Counter(categories.get(a.get("category_id")) for a in anns)
+    # An annotation's category_id that is no id (a list, a mapping) names no category.
+    votes = Counter(
+        categories.get(a.get("category_id")) if _is_id(a.get("category_id")) else None for a in anns
+    )
     category = votes.most_common(1)[0][0] if votes else None
     name = Path(str(img["file_name"])).name
     sample = img.get("sample_id")
@@ -181,11 +184,22 @@ def read_instances_header(path: str | Path) -> InstancesHeader:
     for key in ("images", "annotations", "categories"):
         if kinds.get(key) != "start_array":
             raise DataError(f"{path}: not a COCO instance file ({key!r} is not a list)")
-    try:
-        categories = {c["id"]: c["name"] for c in found["categories"]}
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}: a category or annotation lacks {exc}") from None
+    categories = {}
+    for k, c in enumerate(found["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise DataError(f"{path}: categories[{k}] is not a mapping with an id and a name")
+        if not _is_id(c["id"]) or not isinstance(c["name"], str):
+            raise DataError(
+                f"{path}: categories[{k}]: the id must be a number or text and the name a "
+                f"text, got id {c['id']!r}, name {c['name']!r}"
+            )
+        categories[c["id"]] = c["name"]
     return InstancesHeader(path, found["images"], categories)
+
+
+def _is_id(value: object) -> bool:
+    """An id COCO files use: an integer or a text (not a bool, list or mapping)."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _open_json(path: Path):

@@ -38,6 +38,8 @@ import torch
 from cellstack.config import (
     Config,
     EnsembleConfig,
+    StageSpec,
+    ThresholdsSpec,
     build_typed,
     config_from_dict,
     config_to_dict,
@@ -187,7 +189,7 @@ def resolve_thresholds(
     cfg: Config,
     overrides: Sequence[str] = (),
     *,
-    post: dict | None = None,
+    post: ThresholdsSpec | None = None,
     post_source: str = "postprocess",
     tuned: Path | Thresholds | None = None,
     base: Thresholds | None = None,
@@ -214,9 +216,9 @@ def resolve_thresholds(
         tuned = read_thresholds(tuned) if tuned.is_file() else None
     if tuned is not None:
         chosen = tuned
-    elif post:
-        default = {**chosen.to_dict()["default"], **(post.get("default") or {})}
-        chosen = Thresholds.from_dict({**post, "default": default}, post_source)
+    elif post is not None:
+        default = {**chosen.to_dict()["default"], **post.default}
+        chosen = Thresholds.from_dict({"default": default, "per_type": post.per_type}, post_source)
     keys = override_keys(overrides)
     return chosen.with_values(**{k: getattr(cfg.predict, k) for k in keys}) if keys else chosen
 
@@ -322,12 +324,9 @@ def _load_ensemble(
     except CellstackError as exc:
         raise CellstackError(f"{path}: flips: {exc}") from None
     # Thresholds are checked before any model loads: a typo fails in a second.
-    post = spec.postprocess
-    if post:
-        unknown = sorted(set(post) - {"default", "per_type"})
-        if unknown:
-            raise CellstackError(f"{path}: unknown key postprocess.{unknown[0]}")
-        Thresholds.from_dict(post, f"{path}: postprocess")
+    post = spec.postprocess if spec.postprocess != ThresholdsSpec() else None
+    if post is not None:
+        Thresholds.from_dict(asdict(post), f"{path}: postprocess")
     tpath = base / THRESHOLDS
     tuned = read_thresholds(tpath) if tpath.is_file() else None
     resolved = [run for r in spec.models for run in _runs_of(r, base, allow_unfinished)]
@@ -386,8 +385,8 @@ def _load_ensemble(
         loaders=[_weights_loader(r, allow_unfinished) for r in resolved] if lazy else None,
         weights_budget_mb=spec.weights_budget_mb,
     ).eval()
-    if post:
-        check_cell_types(post.get("per_type") or {}, names, f"{path}: postprocess")
+    if post is not None:
+        check_cell_types(post.per_type, names, f"{path}: postprocess")
     if tuned is not None:
         check_cell_types(tuned.per_type, names, tpath)
     for run, own in zip(resolved, member_tuned, strict=True):
@@ -414,17 +413,15 @@ def _runs_of(spec: str, base: Path, allow_unfinished: bool) -> list[Path]:
     return cv.runs(allow_unfinished=allow_unfinished) if cv else [path.resolve()]
 
 
-def _stage_settings(data: dict, model, where: str):
+def _stage_settings(spec: StageSpec, model, where: str):
+    """One cell type's proposal and box selection: the model's own, with the YAML's
+    keys on top (typed and checked as the model's)."""
     from cellstack.inference.ensemble import StageSettings
 
     out = StageSettings(model.proposal_params, model.box_params)
-    if not isinstance(data, dict) or set(data) - {"proposals", "boxes"}:
-        raise CellstackError(f"{where}: expected a mapping with proposals and/or boxes")
     for part in ("proposals", "boxes"):
-        values = data.get(part) or {}
+        values = getattr(spec, part)
         current = getattr(out, part)
-        if not isinstance(values, dict):
-            raise CellstackError(f"{where}.{part}: expected a mapping")
         typed = build_typed(type(current), {**asdict(current), **values}, f"{where}.{part}")
         out = replace(out, **{part: typed})
     return out
