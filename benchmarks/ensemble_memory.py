@@ -54,7 +54,7 @@ def child(k: int, policy: str, device: str) -> dict:
     from cellstack.inference.tta import FLIPS
     from cellstack.inference.weights import weight_bytes
     from cellstack.modeling.build import build_model
-    from cellstack.modeling.files import FINAL, final_state, save
+    from cellstack.modeling.runfolder import FINAL, final_state, save
 
     torch.set_grad_enabled(False)
     cfg = load_config(

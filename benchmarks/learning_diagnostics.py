@@ -98,8 +98,8 @@ def learning_state(run: Path, records) -> dict[str, object]:
     from cellstack.modeling.build import build_model
     from cellstack.modeling.detector import image_windows
     from cellstack.modeling.diagnostics import proposal_recall
-    from cellstack.modeling.files import load_run
     from cellstack.modeling.heads.base import BoxParams
+    from cellstack.modeling.runfolder import load_run
 
     cfg, names, state = load_run(run, allow_unfinished=True)
     model = build_model(cfg.model, names, cfg.predict)

@@ -61,7 +61,7 @@ def layout(cache: Path, folds: int, weights: bool = True) -> dict:
     from cellstack.config import load_config
     from cellstack.fileio import atomic_write
     from cellstack.modeling.build import build_model
-    from cellstack.modeling.files import FINAL, final_state, save
+    from cellstack.modeling.runfolder import FINAL, final_state, save
 
     spec = yaml.safe_load((ORIGINAL / "ensemble.yaml").read_text())
     names = sorted({Path(m).name for m in spec["models"]})

@@ -483,7 +483,7 @@ def main() -> None:
 
     from cellstack.config import load_config
     from cellstack.engine.trainer import train
-    from cellstack.modeling import files
+    from cellstack.modeling import runfolder
 
     realdata.use_imagenet_package()
     recipe = RECIPES[args.name]
@@ -492,11 +492,11 @@ def main() -> None:
     train_dir, sets = datasets(args.name, work)
     run = work / "run"
     overrides = [*recipe["overrides"], *args.set]
-    if not (run / files.FINAL).is_file():
-        resume = (run / files.CHECKPOINT).is_file()
+    if not (run / runfolder.FINAL).is_file():
+        resume = (run / runfolder.CHECKPOINT).is_file()
         cfg = None if resume else load_config(ROOT / recipe["config"], overrides)
         train(cfg, train_dir, run, resume=resume, stop_after=args.chunk)
-    if not (run / files.FINAL).is_file():
+    if not (run / runfolder.FINAL).is_file():
         print(f"stopped after a chunk; run the same command again to continue ({run})")
         return
 
@@ -505,7 +505,7 @@ def main() -> None:
     from cellstack.modeling.builtin import write_builtin
 
     held_out = choose_held_out_thresholds(recipe, run, work, args) if "transfer" in recipe else {}
-    state = files.load(run / files.FINAL)
+    state = runfolder.load(run / runfolder.FINAL)
     half = work / "half"
     write_builtin(half, state, dtype=torch.float16)
     for extra in ("thresholds.yaml", "data_stats.json"):

@@ -92,7 +92,7 @@ def build(kind: str):
     if kind.startswith("builtin "):
         from dataclasses import replace
 
-        from cellstack.modeling.files import load_run
+        from cellstack.modeling.runfolder import load_run
 
         cfg, classes, _ = load_run(kind.split()[1])
         # Random weights: the architecture is what is timed, not the ImageNet start.

@@ -12,7 +12,8 @@ import tifffile
 
 import cellstack
 from cellstack.data.omezarr import create_labels, open_labels
-from cellstack.distributed.blocks import block_grid, segment, segment_in_memory
+from cellstack.distributed.blockgrid import ArrayImage, block_grid, segment_in_memory, window_of
+from cellstack.distributed.blocks import segment
 from cellstack.errors import CellstackError
 from cellstack.evaluation.metric import score_image
 
@@ -139,9 +140,9 @@ def test_an_interrupted_run_resumes_from_its_blocks(tiny_seg, synthetic_mosaic, 
     work = out / mod.WORK
     mod._prepare(out, work, synthetic_mosaic.shape, 512, 64)
     limits = mod.intensity_limits(synthetic_mosaic)
-    image = mod.ArrayImage(synthetic_mosaic)
+    image = ArrayImage(synthetic_mosaic)
     for blk in block_grid(synthetic_mosaic.shape, 512, 64):
-        args = (mod._window(image, blk), blk, synthetic_mosaic.shape, limits, str(work))
+        args = (window_of(image, blk), blk, synthetic_mosaic.shape, limits, str(work))
         mod._segment_task(tiny_seg, *args)
 
     class NoModel:  # the resumed run must not segment any block again

@@ -9,7 +9,7 @@ from cellstack.engine.init_from import init_from_run
 from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
 from cellstack.modeling.build import build_model
-from cellstack.modeling.files import load_run
+from cellstack.modeling.runfolder import load_run
 from tests.conftest import FAST
 
 SHORT = [*FAST, "train.iterations=2", "train.eval_every=100"]

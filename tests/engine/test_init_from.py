@@ -8,7 +8,7 @@ import torch
 
 from cellstack.config import load_config
 from cellstack.engine.init_from import init_from_run
-from cellstack.modeling import files
+from cellstack.modeling import runfolder
 from cellstack.modeling.build import build_model
 from tests.modeling.conftest import TINY
 
@@ -19,7 +19,7 @@ def test_a_one_class_run_seeds_every_class(tmp_path):
     source = build_model(cfg.model, ["cell"], cfg.predict)
     run = tmp_path / "generalist"
     run.mkdir()
-    files.save(files.final_state(source.state_dict(), cfg, ["cell"]), run / files.FINAL)
+    runfolder.save(runfolder.final_state(source.state_dict(), cfg, ["cell"]), run / runfolder.FINAL)
     torch.manual_seed(2)
     model = build_model(cfg.model, ["a", "b", "c"], cfg.predict)
     report = init_from_run(model, run)

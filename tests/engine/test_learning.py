@@ -13,9 +13,9 @@ from cellstack.engine.ema import ModelEMA
 from cellstack.engine.trainer import train
 from cellstack.modeling.build import build_model
 from cellstack.modeling.diagnostics import proposal_recall
-from cellstack.modeling.files import load_run
 from cellstack.modeling.heads.results import BoxPredictions
 from cellstack.modeling.heads.select import BoxParams, select_detections
+from cellstack.modeling.runfolder import load_run
 from tests.conftest import FAST
 from tests.modeling.conftest import TINY, two_cells
 

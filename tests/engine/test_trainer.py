@@ -10,7 +10,7 @@ from cellstack.engine.runlog import read_log
 from cellstack.engine.schedule import combine_losses, loss_weights, lr_factor
 from cellstack.engine.trainer import train
 from cellstack.errors import CellstackError
-from cellstack.modeling.files import load_run
+from cellstack.modeling.runfolder import load_run
 from tests.conftest import FAST
 
 

@@ -130,7 +130,7 @@ def tiny_disk(tmp_path):
 
 def test_a_model_file_that_does_not_fit_on_the_disk_names_it(tiny_disk):
     from cellstack.errors import CellstackError
-    from cellstack.modeling.files import save
+    from cellstack.modeling.runfolder import save
 
     target = tiny_disk / "run" / "model.pt"
     with pytest.raises(CellstackError, match=r"model\.pt: cannot write, no space left") as e:

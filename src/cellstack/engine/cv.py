@@ -21,7 +21,7 @@ from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write
 from cellstack.inference.cvfolder import OOF, CVFolder
-from cellstack.modeling import files
+from cellstack.modeling import runfolder
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def run_cv(
     data, out = Path(data), Path(out)
     cfg = config_from_dict(config_to_dict(cfg), [f"data.folds={folds}", "data.fold=null"])
     cv = CVFolder(out)
-    if (out / files.FINAL).is_file() or (out / files.CHECKPOINT).is_file():
+    if (out / runfolder.FINAL).is_file() or (out / runfolder.CHECKPOINT).is_file():
         raise CellstackError(f"{out} is a training run folder; choose another --out for CV")
     records, class_names = cv_records(data, cfg)
     # Every `auto` is resolved once, from all the CV's training data, so that the folds

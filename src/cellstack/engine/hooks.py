@@ -136,7 +136,7 @@ class FinishHook(HookBase):
     def after_train(self, loop: Loop) -> None:
         from cellstack.engine.runlog import plot_log, read_log
         from cellstack.inference.run import tune_run_thresholds
-        from cellstack.modeling import files
+        from cellstack.modeling import runfolder
 
         if not loop.world.main:
             return
@@ -153,8 +153,10 @@ class FinishHook(HookBase):
                     loop.device,
                     on_validation=self.on_validation,
                 )
-            state = files.final_state(model.state_dict(), cfg, loop.class_names, loop.data_stats)
-            files.save(state, run / files.FINAL)
+            state = runfolder.final_state(
+                model.state_dict(), cfg, loop.class_names, loop.data_stats
+            )
+            runfolder.save(state, run / runfolder.FINAL)
 
 
 def validate(

@@ -1,6 +1,6 @@
 """``init.from``: a new model started from a trained run's weights (where names and
 shapes match; class layers seeded from a one-class run). The model files themselves
-(``model.pt``, ``checkpoint.pt``) are read and written by :mod:`cellstack.modeling.files`,
+(``model.pt``, ``checkpoint.pt``) are read and written by :mod:`cellstack.modeling.runfolder`,
 the RNG state of a checkpoint by :mod:`cellstack.engine.rng`.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from cellstack.errors import CellstackError
-from cellstack.modeling.files import load_run
+from cellstack.modeling.runfolder import load_run
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from cellstack.config import Config, TrainConfig
 from cellstack.engine import rng
 from cellstack.engine.schedule import LOSS_NAMES, combine_losses, loss_weights, losses_by_kind
 from cellstack.errors import CellstackError
-from cellstack.modeling import files
+from cellstack.modeling import runfolder
 
 
 class TrainingDiverged(CellstackError):
@@ -205,7 +205,7 @@ class Loop:
         if not math.isfinite(stats[0]):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             saved = (
-                f"The last good checkpoint is {self.run / files.CHECKPOINT} "
+                f"The last good checkpoint is {self.run / runfolder.CHECKPOINT} "
                 f"(iteration {self.last_saved})"
                 if self.last_saved > 0
                 else "No checkpoint was written before it"
@@ -246,9 +246,9 @@ class Loop:
         """Write ``checkpoint.pt`` at ``iteration`` (rank 0; every rank's RNG state)."""
         rng_states = ddp.gather(rng.rng_state(), self.world)
         if self.world.main:
-            files.save(
+            runfolder.save(
                 {
-                    **files.final_state(
+                    **runfolder.final_state(
                         self.model.state_dict(), self.cfg, self.class_names, self.data_stats
                     ),
                     **{h.state_key: h.state_dict() for h in self.hooks if h.state_key},
@@ -258,7 +258,7 @@ class Loop:
                     "rng": rng_states,
                     "iteration": self.iteration,
                 },
-                self.run / files.CHECKPOINT,
+                self.run / runfolder.CHECKPOINT,
             )
         self.last_saved = self.iteration
 

@@ -39,7 +39,7 @@ from cellstack.engine.loop import HookBase, Loop, uses_amp
 from cellstack.engine.schedule import lr_factor
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_write, remove_partials
-from cellstack.modeling import files
+from cellstack.modeling import runfolder
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ def resolve_auto(
     """
     stats = measure(records)
     if cfg.init.from_run:
-        source_cfg, _, _ = files.load_run(cfg.init.from_run, mmap=True)
+        source_cfg, _, _ = runfolder.load_run(cfg.init.from_run, mmap=True)
         cfg, inherited = inherit_sizes(
-            cfg, stats, source_cfg, files.run_data_stats(cfg.init.from_run)
+            cfg, stats, source_cfg, runfolder.run_data_stats(cfg.init.from_run)
         )
         if inherited and say:
             say(f"from init.from={cfg.init.from_run}: " + _settings(inherited))
@@ -172,7 +172,7 @@ def train(
     if state is None:
         torch.manual_seed(t.seed + world.rank)  # the samplers' draws differ per rank
     if start >= t.iterations:
-        if (run / files.FINAL).is_file():
+        if (run / runfolder.FINAL).is_file():
             raise CellstackError(f"{run}: already trained for {start} of {t.iterations} iterations")
         # Killed while the run was being finished: the last checkpoint holds it all.
         loop.iteration = start
@@ -203,7 +203,7 @@ def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None
     """``(config, checkpoint state)`` to train with: the run's own checkpoint and config
     with ``resume``, else ``cfg`` and None for a new run (refused where a run is)."""
     if resume:
-        state = files.load(run / files.CHECKPOINT)
+        state = runfolder.load(run / runfolder.CHECKPOINT)
         missing = [
             k
             for k in ("config", "model", "optimizer", "scheduler", "rng", "iteration")
@@ -211,12 +211,12 @@ def _open_run(run: Path, cfg: Config, resume: bool) -> tuple[Config, dict | None
         ]
         if missing:
             raise CellstackError(
-                f"{run / files.CHECKPOINT}: not a training checkpoint (no {missing[0]!r}; a "
-                f"copy of {files.FINAL}?), so it cannot be resumed; start a new run with "
+                f"{run / runfolder.CHECKPOINT}: not a training checkpoint (no {missing[0]!r}; a "
+                f"copy of {runfolder.FINAL}?), so it cannot be resumed; start a new run with "
                 f"init.from={run}"
             )
         return config_from_dict(state["config"]), state
-    if (run / files.CHECKPOINT).is_file() or (run / files.FINAL).is_file():
+    if (run / runfolder.CHECKPOINT).is_file() or (run / runfolder.FINAL).is_file():
         raise CellstackError(
             f"{run} already holds a training run; pass --resume to continue it "
             "or choose another --out"
@@ -232,7 +232,7 @@ def place_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn
     On CPU that is channels-last (NHWC): oneDNN's convolutions, forward and backward,
     are most of a step there, and take about 12% less time in it
     (``benchmarks/train_speed.py``). Elsewhere the layout is left as it is. The saved
-    weights do not depend on it (:func:`~cellstack.modeling.files.final_state`).
+    weights do not depend on it (:func:`~cellstack.modeling.runfolder.final_state`).
     """
     model = model.to(device)
     if device.type == "cpu":

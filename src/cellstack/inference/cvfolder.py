@@ -29,7 +29,7 @@ import torch
 from cellstack.config import Config, load_config
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_path, atomic_write
-from cellstack.modeling.files import CHECKPOINT, FINAL
+from cellstack.modeling.runfolder import CHECKPOINT, FINAL
 from cellstack.structures import Instances
 
 OOF = "oof"

@@ -499,17 +499,17 @@ def write_tuned(
     from dataclasses import replace as copy_with
 
     from cellstack.inference.sources import THRESHOLDS, write_thresholds
-    from cellstack.modeling import files
+    from cellstack.modeling import runfolder
     from cellstack.modeling.builtin import CARD, META, is_builtin_folder, write_builtin
 
-    cfg, class_names, weights = files.load_run(source, allow_unfinished=allow_unfinished)
+    cfg, class_names, weights = runfolder.load_run(source, allow_unfinished=allow_unfinished)
     meta = {}
     if is_builtin_folder(source):
         meta = json.loads((source / META).read_text(encoding="utf-8"))
     dtype = str(meta.get("weights_dtype", "float32"))  # a built-in's float16 stays so
     cfg = copy_with(cfg, data=copy_with(cfg.data, scale=round(float(result.scale), 4)))
-    stats = files.run_data_stats(source)
-    state = files.final_state(weights, cfg, class_names, stats)
+    stats = runfolder.run_data_stats(source)
+    state = runfolder.final_state(weights, cfg, class_names, stats)
     if isinstance(meta.get("versions"), dict):  # what trained the weights, not this tune
         state["versions"] = meta["versions"]
     out.parent.mkdir(parents=True, exist_ok=True)

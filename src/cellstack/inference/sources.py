@@ -151,13 +151,13 @@ def trained_sizes(run: Path) -> dict[str, float | None]:
     """``diameter`` (median), ``largest`` (95th percentile of the longer box side) and
     ``area_p1`` (first percentile of the areas) of the objects a run trained on, in
     pixels, from its ``data_stats.json``
-    (:func:`~cellstack.modeling.files.run_data_stats`); None where not recorded.
+    (:func:`~cellstack.modeling.runfolder.run_data_stats`); None where not recorded.
 
     Raises:
         CellstackError: a value is recorded but is no positive finite number (0, NaN,
             text: a file edited by hand), naming the file and the key.
     """
-    from cellstack.modeling.files import run_data_stats
+    from cellstack.modeling.runfolder import run_data_stats
 
     stats = run_data_stats(run) or {}
 
@@ -237,7 +237,7 @@ def _load_run(
     ``meta`` device (no weights read) and :func:`_weights_loader` fills it later."""
     from cellstack.data.stats import ObjectStats
     from cellstack.modeling.build import build_model
-    from cellstack.modeling.files import load_run, load_weights, run_data_stats
+    from cellstack.modeling.runfolder import load_run, load_weights, run_data_stats
 
     cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
     trained_on = ObjectStats.recorded(run_data_stats(run))
@@ -274,7 +274,7 @@ def _load_run(
 
 def _weights_loader(run: Path, allow_unfinished: bool):
     """A function that reads ``run``'s weights into its model (see ``Ensemble``)."""
-    from cellstack.modeling.files import load_run, load_weights
+    from cellstack.modeling.runfolder import load_run, load_weights
 
     def load(model: torch.nn.Module) -> None:
         _, _, state = load_run(run, allow_unfinished=allow_unfinished)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from cellstack.modeling.files import FINAL, load, load_run
+from cellstack.modeling.runfolder import FINAL, load, load_run
 
 
 def test_model_file_records_config_classes_stats_and_versions(base_run):
