@@ -38,7 +38,7 @@ import transfer
 
 def best_on_the_images(scored, grid, current):
     """The rule before issue 42: the (scale, point) with the best mean on the images."""
-    from cellstack.inference.postprocess import Thresholds
+    from cellstack.inference.thresholds import Thresholds
     from cellstack.inference.tune import params_at
 
     points = grid.points()

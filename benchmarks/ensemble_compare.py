@@ -98,9 +98,10 @@ def main() -> None:
     from cellstack.data.masks import pixels_to_sparse
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble
-    from cellstack.inference.postprocess import PostprocessParams, Thresholds
+    from cellstack.inference.postprocess import PostprocessParams
     from cellstack.inference.predictor import Predictor
     from cellstack.inference.sources import load_source
+    from cellstack.inference.thresholds import Thresholds
     from cellstack.inference.tta import FLIPS
 
     folds = read_folds_csv(args.data / "folds.csv")

@@ -338,9 +338,9 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
     from dataclasses import replace
 
     from cellstack.data.layouts import load_dataset
-    from cellstack.inference.postprocess import Thresholds
     from cellstack.inference.run import raw_predictions
     from cellstack.inference.sources import load_source
+    from cellstack.inference.thresholds import Thresholds
     from cellstack.inference.tune import TuneGrid, params_at, score_images
 
     target = load_source(final)
@@ -402,7 +402,7 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
     leave-one-source-out runs (the ones tuned on its training images are kept as
     ``thresholds_train.yaml``); each source's row of ``args.transfer_json`` beside the
     score of the thresholds chosen without it. Done once (``WORK/held_out.json``)."""
-    from cellstack.inference.sources import write_thresholds
+    from cellstack.inference.thresholds import write_thresholds
 
     done = work / "held_out.json"
     if done.is_file():

@@ -53,7 +53,7 @@ def test_each_post_processing_key_is_defined_once():
 
     from cellstack.config import PostprocessParams, PredictConfig
     from cellstack.config.schema import POSTPROCESS_RULES
-    from cellstack.inference.sources import override_keys
+    from cellstack.inference.thresholds import override_keys
     from cellstack.inference.tune import KEYS
 
     predict = {f.name: f.default for f in dataclasses.fields(PredictConfig)}

@@ -88,7 +88,7 @@ def check_inputs(
             model that is neither a built-in nor an existing path.
     """
     from cellstack.errors import CellstackError
-    from cellstack.inference.sources import resize_factor
+    from cellstack.inference.scale import resize_factor
     from cellstack.modeling.builtin import builtin_names, resolve_run
 
     if data is None:

@@ -91,7 +91,7 @@ def test_every_scale_rule_shares_one_ratio_and_one_limit():
 
     from cellstack.config.schema import MAX_RESIZE
     from cellstack.data.stats import ObjectStats, inherit_sizes, size_ratio, within_resize_limit
-    from cellstack.inference.sources import resize_factor
+    from cellstack.inference.scale import resize_factor
     from cellstack.inference.tune import candidate_scales
 
     assert size_ratio(26.0, 13.0) == 2.0

@@ -6,7 +6,7 @@ import torch
 from cellstack.config import load_config
 from cellstack.errors import CellstackError
 from cellstack.inference.ensemble import ORIGINAL_TYPE_SETTINGS, Ensemble, StageSettings
-from cellstack.inference.postprocess import majority_type
+from cellstack.inference.thresholds import majority_type
 from cellstack.inference.tta import FLIPS
 from cellstack.modeling.anchors import ProposalParams
 from cellstack.modeling.build import build_model

@@ -203,7 +203,8 @@ def test_amp_is_set_on_cuda_only_and_reaches_every_ensemble_member():
 def test_dropping_low_scores_before_the_mask_head_changes_no_cell():
     from cellstack.config import load_config
     from cellstack.data.masks import pixels_to_labels
-    from cellstack.inference.postprocess import Thresholds, postprocess
+    from cellstack.inference.postprocess import postprocess
+    from cellstack.inference.thresholds import Thresholds
     from cellstack.modeling.build import build_model
     from tests.modeling.conftest import TINY
 

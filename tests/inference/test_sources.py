@@ -7,8 +7,9 @@ import shutil
 
 import cellstack
 from cellstack.config import ThresholdsSpec, load_config
-from cellstack.inference.postprocess import PostprocessParams, Thresholds
-from cellstack.inference.sources import load_source, resolve_thresholds, write_thresholds
+from cellstack.inference.postprocess import PostprocessParams
+from cellstack.inference.sources import load_source
+from cellstack.inference.thresholds import Thresholds, resolve_thresholds, write_thresholds
 
 
 def test_the_order_config_ensemble_tuned_overrides(tmp_path):

@@ -9,12 +9,8 @@ from cellstack.data.masks import pixels_to_sparse, sparse_from_labels
 from cellstack.data.records import ImageRecord
 from cellstack.errors import CellstackError
 from cellstack.evaluation.metric import score_image
-from cellstack.inference.postprocess import (
-    PostprocessParams,
-    Thresholds,
-    convex_refill,
-    postprocess,
-)
+from cellstack.inference.postprocess import PostprocessParams, convex_refill, postprocess
+from cellstack.inference.thresholds import Thresholds
 from cellstack.inference.tune import TuneGrid, calibrate, score_grid
 from cellstack.structures import Instances
 

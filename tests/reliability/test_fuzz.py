@@ -300,7 +300,7 @@ def _yaml_text(doc, text) -> str:
 
 @given(doc=THRESHOLDS, text=st.one_of(st.none(), st.text(max_size=40)))
 def test_thresholds_yaml_reads_or_is_refused(doc, text):
-    from cellstack.inference.sources import read_thresholds
+    from cellstack.inference.thresholds import read_thresholds
 
     folder, path = _with_file(".yaml", _yaml_text(doc, text))
     with folder:

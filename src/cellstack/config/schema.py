@@ -403,7 +403,7 @@ class PostprocessParams:
     taken from there, so a key is defined once. What a thresholds file, an ensemble's
     ``postprocess`` and the API's ``score_thresh=`` hold; checked, as every section is,
     by :func:`~cellstack.config.checks.validate` where it is built (a file's reader,
-    ``inference.postprocess.Thresholds``)."""
+    ``inference.thresholds.Thresholds``)."""
 
     mask_thresh: float = PredictConfig.mask_thresh
     score_thresh: float = PredictConfig.score_thresh
@@ -452,7 +452,7 @@ class ThresholdsSpec:
     """Thresholds as a file gives them (``thresholds.yaml``, an ensemble's
     ``postprocess``): keys of :class:`PostprocessParams` for the default and per cell
     type, each mapping partial (a key not given keeps the value beneath it:
-    ``inference.sources.resolve_thresholds``)."""
+    ``inference.thresholds.resolve_thresholds``)."""
 
     default: dict[str, Setting] = field(default_factory=dict)
     per_type: dict[str, dict[str, Setting]] = field(default_factory=dict)

@@ -172,7 +172,7 @@ def score_oof(
     from cellstack.data.sartorius import write_submission
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.postprocess import postprocess
-    from cellstack.inference.sources import THRESHOLDS, resolve_thresholds
+    from cellstack.inference.thresholds import THRESHOLDS, resolve_thresholds
 
     thresholds = resolve_thresholds(cfg, tuned=out / THRESHOLDS)
     raws = CVFolder(out).load_oof()

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from cellstack.errors import CellstackError
-from cellstack.inference.postprocess import majority_type
+from cellstack.inference.thresholds import majority_type
 from cellstack.inference.tta import Flip
 from cellstack.inference.views import ViewCache, view_bytes
 from cellstack.inference.weights import WeightCache

@@ -22,92 +22,14 @@ bool[N, H, W] stack of a 2000 x 2000 image with 2000 cells would need 8 GB.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellstack.config import ConfigError, PostprocessParams, build_typed
-from cellstack.config.checks import validate
+from cellstack.config import PostprocessParams
 from cellstack.data.masks import pixels_to_sparse
 from cellstack.structures import Instances
-
-
-def majority_type(classes: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> str | None:
-    """The image's cell type: the class name of the most frequent class among its
-    detections (int[N], numpy or torch), as the original decided it; None if empty."""
-    if isinstance(classes, torch.Tensor):
-        classes = classes.cpu().numpy()
-    if len(classes) == 0:
-        return None
-    return class_names[int(np.bincount(classes, minlength=len(class_names)).argmax())]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Post-processing thresholds per cell type.
-
-    Attributes:
-        default: for images whose type has no entry (and images without detections).
-        per_type: ``{cell_type: params}``.
-    """
-
-    default: PostprocessParams = field(default_factory=PostprocessParams)
-    per_type: dict[str, PostprocessParams] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # The config's rules, wherever thresholds are made (a file, the API, a search).
-        validate(self.default, "default", "threshold")
-        for cell_type, params in self.per_type.items():
-            validate(params, f"per_type.{cell_type}", "threshold")
-
-    def for_classes(self, classes: np.ndarray, class_names: Sequence[str]) -> PostprocessParams:
-        """The params of the image's type: the majority of ``classes`` int[N]."""
-        return self.per_type.get(majority_type(classes, class_names), self.default)
-
-    def with_values(self, **values: float) -> Thresholds:
-        """These thresholds with ``values`` (``score_thresh=0.5``, ...) set for the
-        default and every cell type alike; ranges checked as everywhere."""
-
-        def set_(p: PostprocessParams) -> PostprocessParams:
-            return replace(p, **values)
-
-        return Thresholds(set_(self.default), {k: set_(v) for k, v in self.per_type.items()})
-
-    def to_dict(self) -> dict:
-        return {
-            "default": asdict(self.default),
-            "per_type": {k: asdict(v) for k, v in self.per_type.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "thresholds") -> Thresholds:
-        """Inverse of :meth:`to_dict`, type-checked as the config is: an unknown key
-        or a bad value is a one-line error naming ``source`` and the key."""
-
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with default and per_type")
-        unknown = sorted(set(data) - {"default", "per_type"})
-        if unknown:
-            raise ConfigError(f"{source}: unknown key {unknown[0]} (known: default, per_type)")
-
-        def params(d: object, base: PostprocessParams, where: str) -> PostprocessParams:
-            if d is None:
-                d = {}
-            if not isinstance(d, dict):
-                raise ConfigError(f"{source}: {where} must be a mapping")
-            return build_typed(PostprocessParams, {**asdict(base), **d}, source, where)
-
-        default = params(data.get("default"), PostprocessParams(), "default")
-        per_type = data.get("per_type") or {}
-        if not isinstance(per_type, dict):
-            raise ConfigError(f"{source}: per_type must be a mapping of cell type to thresholds")
-        return cls(
-            default, {str(k): params(v, default, f"per_type.{k}") for k, v in per_type.items()}
-        )
 
 
 def paste_masks(

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from cellstack.data.dataset import rescale_image
-from cellstack.inference.postprocess import PostprocessParams, Thresholds, postprocess
+from cellstack.inference.postprocess import PostprocessParams, postprocess
+from cellstack.inference.thresholds import Thresholds
 from cellstack.modeling.detector import CellDetector
 from cellstack.modeling.heads.select import BoxParams
 from cellstack.structures import Instances

@@ -199,7 +199,7 @@ class PredictOptions:
         """``(id, path)`` of the images to predict, after every option and every image
         header is checked: before ``--overwrite`` clears anything and before the model
         loads, a stack, a corrupt header or colliding output names fail at once."""
-        from cellstack.inference.sources import resize_factor
+        from cellstack.inference.scale import resize_factor
 
         resize_factor(None, self.diameter, self.scale)
         todo = find_images(images)
@@ -366,7 +366,8 @@ def calibrate_source(
     Returns:
         The search; ``result.scale`` is the factor to predict at.
     """
-    from cellstack.inference.sources import Source, load_source, resize_factor
+    from cellstack.inference.scale import resize_factor
+    from cellstack.inference.sources import Source, load_source
 
     if not isinstance(src, Source):
         src = load_source(src)
@@ -411,7 +412,8 @@ def run_tune(
     """
     from cellstack.data.layouts import load_dataset
     from cellstack.inference.cvfolder import CVFolder
-    from cellstack.inference.sources import load_source, write_thresholds
+    from cellstack.inference.sources import load_source
+    from cellstack.inference.thresholds import write_thresholds
     from cellstack.modeling.builtin import models_root, resolve_run
 
     cv = CVFolder.find(source_path)
@@ -498,7 +500,7 @@ def write_tuned(
     import tempfile
     from dataclasses import replace as copy_with
 
-    from cellstack.inference.sources import THRESHOLDS, write_thresholds
+    from cellstack.inference.thresholds import THRESHOLDS, write_thresholds
     from cellstack.modeling import runfolder
     from cellstack.modeling.builtin import CARD, META, is_builtin_folder, write_builtin
 
@@ -566,12 +568,8 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     from cellstack.config import config_from_dict, config_to_dict
     from cellstack.data.folds import read_folds_csv
     from cellstack.data.splits import cv_records
-    from cellstack.inference.sources import (
-        THRESHOLDS,
-        resolve_thresholds,
-        trained_sizes,
-        write_thresholds,
-    )
+    from cellstack.inference.sources import trained_sizes
+    from cellstack.inference.thresholds import THRESHOLDS, resolve_thresholds, write_thresholds
 
     data = Path(data) if data is not None else cv.data_path()
     cfg = config_from_dict(config_to_dict(cv.config()), overrides)
@@ -630,8 +628,9 @@ def tune_run_thresholds(
     type has at least 4 images; otherwise one default serves all.
     """
     from cellstack.data.stats import ObjectStats
-    from cellstack.inference.postprocess import PostprocessParams, Thresholds
-    from cellstack.inference.sources import THRESHOLDS, Source, write_thresholds
+    from cellstack.inference.postprocess import PostprocessParams
+    from cellstack.inference.sources import Source
+    from cellstack.inference.thresholds import THRESHOLDS, Thresholds, write_thresholds
 
     if len(records) > AUTO_TUNE_IMAGES:  # spread over the pool: its order is by name,
         step = len(records) / AUTO_TUNE_IMAGES  # and a name prefix can be one cell type

@@ -34,10 +34,11 @@ from cellstack.data.limits import check_image_size
 from cellstack.data.masks import pixels_to_labels
 from cellstack.errors import ArgumentTypeError, CellstackError
 from cellstack.inference.ensemble import Ensemble
-from cellstack.inference.postprocess import Thresholds
 from cellstack.inference.predictor import Predictor
 from cellstack.inference.result import Result, object_table
-from cellstack.inference.sources import Source, load_source, resize_factor
+from cellstack.inference.scale import resize_factor
+from cellstack.inference.sources import Source, load_source
+from cellstack.inference.thresholds import Thresholds
 from cellstack.inference.tune import TuneGrid, TuneResult, calibrate
 from cellstack.structures import Instances
 
@@ -129,7 +130,7 @@ class Segmenter:
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise CellstackError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         resize_factor(None, diameter, scale)
-        # The source's thresholds follow the one rule (sources.resolve_thresholds):
+        # The source's thresholds follow the one rule (thresholds.resolve_thresholds):
         # post-processing overrides beat the run's tuned thresholds.
         src = load_source(path, tuple(overrides), allow_unfinished=allow_unfinished)
         return cls(src, device=device, diameter=diameter, scale=scale, batch_size=batch_size)

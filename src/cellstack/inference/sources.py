@@ -29,8 +29,7 @@ folder), as written by ``cellstack tune``, takes precedence over ``postprocess``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,15 +45,15 @@ from cellstack.config import (
     load_yaml,
     unresolved,
 )
-from cellstack.config.typed import parse_override
 from cellstack.errors import CellstackError
 from cellstack.inference.cvfolder import CVFolder
-from cellstack.inference.postprocess import PostprocessParams, Thresholds
-
-THRESHOLDS = "thresholds.yaml"
-#: Config keys that set post-processing: given as overrides, each replaces that one key
-#: of thresholds.yaml (for every cell type), the rest kept.
-POSTPROCESS_KEYS = frozenset(f"predict.{f.name}" for f in fields(PostprocessParams))
+from cellstack.inference.thresholds import (
+    THRESHOLDS,
+    Thresholds,
+    check_cell_types,
+    read_thresholds,
+    resolve_thresholds,
+)
 
 
 @dataclass
@@ -132,21 +131,6 @@ def load_source(
     )
 
 
-def check_cell_types(per_type: dict, class_names: Sequence[str], where: object) -> None:
-    """Refuse per-type settings for a cell type the model cannot predict: they could
-    never apply, and a typo there would pass silently.
-
-    Raises:
-        CellstackError: naming ``where``, the key and the model's classes.
-    """
-    unknown = sorted(set(per_type) - set(class_names))
-    if unknown:
-        raise CellstackError(
-            f"{where}: per_type.{unknown[0]}: the model has no cell type {unknown[0]!r} "
-            f"(its classes: {', '.join(class_names)}), so the setting could never apply"
-        )
-
-
 def trained_sizes(run: Path) -> dict[str, float | None]:
     """``diameter`` (median), ``largest`` (95th percentile of the longer box side) and
     ``area_p1`` (first percentile of the areas) of the objects a run trained on, in
@@ -183,51 +167,6 @@ def trained_sizes(run: Path) -> dict[str, float | None]:
         "largest": number("box_p95"),
         "area_p1": number("area_p1"),
     }
-
-
-def resolve_thresholds(
-    cfg: Config,
-    overrides: Sequence[str] = (),
-    *,
-    post: ThresholdsSpec | None = None,
-    post_source: str = "postprocess",
-    tuned: Path | Thresholds | None = None,
-    base: Thresholds | None = None,
-) -> Thresholds:
-    """The post-processing thresholds that apply: the one place that decides it, for
-    runs, CV folders, ensembles, ``predict``, ``tune`` and the trainer.
-
-    In order, each beating the one before:
-
-    1. ``base`` when given (an ensemble's first member's tuned thresholds), else the
-       config's ``predict`` section (``cfg``, overrides already applied);
-    2. an ensemble YAML's ``postprocess`` (``post``: its ``default`` on top of the
-       config's, and its ``per_type``);
-    3. ``tuned``: ``thresholds.yaml`` (``cellstack tune``), or its path (used when the
-       file exists);
-    4. ``overrides`` that set a post-processing key (``predict.score_thresh=0.4``):
-       exactly those keys, set to the config's value (overrides applied) for the
-       default and every cell type alike, on top of whichever of 1-3 applies; every
-       other tuned value stays as it was.
-    """
-
-    chosen = base or Thresholds(PostprocessParams.of(cfg.predict))
-    if isinstance(tuned, Path):
-        tuned = read_thresholds(tuned) if tuned.is_file() else None
-    if tuned is not None:
-        chosen = tuned
-    elif post is not None:
-        default = {**chosen.to_dict()["default"], **post.default}
-        chosen = Thresholds.from_dict({"default": default, "per_type": post.per_type}, post_source)
-    keys = override_keys(overrides)
-    return chosen.with_values(**{k: getattr(cfg.predict, k) for k in keys}) if keys else chosen
-
-
-def override_keys(overrides: Sequence[str]) -> list[str]:
-    """The post-processing keys (``score_thresh``, ...) that ``overrides`` set, in
-    their order, each once."""
-    keys = [parse_override(o)[0] for o in overrides]  # the typed parser's reading
-    return list(dict.fromkeys(k.split(".", 1)[1] for k in keys if k in POSTPROCESS_KEYS))
 
 
 def _load_run(
@@ -281,29 +220,6 @@ def _weights_loader(run: Path, allow_unfinished: bool):
         load_weights(model, state, run, assign=True)
 
     return load
-
-
-def read_thresholds(path: Path) -> Thresholds:
-    """A ``thresholds.yaml``, type-checked key by key before any model runs."""
-
-    data = load_yaml(path, "thresholds file")
-    if not data:  # an empty file would silently put library defaults in the run's place
-        raise CellstackError(
-            f"{path}: empty thresholds file; delete it to use the run's own settings, or "
-            "run cellstack tune to write it again"
-        )
-    return Thresholds.from_dict(data, str(path))
-
-
-def write_thresholds(path: Path, thresholds: Thresholds, comment: str = "") -> None:
-    import yaml
-
-    from cellstack.fileio import atomic_write
-
-    with atomic_write(path) as f:
-        if comment:
-            f.write("".join(f"# {line}\n" for line in comment.splitlines()))
-        yaml.safe_dump(thresholds.to_dict(), f, sort_keys=False)
 
 
 def _load_ensemble(
@@ -425,56 +341,3 @@ def _stage_settings(spec: StageSpec, model, where: str):
         typed = build_typed(type(current), {**asdict(current), **values}, f"{where}.{part}")
         out = replace(out, **{part: typed})
     return out
-
-
-def resize_factor(source: Source | None, diameter: float | None, scale: float | None) -> float:
-    """The resize factor for ``diameter`` or ``scale``, checked (the run's trained
-    ``data.scale`` when neither): the one check of both arguments, wherever a user gives
-    them (the API, ``predict``, napari).
-
-    ``source`` None checks the arguments only (before a model is loaded)."""
-    from cellstack.config.schema import MAX_RESIZE
-    from cellstack.data.stats import size_ratio
-
-    if diameter is not None and scale is not None:
-        raise CellstackError("give diameter or scale, not both")
-    for name, value in (("diameter", diameter), ("scale", scale)):
-        if value is not None and not (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        ):
-            raise CellstackError(f"{name} must be a positive finite number, got {value!r}")
-    if diameter is None and scale is None:
-        # A run trained with data.scale predicts at that scale unless told otherwise.
-        trained = getattr(getattr(source, "cfg", None), "data", None)
-        factor = float(trained.scale) if trained is not None and trained.scale != "auto" else 1.0
-    elif diameter is None:
-        factor = float(scale)
-    elif source is None:
-        return 1.0
-    elif source.diameter is None:
-        raise CellstackError(
-            "this run did not record its training objects' diameter (data_stats.json); "
-            "give scale instead of diameter"
-        )
-    else:
-        factor = size_ratio(source.diameter, diameter)
-    lo, hi = MAX_RESIZE
-    if not lo <= factor <= hi:
-        if diameter is not None:
-            raise CellstackError(
-                f"diameter {diameter:g} px against the {source.diameter:g} px the model "
-                f"trained on means resizing by {factor:.4g}, outside {lo:g}..{hi:g}; "
-                "diameter is the cells' size in pixels"
-            )
-        if scale is not None:
-            raise CellstackError(
-                f"scale {factor:.4g} is outside {lo:g}..{hi:g} (scale resizes the image "
-                "before the model: 0.5 halves it)"
-            )
-        raise CellstackError(
-            f"the run's data.scale {factor:.4g} is outside {lo:g}..{hi:g}; give scale"
-        )
-    return factor

@@ -47,16 +47,15 @@ from cellstack.evaluation.matching import overlaps_disjoint
 from cellstack.evaluation.metric import score_prefixes
 from cellstack.inference.postprocess import (
     PostprocessParams,
-    Thresholds,
     confidence_order,
     convex_refill,
-    majority_type,
     nms_from_overlaps,
     offset_masks,
     paste_masks,
     remove_overlaps,
     self_overlaps,
 )
+from cellstack.inference.thresholds import Thresholds, majority_type
 from cellstack.structures import Instances
 
 #: Scales searched around the one that gives the labels' cells the model's size: the
