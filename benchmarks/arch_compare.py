@@ -69,7 +69,7 @@ def main() -> None:
     from cellstack.demo import demo_config_path
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import PredictOptions, predict_folder
+    from cellstack.inference.predict import PredictOptions, predict_folder
 
     work = args.work or Path(tempfile.mkdtemp(prefix="arch_compare_"))
     data = work / "data"

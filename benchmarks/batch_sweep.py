@@ -33,7 +33,7 @@ SAMPLES = Path(cellstack.__file__).parent / "samples" / "nuclei" / "images"
 
 ONE = """
 import resource, sys, time
-from cellstack.inference.run import PredictOptions, predict_folder
+from cellstack.inference.predict import PredictOptions, predict_folder
 model, folder, out, batch, device, amp = sys.argv[1:7]
 options = PredictOptions(overrides=(f"predict.batch_size={batch}", f"predict.amp={amp}"))
 t0 = time.perf_counter()

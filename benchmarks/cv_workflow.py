@@ -52,7 +52,7 @@ def main() -> None:
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.cv import rescore, run_cv
     from cellstack.engine.trainer import train
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     w = args.work
     base = [

@@ -177,7 +177,7 @@ def original_plan(budget_mb: float | None) -> str:
 
     from original_ensemble import ensemble_yaml, layout
 
-    from cellstack.inference.run import dry_run
+    from cellstack.inference.predict import dry_run
 
     work = Path(tempfile.mkdtemp(prefix="original_plan_"))
     try:

@@ -70,7 +70,7 @@ def main() -> None:
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
     from cellstack.inference.baseline import otsu_instances
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
 
     work = args.work or Path(tempfile.mkdtemp(prefix="few_frames_"))
     data = work / "data"

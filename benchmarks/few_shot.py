@@ -121,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from cellstack.data.layouts import load_dataset
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     realdata.use_imagenet_package(args.cache)
     root = realdata.mnfinder_folders(args.cache)

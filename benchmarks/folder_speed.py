@@ -54,7 +54,7 @@ STAGES = [
     ("submission RLE", "data/rle.py", "encode_labels"),
     ("results.json entries", "data/coco.py", "result_entry"),
     ("results.json + csv written", "inference/export.py", "close"),
-    ("whole predict_folder", "inference/run.py", "predict_folder"),
+    ("whole predict_folder", "inference/predict.py", "predict_folder"),
 ]
 
 
@@ -124,7 +124,7 @@ def profile(model: str, images: Path, out: Path, n: int) -> list[dict]:
     import shutil
 
     from cellstack.cli import main
-    from cellstack.inference import run
+    from cellstack.inference import predict
 
     def serial(writer, image_ids, results):
         for image_id, result in zip(image_ids, results, strict=True):
@@ -133,13 +133,13 @@ def profile(model: str, images: Path, out: Path, n: int) -> list[dict]:
     shutil.rmtree(out, ignore_errors=True)
     prof = cProfile.Profile()
     # cProfile sees one thread: the outputs are written in it here, not behind the model.
-    behind = getattr(run, "write_behind", None)  # None: cellstack before issue 43
-    run.write_behind = serial
+    behind = getattr(predict, "write_behind", None)  # None: cellstack before issue 43
+    predict.write_behind = serial
     try:
         prof.runcall(main, ["predict", model, str(images), "--out", str(out), "--quiet"])
     finally:
         if behind is not None:
-            run.write_behind = behind
+            predict.write_behind = behind
     stats = pstats.Stats(prof).stats
     rows = []
     for stage, suffix, name in STAGES:

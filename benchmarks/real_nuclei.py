@@ -52,7 +52,7 @@ def score_folder(source: str | Path, test: Path, work: Path, name: str, override
     """Predict ``test/images`` with ``source`` and score against ``test/labels``."""
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import PredictOptions, predict_folder
+    from cellstack.inference.predict import PredictOptions, predict_folder
 
     records = load_dataset(test)
     out = work / f"pred_{name}"

@@ -125,7 +125,7 @@ def whole_row(model: str, size: int, work: Path) -> dict:
 def folder_rows(model: str, n: int, work: Path) -> list[dict]:
     from cellstack.distributed.cluster import open_client
     from cellstack.distributed.folders import predict_images
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
 
     folder = work / "folder"
     folder.mkdir(exist_ok=True)

@@ -338,7 +338,7 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
     from dataclasses import replace
 
     from cellstack.data.layouts import load_dataset
-    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.predict import raw_predictions
     from cellstack.inference.sources import load_source
     from cellstack.inference.thresholds import Thresholds
     from cellstack.inference.tune import TuneGrid, params_at, score_images
@@ -376,7 +376,7 @@ def score(source, folder: Path, out: Path) -> dict:
     """Competition score etc. of ``source`` (a run folder) on a label folder."""
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
 
     records = load_dataset(folder)
     predict_folder(source, folder / "images", out, device="cpu", progress=False, overwrite=True)

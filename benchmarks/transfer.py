@@ -122,7 +122,7 @@ def score(source, folder: Path, out: Path, overrides=()) -> dict:
     """Predict ``folder``'s images with ``source`` and score them."""
     from cellstack.data.layouts import load_dataset, load_predictions
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.run import PredictOptions, predict_folder
+    from cellstack.inference.predict import PredictOptions, predict_folder
 
     records = load_dataset(folder)
     predict_folder(
@@ -164,7 +164,7 @@ def calibrated(run: Path, folder: Path, work: Path, tag: str, k: int = 3) -> dic
     images (a user's few labels), then NEW and RUN scored on the rest."""
     import shutil
 
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     first, rest = split(folder, k, work / "splits")
     new = work / "tuned" / tag

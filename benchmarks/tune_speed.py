@@ -61,7 +61,7 @@ def real_set(out: Path) -> Path:
 
 
 def time_tune(folder: Path, work: Path) -> dict:
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     new = work / f"tuned_{folder.name}"
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from cellstack.engine.runlog import read_log
 from cellstack.engine.trainer import train
 from cellstack.evaluation.metric import score_image
 from cellstack.inference.export import PredictionFolder
-from cellstack.inference.run import PredictOptions, predict_folder
+from cellstack.inference.predict import PredictOptions, predict_folder
 from cellstack.inference.segmenter import Segmenter
 from tests.conftest import FAST
 

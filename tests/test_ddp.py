@@ -11,7 +11,7 @@ from cellstack import ddp
 from cellstack.config import load_config
 from cellstack.engine.runlog import read_log
 from cellstack.engine.trainer import train
-from cellstack.inference.run import PredictOptions, predict_folder
+from cellstack.inference.predict import PredictOptions, predict_folder
 from tests.conftest import FAST
 
 # Sampling every anchor and every proposal (huge per-image sample sizes) takes the

@@ -88,9 +88,9 @@ def test_every_import_runs_one_way():
 
 def test_the_checker_sees_imports_inside_functions():
     # The wrong imports this test exists for were all inside functions.
-    found = imports(PACKAGE / "inference" / "run.py")
+    found = imports(PACKAGE / "inference" / "predict.py")
     assert "cellstack.inference.segmenter" in {m for _, m in found}  # in predict_folder
-    assert rank("cellstack.engine.trainer") > rank("cellstack.inference.run")
+    assert rank("cellstack.engine.trainer") > rank("cellstack.inference.predict")
     assert rank("cellstack.ddp") == 0
     assert rank("cellstack.distributed.blocks") > rank("cellstack.inference.segmenter")
 

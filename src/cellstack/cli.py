@@ -136,7 +136,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     t0 = time.perf_counter()
     result, path = run_tune(
@@ -169,10 +169,10 @@ def _channels(text: str) -> tuple[int, ...]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cellstack import ddp
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
 
     if args.dry_run:
-        from cellstack.inference.run import dry_run
+        from cellstack.inference.predict import dry_run
 
         print(
             dry_run(
@@ -215,10 +215,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_options(args: argparse.Namespace):
-    """The :class:`~cellstack.inference.run.PredictOptions` of predict's flags."""
+    """The :class:`~cellstack.inference.predict.PredictOptions` of predict's flags."""
     from cellstack.data.images import PlaneSpec
     from cellstack.inference.export import OutputOptions
-    from cellstack.inference.run import PredictOptions
+    from cellstack.inference.predict import PredictOptions
 
     return PredictOptions(
         overrides=tuple(args.overrides),

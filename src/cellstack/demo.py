@@ -125,7 +125,7 @@ class _Run:
 
     def predict(self, source, name: str) -> None:
         """Predict the held-out images with ``source`` into ``out/name``."""
-        from cellstack.inference.run import predict_folder
+        from cellstack.inference.predict import predict_folder
 
         predict_folder(
             source,
@@ -212,7 +212,7 @@ def _zero_shot(run: _Run, step: str) -> None:
 
 
 def _calibrate(run: _Run, step: str) -> None:
-    from cellstack.inference.run import run_tune
+    from cellstack.inference.calibration import run_tune
 
     if not run.has_cells:
         run.say(f"{step} calibrating: skipped (no built-in cells)")
@@ -300,7 +300,7 @@ def _real_nuclei(run: _Run, step: str) -> None:
     from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.export import PredictionFolder
     from cellstack.inference.overlay import outline_overlay, side_by_side
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
     from cellstack.modeling.builtin import builtin_names
 
     if "nuclei" not in builtin_names():

@@ -11,7 +11,7 @@ import tifffile
 from cellstack.distributed.folders import predict_images
 from cellstack.errors import CellstackError
 from cellstack.inference.export import PARTS, PredictionWriter
-from cellstack.inference.run import PredictOptions, predict_folder
+from cellstack.inference.predict import PredictOptions, predict_folder
 
 POST = PredictOptions(
     overrides=("predict.score_thresh=0", "predict.min_size=0", "predict.max_detections=30")

@@ -92,7 +92,7 @@ def test_resume_reproduces_an_uninterrupted_run(small_data, tmp_path):
 @pytest.mark.parametrize("arch", ["cascade", "htc"])
 def test_cascade_and_htc_share_the_loop_resume_and_predict(arch, small_data, tmp_path):
     from cellstack.data.sartorius import read_submission
-    from cellstack.inference.run import predict_folder
+    from cellstack.inference.predict import predict_folder
 
     base = [*FAST, f"model.arch={arch}", "train.iterations=4", "train.eval_every=100"]
     run = tmp_path / "run"

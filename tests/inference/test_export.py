@@ -87,7 +87,7 @@ def test_outline_of_tiny_masks(n):
 
 
 def test_outputs_are_written_behind_in_order_and_a_failed_write_stops_the_run():
-    from cellstack.inference.run import write_behind
+    from cellstack.inference.predict import write_behind
 
     class Writer:
         def __init__(self, fail_on=None):

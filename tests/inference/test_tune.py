@@ -143,7 +143,7 @@ def test_a_run_trained_at_a_scale_is_tuned_on_its_images_at_that_scale(base_run,
 
     from cellstack.data.dataset import load_sample
     from cellstack.data.sartorius import read_train_csv
-    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.predict import raw_predictions
     from cellstack.inference.sources import load_source
     from cellstack.inference.tune import truth_at
 
@@ -278,7 +278,7 @@ def test_the_api_and_the_folder_calibrate_the_same_images_alike(base_run, base_d
     import cellstack
     from cellstack.data.dataset import load_sample
     from cellstack.data.sartorius import read_train_csv
-    from cellstack.inference.run import calibrate_source
+    from cellstack.inference.calibration import calibrate_source
     from cellstack.inference.sources import load_source
 
     records = read_train_csv(base_data / "train.csv")[:2]

@@ -98,7 +98,7 @@ def test_train_out_that_is_a_file(cli, data, tmp_path):
 
 def test_predict_killed_midway_leaves_no_finished_marker(run, images, tmp_path, monkeypatch):
     from cellstack.inference import export
-    from cellstack.inference.run import PredictOptions, predict_folder
+    from cellstack.inference.predict import PredictOptions, predict_folder
 
     real = export.PredictionWriter.add
     calls = {"n": 0}

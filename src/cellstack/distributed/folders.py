@@ -25,7 +25,7 @@ from cellstack.distributed.cluster import limit_threads
 from cellstack.distributed.tasks import JOB, TaskRunner, open_job, start_job
 from cellstack.fileio import output_lock
 from cellstack.inference.export import PARTS, PredictionWriter
-from cellstack.inference.run import PredictOptions, PredictSummary, prepare_output
+from cellstack.inference.predict import PredictOptions, PredictSummary, prepare_output
 
 if TYPE_CHECKING:
     from cellstack.inference.segmenter import Segmenter
@@ -56,7 +56,7 @@ def predict_images(
 ) -> PredictSummary:
     """Predict every image of ``images`` on the workers of the Dask ``client`` into
     ``out`` with ``options`` (the outputs of
-    :func:`~cellstack.inference.run.predict_folder`, the same files). Resumes an
+    :func:`~cellstack.inference.predict.predict_folder`, the same files). Resumes an
     interrupted run of the same source and images in ``out``.
 
     ``device``: where the workers run the model (``cuda`` with one GPU per worker).
@@ -99,7 +99,7 @@ def predict_images(
 def _resume_or_prepare(out: Path, job: dict, inputs: list[Path], overwrite: bool) -> set[str]:
     """The image ids already done by an interrupted run of the same job (after which
     ``out`` is as it left it), or an empty set with ``out`` prepared as
-    :func:`~cellstack.inference.run.prepare_output` does."""
+    :func:`~cellstack.inference.predict.prepare_output` does."""
     refusal = (
         f"{out}: holds an unfinished run of another source or other images; run that "
         "command again to finish it, or pass --overwrite to start over"

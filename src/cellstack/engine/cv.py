@@ -80,7 +80,7 @@ def run_cv(
     """Train every fold, predict its held-out images, score them (module docstring)."""
     from cellstack.data.splits import assign_folds, cv_records
     from cellstack.engine.trainer import resolve_auto, train
-    from cellstack.inference.run import raw_predictions
+    from cellstack.inference.predict import raw_predictions
     from cellstack.inference.sources import load_source
 
     data, out = Path(data), Path(out)

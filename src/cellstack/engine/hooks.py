@@ -135,7 +135,7 @@ class FinishHook(HookBase):
 
     def after_train(self, loop: Loop) -> None:
         from cellstack.engine.runlog import plot_log, read_log
-        from cellstack.inference.run import tune_run_thresholds
+        from cellstack.inference.calibration import tune_run_thresholds
         from cellstack.modeling import runfolder
 
         if not loop.world.main:
