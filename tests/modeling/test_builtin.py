@@ -11,7 +11,7 @@ import cellstack
 from cellstack.cli import main
 from cellstack.data.images import read_image
 from cellstack.errors import CellstackError
-from cellstack.modeling import builtin, files
+from cellstack.modeling import builtin, runfolder
 
 POST = ["predict.score_thresh=0", "predict.min_size=0"]
 
@@ -23,7 +23,7 @@ def models(tmp_path, monkeypatch, base_run):
     import shutil
 
     root = tmp_path / "models"
-    state = files.load(base_run / files.FINAL)
+    state = runfolder.load(base_run / runfolder.FINAL)
     for name, dtype in (("tiny", torch.float32), ("tiny16", torch.float16)):
         builtin.write_builtin(root / name, state, dtype=dtype)
         shutil.copy(base_run / "data_stats.json", root / name / "data_stats.json")
@@ -217,7 +217,7 @@ def test_finetuning_keeps_the_pretrained_sizes_and_rescales_the_data(models, bas
         tifffile.imwrite(small / "images" / f"{rec.image_id}.tif", image)
         tifffile.imwrite(small / "labels" / f"{rec.image_id}.tif", labels)
     train(cfg, small, tmp_path / "ft", progress=False)
-    run_cfg, _, _ = files.load_run(tmp_path / "ft")
+    run_cfg, _, _ = runfolder.load_run(tmp_path / "ft")
     assert run_cfg.model.rpn.anchor_scale == source["model"]["rpn"]["anchor_scale"]
     assert run_cfg.model.roi.mask_pool == source["model"]["roi"]["mask_pool"]
     assert run_cfg.data.crop_size == source["data"]["crop_size"]
