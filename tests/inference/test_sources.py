@@ -71,3 +71,26 @@ def test_an_override_of_one_key_keeps_every_other_tuned_value():
         mask_thresh=0.4, score_thresh=0.6, mask_nms_iou=0.2, min_size=9
     )
     assert got.per_type["astro"].score_thresh == 0.2 and got.per_type["astro"].min_size == 9
+
+
+def test_loading_a_source_resolves_its_run_once_and_reads_its_stats_once(base_run, monkeypatch):
+    """One load: the folder is resolved by ``load_source`` alone, ``data_stats.json``
+    read once, and the sizes the model predicts with come from that one reading."""
+    from cellstack.modeling import builtin, runfolder
+
+    calls = {"resolve": 0, "stats": 0}
+    resolve, read = builtin.resolve_run, runfolder.read_data_stats
+
+    def counting_resolve(*args, **kwargs):
+        calls["resolve"] += 1
+        return resolve(*args, **kwargs)
+
+    def counting_read(*args, **kwargs):
+        calls["stats"] += 1
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(builtin, "resolve_run", counting_resolve)
+    monkeypatch.setattr(runfolder, "read_data_stats", counting_read)
+    src = load_source(base_run)
+    assert calls == {"resolve": 1, "stats": 1}
+    assert src.diameter is not None and src.diameter > 0

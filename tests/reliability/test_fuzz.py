@@ -357,12 +357,13 @@ def test_ensemble_yaml_loads_or_is_refused(base_run, doc, text):
 def test_data_stats_json_reads_or_is_refused(content):
     from cellstack.data.stats import ObjectStats
     from cellstack.inference.sources import trained_sizes
+    from cellstack.modeling.runfolder import read_data_stats
 
     folder, path = _with_file(".json", content)
     with folder:
         path.rename(path.parent / "data_stats.json")
         try:
-            sizes = trained_sizes(path.parent)
+            sizes = trained_sizes(read_data_stats(path.parent), path.parent)
         except CellstackError:
             return
         assert all(v is None or (math.isfinite(v) and v > 0) for v in sizes.values())

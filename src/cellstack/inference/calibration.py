@@ -249,6 +249,7 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     from cellstack.data.splits import cv_records
     from cellstack.inference.sources import trained_sizes
     from cellstack.inference.thresholds import THRESHOLDS, resolve_thresholds, write_thresholds
+    from cellstack.modeling.runfolder import read_data_stats
 
     data = Path(data) if data is not None else cv.data_path()
     cfg = config_from_dict(config_to_dict(cv.config()), overrides)
@@ -263,7 +264,8 @@ def _tune_cv(cv, data, fold, overrides, grid, progress) -> tuple[TuneResult, obj
     # The starting point is what predict would apply (thresholds given on the command
     # line beat thresholds.yaml).
     current = resolve_thresholds(cfg, overrides, tuned=cv.path / THRESHOLDS)
-    grid = grid or TuneGrid.for_objects(trained_sizes(cv.fold_run(0))["area_p1"])
+    first = cv.fold_run(0)
+    grid = grid or TuneGrid.for_objects(trained_sizes(read_data_stats(first), first)["area_p1"])
     result = calibrate(
         lambda _: [raws[r.image_id] for r in records],
         records,

@@ -123,27 +123,26 @@ def load_source(
         runs = cv.runs(allow_unfinished=allow_unfinished)
         spec = {"models": [str(r) for r in runs], "type_settings": "none"}
         return _load_ensemble(cv.ensemble_path, overrides, allow_unfinished, spec)
-    model, cfg = _load_run(path, overrides, allow_unfinished)
+    model, cfg, stats = _load_run(path, overrides, allow_unfinished)
     thresholds = resolve_thresholds(cfg, overrides, tuned=path / THRESHOLDS)
     check_cell_types(thresholds.per_type, model.class_names, path / THRESHOLDS)
     return Source(
-        model, model.class_names, cfg, thresholds, path / THRESHOLDS, **trained_sizes(path)
+        model, model.class_names, cfg, thresholds, path / THRESHOLDS, **trained_sizes(stats, path)
     )
 
 
-def trained_sizes(run: Path) -> dict[str, float | None]:
+def trained_sizes(stats: dict | None, run: Path) -> dict[str, float | None]:
     """``diameter`` (median), ``largest`` (95th percentile of the longer box side) and
     ``area_p1`` (first percentile of the areas) of the objects a run trained on, in
-    pixels, from its ``data_stats.json``
-    (:func:`~cellstack.modeling.runfolder.run_data_stats`); None where not recorded.
+    pixels, from its ``data_stats.json`` as read
+    (:func:`~cellstack.modeling.runfolder.read_data_stats`: ``stats``, None for no
+    file); None where not recorded.
 
     Raises:
         CellstackError: a value is recorded but is no positive finite number (0, NaN,
-            text: a file edited by hand), naming the file and the key.
+            text: a file edited by hand), naming the run's file and the key.
     """
-    from cellstack.modeling.runfolder import run_data_stats
-
-    stats = run_data_stats(run) or {}
+    stats = stats or {}
 
     def number(key: str) -> float | None:
         value = stats.get(key)
@@ -172,14 +171,16 @@ def trained_sizes(run: Path) -> dict[str, float | None]:
 def _load_run(
     run: Path, overrides: tuple[str, ...], allow_unfinished: bool = False, lazy: bool = False
 ):
-    """``(model, config)`` of a run folder; ``lazy``: the model is a skeleton on the
-    ``meta`` device (no weights read) and :func:`_weights_loader` fills it later."""
+    """``(model, config, data_stats)`` of a run folder, already resolved (its files
+    read once); ``lazy``: the model is a skeleton on the ``meta`` device (no weights
+    read) and :func:`_weights_loader` fills it later."""
     from cellstack.data.stats import ObjectStats
     from cellstack.modeling.build import build_model
-    from cellstack.modeling.runfolder import load_run, load_weights, run_data_stats
+    from cellstack.modeling.runfolder import load_weights, read_data_stats, read_run
 
-    cfg, class_names, state = load_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
-    trained_on = ObjectStats.recorded(run_data_stats(run))
+    cfg, class_names, state = read_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
+    stats = read_data_stats(run)
+    trained_on = ObjectStats.recorded(stats)
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
         left = unresolved(cfg)
@@ -190,9 +191,10 @@ def _load_run(
             )
     if lazy:
         with torch.device("meta"):
-            return build_model(
+            skeleton = build_model(
                 cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
-            ).eval(), cfg
+            )
+            return skeleton.eval(), cfg, stats
     try:
         model = build_model(
             cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
@@ -208,15 +210,15 @@ def _load_run(
             "describes (a trained model's architecture is fixed by its weights; when "
             "predicting, override predict.* settings)"
         ) from exc
-    return model.eval(), cfg
+    return model.eval(), cfg, stats
 
 
 def _weights_loader(run: Path, allow_unfinished: bool):
     """A function that reads ``run``'s weights into its model (see ``Ensemble``)."""
-    from cellstack.modeling.runfolder import load_run, load_weights
+    from cellstack.modeling.runfolder import load_weights, read_run
 
     def load(model: torch.nn.Module) -> None:
-        _, _, state = load_run(run, allow_unfinished=allow_unfinished)
+        _, _, state = read_run(run, allow_unfinished=allow_unfinished)
         load_weights(model, state, run, assign=True)
 
     return load
@@ -262,7 +264,7 @@ def _load_ensemble(
     # With a weight budget, runs are skeletons until a stage needs them.
     lazy = math.isfinite(spec.weights_budget_mb)
     loaded = [_load_run(r, overrides, allow_unfinished, lazy) for r in resolved]
-    models = [m for m, _ in loaded]
+    models = [m for m, _, _ in loaded]
     cfg = loaded[0][1]
     names = models[0].class_names
 
@@ -316,7 +318,8 @@ def _load_ensemble(
         tuned=tuned,
         base=member_tuned[0],
     )
-    return Source(ensemble, names, cfg, thresholds, tpath, **trained_sizes(resolved[0]))
+    sizes = trained_sizes(loaded[0][2], resolved[0])
+    return Source(ensemble, names, cfg, thresholds, tpath, **sizes)
 
 
 def _runs_of(spec: str, base: Path, allow_unfinished: bool) -> list[Path]:

@@ -89,9 +89,18 @@ def load(path: Path, *, mmap: bool = False) -> dict:
 def load_run(
     run: str | Path, *, allow_unfinished: bool = False, mmap: bool = False
 ) -> tuple[Config, list[str], dict]:
-    """``(config, class_names, model_state)`` of a run folder or a built-in model
-    (``mmap``: see :func:`load`; ``run`` resolves by
-    :func:`~cellstack.modeling.builtin.resolve_run`).
+    """:func:`read_run` of the folder ``run`` names (resolved by
+    :func:`~cellstack.modeling.builtin.resolve_run`: a path or a built-in's name)."""
+    from cellstack.modeling.builtin import resolve_run
+
+    return read_run(resolve_run(run, quiet=True), allow_unfinished=allow_unfinished, mmap=mmap)
+
+
+def read_run(
+    run: Path, *, allow_unfinished: bool = False, mmap: bool = False
+) -> tuple[Config, list[str], dict]:
+    """``(config, class_names, model_state)`` of a run folder or a built-in model's
+    folder, already resolved (``mmap``: see :func:`load`).
 
     A finished run's ``model.pt`` is used. A run that has only ``checkpoint.pt``
     (training was stopped or is still going) is refused unless ``allow_unfinished``,
@@ -100,15 +109,8 @@ def load_run(
     """
     import sys
 
-    from cellstack.modeling.builtin import (
-        META,
-        WEIGHTS,
-        is_builtin_folder,
-        read_builtin,
-        resolve_run,
-    )
+    from cellstack.modeling.builtin import META, WEIGHTS, is_builtin_folder, read_builtin
 
-    run = resolve_run(run, quiet=True)
     if not run.is_dir():
         raise CellstackError(f"{run}: run folder not found")
     if is_builtin_folder(run):
@@ -198,13 +200,19 @@ def final_state(
 
 
 def run_data_stats(run: str | Path) -> dict | None:
-    """The training objects' statistics a run (or built-in model) recorded in its
-    ``data_stats.json``; None when it has none."""
-    import json
-
+    """:func:`read_data_stats` of the folder ``run`` names (a path or a built-in's
+    name)."""
     from cellstack.modeling.builtin import resolve_run
 
-    path = resolve_run(run, quiet=True) / "data_stats.json"
+    return read_data_stats(resolve_run(run, quiet=True))
+
+
+def read_data_stats(run: Path) -> dict | None:
+    """The training objects' statistics a run (or built-in model) folder, already
+    resolved, recorded in its ``data_stats.json``; None when it has none."""
+    import json
+
+    path = run / "data_stats.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
