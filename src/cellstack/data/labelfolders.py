@@ -4,7 +4,9 @@
   StarDist's habit): a label image of the same size, integer instance ids,
   0 = background.
 - Cellpose's flat folder: ``DIR/{stem}.tif`` beside ``DIR/{stem}_masks.tif`` (or
-  ``_cp_masks.png``, what Cellpose writes for its own predictions).
+  ``_cp_masks.png``, what Cellpose writes for its own predictions), or beside
+  ``DIR/{stem}_seg.npy``, what Cellpose's GUI saves (read without running code:
+  :mod:`~cellstack.data.segnpy`): masks drawn or corrected there are training data.
 
 Label files may carry the ``_masks`` / ``_cp_masks`` suffix in every layout. An
 optional ``DIR/cell_types.csv`` with columns ``id,cell_type`` names each image's type.
@@ -18,6 +20,7 @@ from pathlib import Path
 from cellstack.data.images import IMAGE_SUFFIXES, image_size, list_images
 from cellstack.data.labels import LABEL_SUFFIXES
 from cellstack.data.records import ImageRecord
+from cellstack.data.segnpy import SEG_SUFFIX
 from cellstack.errors import DataError
 
 #: Folders of label images beside ``images/`` (ours, StarDist's).
@@ -30,8 +33,9 @@ MASK_STEM_SUFFIXES = ("", "_masks", "_cp_masks")
 
 def find_label(labels_dir: Path, stem: str, *, masks_only: bool = False) -> Path | None:
     """The label file for ``stem`` in ``labels_dir``: ``{stem}``, ``{stem}_masks`` or
-    ``{stem}_cp_masks`` with any of :data:`LABEL_SUFFIXES`; only the last two with
-    ``masks_only`` (a folder where the images themselves lie too).
+    ``{stem}_cp_masks`` with any of :data:`LABEL_SUFFIXES`, or Cellpose's GUI file
+    ``{stem}_seg.npy``; not the bare ``{stem}`` with ``masks_only`` (a folder where the
+    images themselves lie too).
 
     Raises:
         DataError: two of them exist (which one is the truth would be a guess).
@@ -42,6 +46,8 @@ def find_label(labels_dir: Path, stem: str, *, masks_only: bool = False) -> Path
         for suffix in LABEL_SUFFIXES
         if (labels_dir / f"{stem}{tail}{suffix}").is_file()
     ]
+    if (labels_dir / f"{stem}{SEG_SUFFIX}").is_file():
+        found.append(labels_dir / f"{stem}{SEG_SUFFIX}")
     if len(found) > 1:
         raise DataError(
             f"{labels_dir}: {found[0].name} and {found[1].name} both label image {stem!r}; keep one"
@@ -55,9 +61,11 @@ def is_mask_name(stem: str) -> bool:
 
 
 def has_mask_files(folder: Path) -> bool:
-    """Whether ``folder`` holds Cellpose-named mask files (``*_masks``, ``*_cp_masks``)."""
+    """Whether ``folder`` holds Cellpose-named mask files (``*_masks``, ``*_cp_masks``,
+    the GUI's ``*_seg.npy``)."""
     return folder.is_dir() and any(
-        p.suffix.lower() in LABEL_SUFFIXES and is_mask_name(p.stem) for p in folder.iterdir()
+        (p.suffix.lower() in LABEL_SUFFIXES and is_mask_name(p.stem)) or p.name.endswith(SEG_SUFFIX)
+        for p in folder.iterdir()
     )
 
 
@@ -99,7 +107,7 @@ def read_label_dir(root: str | Path, *, require_labels: bool = True) -> list[Ima
     root = Path(root)
     labels_dir = label_folder(root)
     if labels_dir is None:
-        raise DataError(f"{root}: no images/ folder and no Cellpose *_masks files")
+        raise DataError(f"{root}: no images/ folder and no Cellpose *_masks or *_seg.npy files")
     image_dir = root / "images" if (root / "images").is_dir() else root
     listed = list_images(image_dir)
     images = [p for p in listed if not is_mask_name(p.stem)]

@@ -17,12 +17,17 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 def read_label_image(
     path: str | Path, *, expected_shape: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Read a label image as int32[H, W] (0 = background).
+    """Read a label image as int32[H, W] (0 = background); a Cellpose GUI
+    ``*_seg.npy`` gives its ``masks`` (:func:`~cellstack.data.segnpy.read_seg_npy`).
 
     Raises:
         DataError: unreadable, colour, negative or fractional ids, or a size other than
             ``expected_shape``.
     """
+    from cellstack.data.segnpy import SEG_SUFFIX, read_seg_npy
+
+    if str(path).endswith(SEG_SUFFIX):
+        return read_seg_npy(path, expected_shape=expected_shape)
     label = read_image(path)
     if label.ndim != 2:
         raise DataError(f"{path}: a label image must be single-channel, got shape {label.shape}")
