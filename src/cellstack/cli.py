@@ -232,6 +232,7 @@ def _predict_options(args: argparse.Namespace):
             label_dtype=args.label_dtype,
             save_geojson=args.save_geojson,
             save_ome_zarr=args.save_ome_zarr,
+            save_seg_npy=args.save_seg_npy,
         ),
     )
 
@@ -246,6 +247,7 @@ def _predict_large(args: argparse.Namespace) -> int:
         for flag, on in (
             ("--save-rois", args.save_rois),
             ("--save-geojson", args.save_geojson),
+            ("--save-seg-npy", args.save_seg_npy),
             ("--channel", args.channel is not None),
             ("--z-axis", args.z_axis is not None),
             ("--t-axis", args.t_axis is not None),
@@ -541,6 +543,12 @@ def _predict_output_options(g: argparse._ArgumentGroup) -> None:
         "--save-rois",
         action="store_true",
         help="also write rois/{id}.zip, an ImageJ ROI set named by label id (Fiji)",
+    )
+    g.add_argument(
+        "--save-seg-npy",
+        action="store_true",
+        help="also write seg-npy/{id}.png beside {id}_seg.npy, Cellpose's GUI file (2-D "
+        "images): open the folder in Cellpose's GUI, correct the masks, train on it",
     )
     g.add_argument(
         "--save-geojson",

@@ -114,3 +114,25 @@ def test_outputs_are_written_behind_in_order_and_a_failed_write_stops_the_run():
         write_behind(writer, list("abcde"), results())
     # at most one image is segmented ahead of the failed write; nothing after it is written
     assert writer.added == [("a", 0)] and len(segmented) <= 3
+
+
+def test_seg_npy_output_is_a_label_folder_for_training(tmp_path):
+    """predict --save-seg-npy writes what Cellpose's GUI opens (the image beside its
+    _seg.npy); the folder, corrected or not, reads back as labels: the GUI cycle."""
+    from cellstack.data.layouts import load_dataset
+    from cellstack.data.segnpy import read_seg_npy
+
+    out = tmp_path / "p"
+    args = ["predict", "nuclei", str(SAMPLES / "images" / "hela_h2b.tif"), "--out", str(out)]
+    assert main([*args, "--save-seg-npy", "--quiet"]) == 0
+    labels = tifffile.imread(out / "labels" / "hela_h2b.tif")
+    (record,) = load_dataset(out / "seg-npy")
+    assert record.image_id == "hela_h2b" and record.shape == labels.shape
+    assert np.array_equal(record.label_image(), labels) and labels.max() >= 10
+    # The keys Cellpose's GUI reads: outlines carry each cell's id on its boundary.
+    data = np.load(out / "seg-npy" / "hela_h2b_seg.npy", allow_pickle=True).item()
+    assert data["filename"] == "hela_h2b.png" and len(data["ismanual"]) == labels.max()
+    assert set(np.unique(data["outlines"])) == set(np.unique(labels))
+    assert np.array_equal(read_seg_npy(out / "seg-npy" / "hela_h2b_seg.npy"), labels)
+    manifest = (out / "cellstack-outputs.txt").read_text().split()
+    assert {"seg-npy/hela_h2b.png", "seg-npy/hela_h2b_seg.npy"} <= set(manifest)

@@ -86,3 +86,29 @@ def read_seg_npy(path: str | Path, *, expected_shape: tuple[int, int] | None = N
     if masks.size and int(masks.max()) > np.iinfo(np.int32).max:
         raise DataError(f"{path}: mask ids beyond int32")
     return masks.astype(np.int32)
+
+
+def write_seg_npy(path: str | Path, labels: np.ndarray, image_name: str) -> None:
+    """Write ``labels`` int[H, W] (ids 1..n, 0 = background) as a Cellpose GUI file
+    that Cellpose opens beside the image ``image_name`` (in the same folder): the
+    ``masks``, their ``outlines`` (each cell's boundary pixels carry its id, as Cellpose
+    writes them), ``ismanual`` all False (predicted, not drawn) and the image's name.
+    Written atomically; read back by :func:`read_seg_npy`.
+    """
+    from cellstack.fileio import atomic_write
+
+    masks = np.asarray(labels).astype(np.int32)
+    edge = np.zeros(masks.shape, dtype=bool)  # a pixel with a 4-neighbour of another id
+    edge[:-1] |= masks[:-1] != masks[1:]
+    edge[1:] |= masks[1:] != masks[:-1]
+    edge[:, :-1] |= masks[:, :-1] != masks[:, 1:]
+    edge[:, 1:] |= masks[:, 1:] != masks[:, :-1]
+    data = {
+        "masks": masks,
+        "outlines": np.where(edge & (masks > 0), masks, 0).astype(np.int32),
+        "ismanual": np.zeros(int(masks.max(initial=0)), dtype=bool),
+        "filename": image_name,
+        "chan_choose": [0, 0],
+    }
+    with atomic_write(path, "wb") as f:
+        np.save(f, data, allow_pickle=True)  # our own dict: Cellpose's GUI reads a pickle

@@ -17,6 +17,7 @@ from cellstack.data.coco import result_entry, write_json
 from cellstack.data.images import write_png
 from cellstack.data.labels import LABEL_DTYPES, write_label_tiff
 from cellstack.data.sartorius import write_submission
+from cellstack.data.segnpy import write_seg_npy
 from cellstack.fileio import atomic_path, atomic_write, child
 from cellstack.inference.overlay import outline_overlay
 
@@ -34,6 +35,7 @@ OUTPUTS = (
     "rois",
     "geojson",
     "ome-zarr",
+    "seg-npy",
 )
 #: Every file a predict run writes is listed here (one path per line, relative to the
 #: output folder) *before* it is written, so ``--overwrite`` deletes exactly those files
@@ -100,6 +102,7 @@ class OutputOptions:
     label_dtype: str = "int32"
     save_geojson: bool = False
     save_ome_zarr: bool = False
+    save_seg_npy: bool = False
 
     def __post_init__(self) -> None:
         from cellstack.errors import CellstackError
@@ -116,6 +119,7 @@ class OutputOptions:
             ("rois/", self.save_rois),
             ("geojson/", self.save_geojson),
             ("ome-zarr/", self.save_ome_zarr),
+            ("seg-npy/", self.save_seg_npy),
         )
         return ["submission.csv", "results.json", "labels/", "objects/"] + [
             name for name, on in optional if on
@@ -144,6 +148,10 @@ class PredictionWriter:
     - ``ome-zarr/{id}.zarr`` (``options.save_ome_zarr``, 2-D images): the label image as NGFF
       (:func:`~cellstack.data.omezarr.write_label_zarr`), for napari-ome-zarr and
       Fiji; listed in the manifest as a folder (``ome-zarr/{id}.zarr/``).
+    - ``seg-npy/{id}.png`` and ``seg-npy/{id}_seg.npy`` (``options.save_seg_npy``, 2-D
+      images): the image as the model saw it and its cells as Cellpose's GUI file, so
+      the folder opens in Cellpose's GUI for correction and, corrected, is a label folder
+      for ``cellstack train`` (:mod:`~cellstack.data.segnpy`).
 
     At :meth:`close`: ``submission.csv`` (Kaggle RLE rows, 2-D images) and
     ``results.json`` (COCO results: RLE masks, scores, ``category_id`` = class index + 1,
@@ -198,6 +206,13 @@ class PredictionWriter:
             write_json(path, geojson_of(result))
         if self.options.save_ome_zarr and not lead:
             self._write_zarr(image_id, result.labels)
+        if self.options.save_seg_npy and not lead:
+            write_png(self.target("seg-npy", f"{image_id}.png", image_id=image_id), result.image)
+            write_seg_npy(
+                self.target("seg-npy", f"{image_id}_seg.npy", image_id=image_id),
+                result.labels,
+                f"{image_id}.png",
+            )
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
         offset = 0  # label ids run on across the planes of a stack
