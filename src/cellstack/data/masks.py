@@ -71,3 +71,15 @@ def pixels_to_labels(pixels: list[np.ndarray], image_size: tuple[int, int]) -> n
     for i, p in enumerate(pixels, start=1):
         label[p] = i
     return label.reshape(image_size)
+
+
+def outline_pixels(labels: np.ndarray) -> np.ndarray:
+    """bool[H, W]: the pixels of cells (``labels`` int[H, W], 0 = background) with a
+    4-neighbour of another id, each cell's inner boundary (what overlays draw and
+    Cellpose's ``outlines`` hold)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edge & (labels > 0)

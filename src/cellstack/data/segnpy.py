@@ -11,7 +11,6 @@ containers (dict, list, tuple, str, numbers) and refuses anything else in one li
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def read_seg_npy(path: str | Path, *, expected_shape: tuple[int, int] | None = N
             )
             _, _, dtype = header(f)
             if dtype.hasobject:
-                data = _ArraysOnly(io.BytesIO(f.read())).load()
+                data = _ArraysOnly(f).load()  # the pickle follows the header
             else:  # a bare label array saved as .npy
                 f.seek(0)
                 data = {"masks": np.load(f, allow_pickle=False)}
@@ -95,17 +94,13 @@ def write_seg_npy(path: str | Path, labels: np.ndarray, image_name: str) -> None
     writes them), ``ismanual`` all False (predicted, not drawn) and the image's name.
     Written atomically; read back by :func:`read_seg_npy`.
     """
+    from cellstack.data.masks import outline_pixels
     from cellstack.fileio import atomic_write
 
     masks = np.asarray(labels).astype(np.int32)
-    edge = np.zeros(masks.shape, dtype=bool)  # a pixel with a 4-neighbour of another id
-    edge[:-1] |= masks[:-1] != masks[1:]
-    edge[1:] |= masks[1:] != masks[:-1]
-    edge[:, :-1] |= masks[:, :-1] != masks[:, 1:]
-    edge[:, 1:] |= masks[:, 1:] != masks[:, :-1]
     data = {
         "masks": masks,
-        "outlines": np.where(edge & (masks > 0), masks, 0).astype(np.int32),
+        "outlines": np.where(outline_pixels(masks), masks, 0).astype(np.int32),
         "ismanual": np.zeros(int(masks.max(initial=0)), dtype=bool),
         "filename": image_name,
         "chan_choose": [0, 0],

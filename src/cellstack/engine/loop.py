@@ -14,10 +14,9 @@ the other way), called in a fixed order:
 - ``after_train(loop)`` once the last iteration is done (:meth:`Loop.finish`; also the
   one entry point that finishes a run killed while it was being finished).
 
-A hook
-that carries state returns it from ``state_dict`` and gets it back from
-``load_state_dict``; a hook whose weights are the ones to score and save (the EMA)
-says so in :meth:`HookBase.weights`.
+A hook that carries state returns it from ``state_dict`` and gets it back from
+``load_state_dict``; a hook whose weights are the ones to score and save (the EMA) says
+so in :meth:`HookBase.weights`.
 """
 
 from __future__ import annotations

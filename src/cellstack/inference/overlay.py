@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from cellstack.data.images import to_gray_uint8
+from cellstack.data.masks import outline_pixels
 
 #: BGR-free RGB colours cycled over class indices (colour-blind friendly, Okabe-Ito).
 PALETTE = (
@@ -37,13 +38,7 @@ def outline_overlay(
     labels = np.asarray(labels)
     if labels.max(initial=0) == 0:
         return rgb
-    # A pixel is on an outline when a 4-neighbour has another id.
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge &= labels > 0
+    edge = outline_pixels(labels)
     if classes is None:
         classes = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     colours = np.array(PALETTE, dtype=np.uint8)[np.asarray(classes) % len(PALETTE)]
