@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/metric_speed.py
+	$(BIN)/python benchmarks/speed.py metric
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

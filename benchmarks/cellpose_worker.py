@@ -1,4 +1,4 @@
-"""Cellpose ``cyto`` on a list of images, run by ``benchmarks/peers.py`` in Cellpose's
+"""Cellpose ``cyto`` on a list of images, run by ``benchmarks/accuracy.py peers`` in Cellpose's
 own venv (never imported by cellstack, never a cellstack dependency).
 
     PEER_PYTHON cellpose_worker.py WEIGHTS JOBS.json OUT_DIR

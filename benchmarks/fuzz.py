@@ -14,26 +14,21 @@ Prints a table and writes JSON. A failure prints hypothesis' smallest failing ex
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
-from reporting import machine_line, write_report
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = harness.ROOT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.arguments(__doc__, "fuzz", threads=None)
     parser.add_argument("--profile", default="long")
     parser.add_argument("-k", default=None, help="only the probes whose name matches")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fuzz.json"))
     args = parser.parse_args()
 
     junit = args.out.with_suffix(".xml")
@@ -63,12 +58,10 @@ def main() -> None:
             {"probe": case.get("name"), "outcome": outcome, "seconds": float(case.get("time"))}
         )
     junit.unlink()
-    print(f"\nprofile {args.profile}; {machine_line()}")
-    print("| probe | outcome | seconds |")
-    print("|---|---|---|")
-    for r in rows:
-        print(f"| {r['probe']} | {r['outcome']} | {r['seconds']:.1f} |")
-    write_report(args.out, {"profile": args.profile, "seconds": total, "rows": rows})
+    print(f"\nprofile {args.profile}; {harness.machine_line()}")
+    table = [[r["probe"], r["outcome"], r["seconds"]] for r in rows]
+    harness.print_table(["probe", "outcome", "seconds"], table, digits=1)
+    harness.write_report(args.out, {"profile": args.profile, "seconds": total, "rows": rows})
     sys.exit(code)
 
 

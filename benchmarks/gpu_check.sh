@@ -5,9 +5,9 @@
 #   1. the CUDA tests (tests/test_cuda.py: AMP training, AMP predict of a run and of an
 #      ensemble with flips, one nccl process under torchrun), then the rest of the suite
 #      on the GPU machine's cores (pytest-xdist when there);
-#   2. benchmarks/train_speed.py --device cuda --amp (torchvision v1 against ours, Cascade,
+#   2. benchmarks/speed.py train --device cuda --amp (torchvision v1 against ours, Cascade,
 #      HTC), and the same two first rows without AMP;
-#   3. predict with and without AMP, and the batch sweep: benchmarks/batch_sweep.py
+#   3. predict with and without AMP, and the batch sweep: benchmarks/speed.py batch
 #      --device cuda over 100 images of 512x512 at batch 1, 4, 8 and 16;
 #   4. a 1-process nccl `torchrun` training run of configs/demo.yaml on synthetic data.
 #
@@ -76,15 +76,15 @@ $PY -c "import xdist" 2> /dev/null && XDIST=(-n 8)
 step tests 180 $PY -m pytest tests -q -x -p no:cacheprovider "${XDIST[@]}" --ignore tests/test_cuda.py
 
 ROWS=("torchvision v1" "cellstack maskrcnn" "cellstack cascade" "cellstack htc")
-step train_speed_amp 90 $PY benchmarks/train_speed.py --device cuda --amp --threads 8 \
-  --steps 10 --warmup 3 --rows "${ROWS[@]}" --json "$OUT/train_speed_amp.json"
-step train_speed_fp32 40 $PY benchmarks/train_speed.py --device cuda --threads 8 \
-  --steps 10 --warmup 3 --rows "${ROWS[@]:0:2}" --json "$OUT/train_speed_fp32.json"
+step train_speed_amp 90 $PY benchmarks/speed.py train --device cuda --amp --threads 8 \
+  --steps 10 --warmup 3 --rows "${ROWS[@]}" --out "$OUT/train_speed_amp.json"
+step train_speed_fp32 40 $PY benchmarks/speed.py train --device cuda --threads 8 \
+  --steps 10 --warmup 3 --rows "${ROWS[@]:0:2}" --out "$OUT/train_speed_fp32.json"
 
-step batch_sweep_amp 50 $PY benchmarks/batch_sweep.py --device cuda --images 100 \
-  --batches 1 4 8 16 --workers 0 --threads 8 --json "$OUT/batch_sweep_amp.json"
-step batch_sweep_fp32 30 $PY benchmarks/batch_sweep.py --device cuda --no-amp --images 100 \
-  --batches 1 8 --workers 0 --threads 8 --json "$OUT/batch_sweep_fp32.json"
+step batch_sweep_amp 50 $PY benchmarks/speed.py batch --device cuda --images 100 \
+  --batches 1 4 8 16 --workers 0 --threads 8 --out "$OUT/batch_sweep_amp.json"
+step batch_sweep_fp32 30 $PY benchmarks/speed.py batch --device cuda --no-amp --images 100 \
+  --batches 1 8 --workers 0 --threads 8 --out "$OUT/batch_sweep_fp32.json"
 
 DATA=/tmp/cellstack-gpu-data
 rm -rf "$DATA" /tmp/cellstack-gpu-run

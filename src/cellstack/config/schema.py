@@ -360,7 +360,7 @@ class PredictConfig:
         batch_size, tile_size, tile_overlap: how images go through the model
             (``batch_size``: planes per forward pass; 1 is fastest on CPU, where
             batches of 2, 4 and 8 planes gave 0.73-0.86x its images/s,
-            ``benchmarks/batch_sweep.py``; raise it on a GPU. ``tile_size``: one pass
+            ``benchmarks/speed.py batch``; raise it on a GPU. ``tile_size``: one pass
             holds at most ``tile_size**2`` pixels, of any shape; a larger image is cut
             into the fewest equal tiles within that that overlap by ``tile_overlap``).
         amp: on CUDA, run the backbone and FPN in float16 autocast (the heads and

@@ -231,7 +231,7 @@ def place_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn
 
     On CPU that is channels-last (NHWC): oneDNN's convolutions, forward and backward,
     are most of a step there, and take about 12% less time in it
-    (``benchmarks/train_speed.py``). Elsewhere the layout is left as it is. The saved
+    (``benchmarks/speed.py train``). Elsewhere the layout is left as it is. The saved
     weights do not depend on it (:func:`~cellstack.modeling.runfolder.final_state`).
     """
     model = model.to(device)

@@ -13,7 +13,7 @@ matrix of bilinear weights (the same samples and weights as ``roi_align(aligned=
 with adaptive sampling, to rounding), so its backward is ``A.T @ grad``: two sparse
 products, each weight applied to a whole row of channels (contiguous in channels-last
 features), where torchvision's CPU backward scatters every sample of every RoI channel
-by channel (11% of a Mask R-CNN training step, ``benchmarks/train_speed.py
+by channel (11% of a Mask R-CNN training step, ``benchmarks/speed.py train
 --profile``; pooling alone is 3-4x faster, docs/benchmarks.md). Without gradients, and
 on GPUs, torchvision's kernel runs.
 """

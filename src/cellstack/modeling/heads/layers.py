@@ -15,7 +15,7 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
 
     oneDNN's CPU convolutions run channels-last faster, and every later conv follows
     its input's layout: ``nuclei`` on 512x512 nuclei images, 2 cores, ran 1.3-1.5x faster
-    end to end with identical labels (``benchmarks/folder_speed.py``). Only inference
+    end to end with identical labels (``benchmarks/speed.py folder``). Only inference
     asks for it: training keeps the default layout that its optimizer state and DDP's
     gradient buckets were made for."""
     if x.device.type != "cpu" or x.dim() != 4:
