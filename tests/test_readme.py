@@ -9,6 +9,7 @@ options are the pages'.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import shutil
@@ -34,6 +35,7 @@ PAGES = (
     ("docs/large-images.md", None),
     ("docs/training.md", None),
     ("docs/benchmarks.md", None),
+    ("docs/tools.md", None),
 )
 #: Pages of history and design, not of use: their blocks are records, not instructions.
 NOT_USER_DOCS = ("docs/learning.md", "docs/architecture.md")
@@ -50,6 +52,13 @@ ELSEWHERE = {
 #: Commands that must refuse here, with the message: the runs they meet are finished
 #: (an interrupted run resumes in tests/reliability/test_interrupted.py).
 REFUSED = {"cellstack train data/synth --resume runs/r18": "already trained for 2 of 2"}
+
+#: Options that need an optional extra (its module, the extra): where the module is
+#: absent the command must refuse in one line that names the extra; else it runs.
+EXTRAS = {
+    "--table anndata": ("anndata", "cellstack[tables]"),
+    "--table spatialdata": ("spatialdata", "cellstack[spatialdata]"),
+}
 
 #: Placeholders and sizes in the README, as they map onto the scratch folder.
 TOKENS = {
@@ -192,6 +201,11 @@ def _run_all(ran: list, covered: list, capsys) -> None:
             raise AssertionError(f"README command not run and not covered: {command}")
         code = main(expand(command))
         captured = capsys.readouterr()
+        needs = [extra for option, extra in EXTRAS.items() if option in command]
+        if needs and not all(importlib.util.find_spec(module) for module, _ in needs):
+            missing = next(extra for module, extra in needs if not importlib.util.find_spec(module))
+            assert code == 2 and missing in captured.err, (command, captured.err)
+            continue
         if command in REFUSED:
             assert code == 2 and REFUSED[command] in captured.err, (command, captured.err)
             continue
@@ -217,3 +231,14 @@ def _check_outputs(tmp_path: Path, ran: list, covered: list) -> None:
         sorted(p.suffix for p in (tmp_path / "plate_qupath" / "geojson").iterdir())
         == [".geojson"] * 2
     )
+    # docs/tools.md: each tool's files, and a run trained on the Cellpose GUI folder.
+    assert len(list((tmp_path / "to_fiji" / "rois").glob("*.zip"))) == 2
+    assert len(list((tmp_path / "to_qupath" / "geojson").glob("*.geojson"))) == 2
+    assert len(list((tmp_path / "to_cellpose" / "seg-npy").glob("*_seg.npy"))) == 2
+    assert (tmp_path / "runs" / "corrected" / "model.pt").is_file()
+    for module, folder, pattern in (
+        ("anndata", "to_scanpy/objects", "*.h5ad"),
+        ("spatialdata", "to_spatialdata/spatialdata", "*.zarr"),
+    ):
+        if importlib.util.find_spec(module):
+            assert len(list((tmp_path / folder).glob(pattern))) == 2, folder

@@ -233,6 +233,7 @@ def _predict_options(args: argparse.Namespace):
             save_geojson=args.save_geojson,
             save_ome_zarr=args.save_ome_zarr,
             save_seg_npy=args.save_seg_npy,
+            tables=tuple(dict.fromkeys(args.table)),
         ),
     )
 
@@ -248,6 +249,7 @@ def _predict_large(args: argparse.Namespace) -> int:
             ("--save-rois", args.save_rois),
             ("--save-geojson", args.save_geojson),
             ("--save-seg-npy", args.save_seg_npy),
+            ("--table", bool(args.table)),
             ("--channel", args.channel is not None),
             ("--z-axis", args.z_axis is not None),
             ("--t-axis", args.t_axis is not None),
@@ -549,6 +551,16 @@ def _predict_output_options(g: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="also write seg-npy/{id}.png beside {id}_seg.npy, Cellpose's GUI file (2-D "
         "images): open the folder in Cellpose's GUI, correct the masks, train on it",
+    )
+    g.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        choices=("anndata", "spatialdata"),
+        help="also write the cells for the single-cell stack (repeatable): anndata: "
+        "objects/{id}.h5ad (per-channel mean intensities, centroids in obsm['spatial']; "
+        "pip install 'cellstack[tables]'); spatialdata: spatialdata/{id}.zarr, image, "
+        "labels and table in one (2-D images; pip install 'cellstack[spatialdata]')",
     )
     g.add_argument(
         "--save-geojson",

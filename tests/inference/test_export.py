@@ -93,7 +93,7 @@ def test_outputs_are_written_behind_in_order_and_a_failed_write_stops_the_run():
         def __init__(self, fail_on=None):
             self.added, self.fail_on = [], fail_on
 
-        def add(self, image_id, result):
+        def add(self, image_id, result, source):
             if image_id == self.fail_on:
                 raise OSError(f"{image_id}: disk full")
             self.added.append((image_id, result))
@@ -105,13 +105,14 @@ def test_outputs_are_written_behind_in_order_and_a_failed_write_stops_the_run():
             segmented.append(k)
             yield k
 
+    items = [(image_id, f"{image_id}.tif") for image_id in "abcde"]
     writer = Writer()
-    write_behind(writer, list("abcde"), results())
+    write_behind(writer, items, results())
     assert writer.added == list(zip("abcde", range(5), strict=True))
     segmented.clear()
     writer = Writer(fail_on="b")
     with pytest.raises(OSError, match="b: disk full"):
-        write_behind(writer, list("abcde"), results())
+        write_behind(writer, items, results())
     # at most one image is segmented ahead of the failed write; nothing after it is written
     assert writer.added == [("a", 0)] and len(segmented) <= 3
 

@@ -286,6 +286,37 @@ def read_planes(
     return gray_planes(planes, lead, limits), lead
 
 
+def read_channels(path: str | Path, spec: PlaneSpec = PlaneSpec()) -> tuple[np.ndarray, str]:
+    """Every channel of an image file in its raw values, for measuring cells:
+    float32 ``[C, *lead, H, W]`` and the lead axes, the planes cut as
+    :func:`read_planes` cuts them (``spec``'s axes; its channel choice is ignored).
+
+    C is the length of the file's channel axis (C), else its colour samples (S, alpha
+    dropped), else 1.
+    """
+    from dataclasses import replace
+
+    path = Path(path)
+    array, axes = _open(path, pixels=True)
+    names = list(axes.upper())
+    if spec.c_axis is not None and -len(names) <= spec.c_axis < len(names):
+        names[spec.c_axis] = "C"
+    if "C" not in names and "S" not in names:
+        planes, lead = select_planes(array, axes, replace(spec, channel=None), path)
+        return planes[None].astype(np.float32), lead
+    plan = _plan(array.shape, axes, replace(spec, channel=(0,)), path)
+    n = 1
+    if plan.channel_axis is not None:
+        n = array.shape[plan.keep[plan.axes.index(plan.channel_axis)]]
+        if plan.channel_axis == "S" and n in (2, 4):  # gray + alpha, RGBA
+            n -= 1
+    channels = [
+        select_planes(array, axes, replace(spec, channel=(k,)), path)[0].astype(np.float32)
+        for k in range(n)
+    ]
+    return np.stack(channels), plan.lead
+
+
 def gray_planes(
     planes: np.ndarray, lead: str, limits: tuple[float, float] | None = None
 ) -> np.ndarray:

@@ -36,9 +36,9 @@ def _image_task(
 ) -> int:
     """On a worker: predict one image, write its outputs and its done mark; its cells."""
     limit_threads()
-    writer = PredictionWriter(out, segmenter.class_names, options.outputs)
+    writer = PredictionWriter(out, segmenter.class_names, options.outputs, options.spec)
     (result,) = segmenter.iter_many([path], spec=options.spec, progress=False)
-    writer.add(image_id, result)
+    writer.add(image_id, result, path)
     writer.save_part(image_id)
     return len(result)
 
@@ -87,7 +87,7 @@ def predict_images(
                 ),  # exc names the file already (every reader's errors do)
                 bar,
             )
-        writer = PredictionWriter(out, seg.class_names, options.outputs)
+        writer = PredictionWriter(out, seg.class_names, options.outputs, options.spec)
         order = [i for i, _ in todo]
         merged = writer.merged([PredictionWriter.load_part(out, i) for i in order], order)
         merged.close(inputs=dict(todo))

@@ -14,12 +14,13 @@ import numpy as np
 
 from cellstack.data import rle
 from cellstack.data.coco import result_entry, write_json
-from cellstack.data.images import write_png
+from cellstack.data.images import PlaneSpec, read_channels, write_png
 from cellstack.data.labels import LABEL_DTYPES, write_label_tiff
 from cellstack.data.sartorius import write_submission
 from cellstack.data.segnpy import write_seg_npy
 from cellstack.fileio import atomic_path, atomic_write, child
 from cellstack.inference.overlay import outline_overlay
+from cellstack.inference.tables import TABLE_FORMATS, require
 
 if TYPE_CHECKING:
     from cellstack.inference.result import Result
@@ -36,6 +37,7 @@ OUTPUTS = (
     "geojson",
     "ome-zarr",
     "seg-npy",
+    "spatialdata",
 )
 #: Every file a predict run writes is listed here (one path per line, relative to the
 #: output folder) *before* it is written, so ``--overwrite`` deletes exactly those files
@@ -103,6 +105,7 @@ class OutputOptions:
     save_geojson: bool = False
     save_ome_zarr: bool = False
     save_seg_npy: bool = False
+    tables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from cellstack.errors import CellstackError
@@ -111,6 +114,15 @@ class OutputOptions:
             raise CellstackError(
                 f"--label-dtype must be one of {', '.join(LABEL_DTYPES)}, got {self.label_dtype!r}"
             )
+        for fmt in self.tables:
+            if fmt not in TABLE_FORMATS:
+                raise CellstackError(
+                    f"--table must be one of {', '.join(TABLE_FORMATS)}, got {fmt!r}"
+                )
+            # Said before the first image, not after it.
+            require("anndata", fmt)
+            if fmt == "spatialdata":
+                require("spatialdata", fmt)
 
     def written(self) -> list[str]:
         """The files and folders a predict run with these options writes."""
@@ -120,6 +132,7 @@ class OutputOptions:
             ("geojson/", self.save_geojson),
             ("ome-zarr/", self.save_ome_zarr),
             ("seg-npy/", self.save_seg_npy),
+            ("spatialdata/", "spatialdata" in self.tables),
         )
         return ["submission.csv", "results.json", "labels/", "objects/"] + [
             name for name, on in optional if on
@@ -152,6 +165,11 @@ class PredictionWriter:
       images): the image as the model saw it and its cells as Cellpose's GUI file, so
       the folder opens in Cellpose's GUI for correction and, corrected, is a label folder
       for ``cellstack train`` (:mod:`~cellstack.data.segnpy`).
+    - ``objects/{id}.h5ad`` (``"anndata"`` in ``options.tables``): the cells as AnnData,
+      ``X`` each channel's mean raw intensity of the input file (read again with
+      ``spec``'s axes), ``obsm["spatial"]`` the centroids; ``spatialdata/{id}.zarr``
+      (``"spatialdata"``, 2-D images): the image, its labels and that table as one
+      SpatialData (:mod:`~cellstack.inference.tables`).
 
     At :meth:`close`: ``submission.csv`` (Kaggle RLE rows, 2-D images) and
     ``results.json`` (COCO results: RLE masks, scores, ``category_id`` = class index + 1,
@@ -159,11 +177,16 @@ class PredictionWriter:
     """
 
     def __init__(
-        self, out: str | Path, class_names: Sequence[str], options: OutputOptions | None = None
+        self,
+        out: str | Path,
+        class_names: Sequence[str],
+        options: OutputOptions | None = None,
+        spec: PlaneSpec | None = None,
     ):
         self.out = Path(out)
         self.class_names = list(class_names)
         self.options = options or OutputOptions()
+        self.spec = spec or PlaneSpec()  # how the inputs were cut into planes
         self.submission: dict[str, list[str]] = {}
         self.coco: list[dict] = []
         self._written: dict[str, str] = {}  # relative path -> the image it was written for
@@ -186,8 +209,10 @@ class PredictionWriter:
             f.write("/".join(parts) + "\n")
         return path
 
-    def add(self, image_id: str, result: Result) -> None:
-        """Write one image's result (see the class docstring)."""
+    def add(self, image_id: str, result: Result, source: str | Path | None = None) -> None:
+        """Write one image's result (see the class docstring); ``source`` is its input
+        file, whose raw channels the tables measure (without it: the planes the model
+        saw)."""
         lead = result.lead
         write_label_tiff(
             self.target("labels", f"{image_id}.tif", image_id=image_id),
@@ -213,6 +238,8 @@ class PredictionWriter:
                 result.labels,
                 f"{image_id}.png",
             )
+        if self.options.tables:
+            self._write_tables(image_id, result, source)
         h, w = result.labels.shape[-2:]
         lead_shape = result.labels.shape[:-2]
         offset = 0  # label ids run on across the planes of a stack
@@ -243,6 +270,23 @@ class PredictionWriter:
                     )
                 )
             offset += len(inst)
+
+    def _write_tables(self, image_id: str, result: Result, source: str | Path | None) -> None:
+        """``objects/{id}.h5ad`` and ``spatialdata/{id}.zarr`` as ``options.tables`` asks."""
+        from cellstack.inference.tables import write_h5ad, write_spatialdata
+
+        channels = None
+        if source is not None:
+            channels, _ = read_channels(source, self.spec)
+            if channels.shape[1:] != result.labels.shape:  # e.g. a file changed under us
+                channels = None
+        adata = result.to_anndata(channels, image_id=image_id)
+        if "anndata" in self.options.tables:
+            write_h5ad(self.target("objects", f"{image_id}.h5ad", image_id=image_id), adata)
+        if "spatialdata" in self.options.tables and not result.lead:
+            path = self.target("spatialdata", f"{image_id}.zarr/", image_id=image_id)
+            image = result.image[None] if channels is None else channels
+            write_spatialdata(path, image, result.labels, adata)
 
     @staticmethod
     def _write_table(path: Path, table: dict[str, np.ndarray]) -> None:
@@ -334,7 +378,7 @@ class PredictionWriter:
     ) -> PredictionWriter:
         """A writer holding the ``(submission, coco)`` of every part (one per process),
         with images in ``order``; its :meth:`close` writes the merged files."""
-        out = PredictionWriter(self.out, self.class_names, self.options)
+        out = PredictionWriter(self.out, self.class_names, self.options, self.spec)
         submission = {k: v for sub, _ in parts for k, v in sub.items()}
         out.submission = {i: submission[i] for i in order if i in submission}
         rank = {image_id: k for k, image_id in enumerate(order)}

@@ -272,13 +272,13 @@ def _predict_into(
             prepare_output(out, [path for _, path in todo], overwrite)
         seg = options.load(source, device)
         world = ddp.setup(seg.device)
-        writer = PredictionWriter(out, seg.class_names, options.outputs)
+        writer = PredictionWriter(out, seg.class_names, options.outputs, options.spec)
         mine = ddp.shard(todo, world)
         t0 = time.perf_counter()
         results = seg.iter_many(
             [path for _, path in mine], spec=options.spec, progress=progress and world.main
         )
-        write_behind(writer, [image_id for image_id, _ in mine], results)
+        write_behind(writer, mine, results)
         parts = ddp.gather((writer.submission, writer.coco), world)
         merged = writer.merged(parts, [image_id for image_id, _ in todo])
         if world.main:
@@ -289,7 +289,7 @@ def _predict_into(
 
 
 def write_behind(
-    writer: PredictionWriter, image_ids: Sequence[str], results: Iterator[Result]
+    writer: PredictionWriter, items: Sequence[tuple[str, Path]], results: Iterator[Result]
 ) -> None:
     """``writer.add`` each result in a thread while the next image is segmented.
 
@@ -301,10 +301,10 @@ def write_behind(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellstack-writer") as pool:
         pending = None
-        for image_id, result in zip(image_ids, results, strict=True):
+        for (image_id, path), result in zip(items, results, strict=True):
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.add, image_id, result)
+            pending = pool.submit(writer.add, image_id, result, path)
         if pending is not None:
             pending.result()
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cellstack.errors import CellstackError
 from cellstack.structures import Instances
 
 #: Columns of :attr:`Result.table`, in order. ``bbox_*`` are half-open pixel ranges
@@ -66,6 +67,38 @@ class Result:
     def __len__(self) -> int:
         """The number of cells."""
         return len(self.table["label"])
+
+    def to_anndata(
+        self,
+        channels: np.ndarray | None = None,
+        channel_names: Sequence[str] | None = None,
+        image_id: str = "image",
+    ):
+        """The cells as an ``anndata.AnnData`` (``pip install 'cellstack[tables]'``):
+        one row per cell, ``obs`` the object table with ``image_id``, ``X`` each
+        channel's mean intensity over the cell, ``obsm["spatial"]`` the centroids as
+        (x, y) pixels (:mod:`~cellstack.inference.tables`).
+
+        Args:
+            channels: float[C, *lead, H, W] raw intensities on the labels' pixel grid,
+                e.g. ``cellstack.data.images.read_channels(path)[0]``, or [*lead, H, W]
+                for one channel. None: the planes the model saw (:attr:`image`, uint8
+                after scaling), one channel named ``model_input``.
+            channel_names: C names (default ``channel_0``, ``channel_1``, ...).
+            image_id: the image's id in ``obs`` and in the cells' names.
+        """
+        from cellstack.inference.tables import anndata_of, channel_means
+
+        if channels is None:
+            channels, channel_names = self.image[None], channel_names or ["model_input"]
+        channels = np.asarray(channels)
+        if channels.shape == self.labels.shape:
+            channels = channels[None]
+        names = list(channel_names or (f"channel_{k}" for k in range(len(channels))))
+        if len(names) != len(channels):
+            raise CellstackError(f"{len(names)} channel names for {len(channels)} channels")
+        means = channel_means(self.labels, self.table["label"], channels)
+        return anndata_of(self.table, means, names, image_id)
 
 
 def object_table(

@@ -78,8 +78,8 @@ class TuneGrid:
     trained on). A grid built by hand searches the fields given and these defaults for
     the rest (one mask threshold, no offset)."""
 
-    mask_thresh: tuple[float, ...] = (0.45,)
-    mask_offset: tuple[float, ...] = (0.0,)
+    mask_thresh: tuple[float, ...] = (PostprocessParams.mask_thresh,)
+    mask_offset: tuple[float, ...] = (PostprocessParams.mask_offset,)
     mask_nms_iou: tuple[float, ...] = (0.1, 0.2, 0.3)
     min_size: tuple[int, ...] = (0,)
     score_thresh: tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())
