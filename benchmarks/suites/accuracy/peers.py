@@ -155,7 +155,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", help="only the sets whose name holds one of these")
     parser.add_argument("--peer-python", type=Path, default=PEER)
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
-    parser.add_argument("--folds", default="ship_600", help="the tag of accuracy.py transfer's fold runs")
+    parser.add_argument(
+        "--folds", default="ship_600", help="the tag of accuracy.py transfer's fold runs"
+    )
     parser.add_argument("--dense-work", type=Path, default=Path.home() / ".cache/cellstack-dense")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-peers")
     args = parser.parse_args()
