@@ -180,9 +180,22 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits:
         print("| " + " | ".join(cell(v) for v in row) + " |")
 
 
+#: The keys :func:`write_report` adds to every report.
+META = ("machine", "date", "command")
+
+
+def read_report(path: Path) -> dict:
+    """A report :func:`write_report` wrote, without its :data:`META` keys (what a
+    resumable benchmark continues from); {} when there is none."""
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in META}
+
+
 def write_report(path: Path, report: dict, machine: str | None = None) -> None:
     """Write ``report`` as JSON to ``path`` with the machine line, the date and the
-    command (paths and other objects as text), whole or not at all, and say where."""
+    command (:data:`META`; paths and other objects as text), whole or not at all, and
+    say where."""
     full = {
         "machine": machine or machine_line(),
         "date": datetime.date.today().isoformat(),

@@ -407,7 +407,7 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
     runs = sorted(r.parent for r in (args.transfer / "runs").glob(f"{tag}_*/model.pt"))
     held = [r.name.removeprefix(f"{tag}_") for r in runs]
     folds = {s: (r, args.transfer / "sources" / s) for s, r in zip(held, runs, strict=True)}
-    rows = json.loads(args.transfer_json.read_text()) if args.transfer_json.is_file() else {}
+    rows = harness.read_report(args.transfer_json)
     if len(folds) < 3 or any(f"{tag}_{s}" not in rows for s in folds):
         variant = " ".join(
             [

@@ -72,3 +72,14 @@ def test_timing_and_table_helpers(harness, capsys):
         "| y | 2 |",
     ]
     assert "cores" in harness.machine_line(threads=2) and "2 threads" in harness.machine_line(2)
+
+
+def test_a_report_reads_back_without_its_run_lines(harness, tmp_path):
+    """A resumable benchmark continues from its report: the machine line, date and
+    command written beside its rows do not come back as rows."""
+    path = tmp_path / "r.json"
+    harness.write_report(path, {"RPE1": {"score": 0.5}}, machine="a machine")
+    written = json.loads(path.read_text())
+    assert written["machine"] == "a machine" and written["RPE1"] == {"score": 0.5}
+    assert harness.read_report(path) == {"RPE1": {"score": 0.5}}
+    assert harness.read_report(tmp_path / "none.json") == {}

@@ -109,7 +109,7 @@ def main() -> None:
             f"no fold run {fold}: run benchmarks/accuracy.py transfer "
             f"--held-out {args.held_out} first"
         )
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = harness.read_report(args.out)
     _, scored = frames(folder, 1, work)
     scored_records = load_dataset(scored)
     pred = work / "few_shot" / "pred"

@@ -230,7 +230,7 @@ def main() -> None:
         for key in ("synthetic", "dense")
         if o.startswith(f"{key}=")
     }
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = harness.read_report(args.out)
     for name, *overrides in variants:
         overrides = [o for o in overrides if not o.startswith(("synthetic=", "dense="))]
         for held in args.held_out:

@@ -162,7 +162,7 @@ def main() -> None:
             f"| {row['seconds'] / (row['k'] / one['k'] * one['seconds']):.2f} "
             f"| {row['weight_loads']} |"
         )
-    harness.write_report(args.out, rows)
+    harness.write_report(args.out, {"rows": rows})
 
 
 def original_plan(budget_mb: float | None) -> str:
