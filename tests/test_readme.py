@@ -58,6 +58,8 @@ REFUSED = {"cellstack train data/synth --resume runs/r18": "already trained for 
 EXTRAS = {
     "--table anndata": ("anndata", "cellstack[tables]"),
     "--table spatialdata": ("spatialdata", "cellstack[spatialdata]"),
+    "--format onnx": ("onnx", "cellstack[onnx]"),
+    "predict nuclei.onnx": ("onnxruntime", "cellstack[onnx]"),
 }
 
 #: Placeholders and sizes in the README, as they map onto the scratch folder.

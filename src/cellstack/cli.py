@@ -673,6 +673,35 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_models)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """``cellstack export``."""
+    p = sub.add_parser(
+        "export",
+        help="write a model as one file another runtime loads (ONNX for onnxruntime)",
+        usage="cellstack export MODEL OUT.onnx --format onnx [predict.key=value ...]",
+        description=(
+            "Export a run, a built-in or a tuned model folder. onnx: every learnt layer "
+            "in one ONNX graph with the model's config, class names and thresholds in "
+            "its metadata; `cellstack predict OUT.onnx IMAGES` runs it in onnxruntime "
+            "(pip install 'cellstack[onnx]')."
+        ),
+    )
+    p.add_argument("model", help="run folder, built-in name or tuned model folder")
+    p.add_argument("out", type=Path, help="the file to write (OUT.onnx)")
+    p.add_argument("--format", required=True, choices=("onnx",), help="what to write")
+    p.set_defaults(func=_cmd_export, overrides=[], takes_overrides=True)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cellstack.inference.modelexport import export_onnx
+
+    if args.out.suffix != ".onnx":
+        raise CellstackError(f"{args.out}: an ONNX file's name ends in .onnx")
+    out = export_onnx(args.model, args.out, tuple(args.overrides))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB); cellstack predict {out} IMAGES")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     """``cellstack demo``."""
     p = sub.add_parser(
@@ -704,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_tune(sub)
     _add_models(sub)
+    _add_export(sub)
     _add_demo(sub)
     return parser
 

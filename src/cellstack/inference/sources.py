@@ -108,6 +108,10 @@ def load_source(
     from cellstack.modeling.builtin import builtin_names, resolve_run
 
     path = resolve_run(path)
+    if path.suffix == ".onnx":  # said before anything else: the runtime it needs
+        from cellstack.inference.onnx import require_onnxruntime
+
+        require_onnxruntime()
     if not path.exists():
         raise CellstackError(
             f"{path}: run folder not found (expected a run folder, CV folder, ensemble YAML "
@@ -115,6 +119,8 @@ def load_source(
         )
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_ensemble(path, overrides, allow_unfinished)
+    if path.is_file() and path.suffix == ".onnx":
+        return _load_onnx(path, overrides)
     cv = CVFolder.find(path)
     if cv is not None:  # its folds, as one ensemble
         if cv.ensemble_path.is_file():
@@ -211,6 +217,43 @@ def _load_run(
             "predicting, override predict.* settings)"
         ) from exc
     return model.eval(), cfg, stats
+
+
+def _load_onnx(path: Path, overrides: tuple[str, ...]) -> Source:
+    """An exported model (:mod:`~cellstack.inference.onnx`): its networks in
+    onnxruntime, the rest of the detector built from the config in its metadata."""
+    from cellstack.data.stats import ObjectStats
+    from cellstack.inference.onnx import OrtGraph, attach, read_metadata
+    from cellstack.modeling.build import build_model
+
+    changed = [o for o in overrides if not o.strip().startswith("predict.")]
+    if changed:
+        raise CellstackError(
+            f"{changed[0]}: an exported model's architecture is fixed; override predict.* "
+            "settings only"
+        )
+    graph = OrtGraph(path)
+    meta = read_metadata(graph)
+    try:
+        cfg = config_from_dict(meta["config"], overrides)
+        names = meta["class_names"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CellstackError("class_names must be a non-empty list of names")
+        stats = meta["data_stats"] or None
+        model = build_model(
+            cfg.model,
+            names,
+            cfg.predict,
+            encoder_weights=False,
+            trained_on=ObjectStats.recorded(stats),
+        )
+        tuned = Thresholds.from_dict(meta["thresholds"], f"{path} (its thresholds)")
+    except CellstackError as exc:
+        raise CellstackError(f"{path}: metadata: {exc}") from None
+    thresholds = resolve_thresholds(cfg, overrides, tuned=tuned)
+    check_cell_types(thresholds.per_type, names, path)
+    model = attach(model, graph).eval()
+    return Source(model, tuple(names), cfg, thresholds, None, **trained_sizes(stats, path))
 
 
 def _weights_loader(run: Path, allow_unfinished: bool):
