@@ -576,6 +576,8 @@ def held_out_lines(report: dict) -> list[str]:
 
 def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, overrides) -> None:
     """MODEL_CARD.md and LICENSES.md beside the weights."""
+    from cellstack.modeling.builtin import LICENSES
+
     stats = state.get("data_stats") or {}
     cfg = state["config"]
     bb, mask = cfg["model"]["backbone"], cfg["model"]["roi"]["mask_pool"]
@@ -699,7 +701,7 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
         ]
     (dest / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-    (dest / "LICENSES.md").write_text("\n".join(licences) + "\n")
+    (dest / LICENSES).write_text("\n".join(licences) + "\n")
 
 
 if __name__ == "__main__":

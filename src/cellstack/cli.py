@@ -677,28 +677,53 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     """``cellstack export``."""
     p = sub.add_parser(
         "export",
-        help="write a model as one file another runtime loads (ONNX for onnxruntime)",
-        usage="cellstack export MODEL OUT.onnx --format onnx [predict.key=value ...]",
+        help="write a model as one file other tools load (bioimage.io package, ONNX)",
+        usage=(
+            "cellstack export MODEL OUT.zip --format bioimageio [--sample IMAGE] | "
+            "MODEL OUT.onnx --format onnx [predict.key=value ...]"
+        ),
         description=(
-            "Export a run, a built-in or a tuned model folder. onnx: every learnt layer "
-            "in one ONNX graph with the model's config, class names and thresholds in "
-            "its metadata; `cellstack predict OUT.onnx IMAGES` runs it in onnxruntime "
-            "(pip install 'cellstack[onnx]')."
+            "Export a run, a built-in or a tuned model folder. bioimageio: a bioimage.io "
+            "model package (spec 0.5; raw image in, instance labels out, cellstack's "
+            "post-processing inside; pip install 'cellstack[bioimageio]'). onnx: every "
+            "learnt layer in one ONNX graph with the model's config, class names and "
+            "thresholds in its metadata; `cellstack predict OUT.onnx IMAGES` runs it in "
+            "onnxruntime (pip install 'cellstack[onnx]')."
         ),
     )
     p.add_argument("model", help="run folder, built-in name or tuned model folder")
-    p.add_argument("out", type=Path, help="the file to write (OUT.onnx)")
-    p.add_argument("--format", required=True, choices=("onnx",), help="what to write")
+    p.add_argument("out", type=Path, help="the file to write (OUT.zip, OUT.onnx)")
+    p.add_argument("--format", required=True, choices=("bioimageio", "onnx"), help="what to write")
+    p.add_argument(
+        "--sample",
+        type=Path,
+        default=None,
+        help="bioimageio: the package's test image (default: a sample nuclei image)",
+    )
+    p.add_argument(
+        "--license",
+        default=None,
+        help="bioimageio: the weights' SPDX licence (default Apache-2.0 for ImageNet-started "
+        "encoders, else MIT)",
+    )
     p.set_defaults(func=_cmd_export, overrides=[], takes_overrides=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cellstack.inference.modelexport import export_onnx
+    from cellstack.inference.modelexport import export_bioimageio, export_onnx
 
-    if args.out.suffix != ".onnx":
-        raise CellstackError(f"{args.out}: an ONNX file's name ends in .onnx")
-    out = export_onnx(args.model, args.out, tuple(args.overrides))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB); cellstack predict {out} IMAGES")
+    suffix = {"onnx": ".onnx", "bioimageio": ".zip"}[args.format]
+    if args.out.suffix != suffix:
+        raise CellstackError(f"{args.out}: a {args.format} file's name ends in {suffix}")
+    if args.format == "onnx":
+        out = export_onnx(args.model, args.out, tuple(args.overrides))
+        then = f"cellstack predict {out} IMAGES"
+    else:
+        out = export_bioimageio(
+            args.model, args.out, args.sample, tuple(args.overrides), license=args.license
+        )
+        then = f"bioimageio test {out}"
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB); {then}")
     return 0
 
 

@@ -181,7 +181,13 @@ def write_tuned(
 
     from cellstack.inference.thresholds import THRESHOLDS, write_thresholds
     from cellstack.modeling import runfolder
-    from cellstack.modeling.builtin import CARD, META, is_builtin_folder, write_builtin
+    from cellstack.modeling.builtin import (
+        CARD,
+        LICENSES,
+        META,
+        is_builtin_folder,
+        write_builtin,
+    )
 
     cfg, class_names, weights = runfolder.load_run(source, allow_unfinished=allow_unfinished)
     meta = {}
@@ -199,8 +205,8 @@ def write_tuned(
         write_builtin(tmp, state, dtype=getattr(torch, dtype))
         if stats is not None:
             (tmp / "data_stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        if (source / "LICENSES.md").is_file():
-            shutil.copyfile(source / "LICENSES.md", tmp / "LICENSES.md")
+        if (source / LICENSES).is_file():
+            shutil.copyfile(source / LICENSES, tmp / LICENSES)
         write_thresholds(
             tmp / THRESHOLDS, result.thresholds, f"written by cellstack tune on {summary}"
         )

@@ -20,9 +20,6 @@ from cellstack.inference.onnx import ARCHS, OPSET
 from cellstack.inference.sources import load_source
 from cellstack.modeling.detector import CellDetector
 
-#: What ``cellstack export --format`` writes.
-FORMATS = ("onnx",)
-
 
 class _Branches(nn.Module):
     """Every learnt layer of a detector as independent branches (the graph's layout:
@@ -126,4 +123,180 @@ def export_onnx(source: str | Path, out: str | Path, overrides: tuple[str, ...] 
             entry.key, entry.value = key, json.dumps(value)
         graph.producer_name = "cellstack"
         onnx.save(graph, str(tmp))
+    return out
+
+
+def label_model(source: str | Path, overrides: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
+    """``source`` (a run folder, a built-in's name or a tuned model folder) as a
+    :class:`~cellstack.inference.bioimageio.LabelModel` holding its weights, and the
+    keyword arguments (plain JSON values) that build it again.
+
+    Raises:
+        CellstackError: an ensemble (one model at a time).
+    """
+    from cellstack.inference.bioimageio import LabelModel
+    from cellstack.modeling.builtin import resolve_run
+    from cellstack.modeling.runfolder import read_data_stats
+
+    src = load_source(source, overrides)
+    if not isinstance(src.model, CellDetector):
+        raise CellstackError(
+            f"{source}: an ensemble; export each of its models (one run, built-in or "
+            "tuned folder at a time)"
+        )
+    run = resolve_run(source, quiet=True)
+    kwargs = {
+        "config": config_to_dict(src.cfg),
+        "class_names": list(src.class_names),
+        "thresholds": src.thresholds.to_dict(),
+        "data_stats": (read_data_stats(run) if run.is_dir() else None) or {},
+    }
+    kwargs = json.loads(json.dumps(kwargs))  # what a YAML file gives back
+    model = LabelModel(**kwargs).eval()
+    model.detector.load_state_dict(src.model.state_dict())
+    return model, kwargs
+
+
+def export_bioimageio(
+    source: str | Path,
+    out: str | Path,
+    sample: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+    license: str | None = None,
+) -> Path:
+    """Write ``source`` (a run folder, a built-in's name or a tuned model folder) as a
+    bioimage.io model package (spec 0.5, a zip) at ``out``, whole or not at all.
+
+    The package: ``rdf.yaml``; the weights as a PyTorch state dict of
+    :class:`~cellstack.inference.bioimageio.LabelModel` (architecture imported from
+    cellstack, which the consumer installs); a test input (``sample``, default the
+    package's sample nuclei image, as float32[1, 1, Y, X]) and the labels the model
+    gives it; a cover (the sample with the cells' outlines); the model card and
+    licences (a built-in's) or the run's config as documentation. ``license``: the
+    weights' SPDX licence (default Apache-2.0 where the encoder started from ImageNet
+    weights, the packaged ones' licence, else MIT, cellstack's); the data a model
+    learnt from may ask for another: say it.
+
+    Raises:
+        CellstackError: an ensemble, or the bioimageio extra missing.
+    """
+    import tempfile
+
+    import numpy as np
+
+    try:
+        from bioimageio.spec import save_bioimageio_package
+        from bioimageio.spec.model import v0_5 as bio
+    except ImportError:
+        raise CellstackError(
+            "bioimage.io export needs bioimageio.spec: pip install 'cellstack[bioimageio]'"
+        ) from None
+    from cellstack.data.images import read_image, to_gray_uint8, write_png
+    from cellstack.demo import sample_path
+    from cellstack.inference.overlay import outline_overlay
+    from cellstack.modeling.builtin import CARD, LICENSES, is_builtin_folder, resolve_run
+
+    model, kwargs = label_model(source, overrides)
+    run = resolve_run(source, quiet=True)
+    if sample is None:
+        sample = sorted((sample_path("nuclei") / "images").iterdir())[0]
+    image = read_image(Path(sample))
+    if image.ndim == 3:
+        image = image.mean(axis=2)
+    test_input = image.astype(np.float32)[None, None]
+    with torch.inference_mode():
+        labels = model(torch.from_numpy(test_input)).numpy()
+    name = Path(str(source)).name
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "test_input.npy", test_input)
+        np.save(work / "test_output.npy", labels)
+        torch.save(model.state_dict(), work / "weights.pt")
+        write_png(work / "cover.png", outline_overlay(to_gray_uint8(image), labels[0, 0]))
+        doc = [f"# cellstack model `{name}`\n"]
+        doc.append(
+            "Instance segmentation with cellstack (Mask R-CNN family). Input: one channel "
+            "of raw intensities, float32 [batch, 1, y, x], any size; the model scales "
+            "each image by its 0.5/99.5 percentiles itself (no preprocessing here). "
+            "Output: int32 [batch, 1, y, x] instance labels, 0 = background. The "
+            "post-processing (mask thresholds, mask NMS, overlaps) runs inside the "
+            "model's forward, so a consumer needs the cellstack package "
+            "(`pip install cellstack`) and gets labels; without it there is nothing to run.\n"
+        )
+        if is_builtin_folder(run):
+            for part in (CARD, LICENSES):
+                doc.append((run / part).read_text(encoding="utf-8"))
+        else:
+            doc.append("```json\n" + json.dumps(kwargs["config"], indent=1) + "\n```\n")
+        (work / "README.md").write_text("\n".join(doc), encoding="utf-8")
+        space = [
+            bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=64, step=16))
+            for a in ("y", "x")
+        ]
+        descr = bio.ModelDescr(
+            name=f"cellstack {name}",
+            description=(
+                f"cellstack's {name} model: instance segmentation of "
+                f"{', '.join(kwargs['class_names'])} into a label image"
+            ),
+            authors=[bio.Author(name="cellstack contributors")],
+            cite=[
+                bio.CiteEntry(
+                    text="He et al., Mask R-CNN, ICCV 2017", doi=bio.Doi("10.1109/ICCV.2017.322")
+                )
+            ],
+            license=bio.LicenseId(
+                license
+                or ("Apache-2.0" if kwargs["config"]["model"]["backbone"]["pretrained"] else "MIT")
+            ),
+            documentation=bio.FileDescr(source=work / "README.md"),
+            covers=[bio.FileDescr(source=work / "cover.png")],
+            tags=["instance-segmentation", "cells", "nuclei", "2d", "cellstack"],
+            inputs=[
+                bio.InputTensorDescr(
+                    id=bio.TensorId("image"),
+                    axes=[
+                        bio.BatchAxis(),
+                        bio.ChannelAxis(channel_names=[bio.Identifier("intensity")]),
+                        *space,
+                    ],
+                    test_tensor=bio.FileDescr(source=work / "test_input.npy"),
+                    data=bio.IntervalOrRatioDataDescr(type="float32"),
+                )
+            ],
+            outputs=[
+                bio.OutputTensorDescr(
+                    id=bio.TensorId("labels"),
+                    axes=[
+                        bio.BatchAxis(),
+                        bio.ChannelAxis(channel_names=[bio.Identifier("instance")]),
+                        *(
+                            bio.SpaceOutputAxis(
+                                id=bio.AxisId(a),
+                                size=bio.SizeReference(
+                                    tensor_id=bio.TensorId("image"), axis_id=bio.AxisId(a)
+                                ),
+                            )
+                            for a in ("y", "x")
+                        ),
+                    ],
+                    test_tensor=bio.FileDescr(source=work / "test_output.npy"),
+                    data=bio.IntervalOrRatioDataDescr(type="int32"),
+                )
+            ],
+            weights=bio.WeightsDescr(
+                pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+                    source=work / "weights.pt",
+                    architecture=bio.ArchitectureFromLibraryDescr(
+                        callable=bio.Identifier("LabelModel"),
+                        import_from="cellstack.inference.bioimageio",
+                        kwargs=kwargs,
+                    ),
+                    pytorch_version=bio.Version(torch.__version__.split("+")[0]),
+                )
+            ),
+        )
+        out = Path(out)
+        with atomic_path(out) as tmp_zip:
+            save_bioimageio_package(descr, output_path=tmp_zip)
     return out

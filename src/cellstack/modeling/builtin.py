@@ -30,6 +30,8 @@ from cellstack.errors import CellstackError
 WEIGHTS = "model.safetensors"
 META = "model.json"
 CARD = "MODEL_CARD.md"
+#: The licences of what a built-in was trained from.
+LICENSES = "LICENSES.md"
 PREFIX = "builtin:"
 
 
