@@ -137,3 +137,15 @@ def test_seg_npy_output_is_a_label_folder_for_training(tmp_path):
     assert np.array_equal(read_seg_npy(out / "seg-npy" / "hela_h2b_seg.npy"), labels)
     manifest = (out / "cellstack-outputs.txt").read_text().split()
     assert {"seg-npy/hela_h2b.png", "seg-npy/hela_h2b_seg.npy"} <= set(manifest)
+
+
+@pytest.mark.slow
+def test_a_seg_npy_folder_calibrates_a_model(tmp_path):
+    """The GUI cycle's other half: a folder of images beside _seg.npy files is what
+    `tune` calibrates on (and `train` trains on: tests/test_readme.py, docs/tools.md)."""
+    out = tmp_path / "p"
+    args = ["predict", "nuclei", str(SAMPLES / "images"), "--out", str(out), "--quiet"]
+    assert main([*args, "--save-seg-npy", "--no-overlays"]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["tune", "nuclei", str(out / "seg-npy"), "--out", str(tuned), "--quiet"]) == 0
+    assert (tuned / "thresholds.yaml").is_file()
