@@ -138,7 +138,7 @@ def test_the_widget_segments_grey_rgb_and_stack_layers(
     _segment(qtbot, widget, "grey", str(run))
     assert sum(k.startswith("grey cells [") for k in (lyr.name for lyr in viewer.layers)) == 2
     # The built-in nuclei model from the drop-down, on a real sample image: the picture.
-    from cellstack.demo import sample_path
+    from cellstack.data.samples import sample_path
     from cellstack.modeling.builtin import builtin_names
 
     if "nuclei" in builtin_names():

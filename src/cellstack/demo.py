@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from cellstack.data.samples import sample_path
+
 DEMO_CONFIG = "demo.yaml"
 
 
@@ -39,12 +41,6 @@ def demo_config_path() -> Path:
 def finetune_config_path() -> Path:
     """The packaged finetuning config (also shipped as ``configs/finetune.yaml``)."""
     return Path(str(resources.files("cellstack") / "configs" / "finetune.yaml"))
-
-
-def sample_path(name: str) -> Path:
-    """A sample label folder shipped with the package (``samples/nuclei``: two real
-    mnfinder test images, MIT)."""
-    return Path(str(resources.files("cellstack") / "samples" / name))
 
 
 def fresh(folder: Path) -> None:

@@ -90,7 +90,8 @@ def test_nothing_fits_or_no_run_is_a_clear_error(pretrained, tmp_path):
         ],
     )
     model = build_model(other.model, ["a"], other.predict)
-    with pytest.raises(CellstackError, match="no weight of that run fits this model"):
+    with pytest.raises(CellstackError, match="no weight of that run fits this model") as exc:
         init_from_run(model, pretrained)
+    assert "--config configs/finetune.yaml" in str(exc.value)  # says how to fit it
     with pytest.raises(CellstackError, match="run folder not found"):
         init_from_run(model, tmp_path / "nowhere")

@@ -13,7 +13,7 @@ import tifffile
 import torch
 
 from cellstack.cli import main
-from cellstack.demo import sample_path
+from cellstack.data.samples import sample_path
 
 IMAGE = sample_path("nuclei") / "images" / "hela_h2b.tif"
 

@@ -11,7 +11,7 @@ import torch
 
 from cellstack.cli import main
 from cellstack.config import load_config
-from cellstack.demo import sample_path
+from cellstack.data.samples import sample_path
 from cellstack.evaluation.metric import score_image
 from tests.conftest import FAST
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from cellstack.cli import main
-from cellstack.demo import sample_path
+from cellstack.data.samples import sample_path
 from cellstack.errors import CellstackError
 from cellstack.inference.tables import channel_means
 

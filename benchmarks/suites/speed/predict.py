@@ -100,7 +100,7 @@ def _builtin(name: str, n: int) -> dict:
     import torch
 
     from cellstack.data.images import read_image
-    from cellstack.demo import sample_path
+    from cellstack.data.samples import sample_path
     from cellstack.inference.segmenter import Segmenter
 
     if name == "nuclei":

@@ -120,7 +120,7 @@ def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
         CellstackError: the run is missing, or not one tensor of it fits the model.
     """
     run = Path(run)
-    _, source_classes, state = load_run(run)
+    source_cfg, source_classes, state = load_run(run)
     target = model.state_dict()
     classes_differ = tuple(source_classes) != tuple(model.class_names)
     class_keys = model.class_specific_keys() if classes_differ else set()
@@ -137,9 +137,11 @@ def init_from_run(model: torch.nn.Module, run: str | Path) -> InitReport:
     # Biases and BN counters can match by accident; a model shares weights only if
     # some convolution or linear layer fits.
     if not any(state[k].ndim >= 2 for k in loaded):
+        arch = source_cfg.model
         raise CellstackError(
-            f"init.from={run}: no weight of that run fits this model (another backbone or "
-            "architecture?)"
+            f"init.from={run}: no weight of that run fits this model (the run is a "
+            f"{arch.arch} on {arch.backbone.name}); train with its architecture: "
+            "--config configs/finetune.yaml for a built-in, else the run's config.yaml"
         )
     seeded = {}
     if len(source_classes) == 1 and reinit:  # a generalist's one class seeds every class

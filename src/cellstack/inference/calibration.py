@@ -173,7 +173,6 @@ def write_tuned(
     saying what it was tuned on. Laid out as a built-in (safetensors, no pickle), so
     everything that takes a run takes it. Written into a temporary sibling folder and
     renamed, so ``out`` is either complete or absent."""
-    import datetime
     import json
     import shutil
     import tempfile
@@ -210,26 +209,35 @@ def write_tuned(
         write_thresholds(
             tmp / THRESHOLDS, result.thresholds, f"written by cellstack tune on {summary}"
         )
-        card = (
-            (source / CARD).read_text(encoding="utf-8")
-            if (source / CARD).is_file()
-            else (f"# Model tuned from `{source.name}`\n")
-        )
-        p = result.thresholds.default
-        card = card.rstrip() + (
-            ("\n\n## Tuned\n" if "\n## Tuned\n" not in card else "\n")
-            + f"\n- {datetime.date.today().isoformat()}: `cellstack tune` from `{source}` on "
-            f"{summary}; scale {result.scale_before:.4g} -> {result.scale:.4g}; mask "
-            f"{p.mask_thresh}, offset {p.mask_offset:+g}, score {p.score_thresh}, nms "
-            f"{p.mask_nms_iou}, min_size {p.min_size}.\n"
-        )
-        (tmp / CARD).write_text(card, encoding="utf-8")
+        (tmp / CARD).write_text(_tuned_card(source, result, summary), encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (checked before the model ran)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _tuned_card(source: Path, result: TuneResult, summary: str) -> str:
+    """``source``'s model card (or a title) with a line under "Tuned" saying on what
+    and to which scale and thresholds it was tuned."""
+    import datetime
+
+    from cellstack.modeling.builtin import CARD
+
+    card = (
+        (source / CARD).read_text(encoding="utf-8")
+        if (source / CARD).is_file()
+        else f"# Model tuned from `{source.name}`\n"
+    )
+    p = result.thresholds.default
+    return card.rstrip() + (
+        ("\n\n## Tuned\n" if "\n## Tuned\n" not in card else "\n")
+        + f"\n- {datetime.date.today().isoformat()}: `cellstack tune` from `{source}` on "
+        f"{summary}; scale {result.scale_before:.4g} -> {result.scale:.4g}; mask "
+        f"{p.mask_thresh}, offset {p.mask_offset:+g}, score {p.score_thresh}, nms "
+        f"{p.mask_nms_iou}, min_size {p.min_size}.\n"
+    )
 
 
 def _fold_records(records: list, data, fold: int | None) -> list:

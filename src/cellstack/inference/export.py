@@ -232,12 +232,7 @@ class PredictionWriter:
         if self.options.save_ome_zarr and not lead:
             self._write_zarr(image_id, result.labels)
         if self.options.save_seg_npy and not lead:
-            write_png(self.target("seg-npy", f"{image_id}.png", image_id=image_id), result.image)
-            write_seg_npy(
-                self.target("seg-npy", f"{image_id}_seg.npy", image_id=image_id),
-                result.labels,
-                f"{image_id}.png",
-            )
+            self._write_seg_npy(image_id, result)
         if self.options.tables:
             self._write_tables(image_id, result, source)
         h, w = result.labels.shape[-2:]
@@ -270,6 +265,15 @@ class PredictionWriter:
                     )
                 )
             offset += len(inst)
+
+    def _write_seg_npy(self, image_id: str, result: Result) -> None:
+        """``seg-npy/{id}.png`` (the image as the model saw it) and ``{id}_seg.npy``."""
+        write_png(self.target("seg-npy", f"{image_id}.png", image_id=image_id), result.image)
+        write_seg_npy(
+            self.target("seg-npy", f"{image_id}_seg.npy", image_id=image_id),
+            result.labels,
+            f"{image_id}.png",
+        )
 
     def _write_tables(self, image_id: str, result: Result, source: str | Path | None) -> None:
         """``objects/{id}.h5ad`` and ``spatialdata/{id}.zarr`` as ``options.tables`` asks."""

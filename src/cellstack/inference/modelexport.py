@@ -17,7 +17,7 @@ from cellstack.config import config_to_dict
 from cellstack.errors import CellstackError
 from cellstack.fileio import atomic_path
 from cellstack.inference.onnx import ARCHS, OPSET
-from cellstack.inference.sources import load_source
+from cellstack.inference.sources import Source, load_source
 from cellstack.modeling.detector import CellDetector
 
 
@@ -55,9 +55,56 @@ def _names(model: CellDetector) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def describe(source: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Source, dict]:
+    """``source`` (a run folder, a built-in's name or a tuned model folder, with
+    ``predict.*`` ``overrides``) loaded, and what every export carries of it as plain
+    JSON values: ``config``, ``class_names``, ``thresholds`` and ``data_stats``.
+
+    Raises:
+        CellstackError: an ensemble or a CV folder (export one model at a time).
+    """
+    from cellstack.modeling.builtin import resolve_run
+    from cellstack.modeling.runfolder import read_data_stats
+
+    src = load_source(source, overrides)
+    if not isinstance(src.model, CellDetector):
+        raise CellstackError(
+            f"{source}: an ensemble; export each of its models (one run, built-in or "
+            "tuned folder at a time)"
+        )
+    run = resolve_run(source, quiet=True)
+    described = {
+        "config": config_to_dict(src.cfg),
+        "class_names": list(src.class_names),
+        "thresholds": src.thresholds.to_dict(),
+        "data_stats": (read_data_stats(run) if run.is_dir() else None) or {},
+    }
+    return src, json.loads(json.dumps(described))  # as a YAML or JSON file gives it back
+
+
+def _example_inputs(model: CellDetector) -> tuple[torch.Tensor, ...]:
+    """Inputs of every branch to trace the graph with: a small image, its FPN levels
+    and two RoIs' pooled box and mask features."""
+    heads, channels = model.roi_heads, model.backbone.out_channels
+    image = torch.zeros(1, 3, 4 * model.size_divisor, 4 * model.size_divisor)
+    with torch.no_grad():  # traced next: no inference-mode tensors
+        levels = [f.contiguous() for f in model.backbone(image).values()]
+    box, mask = heads.box_pooler.output_size, heads.mask_pooler.output_size
+    return image, *levels, torch.zeros(2, channels, box, box), torch.zeros(2, channels, mask, mask)
+
+
+def _dynamic_axes(levels: int) -> dict[str, dict[int, str]]:
+    """The inputs' free sizes: batch and pixels of the image and its levels, RoIs."""
+    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
+    dynamic |= {f"level{k}": {0: "batch", 2: f"h{k}", 3: f"w{k}"} for k in range(levels)}
+    return dynamic | {"box_features": {0: "boxes"}, "mask_features": {0: "masks"}}
+
+
 def export_onnx(source: str | Path, out: str | Path, overrides: tuple[str, ...] = ()) -> Path:
     """Write ``source`` (a run folder, a built-in's name or a tuned model folder; with
-    ``predict.*`` ``overrides``) as an ONNX file at ``out``, whole or not at all.
+    ``predict.*`` ``overrides``) as an ONNX file at ``out``, whole or not at all: the
+    graph of :mod:`~cellstack.inference.onnx`, :func:`describe` and the package
+    versions in its metadata (:data:`~cellstack.inference.onnx.META_KEYS`).
 
     Raises:
         CellstackError: an ensemble or CV folder (export one model), an architecture
@@ -69,52 +116,28 @@ def export_onnx(source: str | Path, out: str | Path, overrides: tuple[str, ...] 
         raise CellstackError(
             "ONNX export needs the onnx package: pip install 'cellstack[onnx]'"
         ) from None
-    from cellstack.modeling.builtin import resolve_run
-    from cellstack.modeling.runfolder import read_data_stats, versions
+    from cellstack.modeling.runfolder import versions
 
-    src = load_source(source, overrides)
-    if not isinstance(src.model, CellDetector):
-        raise CellstackError(
-            f"{source}: an ensemble; export each of its models (one run, built-in or "
-            "tuned folder at a time)"
-        )
+    src, described = describe(source, overrides)
     if src.cfg.model.arch not in ARCHS:
         raise CellstackError(
             f"{source}: model.arch={src.cfg.model.arch} cannot be exported to ONNX (its "
             f"heads feed one another); {', '.join(ARCHS)} can"
         )
     model = src.model.eval()
-    heads = model.roi_heads
-    channels = model.backbone.out_channels
-    image = torch.zeros(1, 3, 4 * model.size_divisor, 4 * model.size_divisor)
-    with torch.no_grad():  # traced next: no inference-mode tensors
-        levels = [f.contiguous() for f in model.backbone(image).values()]
-    box_x = torch.zeros(2, channels, heads.box_pooler.output_size, heads.box_pooler.output_size)
-    mask_x = torch.zeros(2, channels, heads.mask_pooler.output_size, heads.mask_pooler.output_size)
     inputs, outputs = _names(model)
-    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
-    dynamic |= {f"level{k}": {0: "batch", 2: f"h{k}", 3: f"w{k}"} for k in range(len(levels))}
-    dynamic |= {"box_features": {0: "boxes"}, "mask_features": {0: "masks"}}
-    run = resolve_run(source, quiet=True)
-    stats = read_data_stats(run) if run.is_dir() else None
-    metadata = {
-        "cellstack.config": config_to_dict(src.cfg),
-        "cellstack.class_names": list(src.class_names),
-        "cellstack.thresholds": src.thresholds.to_dict(),
-        "cellstack.data_stats": stats or {},
-        "cellstack.versions": versions(),
-    }
+    metadata = {f"cellstack.{k}": v for k, v in {**described, "versions": versions()}.items()}
     out = Path(out)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
         torch.onnx.export(
             _Branches(model),
-            (image, *levels, box_x, mask_x),
+            _example_inputs(model),
             str(tmp),
             dynamo=False,
             input_names=inputs,
             output_names=outputs,
-            dynamic_axes=dynamic,
+            dynamic_axes=_dynamic_axes(len(model.backbone.level_names)),
             opset_version=OPSET,
         )
         graph = onnx.load(str(tmp))
@@ -127,31 +150,11 @@ def export_onnx(source: str | Path, out: str | Path, overrides: tuple[str, ...] 
 
 
 def label_model(source: str | Path, overrides: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
-    """``source`` (a run folder, a built-in's name or a tuned model folder) as a
-    :class:`~cellstack.inference.bioimageio.LabelModel` holding its weights, and the
-    keyword arguments (plain JSON values) that build it again.
-
-    Raises:
-        CellstackError: an ensemble (one model at a time).
-    """
+    """``source`` as a :class:`~cellstack.inference.bioimageio.LabelModel` holding its
+    weights, and the keyword arguments that build it again (:func:`describe`'s)."""
     from cellstack.inference.bioimageio import LabelModel
-    from cellstack.modeling.builtin import resolve_run
-    from cellstack.modeling.runfolder import read_data_stats
 
-    src = load_source(source, overrides)
-    if not isinstance(src.model, CellDetector):
-        raise CellstackError(
-            f"{source}: an ensemble; export each of its models (one run, built-in or "
-            "tuned folder at a time)"
-        )
-    run = resolve_run(source, quiet=True)
-    kwargs = {
-        "config": config_to_dict(src.cfg),
-        "class_names": list(src.class_names),
-        "thresholds": src.thresholds.to_dict(),
-        "data_stats": (read_data_stats(run) if run.is_dir() else None) or {},
-    }
-    kwargs = json.loads(json.dumps(kwargs))  # what a YAML file gives back
+    src, kwargs = describe(source, overrides)
     model = LabelModel(**kwargs).eval()
     model.detector.load_state_dict(src.model.state_dict())
     return model, kwargs
@@ -182,121 +185,136 @@ def export_bioimageio(
     """
     import tempfile
 
-    import numpy as np
-
     try:
         from bioimageio.spec import save_bioimageio_package
-        from bioimageio.spec.model import v0_5 as bio
     except ImportError:
         raise CellstackError(
             "bioimage.io export needs bioimageio.spec: pip install 'cellstack[bioimageio]'"
         ) from None
-    from cellstack.data.images import read_image, to_gray_uint8, write_png
-    from cellstack.demo import sample_path
-    from cellstack.inference.overlay import outline_overlay
-    from cellstack.modeling.builtin import CARD, LICENSES, is_builtin_folder, resolve_run
+    from cellstack.modeling.builtin import resolve_run
 
     model, kwargs = label_model(source, overrides)
-    run = resolve_run(source, quiet=True)
-    if sample is None:
-        sample = sorted((sample_path("nuclei") / "images").iterdir())[0]
-    image = read_image(Path(sample))
-    if image.ndim == 3:
-        image = image.mean(axis=2)
-    test_input = image.astype(np.float32)[None, None]
-    with torch.inference_mode():
-        labels = model(torch.from_numpy(test_input)).numpy()
     name = Path(str(source)).name
+    pretrained = kwargs["config"]["model"]["backbone"]["pretrained"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        np.save(work / "test_input.npy", test_input)
-        np.save(work / "test_output.npy", labels)
-        torch.save(model.state_dict(), work / "weights.pt")
-        write_png(work / "cover.png", outline_overlay(to_gray_uint8(image), labels[0, 0]))
-        doc = [f"# cellstack model `{name}`\n"]
-        doc.append(
-            "Instance segmentation with cellstack (Mask R-CNN family). Input: one channel "
-            "of raw intensities, float32 [batch, 1, y, x], any size; the model scales "
-            "each image by its 0.5/99.5 percentiles itself (no preprocessing here). "
-            "Output: int32 [batch, 1, y, x] instance labels, 0 = background. The "
-            "post-processing (mask thresholds, mask NMS, overlaps) runs inside the "
-            "model's forward, so a consumer needs the cellstack package "
-            "(`pip install cellstack`) and gets labels; without it there is nothing to run.\n"
-        )
-        if is_builtin_folder(run):
-            for part in (CARD, LICENSES):
-                doc.append((run / part).read_text(encoding="utf-8"))
-        else:
-            doc.append("```json\n" + json.dumps(kwargs["config"], indent=1) + "\n```\n")
-        (work / "README.md").write_text("\n".join(doc), encoding="utf-8")
-        space = [
-            bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=64, step=16))
-            for a in ("y", "x")
-        ]
-        descr = bio.ModelDescr(
-            name=f"cellstack {name}",
-            description=(
-                f"cellstack's {name} model: instance segmentation of "
-                f"{', '.join(kwargs['class_names'])} into a label image"
-            ),
-            authors=[bio.Author(name="cellstack contributors")],
-            cite=[
-                bio.CiteEntry(
-                    text="He et al., Mask R-CNN, ICCV 2017", doi=bio.Doi("10.1109/ICCV.2017.322")
-                )
-            ],
-            license=bio.LicenseId(
-                license
-                or ("Apache-2.0" if kwargs["config"]["model"]["backbone"]["pretrained"] else "MIT")
-            ),
-            documentation=bio.FileDescr(source=work / "README.md"),
-            covers=[bio.FileDescr(source=work / "cover.png")],
-            tags=["instance-segmentation", "cells", "nuclei", "2d", "cellstack"],
-            inputs=[
-                bio.InputTensorDescr(
-                    id=bio.TensorId("image"),
-                    axes=[
-                        bio.BatchAxis(),
-                        bio.ChannelAxis(channel_names=[bio.Identifier("intensity")]),
-                        *space,
-                    ],
-                    test_tensor=bio.FileDescr(source=work / "test_input.npy"),
-                    data=bio.IntervalOrRatioDataDescr(type="float32"),
-                )
-            ],
-            outputs=[
-                bio.OutputTensorDescr(
-                    id=bio.TensorId("labels"),
-                    axes=[
-                        bio.BatchAxis(),
-                        bio.ChannelAxis(channel_names=[bio.Identifier("instance")]),
-                        *(
-                            bio.SpaceOutputAxis(
-                                id=bio.AxisId(a),
-                                size=bio.SizeReference(
-                                    tensor_id=bio.TensorId("image"), axis_id=bio.AxisId(a)
-                                ),
-                            )
-                            for a in ("y", "x")
-                        ),
-                    ],
-                    test_tensor=bio.FileDescr(source=work / "test_output.npy"),
-                    data=bio.IntervalOrRatioDataDescr(type="int32"),
-                )
-            ],
-            weights=bio.WeightsDescr(
-                pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
-                    source=work / "weights.pt",
-                    architecture=bio.ArchitectureFromLibraryDescr(
-                        callable=bio.Identifier("LabelModel"),
-                        import_from="cellstack.inference.bioimageio",
-                        kwargs=kwargs,
-                    ),
-                    pytorch_version=bio.Version(torch.__version__.split("+")[0]),
-                )
-            ),
+        _package_files(work, model, resolve_run(source, quiet=True), name, sample)
+        descr = _package_description(
+            work, name, kwargs, license or ("Apache-2.0" if pretrained else "MIT")
         )
         out = Path(out)
         with atomic_path(out) as tmp_zip:
             save_bioimageio_package(descr, output_path=tmp_zip)
     return out
+
+
+def _package_files(
+    work: Path, model: nn.Module, run: Path, name: str, sample: str | Path | None
+) -> None:
+    """A package's files in ``work``: ``test_input.npy`` (``sample`` as float32[1, 1, Y,
+    X]), ``test_output.npy`` (the labels ``model`` gives it), ``weights.pt``,
+    ``cover.png`` and ``README.md`` (what goes in and out; a built-in's card and
+    licences, else the run's config)."""
+    import numpy as np
+
+    from cellstack.data.images import read_image, to_gray_uint8, write_png
+    from cellstack.data.samples import sample_path
+    from cellstack.inference.overlay import outline_overlay
+    from cellstack.modeling.builtin import CARD, LICENSES, is_builtin_folder
+
+    if sample is None:
+        sample = sorted((sample_path("nuclei") / "images").iterdir())[0]
+    image = read_image(Path(sample))
+    image = image.mean(axis=2) if image.ndim == 3 else image
+    test_input = image.astype(np.float32)[None, None]
+    with torch.inference_mode():
+        labels = model(torch.from_numpy(test_input)).numpy()
+    np.save(work / "test_input.npy", test_input)
+    np.save(work / "test_output.npy", labels)
+    torch.save(model.state_dict(), work / "weights.pt")
+    write_png(work / "cover.png", outline_overlay(to_gray_uint8(image), labels[0, 0]))
+    doc = [
+        f"# cellstack model `{name}`\n",
+        "Instance segmentation with cellstack (Mask R-CNN family). Input: one channel of "
+        "raw intensities, float32 [batch, 1, y, x], any size; the model scales each image "
+        "by its 0.5/99.5 percentiles itself (no preprocessing here). Output: int32 [batch, "
+        "1, y, x] instance labels, 0 = background. The post-processing (mask thresholds, "
+        "mask NMS, overlaps) runs inside the model's forward, so a consumer needs the "
+        "cellstack package (`pip install cellstack`) and gets labels; without it there "
+        "is nothing to run.\n",
+    ]
+    if is_builtin_folder(run):
+        doc += [(run / part).read_text(encoding="utf-8") for part in (CARD, LICENSES)]
+    else:
+        doc.append("```json\n" + json.dumps(config_to_dict(model.cfg), indent=1) + "\n```\n")
+    (work / "README.md").write_text("\n".join(doc), encoding="utf-8")
+
+
+def _package_description(work: Path, name: str, kwargs: dict, license: str):
+    """The ``bioimageio.spec`` model description (0.5) of :func:`_package_files`'
+    files: one float32 image in, int32 labels of the same size out."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    image_axes = [
+        bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=64, step=16))
+        for a in "yx"
+    ]
+    image_id = bio.TensorId("image")
+    label_axes = [
+        bio.SpaceOutputAxis(
+            id=bio.AxisId(a), size=bio.SizeReference(tensor_id=image_id, axis_id=bio.AxisId(a))
+        )
+        for a in "yx"
+    ]
+    return bio.ModelDescr(
+        name=f"cellstack {name}",
+        description=(
+            f"cellstack's {name} model: instance segmentation of "
+            f"{', '.join(kwargs['class_names'])} into a label image"
+        ),
+        authors=[bio.Author(name="cellstack contributors")],
+        cite=[
+            bio.CiteEntry(
+                text="He et al., Mask R-CNN, ICCV 2017", doi=bio.Doi("10.1109/ICCV.2017.322")
+            )
+        ],
+        license=bio.LicenseId(license),
+        documentation=bio.FileDescr(source=work / "README.md"),
+        covers=[bio.FileDescr(source=work / "cover.png")],
+        tags=["instance-segmentation", "cells", "nuclei", "2d", "cellstack"],
+        inputs=[
+            bio.InputTensorDescr(
+                id=image_id,
+                axes=[
+                    bio.BatchAxis(),
+                    bio.ChannelAxis(channel_names=[bio.Identifier("intensity")]),
+                    *image_axes,
+                ],
+                test_tensor=bio.FileDescr(source=work / "test_input.npy"),
+                data=bio.IntervalOrRatioDataDescr(type="float32"),
+            )
+        ],
+        outputs=[
+            bio.OutputTensorDescr(
+                id=bio.TensorId("labels"),
+                axes=[
+                    bio.BatchAxis(),
+                    bio.ChannelAxis(channel_names=[bio.Identifier("instance")]),
+                    *label_axes,
+                ],
+                test_tensor=bio.FileDescr(source=work / "test_output.npy"),
+                data=bio.IntervalOrRatioDataDescr(type="int32"),
+            )
+        ],
+        weights=bio.WeightsDescr(
+            pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+                source=work / "weights.pt",
+                architecture=bio.ArchitectureFromLibraryDescr(
+                    callable=bio.Identifier("LabelModel"),
+                    import_from="cellstack.inference.bioimageio",
+                    kwargs=kwargs,
+                ),
+                pytorch_version=bio.Version(torch.__version__.split("+")[0]),
+            )
+        ),
+    )
