@@ -168,6 +168,38 @@ def step_seconds(cfg: object, data: Path, steps: int, run: Path) -> float:
     return (times[-1] - times[2]) / (len(times) - 3)
 
 
+def evaluate_source(
+    source: object, folder: Path, out: Path, overrides: Sequence[str] = ()
+) -> tuple[list, dict, dict, float]:
+    """Predict a label folder's ``images/`` with ``source`` (a run, built-in or
+    ensemble; ``predict.*`` ``overrides``) into ``out`` and score the labels:
+    ``(records, predictions, evaluate's report as a dict, predict's seconds)``."""
+    from cellstack.data.layouts import load_dataset, load_predictions
+    from cellstack.evaluation.report import evaluate
+    from cellstack.inference.predict import PredictOptions, predict_folder
+
+    records = load_dataset(folder)
+    options = PredictOptions(overrides=tuple(overrides))
+    t0 = time.perf_counter()
+    predict_folder(
+        source, folder / "images", out, options, device="cpu", progress=False, overwrite=True
+    )
+    seconds = time.perf_counter() - t0
+    preds = load_predictions(out / "labels", records)
+    return records, preds, evaluate(records, preds, progress=False).to_dict(), seconds
+
+
+def evaluate_otsu(records: list) -> tuple[dict, dict]:
+    """The Otsu baseline's ``(predictions, evaluate's report as a dict)`` on ``records``."""
+    from cellstack.data.dataset import load_sample
+    from cellstack.data.masks import sparse_from_labels
+    from cellstack.evaluation.report import evaluate
+    from cellstack.inference.baseline import otsu_instances
+
+    preds = {r.image_id: sparse_from_labels(otsu_instances(load_sample(r)[0])) for r in records}
+    return preds, evaluate(records, preds, progress=False).to_dict()
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3) -> None:
     """Print a Markdown table (floats to ``digits`` decimals), as docs/ quotes it."""
 

@@ -370,26 +370,14 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
 
 def score(source, folder: Path, out: Path) -> dict:
     """Competition score etc. of ``source`` (a run folder) on a label folder."""
-    from cellstack.data.layouts import load_dataset, load_predictions
-    from cellstack.evaluation.report import evaluate
-    from cellstack.inference.predict import predict_folder
-
-    records = load_dataset(folder)
-    predict_folder(source, folder / "images", out, device="cpu", progress=False, overwrite=True)
-    report = evaluate(records, load_predictions(out / "labels", records), progress=False)
-    return {k: v for k, v in report.to_dict().items() if k in ("score", "ap", "ap50", "per_image")}
+    report = harness.evaluate_source(source, folder, out)[2]
+    return {k: v for k, v in report.items() if k in ("score", "ap", "ap50", "per_image")}
 
 
 def otsu(folder: Path) -> dict:
-    from cellstack.data.dataset import load_sample
     from cellstack.data.layouts import load_dataset
-    from cellstack.data.masks import sparse_from_labels
-    from cellstack.evaluation.report import evaluate
-    from cellstack.inference.baseline import otsu_instances
 
-    records = load_dataset(folder)
-    preds = {r.image_id: sparse_from_labels(otsu_instances(load_sample(r)[0])) for r in records}
-    report = evaluate(records, preds, progress=False).to_dict()
+    report = harness.evaluate_otsu(load_dataset(folder))[1]
     return {k: report[k] for k in ("score", "ap", "ap50")}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import harness
@@ -46,37 +45,14 @@ def subset(train: Path, n: int | None, work: Path) -> Path:
 
 def score_folder(source: str | Path, test: Path, work: Path, name: str, overrides=()) -> dict:
     """Predict ``test/images`` with ``source`` and score against ``test/labels``."""
-    from cellstack.data.layouts import load_dataset, load_predictions
-    from cellstack.evaluation.report import evaluate
-    from cellstack.inference.predict import PredictOptions, predict_folder
-
-    records = load_dataset(test)
-    out = work / f"pred_{name}"
-    t0 = time.perf_counter()
-    predict_folder(
-        source,
-        test / "images",
-        out,
-        device="cpu",
-        progress=False,
-        overwrite=True,
-        options=PredictOptions(overrides=tuple(overrides)),
-    )
-    seconds = time.perf_counter() - t0
-    preds = load_predictions(out / "labels", records)
-    return {**evaluate(records, preds, progress=False).to_dict(), "predict_seconds": seconds}
+    _, _, report, seconds = harness.evaluate_source(source, test, work / f"pred_{name}", overrides)
+    return {**report, "predict_seconds": seconds}
 
 
 def otsu_row(test: Path) -> dict:
-    from cellstack.data.dataset import load_sample
     from cellstack.data.layouts import load_dataset
-    from cellstack.data.masks import sparse_from_labels
-    from cellstack.evaluation.report import evaluate
-    from cellstack.inference.baseline import otsu_instances
 
-    records = load_dataset(test)
-    preds = {r.image_id: sparse_from_labels(otsu_instances(load_sample(r)[0])) for r in records}
-    return evaluate(records, preds, progress=False).to_dict()
+    return harness.evaluate_otsu(load_dataset(test))[1]
 
 
 def print_table(rows: dict, test_ids: list[str]) -> None:

@@ -116,22 +116,7 @@ def quality(records: list, preds: dict) -> dict:
 
 def score(source, folder: Path, out: Path, overrides=()) -> dict:
     """Predict ``folder``'s images with ``source`` and score them."""
-    from cellstack.data.layouts import load_dataset, load_predictions
-    from cellstack.evaluation.report import evaluate
-    from cellstack.inference.predict import PredictOptions, predict_folder
-
-    records = load_dataset(folder)
-    predict_folder(
-        source,
-        folder / "images",
-        out,
-        device="cpu",
-        progress=False,
-        overwrite=True,
-        options=PredictOptions(overrides=tuple(overrides)),
-    )
-    preds = load_predictions(out / "labels", records)
-    report = evaluate(records, preds, progress=False).to_dict()
+    records, preds, report, _ = harness.evaluate_source(source, folder, out, overrides)
     return {"score": report["score"], "ap50": report["ap50"], **quality(records, preds)}
 
 

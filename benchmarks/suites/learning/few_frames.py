@@ -59,12 +59,10 @@ def main() -> None:
     from cellstack.config import load_config
     from cellstack.data.dataset import load_sample
     from cellstack.data.layouts import load_predictions
-    from cellstack.data.masks import sparse_from_labels
     from cellstack.data.sartorius import read_train_csv, write_train_csv
     from cellstack.data.synthetic import synthesize
     from cellstack.engine.trainer import train
     from cellstack.evaluation.report import evaluate
-    from cellstack.inference.baseline import otsu_instances
     from cellstack.inference.predict import predict_folder
 
     work = args.work or Path(tempfile.mkdtemp(prefix="few_frames_"))
@@ -87,8 +85,8 @@ def main() -> None:
         if not target.exists():
             target.symlink_to(rec.image_path.resolve())
 
-    otsu = {r.image_id: sparse_from_labels(otsu_instances(load_sample(r)[0])) for r in test}
-    rows_out = {"otsu": {**evaluate(test, otsu, progress=False).to_dict(), "seconds": 0.0}}
+    _, otsu_report = harness.evaluate_otsu(test)
+    rows_out = {"otsu": {**otsu_report, "seconds": 0.0}}
     variants = [["default"], *args.variant]
     for name, *overrides in variants:
         cfg = load_config(args.config, [*args.set, *overrides])

@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from cellstack.config import config_from_dict
-from cellstack.data.stats import ObjectStats
 from cellstack.errors import CellstackError
 from cellstack.inference.thresholds import Thresholds
-from cellstack.modeling.build import build_model
+from cellstack.modeling.build import build_trained
 
 
 class LabelModel(nn.Module):
@@ -46,13 +45,8 @@ class LabelModel(nn.Module):
         self.class_names = tuple(class_names)
         self.thresholds = Thresholds.from_dict(thresholds, "the package's thresholds")
         self.data_stats = data_stats or None
-        self.detector = build_model(
-            self.cfg.model,
-            self.class_names,
-            self.cfg.predict,
-            encoder_weights=False,
-            trained_on=ObjectStats.recorded(self.data_stats),
-        )
+        self.detector = build_trained(self.cfg, self.class_names, self.data_stats)
+        self._segmenter = None  # built at the first call, again on another device
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """int32[B, 1, Y, X] labels of float[B, 1, Y, X] raw intensities."""
@@ -63,15 +57,17 @@ class LabelModel(nn.Module):
             raise CellstackError(
                 f"LabelModel takes float[B, 1, Y, X] images, got {tuple(image.shape)}"
             )
-        source = Source(
-            self.detector.eval(),
-            self.class_names,
-            self.cfg,
-            self.thresholds,
-            None,
-            **trained_sizes(self.data_stats, Path("the package")),
-        )
-        segmenter = Segmenter(source, device=image.device)
+        if self._segmenter is None or self._segmenter.device != image.device:
+            source = Source(
+                self.detector.eval(),
+                self.class_names,
+                self.cfg,
+                self.thresholds,
+                None,
+                **trained_sizes(self.data_stats, Path("the package")),
+            )
+            self._segmenter = Segmenter(source, device=image.device)
+        segmenter = self._segmenter
         planes = image[:, 0].detach().float().cpu().numpy()
         labels = np.stack([segmenter(plane).labels for plane in planes]).astype(np.int32)
         return torch.from_numpy(labels[:, None]).to(image.device)

@@ -63,15 +63,14 @@ class OrtGraph:
     """An exported model's onnxruntime session: :meth:`run` one branch.
 
     Args:
-        path: the ``.onnx`` file.
-        threads: onnxruntime's intra-op threads (default: torch's, so both back ends
-            use what the user gave).
+        path: the ``.onnx`` file. Its intra-op threads are torch's, so both back ends
+            use what the user gave.
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         ort = require_onnxruntime()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         # PyTorch runs between the branches (RoIAlign, selection): threads that spin
         # waiting for the next branch would take its cores.
@@ -92,7 +91,6 @@ class OrtGraph:
             )
             for i in self.session.get_inputs()
         }
-        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def run(self, outputs: list[str], **inputs: torch.Tensor) -> list[torch.Tensor]:
         """The ``outputs`` of the branch fed by ``inputs`` (float32 tensors)."""

@@ -180,13 +180,11 @@ def _load_run(
     """``(model, config, data_stats)`` of a run folder, already resolved (its files
     read once); ``lazy``: the model is a skeleton on the ``meta`` device (no weights
     read) and :func:`_weights_loader` fills it later."""
-    from cellstack.data.stats import ObjectStats
-    from cellstack.modeling.build import build_model
+    from cellstack.modeling.build import build_trained
     from cellstack.modeling.runfolder import load_weights, read_data_stats, read_run
 
     cfg, class_names, state = read_run(run, allow_unfinished=allow_unfinished, mmap=lazy)
     stats = read_data_stats(run)
-    trained_on = ObjectStats.recorded(stats)
     if overrides:
         cfg = config_from_dict(config_to_dict(cfg), overrides)
         left = unresolved(cfg)
@@ -197,14 +195,9 @@ def _load_run(
             )
     if lazy:
         with torch.device("meta"):
-            skeleton = build_model(
-                cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
-            )
-            return skeleton.eval(), cfg, stats
+            return build_trained(cfg, class_names, stats).eval(), cfg, stats
     try:
-        model = build_model(
-            cfg.model, class_names, cfg.predict, encoder_weights=False, trained_on=trained_on
-        )
+        model = build_trained(cfg, class_names, stats)
         load_weights(model, state, run)
     except CellstackError as exc:
         changed = [o for o in overrides if o.strip().startswith("model.")]
@@ -222,9 +215,9 @@ def _load_run(
 def _load_onnx(path: Path, overrides: tuple[str, ...]) -> Source:
     """An exported model (:mod:`~cellstack.inference.onnx`): its networks in
     onnxruntime, the rest of the detector built from the config in its metadata."""
-    from cellstack.data.stats import ObjectStats
     from cellstack.inference.onnx import OrtGraph, attach, read_metadata
-    from cellstack.modeling.build import build_model
+    from cellstack.modeling.build import build_trained
+    from cellstack.modeling.runfolder import check_class_names
 
     changed = [o for o in overrides if not o.strip().startswith("predict.")]
     if changed:
@@ -236,17 +229,9 @@ def _load_onnx(path: Path, overrides: tuple[str, ...]) -> Source:
     meta = read_metadata(graph)
     try:
         cfg = config_from_dict(meta["config"], overrides)
-        names = meta["class_names"]
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise CellstackError("class_names must be a non-empty list of names")
+        names = check_class_names(meta["class_names"], "class_names")
         stats = meta["data_stats"] or None
-        model = build_model(
-            cfg.model,
-            names,
-            cfg.predict,
-            encoder_weights=False,
-            trained_on=ObjectStats.recorded(stats),
-        )
+        model = build_trained(cfg, names, stats)
         tuned = Thresholds.from_dict(meta["thresholds"], f"{path} (its thresholds)")
     except CellstackError as exc:
         raise CellstackError(f"{path}: metadata: {exc}") from None

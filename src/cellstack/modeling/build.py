@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-from cellstack.config import AUTO, ModelConfig, PredictConfig
+from cellstack.config import AUTO, Config, ModelConfig, PredictConfig
 from cellstack.errors import CellstackError
 from cellstack.modeling.anchors import CentredAnchorGenerator, ProposalParams
 from cellstack.modeling.backbone import TimmFPN
@@ -22,6 +22,23 @@ from cellstack.modeling.poolers import AlignedMultiScaleRoIAlign
 
 if TYPE_CHECKING:
     from cellstack.data.stats import ObjectStats
+
+
+def build_trained(cfg: Config, class_names: Sequence[str], stats: dict | None) -> CellDetector:
+    """The detector a trained model's weights go into: its config's architecture with a
+    random encoder (no ImageNet weights read, whatever ``pretrained`` says) and the
+    proposal and detection budgets of the objects it trained on (``stats``, its
+    ``data_stats.json``; None when unrecorded). For runs, built-ins, exported ONNX
+    files and bioimage.io packages alike."""
+    from cellstack.data.stats import ObjectStats
+
+    return build_model(
+        cfg.model,
+        class_names,
+        cfg.predict,
+        encoder_weights=False,
+        trained_on=ObjectStats.recorded(stats),
+    )
 
 
 def build_model(

@@ -150,9 +150,7 @@ def read_run(
         bad = next((k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)), None)
         if bad is not None:
             raise CellstackError(f"{path}: weight {quote(str(bad), 80)!r} is not a tensor")
-    names = ckpt["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise CellstackError(f"{path}: class_names must be a non-empty list of names")
+    names = check_class_names(ckpt["class_names"], f"{path}: class_names")
     if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
         raise CellstackError(f"{path}: not a cellstack checkpoint (config/model not mappings)")
     try:
@@ -160,6 +158,14 @@ def read_run(
     except CellstackError as exc:
         raise CellstackError(f"{path}: stored config: {exc}") from None
     return cfg, list(names), ckpt["model"]
+
+
+def check_class_names(names: object, where: str) -> list[str]:
+    """``names`` as stored class names (a non-empty list of strings), else a one-line
+    error naming ``where`` (the file and key)."""
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CellstackError(f"{where} must be a non-empty list of names")
+    return names
 
 
 def load_weights(model: torch.nn.Module, state: dict, where: Path, *, assign: bool = False) -> None:
