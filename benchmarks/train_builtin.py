@@ -48,7 +48,7 @@ NUCLEI_ITERATIONS = 600
 #: The synthetic whole-cell fluorescence looks ``cyto`` trains on (``cellstack synth``).
 CYTO_TYPES = ("cyto", "macrophage", "neuron", "membrane")
 CYTO_PER_LOOK = 12
-CYTO_ITERATIONS = 600
+CYTO_ITERATIONS = 1500
 NUCLEI_TRANSFER_ITERATIONS = 600
 RECIPES = {
     "nuclei": {
@@ -77,6 +77,10 @@ RECIPES = {
         "overrides": [
             *ARCH,
             *NUCLEI_LEVERS,
+            # GroupNorm in the mask head: without it the head's first ReLUs die on the
+            # FPN's large outputs and whole cells get box-shaped masks (section 10 of
+            # docs/learning.md).
+            "model.roi.mask_norm=group",
             f"train.iterations={CYTO_ITERATIONS}",
             "train.eval_every=0",
         ],

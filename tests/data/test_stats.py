@@ -35,6 +35,7 @@ AUTO = [
     "predict.min_size=auto",
     "predict.max_detections=auto",
     "model.roi.mask_pool=auto",
+    "model.roi.mask_norm=auto",
 ]
 
 
@@ -57,7 +58,11 @@ def test_derived_settings_follow_the_object_size(tmp_path):
     # 10 px nuclei need the finer stem (stride 2 levels); 60 px cells do not.
     assert (small.model.backbone.stem_stride, large.model.backbone.stem_stride) == (1, 2)
     assert set(derived) == {k.split("=")[0] for k in AUTO}
-    assert all(isinstance(v, (int, float)) for v in derived.values())
+    assert all(
+        isinstance(v, (int, float)) for k, v in derived.items() if k != "model.roi.mask_norm"
+    )
+    # Without a run to inherit from, the mask head is the original's (no norm).
+    assert small.model.roi.mask_norm == large.model.roi.mask_norm == "none"
 
 
 def test_only_auto_values_are_derived(tmp_path):
@@ -76,11 +81,27 @@ def test_no_objects_is_an_error(tmp_path):
         measure(load_dataset(root))
 
 
+def test_a_finetuned_run_inherits_the_mask_heads_norm(tmp_path):
+    """A head with GroupNorm has other tensors than one without: a finetuned run that
+    built the other kind would load only part of its start."""
+    from cellstack.data.stats import inherit_sizes
+
+    stats = measure(_discs(tmp_path, 20))
+    source = load_config(None, ["model.roi.mask_norm=group"])
+    cfg, out = inherit_sizes(load_config(None, ["model.roi.mask_norm=auto"]), stats, source, None)
+    assert cfg.model.roi.mask_norm == out["model.roi.mask_norm"] == "group"
+    # A value the user gave is theirs.
+    cfg, out = inherit_sizes(load_config(None, ["model.roi.mask_norm=none"]), stats, source, None)
+    assert cfg.model.roi.mask_norm == "none" and "model.roi.mask_norm" not in out
+
+
 def test_auto_is_the_only_string_accepted():
     from cellstack.config import ConfigError
 
     with pytest.raises(ConfigError, match="expected a number or 'auto'"):
         load_config(None, ["data.crop_size=big"])
+    with pytest.raises(ConfigError, match="not one of none, group, auto"):
+        load_config(None, ["model.roi.mask_norm=batch"])
 
 
 def test_every_scale_rule_shares_one_ratio_and_one_limit():

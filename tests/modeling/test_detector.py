@@ -15,14 +15,16 @@ LOSS_NAMES = {
 }
 
 
-def arch_cfg(arch):
-    return load_config(None, [*TINY, f"model.arch={arch}"])
+def arch_cfg(arch, *more):
+    return load_config(None, [*TINY, f"model.arch={arch}", *more])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_overfits_two_cells_and_predicts_them(arch):
+@pytest.mark.parametrize(
+    "arch, more", [*((a, ()) for a in ARCHS), ("maskrcnn", ("model.roi.mask_norm=group",))]
+)
+def test_overfits_two_cells_and_predicts_them(arch, more):
     torch.manual_seed(0)
-    model = build_model(arch_cfg(arch).model, ["dark", "bright"])
+    model = build_model(arch_cfg(arch, *more).model, ["dark", "bright"])
     img, target = two_cells()
     opt = torch.optim.AdamW(model.parameters(), 2e-3)
     model.train()
@@ -46,6 +48,20 @@ def test_overfits_two_cells_and_predicts_them(arch):
     confident = pred[pred.scores > 0.5]
     # Every cell is found by a confident box.
     assert box_iou(confident.boxes, target["boxes"]).max(dim=0).values.min() > 0.5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mask_norm_puts_group_norm_in_the_mask_heads_only(arch):
+    def group_norms(module):
+        return sum(isinstance(m, torch.nn.GroupNorm) for m in module.modules())
+
+    plain = build_model(arch_cfg(arch).model, ["cell"])
+    normed = build_model(arch_cfg(arch, "model.roi.mask_norm=group").model, ["cell"])
+    assert group_norms(plain) == 0
+    heads = [s.mask_head for s in normed.roi_heads.stages if s.mask_head is not None]
+    # One GroupNorm after each of the head's convolutions (TINY: one), nowhere else.
+    assert [group_norms(h) for h in heads] == [1] * len(heads)
+    assert group_norms(normed) == len(heads)
 
 
 def _flip_target(t, w):

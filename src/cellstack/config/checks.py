@@ -44,7 +44,7 @@ def validate(obj: Any, prefix: str = "", where: str = "config key") -> None:
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)}")
-            if key in AUTO_KEYS and isinstance(value, str) and value != AUTO:
+            if key in AUTO_KEYS and choices is None and isinstance(value, str) and value != AUTO:
                 # The type check let any string in.
                 raise ConfigError(f"config key {key}: expected a number or 'auto', got {value!r}")
     for at, section in _sections(obj, prefix):

@@ -22,6 +22,7 @@ AUTO_KEYS = (
     "model.backbone.stem_stride",
     "model.rpn.anchor_scale",
     "model.roi.mask_pool",
+    "model.roi.mask_norm",
     "data.crop_size",
     "data.scale",
     "predict.min_size",
@@ -132,6 +133,13 @@ class RoIConfig:
         mask_pool: RoIAlign size of the mask head; its masks are twice that (14 -> 28);
             ``auto``: 28 for large objects (median box over 64 px), else 14.
         mask_convs, mask_dim: depth and width of the mask head's 3x3 convolutions.
+        mask_norm: "group": GroupNorm after each of the mask head's convolutions (per
+            RoI statistics), whatever ``model.norm``; "none": as ``model.norm`` says
+            (GroupNorm there only with ``model.norm: group``); ``auto``: the
+            ``init.from`` run's, else "none". The FPN's outputs are
+            not normalised and can be large (std ~20-30 on an ImageNet EfficientNet):
+            without a norm most of the head's first ReLUs die early and the mask stays
+            near a box-shaped prior on whole cells (docs/learning.md, section 10).
         fg_iou: foreground IoU of Mask R-CNN's single stage.
         stage_ious, stage_loss_weights: Cascade/HTC stages (the original's 0.5 / 0.6 /
             0.7 and 1 / 0.5 / 0.25; at most three stages, whose target stds are the
@@ -147,6 +155,7 @@ class RoIConfig:
     fc_dim: int = 1024
     mask_convs: int = 4
     mask_dim: int = 256
+    mask_norm: str = field(default="none", metadata={"choices": ("none", "group", AUTO)})
     finest_scale: float = 56.0
     fg_iou: float = 0.5
     batch_size_per_image: int = 512

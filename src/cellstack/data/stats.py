@@ -181,6 +181,8 @@ def derive(cfg: Config, stats: ObjectStats) -> tuple[Config, dict[str, object]]:
       100.
     - ``model.roi.mask_pool``: 14 (28 x 28 masks, the original) when the median object
       is at most 64 px; 28 (56 x 56) for larger, often branched cells.
+    - ``model.roi.mask_norm``: "none" (the original's head); only a finetuned run
+      has another to inherit.
     """
 
     data = config_to_dict(cfg)
@@ -203,6 +205,7 @@ def derive(cfg: Config, stats: ObjectStats) -> tuple[Config, dict[str, object]]:
         ("predict", "min_size"): lambda: int(stats.area_p1 // 2),
         ("predict", "max_detections"): lambda: max(100, 2 * stats.max_objects_per_image),
         ("model", "roi", "mask_pool"): lambda: 14 if stats.box_median <= 64 else 28,
+        ("model", "roi", "mask_norm"): lambda: "none",
         ("data", "scale"): lambda: 1.0,  # no pretrained run to match (see inherit_sizes)
     }
     for path, rule in rules.items():
@@ -220,6 +223,7 @@ INHERITED = (
     "model.backbone.stem_stride",
     "model.rpn.anchor_scale",
     "model.roi.mask_pool",
+    "model.roi.mask_norm",
     "data.crop_size",
 )
 

@@ -143,7 +143,7 @@ def proposal_density(proposals: int, trained_on: ObjectStats | None) -> float:
 def build_roi_heads(cfg: ModelConfig, backbone: TimmFPN, num_classes: int) -> RoIHeads:
     """The RoI heads of ``cfg.arch`` on ``backbone``'s levels (all but the pooled one)."""
     roi = cfg.roi
-    gn = cfg.norm == "group"
+    gn = cfg.norm == "group" or roi.mask_norm == "group"
     channels = backbone.out_channels
     roi_strides = backbone.strides[:-1]
     poolers = {
