@@ -55,13 +55,15 @@ def frames(folder: Path, k: int, work: Path) -> tuple[Path, Path]:
     )
 
 
-def recipe(name: str, iterations: int, fold: Path) -> tuple[Path, list[str]]:
-    """The config file and overrides of a start (``nuclei``, ``cells`` or ``scratch``)."""
+def recipe(start: Path | str | None, iterations: int) -> tuple[Path, list[str]]:
+    """The config file and overrides of a start: ``configs/finetune.yaml`` from
+    ``start`` (a run folder or a built-in's name), or ``configs/demo.yaml`` from random
+    weights when ``start`` is None."""
     root = train_builtin.ROOT / "configs"
     common = [f"train.iterations={iterations}", "train.eval_every=0"]
-    if name == "scratch":
+    if start is None:
         return root / "demo.yaml", common
-    return root / "finetune.yaml", [*common, f"init.from={fold if name == 'nuclei' else 'cells'}"]
+    return root / "finetune.yaml", [*common, f"init.from={start}"]
 
 
 def train(config: Path, overrides: list[str], data: Path, run: Path, curve) -> float:
@@ -119,8 +121,8 @@ def main() -> None:
     ratio = results.get("step_ratio")
     if "scratch" in args.starts and ratio is None:
         first, _ = frames(folder, max(args.sizes), work)
-        t_ft = seconds_per_step(*recipe("nuclei", 1, fold), first, args.probe, work)
-        t_sc = seconds_per_step(*recipe("scratch", 1, fold), first, args.probe, work)
+        t_ft = seconds_per_step(*recipe(fold, 1), first, args.probe, work)
+        t_sc = seconds_per_step(*recipe(None, 1), first, args.probe, work)
         ratio = results["step_ratio"] = t_ft / t_sc
         print(f"seconds per step: finetune {t_ft:.2f}, scratch {t_sc:.2f}", flush=True)
 
@@ -150,7 +152,8 @@ def main() -> None:
             iterations = (
                 args.iterations if base != "scratch" else max(1, round(args.iterations * ratio))
             )
-            config, overrides = recipe(base, iterations, fold)
+            init = {"nuclei": fold, "scratch": None}.get(base, base)
+            config, overrides = recipe(init, iterations)
             run = work / "few_shot" / "runs" / f"{tag}_{start}_{iterations}"
             curve_path = run.with_suffix(".curve.jsonl")
             curve = (scored_records, args.curve, curve_path) if args.curve else None
