@@ -112,21 +112,27 @@ def main() -> None:
         tag = f"{args.held_out}_k{k}"
         row = results.get(tag, {})
         new = work / "tuned" / tag
-        shutil.rmtree(new, ignore_errors=True)
-        t0 = time.perf_counter()
-        tuned, _ = run_tune(fold, first, out=new, device="cpu", progress=False)
-        row["calibrated"] = {
-            **transfer.score(new, scored, pred / f"{tag}_tuned"),
-            "seconds": time.perf_counter() - t0,
-            "loo": tuned.loo,
-            "scale": tuned.scale,
-        }
+        if "calibrated" not in row or not (new / "thresholds.yaml").is_file():
+            shutil.rmtree(new, ignore_errors=True)
+            t0 = time.perf_counter()
+            tuned, _ = run_tune(fold, first, out=new, device="cpu", progress=False)
+            row["calibrated"] = {
+                **transfer.score(new, scored, pred / f"{tag}_tuned"),
+                "seconds": time.perf_counter() - t0,
+                "loo": tuned.loo,
+                "scale": tuned.scale,
+            }
         print(f"{tag} calibrated: {row['calibrated']['score']:.4f}", flush=True)
         for start in args.starts:
             base, extra = variants.get(start, (start, []))
             init = {"fold": fold, "scratch": None}.get(base, base)
             iterations = (
                 args.iterations if init is not None else max(1, round(args.iterations * ratio))
+            )
+            # A variant may set its own length (train.iterations=N): the row says so.
+            iterations = next(
+                (int(o.split("=")[1]) for o in extra if o.startswith("train.iterations=")),
+                iterations,
             )
             config, overrides = few_shot.recipe(init, iterations)
             run = work / "runs" / f"{tag}_{start}_{iterations}"
