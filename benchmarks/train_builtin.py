@@ -839,13 +839,18 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "`sheet` (docs/learning.md, section 8).",
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
         ]
-    if name != "nuclei":
-        licences += [
-            "## Training data: synthetic images (MIT)",
-            "",
-            "Every training image was drawn by cellstack's own generator (`cellstack synth`, "
-            "this project, MIT licence); no real image was trained on.",
-        ]
+    licences += [
+        "",
+        "## Training data: synthetic images (MIT)",
+        "",
+        "The synthetic training images were drawn by cellstack's own generator (`cellstack "
+        "synth`, this project, MIT licence)"
+        + (
+            "; the real ones are mnfinder's, above."
+            if name == "nuclei"
+            else "; no real image was trained on."
+        ),
+    ]
     (dest / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     (dest / LICENSES).write_text("\n".join(licences) + "\n")
 
