@@ -488,7 +488,8 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
         variant = " ".join(
             [
                 tag.split("_")[0],
-                *recipe["overrides"][len(ARCH) : -2],  # the levers, not ARCH or iterations
+                # the levers: what the variant adds to transfer's ARCH and schedule
+                *(o for o in recipe["overrides"] if o not in ARCH and not o.startswith("train.")),
                 f"synthetic={recipe['synthetic']}",
                 f"dense={recipe['dense']}",
             ]
