@@ -358,11 +358,15 @@ def test_the_view_bar_ends_at_its_total_through_the_type_pass(base_run, tmp_path
     ens = Ensemble(
         models, flips=tuple(FLIPS.values()), type_from=[0, 1], type_models={CLASSES[0]: [2]}
     ).eval()
-    bars = {}
+    bars = []
 
     class Recorded(tqdm):
-        def close(self):  # tqdm closes again when collected: the first close counts
-            bars.setdefault(id(self), (self.n, self.total, self.disable))
+        def close(self):
+            # tqdm closes again when collected, so only the first close counts; an
+            # attribute rather than id(self), since a collected bar's id is reused
+            if not getattr(self, "_recorded", False):
+                self._recorded = True
+                bars.append((self.n, self.total, self.disable))
             super().close()
 
     import tqdm as tqdm_module
@@ -376,7 +380,7 @@ def test_the_view_bar_ends_at_its_total_through_the_type_pass(base_run, tmp_path
             ens(_images()[:1])
     finally:
         tqdm_module.tqdm = real
-    (_, _, first_disabled), (done, total, second_disabled) = bars.values()
+    (_, _, first_disabled), (done, total, second_disabled) = bars
     assert first_disabled and not second_disabled
     # type pass: 2 proposal + 2 box passes; merge: 1 + 4 + 4 (type 0) or 2 + 8 + 8 (else)
     assert done == total in (4 + 9, 4 + 18)
