@@ -3,7 +3,8 @@
 One reproducible command per built-in (see :data:`RECIPES`):
 
 - ``nuclei``: fluorescent nuclei; mnfinder's 31 training + validation images (real,
-  hand-painted, MIT), 12 synthetic nuclei images and 12 confluent synthetic fields,
+  hand-painted, MIT), 12 synthetic nuclei images, 12 confluent synthetic fields and
+  12 confluent fields of mnfinder's own training nuclei packed touching,
   ``tf_efficientnet_lite0`` from ImageNet (Apache-2.0 weights from the package index),
   frozen BatchNorm, 56x56 masks with GroupNorm in the mask head, intensity and scale
   augmentation. Its thresholds are chosen on held-out sources: the
@@ -48,6 +49,10 @@ NUCLEI_SYNTHETIC = 12
 #: Synthetic confluent nuclei fields (seed 22) in the mix: without them the recipe
 #: missed interior nuclei of dense fields (issue 42; docs/learning.md section 10).
 NUCLEI_DENSE = 12
+#: Confluent fields of mnfinder's own training nuclei packed touching (seed 23,
+#: :func:`packed_field`) in the mix: the synthetic fields' overlapping nuclei did not
+#: teach the model a real culture's touching ones (issue 42; docs/learning.md section 10).
+NUCLEI_PACKED = 12
 #: The lower confidence the ``nuclei`` card measures for dense fields.
 DENSE_CONFIDENCE = 0.45
 NUCLEI_ITERATIONS = 600
@@ -71,10 +76,11 @@ RECIPES = {
         ],
         "synthetic": NUCLEI_SYNTHETIC,
         "dense": NUCLEI_DENSE,
+        "packed": NUCLEI_PACKED,
         # Thresholds are chosen on the held-out sources of these leave-one-source-out
         # runs (benchmarks/accuracy.py transfer --variant densegn ...), never on training
         # images.
-        "transfer": f"densegn_{NUCLEI_TRANSFER_ITERATIONS}",
+        "transfer": f"packed_{NUCLEI_TRANSFER_ITERATIONS}",
         "class": "nucleus",
         "look": "nuclei",  # the synthetic field its speed is measured on
         "description": "fluorescent nuclei (DAPI, H2B, NLS stains; widefield, confocal)",
@@ -226,6 +232,132 @@ def synthetic_nuclei(work: Path, n: int = 6, seed: int = 11, dense: bool = False
     return _label_folder(folder, items(), "nucleus")
 
 
+def whole_nuclei(folders: list[Path], keep=None) -> list[tuple]:
+    """Every whole nucleus of the label folders' images (``keep(stem)`` chooses images):
+    ``(patch float32[h, w] in [0, 1], mask bool[h, w], background, diameter)``, the
+    patch cut from its image normalised by the 0.5/99.8 percentiles, the background the
+    image's median outside its nuclei, the diameter its image's median nucleus (px).
+    Nuclei cut by the image's border are not whole and are left out."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    out = []
+    for folder in folders:
+        for p in sorted((folder / "images").glob("*.tif")):
+            if keep is not None and not keep(p.stem):
+                continue
+            image = tifffile.imread(p).astype(np.float32)
+            if image.ndim == 3:
+                image = image.mean(axis=-1)
+            labels = tifffile.imread(folder / "labels" / p.name)
+            areas = np.bincount(labels.ravel())[1:]
+            if not areas.any() or not (labels == 0).any():
+                continue
+            lo, hi = np.percentile(image, [0.5, 99.8])
+            image = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+            background = float(np.median(image[labels == 0]))
+            diameter = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
+            h, w = labels.shape
+            for i, sl in enumerate(ndi.find_objects(labels)):
+                if sl is None or sl[0].start == 0 or sl[1].start == 0:
+                    continue
+                if sl[0].stop == h or sl[1].stop == w:
+                    continue
+                mask = labels[sl] == i + 1
+                if mask.sum() >= 40:  # slivers and specks are no nucleus to copy
+                    out.append((image[sl].copy(), mask, background, diameter))
+    return out
+
+
+def packed_field(
+    rng: np.random.Generator, nuclei: list[tuple], size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image uint8[size, size], labels int32[size, size])``: whole real nuclei
+    (:func:`whole_nuclei`) packed touching, as in a confluent culture.
+
+    Every nucleus is rescaled so that the field's median is 18-45 px, turned and
+    mirrored at random, and placed where it overlaps none already placed (0-2 px apart)
+    and touches them most, until 60-85% of the field is covered; the field is drawn
+    with a margin so its border cuts nuclei as a camera's does. Only the mask's pixels
+    are copied: touching nuclei keep their own edges, and no label is ambiguous."""
+    import cv2
+
+    diameter = rng.uniform(18, 45)
+    cover = rng.uniform(0.6, 0.85)
+    gap = int(rng.integers(0, 3))
+    margin = int(diameter * 1.6)
+    side = size + 2 * margin
+    taken = np.zeros((side, side), np.uint8)
+    labels = np.zeros((side, side), np.int32)
+    canvas = np.zeros((side, side), np.float32)
+    inner = (slice(margin, margin + size),) * 2
+    backgrounds = []
+    failures = 0
+    while failures < 30 and taken[inner].mean() < cover:
+        patch, mask, background, own = nuclei[int(rng.integers(len(nuclei)))]
+        s = diameter / own * rng.uniform(0.85, 1.15)
+        h, w = (max(3, round(x * s)) for x in mask.shape)
+        m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        p = cv2.resize(patch, (w, h), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        turns = int(rng.integers(4))
+        m, p = np.rot90(m, turns), np.rot90(p, turns)
+        if rng.random() < 0.5:
+            m, p = m[:, ::-1], p[:, ::-1]
+        m, p = np.ascontiguousarray(m), np.ascontiguousarray(p)
+        h, w = m.shape
+        if m.sum() < 10:
+            continue
+        if not backgrounds:
+            y, x = (int(rng.integers(margin, margin + size - d)) for d in (h, w))
+        else:
+            # Correlating the mask with the taken pixels (grown by the gap) gives every
+            # place's overlap; with them grown by a few more pixels, its contact.
+            grown = cv2.dilate(taken, np.ones((2 * gap + 1,) * 2, np.uint8))
+            near = cv2.dilate(taken, np.ones((2 * gap + 5,) * 2, np.uint8))
+            kernel, anchor = m.astype(np.float32), (w // 2, h // 2)
+            hit = cv2.filter2D(grown.astype(np.float32), -1, kernel, anchor=anchor)
+            touch = cv2.filter2D(near.astype(np.float32), -1, kernel, anchor=anchor)
+            free = hit < 0.5
+            ay, ax = h // 2, w // 2  # a place is the anchor's pixel; the patch must fit
+            free[:ay], free[:, :ax] = False, False
+            free[side - h + ay + 1 :], free[:, side - w + ax + 1 :] = False, False
+            if not free.any():
+                failures += 1
+                continue
+            touch += rng.random(touch.shape, dtype=np.float32) * 0.5  # ties broken at random
+            yy, xx = np.unravel_index(int(np.argmax(np.where(free, touch, -1))), free.shape)
+            y, x = yy - ay, xx - ax
+        where = (slice(y, y + h), slice(x, x + w))
+        inside = m.astype(bool)
+        canvas[where][inside] = p[inside]
+        taken[where][inside] = 1
+        backgrounds.append(background)
+        labels[where][inside] = len(backgrounds)
+        failures = 0
+    canvas[taken == 0] = float(np.median(backgrounds)) if backgrounds else 0.0
+    canvas = cv2.GaussianBlur(canvas, (0, 0), 0.6)  # the optics' blur across the seams
+    canvas += rng.normal(0, 0.01, canvas.shape).astype(np.float32)
+    image = np.clip(canvas[inner] * 255, 0, 255).astype(np.uint8)
+    kept = labels[inner]
+    ids = np.unique(kept[kept > 0])
+    lut = np.zeros(len(backgrounds) + 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return image, lut[kept]
+
+
+def packed_nuclei(work: Path, name: str, folders: list[Path], n: int, seed: int, keep=None) -> Path:
+    """``n`` confluent fields of the label folders' real nuclei (:func:`packed_field`),
+    a label folder cached at ``work/packed_{name}_{seed}_{n}``: the dense case made of
+    nuclei a lab painted, which the synthetic look's overlapping fields are not."""
+    folder = work / f"packed_{name}_{seed}_{n}"
+    if (folder / ".complete").is_file():
+        return folder
+    rng = np.random.default_rng(seed)
+    nuclei = whole_nuclei(folders, keep)
+    items = ((f"packed_{k}", *packed_field(rng, nuclei)) for k in range(n))
+    return _label_folder(folder, items, "nucleus")
+
+
 def dense_cases(work: Path, seed: int = 31) -> Path:
     """Held-out dense fields, never trained on (issue 42): confluent synthetic nuclei
     (300-700 tried on 320x320) at the real sources' sizes, each image also as an 8-bit
@@ -271,11 +403,23 @@ def dense_cases(work: Path, seed: int = 31) -> Path:
     return _label_folder(folder, items(), "nucleus")
 
 
+def packed_cases(work: Path, seed: int = 33) -> Path:
+    """Held-out confluent fields of real nuclei: 6 :func:`packed_field` fields of the
+    whole nuclei of mnfinder's test split, which no built-in trains on. Their nuclei are
+    plain to see and touch without overlapping, as in a dense culture; the built-in of
+    2026-12-07 found 70% of them (47% of those the border cuts), which is how it failed
+    on a real confluent image kept from us."""
+    return packed_nuclei(work, "test", [realdata.mnfinder_folders() / "test"], 6, seed)
+
+
 def dense_case_groups(image_ids: list[str]) -> dict[str, list[str]]:
-    """:func:`dense_cases`' image ids by case: synthetic fields, their JPEG copies, the
-    U2OS window and its JPEG copy."""
+    """:func:`dense_cases`' and :func:`packed_cases`' image ids by case: synthetic
+    fields, their JPEG copies, the U2OS window and its JPEG copy, packed real nuclei."""
     out: dict[str, list[str]] = {}
     for i in image_ids:
+        if i.startswith("packed"):
+            out.setdefault("packed real nuclei", []).append(i)
+            continue
         kind = "U2OS window" if i.startswith("u2os") else "synthetic fields"
         out.setdefault(kind + (", JPEG" if i.endswith("_jpeg") else ""), []).append(i)
     return out
@@ -386,10 +530,12 @@ def datasets(name: str, work: Path) -> tuple[Path, dict[str, Path]]:
         real = _relabel(root / "train", work / "data_train", "nucleus")
         synthetic = synthetic_nuclei(work, NUCLEI_SYNTHETIC, seed=21)
         dense = synthetic_nuclei(work, NUCLEI_DENSE, seed=22, dense=True)
-        train = union([real, synthetic, dense], work / "data_train_mix_dense", "nucleus")
+        packed = packed_nuclei(work, "train", [real], NUCLEI_PACKED, seed=23)
+        train = union([real, synthetic, dense, packed], work / "data_train_mix_packed", "nucleus")
         return train, {
             "mnfinder test": _relabel(root / "test", work / "data_test", "nucleus"),
             "dense fields (synthetic, JPEG, U2OS window)": dense_cases(work),
+            "packed fields of mnfinder's test nuclei": packed_cases(work),
         }
     train = _synthetic(work / "data_train", CELLS_TYPES, CELLS_SCALES, 16, 100, "cell")
     sets = {
@@ -403,20 +549,27 @@ def datasets(name: str, work: Path) -> tuple[Path, dict[str, Path]]:
     return train, sets
 
 
-def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tuple[object, dict]:
+def held_out_thresholds(
+    final: Path, folds: dict[str, tuple[Path, list[Path]]]
+) -> tuple[object, dict]:
     """Thresholds for the run ``final`` chosen on held-out sources, never on its
     training images.
 
-    ``folds``: ``{source: (run trained without it, its label folder)}``. Each fold run
-    predicts its held-out source once and every point of ``final``'s tune grid is
-    scored there; the point with the best mean over sources (each source weighs the
-    same, whatever its number of images) is chosen. So a user sees what that choice is
-    worth on a source it never saw, each source is also scored at the point chosen on
-    the other sources alone.
+    ``folds``: ``{source: (run trained without it, label folders of the source)}``: its
+    images as the lab recorded them and, for ``nuclei``, confluent fields packed from
+    its nuclei (:func:`packed_field`). Each fold run predicts its held-out folders once
+    and every point of ``final``'s tune grid is scored there; the point with the best
+    mean over the sources' images (each source weighs the same, whatever its number of
+    images) is chosen, and with confluent fields, the confidence of confluent images
+    (``dense_score_thresh``) best on them at that point's other settings. So a user
+    sees what that choice is worth on a source it never saw, each source is also scored
+    at the point chosen on the other sources alone.
 
     Returns:
         ``(Thresholds, report)``; ``report["sources"][s]``: ``chosen`` (the score at the
-        point chosen on all sources) and ``others`` (at the point chosen without ``s``).
+        point chosen on all sources), ``others`` (at the point chosen without ``s``)
+        and ``packed`` (its confluent fields at the dense confidence chosen on all
+        sources, on the others, and at the others' ``score_thresh``).
     """
     from dataclasses import replace
 
@@ -432,26 +585,50 @@ def held_out_thresholds(final: Path, folds: dict[str, tuple[Path, Path]]) -> tup
     # elsewhere; a user's calibration (cellstack tune) searches sizes on their images.
     grid = replace(TuneGrid.for_objects(None), min_size=(0,))
     points = grid.points()
-    means = {}
-    for name, (run, folder) in folds.items():
+    images, dense = {}, {}
+    for name, (run, folders) in folds.items():
         src = load_source(run)
-        records = load_dataset(folder)
-        raws = raw_predictions(src, records, device="cpu", progress=False)
-        scored = score_images(raws, records, src.class_names, src.thresholds, grid, progress=False)
-        means[name] = scored.scores.mean(axis=0)
-        print(f"  {name}: best {means[name].max():.4f} over {len(points)} points", flush=True)
-    table = np.stack(list(means.values()))
-    best = int(np.argmax(table.mean(axis=0)))
+        for k, folder in enumerate(folders):
+            records = load_dataset(folder)
+            raws = raw_predictions(src, records, device="cpu", progress=False)
+            scored = score_images(
+                raws, records, src.class_names, src.thresholds, grid, progress=False
+            )
+            (images if k == 0 else dense)[name] = scored.scores.mean(axis=0)
+        print(f"  {name}: best {images[name].max():.4f} over {len(points)} points", flush=True)
+    table = np.stack(list(images.values()))
+
+    # The confluent fields choose only the confidence, at the images' other settings.
+    def rivals(i: int) -> np.ndarray:
+        return np.array([p[:-1] == points[i][:-1] for p in points])
+
+    def choose(rows: list[str]) -> tuple[int, int | None]:
+        best = int(np.argmax(np.mean([images[r] for r in rows], axis=0)))
+        if not all(r in dense for r in rows):
+            return best, None
+        packed = np.mean([dense[r] for r in rows], axis=0)
+        return best, int(np.argmax(np.where(rivals(best), packed, -np.inf)))
+
+    best, best_dense = choose(list(images))
     sources = {}
-    for k, name in enumerate(means):
-        others = int(np.argmax(np.delete(table, k, axis=0).mean(axis=0)))
+    for k, name in enumerate(images):
+        others, others_dense = choose([r for r in images if r != name])
         sources[name] = {
             "chosen": float(table[k, best]),
             "others": float(table[k, others]),
             "others_point": list(points[others]),
         }
+        if name in dense and others_dense is not None:
+            sources[name]["packed"] = {
+                "chosen": float(dense[name][best_dense]),
+                "others": float(dense[name][others_dense]),
+                "at_score_thresh": float(dense[name][others]),
+            }
     params = params_at(points[best], target.thresholds.default)
     report = {"point": list(points[best]), "mean": float(table[:, best].mean()), "sources": sources}
+    if best_dense is not None:
+        params = replace(params, dense_score_thresh=float(points[best_dense][-1]))
+        report["dense_score"] = params.dense_score_thresh
     return Thresholds(params, {}), report
 
 
@@ -482,7 +659,16 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
     tag = recipe["transfer"]
     runs = sorted(r.parent for r in (args.transfer / "runs").glob(f"{tag}_*/model.pt"))
     held = [r.name.removeprefix(f"{tag}_") for r in runs]
-    folds = {s: (r, args.transfer / "sources" / s) for s, r in zip(held, runs, strict=True)}
+    folds = {s: (r, [args.transfer / "sources" / s]) for s, r in zip(held, runs, strict=True)}
+    if recipe.get("packed"):
+        # The source's confluent case: its training-split nuclei packed touching (the
+        # test split's make the built-in's held-out case, packed_cases).
+        for s, (_, folders) in folds.items():
+            folders.append(
+                packed_nuclei(
+                    args.transfer, f"only{s}", folders[:1], 6, 34, lambda t: t.startswith("train__")
+                )
+            )
     rows = harness.read_report(args.transfer_json)
     if len(folds) < 3 or any(f"{tag}_{s}" not in rows for s in folds):
         variant = " ".join(
@@ -492,6 +678,7 @@ def choose_held_out_thresholds(recipe: dict, run: Path, work: Path, args) -> dic
                 *(o for o in recipe["overrides"] if o not in ARCH and not o.startswith("train.")),
                 f"synthetic={recipe['synthetic']}",
                 f"dense={recipe['dense']}",
+                f"packed={recipe['packed']}",
             ]
         )
         raise SystemExit(
@@ -605,9 +792,10 @@ def main() -> None:
         # dense field, and what it costs on mnfinder's (sparse) test split.
         shipped = half if keep_half else run
         low = (f"predict.score_thresh={DENSE_CONFIDENCE}",)
+        cases = (dense_cases(work), packed_cases(work))
         scores["dense_cases"] = {
-            "shipped": dense_case_rows(shipped, dense_cases(work)),
-            "low": dense_case_rows(shipped, dense_cases(work), low),
+            "shipped": {k: v for c in cases for k, v in dense_case_rows(shipped, c).items()},
+            "low": {k: v for c in cases for k, v in dense_case_rows(shipped, c, low).items()},
             "low_confidence": DENSE_CONFIDENCE,
             "mnfinder_test_low": score(shipped, sets["mnfinder test"], work / "pred_low", low),
         }
@@ -640,23 +828,35 @@ def held_out_lines(report: dict) -> list[str]:
         "lines, stains, microscopes and dtypes) and scored on the third "
         "(`benchmarks/accuracy.py transfer`, docs/learning.md section 9). *as trained*: with the "
         "thresholds it tuned on its training images; *held-out thresholds*: with the "
-        "thresholds chosen on the other held-out sources, never this one.",
+        "thresholds chosen on the other held-out sources, never this one; *packed*: 6 "
+        "confluent fields of the source's own training-split nuclei packed touching "
+        "(`benchmarks/train_builtin.py` `packed_field`), at the held-out thresholds with "
+        "the confidence of a confluent image chosen on the other sources' packed fields.",
         "",
-        "| held out | as trained | held-out thresholds | AP50 | recall at IoU 0.5 "
+        "| held out | as trained | held-out thresholds | packed | AP50 | recall at IoU 0.5 "
         "| matched IoU | area ratio |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for source, row in report["sources"].items():
         t = row["as_trained"]
+        dense = f"{row['packed']['others']:.4f}" if "packed" in row else "-"
         lines.append(
-            f"| {source} | {t['score']:.4f} | {row['others']:.4f} | {t['ap50']:.4f} "
-            f"| {t['recall50']:.3f} | {t['matched_iou']:.3f} | {t['area_ratio']:.2f} |"
+            f"| {source} | {t['score']:.4f} | {row['others']:.4f} | {dense} "
+            f"| {t['ap50']:.4f} | {t['recall50']:.3f} | {t['matched_iou']:.3f} "
+            f"| {t['area_ratio']:.2f} |"
         )
     lines += [
         "",
-        "This model's thresholds were chosen the same way, on all the held-out sources "
-        f"(each weighing the same; mean {report['mean']:.4f}): "
+        "This model's thresholds were chosen the same way, on all the held-out sources' "
+        f"images (mean {report['mean']:.4f}): "
         + ", ".join(f"{k} {v:g}" for k, v in point.items())
+        + (
+            f"; and on their packed fields, the confidence of a confluent image: "
+            f"{report['dense_score']:g} (`dense_score_thresh`: where the nuclei at the "
+            "confidence above cover a quarter of the image or more, `dense_fraction`)"
+            if "dense_score" in report
+            else ""
+        )
         + ". Calibrate them on a few of your own images: `cellstack tune nuclei DIR --out NEW`.",
         "",
     ]
@@ -673,11 +873,14 @@ def dense_lines(dense: dict, sets: dict, dtype: str) -> list[str]:
         "## Dense fields",
         "",
         "mnfinder's images cover at most 12% of their pixels with nuclei, a confluent field "
-        "40-80%: the recipe adds 12 confluent synthetic fields to its training and is scored "
+        f"40-80%: the recipe adds {NUCLEI_DENSE} confluent synthetic fields and {NUCLEI_PACKED} "
+        "fields of mnfinder's training nuclei packed touching to its training and is scored "
         "on held-out dense cases it never saw (`benchmarks/learning.py dense-nuclei`): 4 "
         "confluent synthetic fields (37-70% covered, other seeds) and their 8-bit JPEG "
         "copies (quality 75), the densest 512x512 window of mnfinder's U2OS test image "
-        "(nuclei cut by its border) and its JPEG copy. Recall and precision at IoU 0.5; "
+        "(nuclei cut by its border) and its JPEG copy, and 6 fields of mnfinder's test-split "
+        "nuclei packed touching (60-85% covered, 18-45 px; real nuclei a lab painted, plain "
+        "to see, none overlapping). Recall and precision at IoU 0.5; "
         f"after the arrow, at confidence {low:g} (`predict.score_thresh={low:g}`).",
         "",
         "| case | nuclei | recall | recall, nuclei cut by the border | precision | score |",
@@ -694,12 +897,15 @@ def dense_lines(dense: dict, sets: dict, dtype: str) -> list[str]:
     test = sets["mnfinder test"]
     lines += [
         "",
-        "Touching nuclei get lower confidences than isolated ones. A lower confidence finds "
-        f"more of them, at a cost on sparse images: mnfinder's test split scores "
+        "Touching nuclei get lower confidences than isolated ones, so the model keeps "
+        "them to a lower confidence where the nuclei found cover a quarter of the image "
+        "or more (`dense_score_thresh`, above). A field that falls short of that keeps "
+        "the higher confidence: a lower one everywhere (after the arrow) finds more of "
+        "its nuclei at a cost on sparse images (mnfinder's test split scores "
         f"{dense['mnfinder_test_low']['score']:.4f} at {low:g} against "
-        f"{test[dtype]['score']:.4f} at the shipped "
-        "thresholds. In a dense field pass the lower confidence, or calibrate on a labelled "
-        "image of yours (`cellstack tune nuclei DIR --out NEW`).",
+        f"{test[dtype]['score']:.4f} at the shipped thresholds). In such a field pass the "
+        "lower confidence, or calibrate on a labelled image of yours (`cellstack tune "
+        "nuclei DIR --out NEW`).",
         "",
     ]
     return lines
@@ -806,6 +1012,10 @@ def write_card(dest: Path, name: str, recipe: dict, state: dict, scores: dict, o
             "exact outlines, dim and bright, touching, some out of focus; and "
             f"{NUCLEI_DENSE} confluent fields of that look (seed 22, 37-70% of the pixels "
             "covered).",
+            f"- {NUCLEI_PACKED} confluent fields of mnfinder's training nuclei (above, MIT), "
+            "each whole nucleus copied with its mask and packed touching its neighbours "
+            "(seed 23, 60-85% covered, 18-45 px; `benchmarks/train_builtin.py` "
+            "`packed_field`).",
             "- Encoder: ImageNet weights, Apache-2.0 (see LICENSES.md).",
         ]
         licences += [

@@ -83,3 +83,47 @@ def test_a_report_reads_back_without_its_run_lines(harness, tmp_path):
     assert written["machine"] == "a machine" and written["RPE1"] == {"score": 0.5}
     assert harness.read_report(path) == {"RPE1": {"score": 0.5}}
     assert harness.read_report(tmp_path / "none.json") == {}
+
+
+def test_packed_fields_hold_whole_nuclei_touching_and_cut_by_the_border(tmp_path, monkeypatch):
+    """The dense case made of real nuclei (issue 42): every source nucleus the source's
+    border cuts is left out, the field is confluent, its nuclei never overlap (one label
+    per pixel, each a copied nucleus brighter than the background), the field's border
+    cuts some, and a seed gives the same field."""
+    import numpy as np
+    import tifffile
+
+    from cellstack.data.synthetic import generate_image
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train_builtin
+
+    source = tmp_path / "source"
+    for sub in ("images", "labels"):
+        (source / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        img = generate_image(rng, "nuclei", (160, 160))
+        tifffile.imwrite(source / "images" / f"s{k}.tif", img.image)
+        tifffile.imwrite(source / "labels" / f"s{k}.tif", img.labels.astype(np.int32))
+
+    def cut_by_border(labels: np.ndarray) -> np.ndarray:
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        return edge[edge > 0]
+
+    sources = [tifffile.imread(p) for p in sorted((source / "labels").glob("*.tif"))]
+    cut = sum(len(cut_by_border(lab)) for lab in sources)
+    every = sum(len(np.unique(lab)) - 1 for lab in sources)
+    nuclei = train_builtin.whole_nuclei([source])
+    assert cut > 0 and 0 < len(nuclei) <= every - cut
+    assert all(m.shape == p.shape and m.any() for p, m, _, _ in nuclei)
+
+    image, labels = train_builtin.packed_field(np.random.default_rng(3), nuclei, size=128)
+    assert image.shape == labels.shape == (128, 128) and image.dtype == np.uint8
+    assert (labels > 0).mean() > 0.5  # confluent
+    ids = np.unique(labels[labels > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and len(ids) >= 10
+    assert len(cut_by_border(labels)) >= 4  # nuclei cut as a camera's field cuts them
+    assert np.median(image[labels > 0]) > np.median(image[labels == 0]) + 20
+    again = train_builtin.packed_field(np.random.default_rng(3), nuclei, size=128)
+    assert np.array_equal(again[1], labels) and np.array_equal(again[0], image)

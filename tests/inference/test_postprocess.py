@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,57 @@ def test_postprocess_order_and_thresholds():
     assert len(out.pixels[0]) == 100
     empty = postprocess(inst[np.zeros(4, bool)], PostprocessParams())
     assert len(empty) == 0
+
+
+def _grid_of_cells(scores: list[float], side: int = 40) -> Instances:
+    """Touching 10x10 cells in rows across a ``side`` x ``side`` image, one per score."""
+    boxes = [
+        [10.0 * (k % 4), 10.0 * (k // 4), 10.0 * (k % 4) + 10, 10.0 * (k // 4) + 10]
+        for k in range(len(scores))
+    ]
+    return Instances(
+        (side, side),
+        boxes=torch.tensor(boxes),
+        scores=torch.tensor(scores),
+        classes=torch.zeros(len(scores), dtype=torch.int64),
+        roi_masks=torch.ones(len(scores), 28, 28),
+    )
+
+
+def test_a_confluent_image_keeps_its_cells_down_to_the_dense_confidence():
+    """Touching cells score lower: where the confident cells cover dense_fraction of the
+    image, cells are kept down to dense_score_thresh; in a sparse image the same
+    low-scored detection is dropped, and without a dense confidence nothing changes."""
+    params = PostprocessParams(
+        mask_thresh=0.5,
+        score_thresh=0.8,
+        mask_nms_iou=0.5,
+        dense_score_thresh=0.4,
+        dense_fraction=0.25,
+    )
+    # 5 confident cells cover 500 of 1600 pixels (0.31): confluent.
+    confluent = _grid_of_cells([0.9] * 5 + [0.5, 0.3])
+    assert sorted(postprocess(confluent, params).scores.tolist()) == pytest.approx(
+        [0.5] + [0.9] * 5
+    )
+    # 3 confident cells cover 300 of 1600 (0.19): sparse, the 0.5 cell is dropped.
+    sparse = _grid_of_cells([0.9] * 3 + [0.5])
+    assert postprocess(sparse, params).scores.tolist() == pytest.approx([0.9] * 3)
+    plain = replace(params, dense_score_thresh=None)
+    assert postprocess(confluent, plain).scores.tolist() == pytest.approx([0.9] * 5)
+    assert params.lowest_score == 0.4 and plain.lowest_score == 0.8
+
+
+def test_the_dense_confidence_is_a_checked_thresholds_key(tmp_path):
+    from cellstack.errors import ConfigError
+    from cellstack.inference.thresholds import read_thresholds
+
+    path = tmp_path / "thresholds.yaml"
+    path.write_text("default:\n  score_thresh: 0.8\n  dense_score_thresh: 0.4\n")
+    assert read_thresholds(path).default.dense_score_thresh == 0.4
+    path.write_text("default:\n  dense_fraction: 1.5\n")
+    with pytest.raises(ConfigError, match="dense_fraction"):
+        read_thresholds(path)
 
 
 def test_cells_decided_at_the_model_scale_are_pasted_at_the_image_pixels():

@@ -14,7 +14,8 @@ Sets (all real, none trained on by the model scored):
   (``benchmarks/accuracy.py transfer``'s fold runs, ``--folds TAG``) scores it; and mnfinder's
   test split, which the shipped ``nuclei`` never trained on (its sources it did);
 - the dense cases of ``benchmarks/learning.py dense-nuclei`` (synthetic confluent fields, JPEG
-  copies, the densest window of mnfinder's U2OS test image).
+  copies, the densest window of mnfinder's U2OS test image), and its packed fields of
+  mnfinder's test-split nuclei (real nuclei touching, cut by the field's border).
 
 Each method runs at its default size (Cellpose: its size model's estimate; cellstack:
 the model's own scale) and told each image's true median cell diameter (``, true d``).
@@ -155,6 +156,10 @@ def validation_sets(args) -> dict[str, tuple[Path, list[str]]]:
         train_builtin.dense_cases(args.dense_work),
         ["nuclei"],
     )
+    sets["packed fields of mnfinder's test nuclei (dense, real nuclei)"] = (
+        train_builtin.packed_cases(args.dense_work),
+        ["nuclei"],
+    )
     return {k: v for k, v in sets.items() if not args.sets or any(s in k for s in args.sets)}
 
 
@@ -169,7 +174,9 @@ def main() -> None:
     parser.add_argument("--peer-python", type=Path, default=PEER)
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
     parser.add_argument(
-        "--folds", default="ship_600", help="the tag of accuracy.py transfer's fold runs"
+        "--folds",
+        default=train_builtin.RECIPES["nuclei"]["transfer"],
+        help="the tag of accuracy.py transfer's fold runs (default: the shipped recipe's)",
     )
     parser.add_argument("--dense-work", type=Path, default=Path.home() / ".cache/cellstack-dense")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-peers")

@@ -200,24 +200,26 @@ def main() -> None:
     folders = source_folders(root, work)
     synthetic = train_builtin.synthetic_nuclei(work)
     dense = train_builtin.dense_cases(work)
+    packed = train_builtin.packed_cases(work)
     recipe = [
         *train_builtin.RECIPES["nuclei"]["overrides"][:4],
         f"train.iterations={args.iterations}",
         "train.eval_every=0",
     ]
     variants = ([] if args.no_base else [["base"]]) + args.variant
-    # ``synthetic=N`` and ``dense=N`` in a variant are no config keys: N synthetic images
-    # (dense: confluent fields) join the training.
+    # ``synthetic=N``, ``dense=N`` and ``packed=N`` in a variant are no config keys: N
+    # synthetic images (dense: confluent fields; packed: confluent fields of the training
+    # sources' own nuclei, train_builtin.packed_field) join the training.
     extra = {
         (name, key): int(o.split("=")[1])
         for name, *overrides in variants
         for o in overrides
-        for key in ("synthetic", "dense")
+        for key in ("synthetic", "dense", "packed")
         if o.startswith(f"{key}=")
     }
     results = harness.read_report(args.out)
     for name, *overrides in variants:
-        overrides = [o for o in overrides if not o.startswith(("synthetic=", "dense="))]
+        overrides = [o for o in overrides if not o.startswith(("synthetic=", "dense=", "packed="))]
         for held in args.held_out:
             tag = f"{name}_{args.iterations}_{held}"
             parts = [folders[s] for s in SOURCES if s != held]
@@ -230,6 +232,17 @@ def main() -> None:
                 n = extra[name, "dense"]
                 parts.append(train_builtin.synthetic_nuclei(work, n, seed=22, dense=True))
                 suffix += f"_dense{n}"
+            if (name, "packed") in extra:
+                # The training sources' training-split nuclei only: the packed held-out
+                # case is made of the test split's.
+                n = extra[name, "packed"]
+                kept = [folders[s] for s in SOURCES if s != held]
+                parts.append(
+                    train_builtin.packed_nuclei(
+                        work, f"no{held}", kept, n, seed=23, keep=lambda s: s.startswith("train__")
+                    )
+                )
+                suffix += f"_packed{n}"
             train_dir = train_builtin.union(parts, work / f"train_{held}{suffix}")
             run = work / "runs" / tag
             curve_path = work / "runs" / f"{tag}.curve.jsonl"
@@ -245,6 +258,7 @@ def main() -> None:
                 "held_out": score(run, folders[held], work / "pred" / tag),
                 "synthetic": score(run, synthetic, work / "pred" / f"{tag}_synthetic"),
                 "dense": score(run, dense, work / "pred" / f"{tag}_dense"),
+                "packed": train_builtin.dense_case_rows(run, packed)["packed real nuclei"],
             }
             if args.calibrate is None or name in args.calibrate:
                 row["calibrated"] = calibrated(run, folders[held], work, tag)
@@ -257,7 +271,7 @@ def main() -> None:
                 f"{h['recall50']:.3f}, matched IoU {h['matched_iou']:.3f}, area x"
                 f"{h['area_ratio']:.2f}); {_calibrated(row)}; synthetic "
                 f"{row['synthetic']['score']:.4f}; dense {row['dense']['score']:.4f} (recall50 "
-                f"{row['dense']['recall50']:.3f}); {seconds:.0f} s",
+                f"{row['dense']['recall50']:.3f}); packed {_packed(row)}; {seconds:.0f} s",
                 flush=True,
             )
             harness.write_report(args.out, results)
@@ -267,15 +281,17 @@ def main() -> None:
 def print_table(results: dict) -> None:
     print(
         "| run | held-out score | AP50 | recall50 | matched IoU | area ratio | rest: as "
-        "trained -> calibrated on 3 (LOO of the 3) | synthetic | dense (recall50) | train s |"
+        "trained -> calibrated on 3 (LOO of the 3) | synthetic | dense (recall50) | packed "
+        "real nuclei (recall50, border) | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, r in results.items():
         h = r["held_out"]
         print(
             f"| {tag} | {h['score']:.4f} | {h['ap50']:.3f} | {h['recall50']:.3f} | "
             f"{h['matched_iou']:.3f} | {h['area_ratio']:.2f} | {_calibrated(r)} | "
-            f"{r['synthetic']['score']:.4f} | {_dense(r)} | {r['train_seconds']:.0f} |"
+            f"{r['synthetic']['score']:.4f} | {_dense(r)} | {_packed(r)} | "
+            f"{r['train_seconds']:.0f} |"
         )
 
 
@@ -283,6 +299,13 @@ def _dense(row: dict) -> str:
     """The dense cases' ``score (recall50)``, or ``-`` for a row scored before them."""
     d = row.get("dense")
     return f"{d['score']:.4f} ({d['recall50']:.3f})" if d else "-"
+
+
+def _packed(row: dict) -> str:
+    """The packed real nuclei's ``score (recall50, border recall50)``, or ``-`` for a row
+    scored before them."""
+    p = row.get("packed")
+    return f"{p['score']:.4f} ({p['recall50']:.3f}, {p['border_recall50']:.3f})" if p else "-"
 
 
 def _calibrated(row: dict) -> str:

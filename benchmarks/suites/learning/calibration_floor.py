@@ -13,7 +13,7 @@ and scored on the source's other images:
 - *best on the k images*: the rule before issue 42, the grid point (and scale) with the
   best mean score on the calibration images, for comparison.
 
-    python benchmarks/learning.py calibration-floor [--sizes 1 2 3] [--folds ship_600]
+    python benchmarks/learning.py calibration-floor [--sizes 1 2 3] [--folds TAG]
         [--out benchmarks/results/calibration_floor.json]
 
 Prints a table and writes JSON.
@@ -28,6 +28,7 @@ from pathlib import Path
 import harness
 import numpy as np
 import realdata
+import train_builtin
 
 from suites.accuracy import transfer
 
@@ -99,7 +100,11 @@ def samples_of(folder: Path) -> list:
 def main() -> None:
     parser = harness.arguments(__doc__, "calibration_floor")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--folds", default="ship_600")
+    parser.add_argument(
+        "--folds",
+        default=train_builtin.RECIPES["nuclei"]["transfer"],
+        help="the tag of accuracy.py transfer's fold runs (default: the shipped recipe's)",
+    )
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
     args = parser.parse_args()
 

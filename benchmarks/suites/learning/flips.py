@@ -15,7 +15,7 @@ cannot share proposals) is a row that says so.
 Per row: competition score, recall at IoU 0.5 and seconds per image (model loading
 excluded; every method on the same images and threads).
 
-    python benchmarks/learning.py flips [--folds dense_600] [--threads 2]
+    python benchmarks/learning.py flips [--folds TAG] [--threads 2]
         [--out benchmarks/results/builtin_ensemble.json]
 
 Prints a table and writes JSON.
@@ -29,6 +29,7 @@ from pathlib import Path
 import harness
 import numpy as np
 import realdata
+import train_builtin
 
 from suites.accuracy import transfer
 
@@ -70,7 +71,11 @@ def ensemble(work: Path, name: str, models: list[Path | str], flips: bool) -> Pa
 
 def main() -> None:
     parser = harness.arguments(__doc__, "builtin_ensemble")
-    parser.add_argument("--folds", default="dense_600")
+    parser.add_argument(
+        "--folds",
+        default=train_builtin.RECIPES["nuclei"]["transfer"],
+        help="the tag of accuracy.py transfer's fold runs (default: the shipped recipe's)",
+    )
     parser.add_argument("--transfer", type=Path, default=Path.home() / ".cache/cellstack-transfer")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/cellstack-ensemble")
     args = parser.parse_args()

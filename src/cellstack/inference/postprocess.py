@@ -2,7 +2,9 @@
 
 1. paste each RoI mask into its box and binarise at ``mask_thresh``; grow or shrink
    its outline by ``mask_offset`` times its equivalent diameter (0: as pasted);
-2. sort by confidence, drop those under ``score_thresh``;
+2. sort by confidence, drop those under ``score_thresh`` (under ``dense_score_thresh``
+   instead where the cells at ``score_thresh`` cover ``dense_fraction`` of the image:
+   :func:`confluence_keep`);
 3. greedy mask NMS: drop a mask whose IoU with a kept, more confident one exceeds
    ``mask_nms_iou`` (low: cells hardly overlap);
 4. drop masks smaller than ``min_size`` pixels (and empty ones);
@@ -246,6 +248,43 @@ def confidence_order(scores: torch.Tensor) -> np.ndarray:
     return np.argsort(-scores.detach().float().cpu().numpy(), kind="stable")
 
 
+def confluence_keep(
+    scores: np.ndarray,
+    pixels: list[np.ndarray],
+    image_size: tuple[int, int],
+    params: PostprocessParams,
+) -> np.ndarray:
+    """bool[N]: the detections (``scores`` float[N], their masks' flat ``pixels``) kept
+    by ``params.score_thresh``, or by ``params.dense_score_thresh`` where the masks
+    scoring ``score_thresh`` or more cover at least ``params.dense_fraction`` of the
+    image (a confluent field, whose touching cells score lower)."""
+    keep = scores >= params.score_thresh
+    if params.dense_score_thresh is None or not len(scores):
+        return keep
+    confident = [p for p, k in zip(pixels, keep, strict=True) if k]
+    if covers(confident, image_size, params.dense_fraction):
+        return scores >= params.dense_score_thresh
+    return keep
+
+
+def covers(pixels: list[np.ndarray], image_size: tuple[int, int], fraction: float) -> bool:
+    """Whether masks (flat pixel indices) cover at least ``fraction`` of the image."""
+    covered = len(np.unique(np.concatenate(pixels))) if pixels else 0
+    return covered >= fraction * image_size[0] * image_size[1]
+
+
+def is_confluent(inst: Instances, params: PostprocessParams) -> bool:
+    """Whether raw detections (``boxes, scores, roi_masks``) make a confluent image for
+    ``params`` (:func:`confluence_keep`): always False without a dense confidence."""
+    if params.dense_score_thresh is None:
+        return False
+    sure = inst[inst.scores.detach().cpu() >= params.score_thresh]
+    pixels = paste_masks(
+        sure.roi_masks.detach(), sure.boxes.detach(), inst.image_size, params.mask_thresh
+    )
+    return covers(pixels, inst.image_size, params.dense_fraction)
+
+
 def postprocess(
     inst: Instances, params: PostprocessParams, out_size: tuple[int, int] | None = None
 ) -> Instances:
@@ -268,8 +307,10 @@ def postprocess(
     """
     size = inst.image_size
     inst = inst[confidence_order(inst.scores)]
-    inst = inst[inst.scores.detach().cpu() >= params.score_thresh]
+    inst = inst[inst.scores.detach().cpu() >= params.lowest_score]
     pixels = paste_masks(inst.roi_masks.detach(), inst.boxes.detach(), size, params.mask_thresh)
+    keep = confluence_keep(inst.scores.detach().cpu().numpy(), pixels, size, params)
+    inst, pixels = inst[torch.from_numpy(keep)], [p for p, k in zip(pixels, keep, strict=True) if k]
     if params.mask_offset:
         (pixels,) = offset_masks(pixels, size, (params.mask_offset,))
     result = Instances(

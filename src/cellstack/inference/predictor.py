@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cellstack.data.dataset import rescale_image
-from cellstack.inference.postprocess import PostprocessParams, postprocess
+from cellstack.inference.postprocess import PostprocessParams, is_confluent, postprocess
 from cellstack.inference.thresholds import Thresholds
 from cellstack.modeling.detector import CellDetector
 from cellstack.modeling.heads.select import BoxParams
@@ -199,7 +199,7 @@ class Predictor:
                 out[k] = self._tiled(image, box_params)
         return out
 
-    def final_box_params(self) -> BoxParams | None:
+    def final_box_params(self, dense: bool = False) -> BoxParams | None:
         """A single detector's box selection that also drops, before the mask head, the
         boxes post-processing would drop for their score anyway (None: nothing to drop).
 
@@ -209,13 +209,17 @@ class Predictor:
         greedy in score order, so a lower-scored box never removes a higher one, and
         the thresholds of an image do not depend on the dropped boxes when one
         threshold set serves every image (no per-type entries, or a single class).
+        ``dense``: for a confluent image, down to ``dense_score_thresh`` (the first
+        pass of :meth:`__call__` keeps ``score_thresh``'s boxes only, so a sparse image
+        sends no more boxes through the mask head than without a dense confidence).
         """
         if not isinstance(self.model, CellDetector):
             return None
         thresholds = self.thresholds
         if thresholds.per_type and len(self.model.class_names) > 1:
             return None
-        floor = min(p.score_thresh for p in (thresholds.default, *thresholds.per_type.values()))
+        every = (thresholds.default, *thresholds.per_type.values())
+        floor = min(p.lowest_score if dense else p.score_thresh for p in every)
         own = self.model.box_params
         # select_detections keeps scores > its threshold, postprocess keeps >= score_thresh
         floor = float(np.nextafter(np.float32(floor), np.float32(0)))
@@ -230,11 +234,19 @@ class Predictor:
         # Cells of the size the model learnt: resize in, decide there (min_size is in the
         # training scale), then paste the survivors' masks at the input's pixels.
         sizes = [im.shape for im in images]
+        resized = self.resized(images)
+        first = self.final_box_params()
+        raws = self.raw(resized, first)
+        params = [self.thresholds.for_classes(inst.classes.numpy(), names) for inst in raws]
+        dense = self.final_box_params(dense=True)
+        if first is not None and dense is not None and dense.score_thresh < first.score_thresh:
+            # A confluent image goes through again, its boxes kept down to the dense
+            # confidence: only such images pay for the second pass.
+            again = [k for k, inst in enumerate(raws) if is_confluent(inst, params[k])]
+            for k, inst in zip(again, self.raw([resized[k] for k in again], dense), strict=True):
+                raws[k] = inst
         return [
-            postprocess(inst, self.thresholds.for_classes(inst.classes.numpy(), names), size)
-            for inst, size in zip(
-                self.raw(self.resized(images), self.final_box_params()), sizes, strict=True
-            )
+            postprocess(inst, p, size) for inst, p, size in zip(raws, params, sizes, strict=True)
         ]
 
     def resized(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
