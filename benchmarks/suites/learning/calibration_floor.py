@@ -53,10 +53,12 @@ def score_on(seg, samples) -> float:
 def run_case(model: Path, samples: list, k: int) -> dict:
     """Calibrate ``model`` on ``samples[:k]``, score every rule on ``samples[k:]``."""
     import cellstack
-    from cellstack.inference import segmenter as segmenter_module
+    from cellstack.inference import tune as tune_module
 
     captured = {}
-    real_choose = segmenter_module.choose
+    # calibrate() (inference/tune.py) makes the choice; the spy records the old rule's
+    # point on the same search.
+    real_choose = tune_module.choose
 
     def spy(scored, grid, current):
         captured["old"] = best_on_the_images(scored, grid, current)
@@ -64,14 +66,14 @@ def run_case(model: Path, samples: list, k: int) -> dict:
 
     seg = cellstack.Segmenter.load(model)
     first, rest = samples[:k], samples[k:]
-    segmenter_module.choose = spy
+    tune_module.choose = spy
     t0 = time.perf_counter()
     try:
         tuned, result = seg.optimize_thresholds(
             [im for im, _ in first], [lab for _, lab in first], progress=False
         )
     finally:
-        segmenter_module.choose = real_choose
+        tune_module.choose = real_choose
     seconds = time.perf_counter() - t0
     old_scale, old_thresholds = captured["old"]
     old = seg._sharing_model(scale=old_scale, thresholds=old_thresholds)
