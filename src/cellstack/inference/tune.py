@@ -490,15 +490,19 @@ def calibrate(
             (always part of the grid); grid: default :meth:`TuneGrid.for_objects` with
             the training objects' sizes unknown.
         scale: the model's own resize factor, searched first (the point to beat).
-        diameter: the median cell diameter the model trained on: the scale is searched
-            too (:func:`candidate_scales`, around the factor that gives the truths'
-            median cell that size); None: at ``scale`` only.
+        diameter: the median cell diameter the model trained on: with two images or
+            more the scale is searched too (:func:`candidate_scales`, around the factor
+            that gives the truths' median cell that size); None: at ``scale`` only.
         where: the truths, for a message that they hold no cell.
     """
     from cellstack.data.stats import median_diameter
 
     factors = (scale,)
-    if diameter:
+    # One image's quadrants share its magnification: they cannot tell a scale that
+    # carries to the next image from one that fits this one (docs/learning.md section
+    # 10: RPE1 from one image moved to 1.18 and lost 0.004), so one image moves the
+    # thresholds only.
+    if diameter and len(truths) > 1:
         factors = candidate_scales(
             scale, diameter, median_diameter([_sparse(t) for t in truths], where)
         )
