@@ -229,3 +229,37 @@ def test_dropping_low_scores_before_the_mask_head_changes_no_cell():
         )
     two_types = build_model(cfg.model, ["a", "b"], cfg.predict)
     assert Predictor(two_types, Thresholds(params, {"a": params})).final_box_params() is None
+
+
+def test_a_confluent_image_goes_through_again_and_a_sparse_one_does_not():
+    """With a dense confidence the first pass keeps score_thresh's boxes only; an image
+    its cells cover enough is run again down to dense_score_thresh. Either way the cells
+    are those of post-processing every detection at once."""
+    from dataclasses import replace
+
+    from cellstack.config import load_config
+    from cellstack.data.masks import pixels_to_labels
+    from cellstack.inference.postprocess import is_confluent, postprocess
+    from cellstack.modeling.build import build_model
+    from tests.modeling.conftest import TINY
+
+    cfg = load_config(None, [*TINY, "predict.box_score_thresh=0.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ["cell"], cfg.predict)
+    image = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    everything = Predictor(model, PostprocessParams()).raw([image])[0]
+    high, low = (float(everything.scores.quantile(q)) for q in (0.75, 0.25))
+    base = PostprocessParams(score_thresh=high, dense_score_thresh=low, min_size=0)
+    for fraction, confluent in ((1e-4, True), (1.0, False)):
+        params = replace(base, dense_fraction=fraction)
+        predictor = Predictor(model, params)
+        first = predictor.raw([image], predictor.final_box_params())[0]
+        assert is_confluent(first, params) == confluent
+        got = predictor([image])[0]
+        expected = postprocess(everything, params, image.shape)
+        assert len(got) > 0 and np.array_equal(got.scores, expected.scores)
+        assert np.array_equal(
+            pixels_to_labels(got.pixels, image.shape),
+            pixels_to_labels(expected.pixels, image.shape),
+        )
+        assert bool((got.scores < high).any()) == confluent  # the lower confidence, or not
